@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make demo` (or `make run`) and `make test`.
+# Each creates the virtualenv and installs what it needs by itself.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MANAGE := $(BIN)/python manage.py
+
+.PHONY: venv run demo test lint format check clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Migrate the control database and serve the admin and API on HOST:PORT (default 127.0.0.1:8000).
+run: $(STAMP)
+	$(MANAGE) migrate --noinput
+	$(MANAGE) serve
+
+## The demo fleet comes with the migration engine; for now it is the same as `run`.
+demo: run
+
+## Lint, format check and the whole test suite (an embedded PostgreSQL is started for it).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache staticfiles

@@ -1,0 +1,150 @@
+"""The registry: the fleet's databases (connections) and the tenants they hold."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from connections import validators
+from infra_site.crypto import EncryptedTextField
+
+
+class DatabaseType(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    SHARED = "shared", "Shared (regional)"
+    ANALYTICS = "analytics", "Analytics"
+    TENANT = "tenant", "Dedicated tenant"
+
+
+class SslMode(models.TextChoices):
+    DISABLE = "disable", "disable"
+    PREFER = "prefer", "prefer"
+    REQUIRE = "require", "require"
+    VERIFY_CA = "verify-ca", "verify-ca"
+    VERIFY_FULL = "verify-full", "verify-full"
+
+
+class LiveConnectionManager(models.Manager):
+    """Connections that have not been soft-deleted."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
+class DatabaseConnection(models.Model):
+    """One database of the fleet that the control plane can reach and migrate.
+
+    The password is stored encrypted and is write-only everywhere. The latest
+    connectivity check is kept on the row as a health snapshot.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=63, validators=[validators.validate_connection_name])
+    database_type = models.CharField(max_length=16, choices=DatabaseType.choices)
+    region = models.CharField(max_length=32, blank=True, default="", validators=[validators.validate_region])
+    host = models.CharField(max_length=255, help_text="Host name, IP address, or a Unix-socket directory.")
+    port = models.PositiveIntegerField(default=5432)
+    database_name = models.CharField(max_length=63)
+    username = models.CharField(max_length=63)
+    password = EncryptedTextField(blank=True, default="")
+    ssl_mode = models.CharField(max_length=16, choices=SslMode.choices, default=SslMode.PREFER)
+    connect_timeout = models.PositiveSmallIntegerField(default=5, help_text="Seconds.")
+    default_schema = models.CharField(max_length=63, default="public", validators=[validators.validate_identifier])
+    is_active = models.BooleanField(default=True)
+
+    is_healthy = models.BooleanField(null=True, default=None)
+    response_time_ms = models.FloatField(null=True, blank=True)
+    server_version = models.CharField(max_length=255, blank=True, default="")
+    checked_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True, default="")
+    error_cause = models.CharField(max_length=32, blank=True, default="")
+
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    updated_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.CharField(max_length=150, blank=True, default="")
+
+    objects = LiveConnectionManager()
+    all_objects = models.Manager()  # noqa: DJ012 (ruff reads a second manager as a field)
+
+    class Meta:
+        ordering = ["database_type", "region", "name"]
+        base_manager_name = "all_objects"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=Q(deleted_at__isnull=True), name="connection_name_unique_live"
+            ),
+            models.CheckConstraint(condition=Q(port__gte=1, port__lte=65535), name="connection_port_range"),
+            models.CheckConstraint(
+                condition=Q(connect_timeout__gte=1, connect_timeout__lte=120), name="connection_timeout_range"
+            ),
+        ]
+        indexes = [models.Index(fields=["database_type", "region"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<DatabaseConnection {self.name} {self.database_type} {self.host}:{self.port}/{self.database_name}>"
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    @property
+    def address(self) -> str:
+        """Where the database is, without credentials."""
+        return f"{self.host}:{self.port}/{self.database_name}"
+
+
+class TenantStatus(models.TextChoices):
+    PROVISIONING = "provisioning", "Provisioning"
+    ACTIVE = "active", "Active"
+    SUSPENDED = "suspended", "Suspended"
+    ARCHIVED = "archived", "Archived"
+
+
+class Tenant(models.Model):
+    """A customer of the SaaS: a schema in a shared database, or a dedicated tenant database."""
+
+    slug = models.CharField(max_length=48, unique=True, validators=[validators.validate_tenant_slug])
+    name = models.CharField(max_length=200)
+    connection = models.ForeignKey(DatabaseConnection, on_delete=models.PROTECT, related_name="tenants")
+    schema_name = models.CharField(max_length=63, validators=[validators.validate_schema_name])
+    status = models.CharField(max_length=16, choices=TenantStatus.choices, default=TenantStatus.ACTIVE)
+    error = models.TextField(blank=True, default="")
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "schema_name"], name="tenant_schema_unique_per_database"),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def region(self) -> str:
+        return self.connection.region
+
+    def clean(self) -> None:
+        """Check the rules that involve the connection (the field validators check the rest)."""
+        if not self.connection_id:
+            return
+        connection = self.connection
+        if connection.database_type not in (DatabaseType.SHARED, DatabaseType.TENANT):
+            raise ValidationError(
+                {"connection": "A tenant lives in a shared database or in a dedicated tenant database."}
+            )
+        if self.schema_name == "public" and connection.database_type != DatabaseType.TENANT:
+            raise ValidationError(
+                {"schema_name": "'public' is only allowed for a tenant in a dedicated tenant database."}
+            )

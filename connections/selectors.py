@@ -1,0 +1,77 @@
+"""Reads of the connection registry. Soft-deleted connections never appear here."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+
+from connections.exceptions import ConnectionNotFound, TenantNotFound
+from connections.models import DatabaseConnection, Tenant, TenantStatus
+
+
+def connection_list(
+    *,
+    database_type: str | None = None,
+    region: str | None = None,
+    is_active: bool | None = None,
+    is_healthy: bool | None = None,
+    names: list[str] | None = None,
+) -> QuerySet[DatabaseConnection]:
+    """Return live (not soft-deleted) connections, narrowed by the given filters."""
+    qs = DatabaseConnection.objects.all()
+    if database_type:
+        qs = qs.filter(database_type=database_type)
+    if region is not None:
+        qs = qs.filter(region=region)
+    if is_active is not None:
+        qs = qs.filter(is_active=is_active)
+    if is_healthy is not None:
+        qs = qs.filter(is_healthy=is_healthy)
+    if names:
+        qs = qs.filter(name__in=names)
+    return qs
+
+
+def connection_get(*, connection_id: uuid.UUID | str) -> DatabaseConnection:
+    """Return a live connection by id; raise ``ConnectionNotFound``."""
+    try:
+        return DatabaseConnection.objects.get(pk=connection_id)
+    except (DatabaseConnection.DoesNotExist, ValidationError, ValueError) as exc:
+        raise ConnectionNotFound(f"No connection with id {connection_id}.", details={"id": str(connection_id)}) from exc
+
+
+def connection_get_by_name(*, name: str) -> DatabaseConnection:
+    """Return a live connection by name; raise ``ConnectionNotFound``."""
+    try:
+        return DatabaseConnection.objects.get(name=name)
+    except DatabaseConnection.DoesNotExist as exc:
+        raise ConnectionNotFound(f"No connection named {name!r}.", details={"name": name}) from exc
+
+
+def tenant_list(
+    *, status: str | None = None, region: str | None = None, connection: DatabaseConnection | None = None
+) -> QuerySet[Tenant]:
+    """Return tenants whose connection is live, narrowed by the given filters."""
+    qs = Tenant.objects.select_related("connection").filter(connection__deleted_at__isnull=True)
+    if status:
+        qs = qs.filter(status=status)
+    if region is not None:
+        qs = qs.filter(connection__region=region)
+    if connection is not None:
+        qs = qs.filter(connection=connection)
+    return qs
+
+
+def tenant_get(*, slug: str) -> Tenant:
+    """Return a tenant by slug; raise ``TenantNotFound``."""
+    try:
+        return Tenant.objects.select_related("connection").get(slug=slug, connection__deleted_at__isnull=True)
+    except Tenant.DoesNotExist as exc:
+        raise TenantNotFound(f"No tenant with slug {slug!r}.", details={"slug": slug}) from exc
+
+
+def tenant_list_targetable() -> QuerySet[Tenant]:
+    """Return the tenants that migrations apply to: active, on a live and active connection."""
+    return tenant_list(status=TenantStatus.ACTIVE).filter(connection__is_active=True)

@@ -1,0 +1,367 @@
+"""Writes of the connection registry: connections, tenants, health checks and key rotation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models import ExpressionWrapper, F
+from django.utils import timezone
+
+from connections.exceptions import (
+    ConnectionNameTaken,
+    ConnectionTestFailed,
+    EncryptionKeyError,
+    TenantConflict,
+)
+from connections.models import DatabaseConnection, DatabaseType, Tenant, TenantStatus
+from connections.probe import ConnectionParams, ProbeResult, probe, redact
+from infra_site import crypto
+from infra_site.errors import ValidationFailed
+
+logger = logging.getLogger(__name__)
+
+# Changing any of these re-tests the connection before the change is stored.
+DETAIL_FIELDS = ("host", "port", "database_name", "username", "password", "ssl_mode", "connect_timeout")
+EDITABLE_FIELDS = (
+    "name",
+    "database_type",
+    "region",
+    *DETAIL_FIELDS,
+    "default_schema",
+    "is_active",
+)
+HEALTH_FIELDS = ("is_healthy", "response_time_ms", "server_version", "checked_at", "error", "error_cause")
+
+
+def _validation_failed(exc: ValidationError) -> ValidationFailed:
+    details = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+    first_field, first_errors = next(iter(details.items()))
+    label = "" if first_field in ("__all__", "non_field_errors") else f"{first_field}: "
+    return ValidationFailed(f"Invalid input: {label}{first_errors[0]}", details=details)
+
+
+def connection_params(connection: DatabaseConnection) -> ConnectionParams:
+    """Return the parameters to open a connection to a registered database."""
+    return ConnectionParams(
+        host=connection.host,
+        port=connection.port,
+        dbname=connection.database_name,
+        user=connection.username,
+        password=connection.password,
+        sslmode=connection.ssl_mode,
+        connect_timeout=connection.connect_timeout,
+    )
+
+
+def _apply_health(connection: DatabaseConnection, result: ProbeResult) -> None:
+    connection.is_healthy = result.ok
+    connection.response_time_ms = result.response_time_ms
+    connection.server_version = result.server_version[:255] if result.ok else connection.server_version
+    connection.checked_at = timezone.now()
+    connection.error = redact(result.error, connection.password)
+    connection.error_cause = result.cause
+
+
+def connection_probe(*, connection: DatabaseConnection) -> ProbeResult:
+    """Run the connectivity check for a (possibly unsaved) connection and log its outcome."""
+    result = probe(connection_params(connection))
+    log_fields = {
+        "connection": connection.name,
+        "address": connection.address,
+        "ok": result.ok,
+        "cause": result.cause,
+        "response_time_ms": result.response_time_ms,
+    }
+    if result.ok:
+        logger.info("connection check passed", extra=log_fields)
+    else:
+        logger.warning("connection check failed", extra={**log_fields, "error": result.error})
+    return result
+
+
+def _full_clean(connection: DatabaseConnection) -> None:
+    try:
+        connection.full_clean(exclude=["password"], validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        raise _validation_failed(exc) from exc
+    if connection.database_type == DatabaseType.SHARED and not connection.region:
+        raise ValidationFailed(
+            "Invalid input: region: a shared database belongs to a region.",
+            details={"region": ["A shared database belongs to a region."]},
+        )
+
+
+def _ensure_name_free(name: str, *, exclude_id=None) -> None:
+    qs = DatabaseConnection.objects.filter(name=name)
+    if exclude_id is not None:
+        qs = qs.exclude(pk=exclude_id)
+    if qs.exists():
+        raise ConnectionNameTaken(f"A connection named {name!r} already exists.", details={"name": name})
+
+
+def _verify(connection: DatabaseConnection, result: ProbeResult | None) -> ProbeResult:
+    result = result or connection_probe(connection=connection)
+    if not result.ok:
+        raise ConnectionTestFailed(result, address=connection.address)
+    return result
+
+
+def connection_create(
+    *,
+    actor: str,
+    verify: bool = True,
+    probe_result: ProbeResult | None = None,
+    **values: Any,
+) -> DatabaseConnection:
+    """Register a connection after a successful connectivity check (unless ``verify`` is false).
+
+    ``probe_result`` lets an interface that already ran the check (the admin form) pass it on.
+    When the check fails, ``ConnectionTestFailed`` is raised and nothing is stored.
+    """
+    unknown = set(values) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
+    connection = DatabaseConnection(**values, created_by=actor, updated_by=actor)
+    _full_clean(connection)
+    _ensure_name_free(connection.name)
+    if verify:
+        _apply_health(connection, _verify(connection, probe_result))
+    try:
+        with transaction.atomic():
+            connection.save()
+    except IntegrityError as exc:
+        raise ConnectionNameTaken(
+            f"A connection named {connection.name!r} already exists.", details={"name": connection.name}
+        ) from exc
+    logger.info(
+        "connection registered",
+        extra={"connection": connection.name, "id": str(connection.pk), "actor": actor, "verified": verify},
+    )
+    return connection
+
+
+def connection_update(
+    *,
+    connection: DatabaseConnection,
+    actor: str,
+    verify: bool = True,
+    probe_result: ProbeResult | None = None,
+    **changes: Any,
+) -> DatabaseConnection:
+    """Change a connection; a change of host, port, database, user, password or TLS is re-tested first.
+
+    A blank or missing password keeps the stored one. When the re-test fails nothing is changed.
+    """
+    unknown = set(changes) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
+    if not changes.get("password"):
+        changes.pop("password", None)
+    changed = [key for key, value in changes.items() if getattr(connection, key) != value]
+    if not changed:
+        return connection
+    candidate = DatabaseConnection.all_objects.get(pk=connection.pk)
+    for key in changed:
+        setattr(candidate, key, changes[key])
+    _full_clean(candidate)
+    if "name" in changed:
+        _ensure_name_free(candidate.name, exclude_id=candidate.pk)
+    retest = verify and any(key in DETAIL_FIELDS for key in changed)
+    if retest:
+        _apply_health(candidate, _verify(candidate, probe_result))
+    candidate.updated_by = actor
+    update_fields = [*changed, "updated_by", "updated_at", *(HEALTH_FIELDS if retest else ())]
+    with transaction.atomic():
+        candidate.save(update_fields=update_fields)
+    logger.info(
+        "connection updated",
+        extra={"connection": candidate.name, "id": str(candidate.pk), "actor": actor, "fields": ",".join(changed)},
+    )
+    return candidate
+
+
+def connection_delete(*, connection: DatabaseConnection, actor: str) -> DatabaseConnection:
+    """Soft-delete a connection: it leaves lists and targets, its row and history stay."""
+    if connection.deleted_at is None:
+        connection.deleted_at = timezone.now()
+        connection.deleted_by = actor
+        connection.is_active = False
+        connection.save(update_fields=["deleted_at", "deleted_by", "is_active", "updated_at"])
+        logger.info(
+            "connection deleted", extra={"connection": connection.name, "id": str(connection.pk), "actor": actor}
+        )
+    return connection
+
+
+def connection_test(*, connection: DatabaseConnection) -> ProbeResult:
+    """Check a registered connection now and store the result as its health snapshot."""
+    result = connection_probe(connection=connection)
+    _apply_health(connection, result)
+    connection.save(update_fields=list(HEALTH_FIELDS))
+    return result
+
+
+def connection_test_many(
+    *, connections: Iterable[DatabaseConnection], parallelism: int = 8
+) -> list[tuple[DatabaseConnection, ProbeResult]]:
+    """Check many connections concurrently and store each snapshot; return them in the given order."""
+    items = list(connections)
+    with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(items) or 1))) as pool:
+        results = list(pool.map(lambda c: connection_probe(connection=c), items))
+    for connection, result in zip(items, results, strict=True):
+        _apply_health(connection, result)
+        connection.save(update_fields=list(HEALTH_FIELDS))
+    return list(zip(items, results, strict=True))
+
+
+def tenant_default_schema(*, slug: str, connection: DatabaseConnection) -> str:
+    """Return the schema a new tenant gets: ``public`` in a dedicated database, else ``tenant_<slug>``."""
+    return "public" if connection.database_type == DatabaseType.TENANT else f"tenant_{slug}"
+
+
+def _tenant_clean(tenant: Tenant) -> None:
+    try:
+        tenant.full_clean(validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        raise _validation_failed(exc) from exc
+    if tenant.connection.deleted_at is not None:
+        raise ValidationFailed(
+            "Invalid input: connection: the connection has been deleted.",
+            details={"connection": ["The connection has been deleted."]},
+        )
+
+
+def tenant_create(
+    *,
+    slug: str,
+    name: str,
+    connection: DatabaseConnection,
+    actor: str,
+    schema_name: str | None = None,
+    status: str = TenantStatus.ACTIVE,
+) -> Tenant:
+    """Register a tenant whose schema already exists or is provisioned separately."""
+    tenant = Tenant(
+        slug=slug,
+        name=name,
+        connection=connection,
+        schema_name=schema_name or tenant_default_schema(slug=slug, connection=connection),
+        status=status,
+        created_by=actor,
+    )
+    _tenant_clean(tenant)
+    if Tenant.objects.filter(slug=slug).exists():
+        raise TenantConflict(f"A tenant with slug {slug!r} already exists.", details={"slug": slug})
+    if Tenant.objects.filter(connection=connection, schema_name=tenant.schema_name).exists():
+        raise TenantConflict(
+            f"Schema {tenant.schema_name!r} already belongs to a tenant on {connection.name}.",
+            details={"schema_name": tenant.schema_name, "connection": connection.name},
+        )
+    try:
+        with transaction.atomic():
+            tenant.save()
+    except IntegrityError as exc:
+        raise TenantConflict(f"Tenant {slug!r} conflicts with an existing tenant.", details={"slug": slug}) from exc
+    logger.info("tenant registered", extra={"tenant": slug, "connection": connection.name, "actor": actor})
+    return tenant
+
+
+def tenant_update(*, tenant: Tenant, actor: str, **changes: Any) -> Tenant:
+    """Change a tenant's name, status or placement."""
+    allowed = {"name", "status", "connection", "schema_name"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
+    changed = [key for key, value in changes.items() if getattr(tenant, key) != value]
+    if not changed:
+        return tenant
+    for key in changed:
+        setattr(tenant, key, changes[key])
+    _tenant_clean(tenant)
+    try:
+        with transaction.atomic():
+            tenant.save(update_fields=[*changed, "updated_at"])
+    except IntegrityError as exc:
+        raise TenantConflict("The change conflicts with another tenant.", details={"slug": tenant.slug}) from exc
+    logger.info("tenant updated", extra={"tenant": tenant.slug, "actor": actor, "fields": ",".join(changed)})
+    return tenant
+
+
+@dataclass
+class RotationReport:
+    total: int = 0
+    rotated: int = 0
+    already_current: int = 0
+    failed: list[str] = field(default_factory=list)
+
+
+def encryption_key_rotate(
+    *,
+    old_keys: Iterable[str] = (),
+    dry_run: bool = False,
+    on_row: Callable[[DatabaseConnection, str], None] | None = None,
+) -> RotationReport:
+    """Re-encrypt every stored password (soft-deleted rows included) with the current key.
+
+    Each row is re-encrypted in its own transaction, under a row lock, so an
+    interruption leaves every row readable under either the old or the new key;
+    running again finishes the job (rows already under the current key are skipped).
+    Rows that no known key decrypts are reported and left untouched.
+    """
+    old_keys = [key for key in old_keys if key]
+    current = crypto.current_key()
+    report = RotationReport()
+    ids = list(DatabaseConnection.all_objects.order_by("pk").values_list("pk", flat=True))
+    report.total = len(ids)
+    for pk in ids:
+        with transaction.atomic():
+            # The stored ciphertext as bytes: the wrapper's output field skips the decrypting converter.
+            row = (
+                DatabaseConnection.all_objects.select_for_update()
+                .annotate(token=ExpressionWrapper(F("password"), output_field=models.BinaryField()))
+                .only("pk", "name")
+                .get(pk=pk)
+            )
+            token = row.token
+            if token is None:
+                report.already_current += 1
+                continue
+            try:
+                crypto.decrypt_with(token, current)
+                report.already_current += 1
+                outcome = "current"
+            except crypto.DecryptionError:
+                try:
+                    plaintext, _key = crypto.decrypt_text(token, extra_keys=old_keys)
+                except crypto.DecryptionError:
+                    report.failed.append(row.name)
+                    outcome = "undecryptable"
+                else:
+                    if not dry_run:
+                        DatabaseConnection.all_objects.filter(pk=pk).update(password=plaintext)
+                    report.rotated += 1
+                    outcome = "rotated"
+        if on_row:
+            on_row(row, outcome)
+    logger.info(
+        "encryption key rotation finished",
+        extra={
+            "total": report.total,
+            "rotated": report.rotated,
+            "already_current": report.already_current,
+            "failed": len(report.failed),
+            "dry_run": dry_run,
+        },
+    )
+    if report.failed and not dry_run:
+        raise EncryptionKeyError(
+            f"{len(report.failed)} password(s) could not be decrypted with any known key; they were left unchanged.",
+            details={"connections": report.failed},
+        )
+    return report

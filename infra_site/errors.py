@@ -1,0 +1,126 @@
+"""One error base class and the API's exception handler.
+
+Every API error has the JSON shape ``{"error", "message", "details"}``:
+``error`` is a stable machine code, ``message`` a sentence for people, and
+``details`` whatever structured context helps (field errors, the cause of a
+connection failure, the missing role).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+
+logger = logging.getLogger(__name__)
+
+
+class ApplicationError(Exception):
+    """An error the product reports to its callers, with a code and an HTTP status."""
+
+    code = "application_error"
+    status_code = status.HTTP_400_BAD_REQUEST
+
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.details = details or {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, "details": self.details}
+
+
+class ValidationFailed(ApplicationError):
+    code = "validation_error"
+    status_code = status.HTTP_400_BAD_REQUEST
+
+
+class NotFound(ApplicationError):
+    code = "not_found"
+    status_code = status.HTTP_404_NOT_FOUND
+
+
+class Conflict(ApplicationError):
+    code = "conflict"
+    status_code = status.HTTP_409_CONFLICT
+
+
+_DRF_CODES = {
+    exceptions.NotAuthenticated: ("not_authenticated", "Authentication credentials were not provided."),
+    exceptions.AuthenticationFailed: ("authentication_failed", "Authentication failed."),
+    exceptions.PermissionDenied: ("permission_denied", "You do not have permission to do this."),
+    exceptions.NotFound: ("not_found", "Not found."),
+    exceptions.MethodNotAllowed: ("method_not_allowed", "Method not allowed."),
+    exceptions.NotAcceptable: ("not_acceptable", "Not acceptable."),
+    exceptions.UnsupportedMediaType: ("unsupported_media_type", "Unsupported media type."),
+    exceptions.ParseError: ("parse_error", "Malformed request body."),
+    exceptions.Throttled: ("rate_limited", "Too many requests."),
+    exceptions.ValidationError: ("validation_error", "Invalid input."),
+}
+
+
+def _drf_body(exc: exceptions.APIException) -> dict[str, Any]:
+    code, message = next(
+        (value for cls, value in _DRF_CODES.items() if isinstance(exc, cls)), ("error", "Request failed.")
+    )
+    detail = exc.detail
+    details: Any = {}
+    if isinstance(exc, exceptions.ValidationError):
+        details = detail if isinstance(detail, dict) else {"non_field_errors": detail}
+        first = _first_message(details)
+        if first:
+            message = f"Invalid input: {first}"
+    elif isinstance(detail, dict):
+        message = str(detail.get("message", message))
+        details = {k: v for k, v in detail.items() if k != "message"}
+    elif detail:
+        message = str(detail)
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        details = {"retry_after_seconds": int(exc.wait)}
+    return {"error": code, "message": message, "details": details}
+
+
+def _first_message(details: Any, prefix: str = "") -> str:
+    if isinstance(details, dict):
+        for key, value in details.items():
+            label = prefix if key == "non_field_errors" else (f"{prefix}.{key}" if prefix else str(key))
+            found = _first_message(value, label)
+            if found:
+                return found
+    elif isinstance(details, list):
+        for value in details:
+            found = _first_message(value, prefix)
+            if found:
+                return found
+    elif details:
+        return f"{prefix}: {details}" if prefix else str(details)
+    return ""
+
+
+def api_exception_handler(exc: Exception, context: dict) -> Response | None:
+    """Render every error raised in an API view as ``{"error", "message", "details"}``."""
+    if isinstance(exc, ApplicationError):
+        return Response(exc.as_dict(), status=exc.status_code)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if isinstance(exc, exceptions.APIException):
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if getattr(exc, "wait", None):
+            headers["Retry-After"] = str(int(exc.wait))
+        return Response(_drf_body(exc), status=exc.status_code, headers=headers)
+    view = context.get("view")
+    logger.exception("unhandled error in API view", extra={"view": type(view).__name__ if view else None})
+    return Response(
+        {"error": "internal_error", "message": "An unexpected error occurred; it has been logged.", "details": {}},
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )

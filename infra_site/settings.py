@@ -1,0 +1,247 @@
+"""Settings of the control plane, read once from the environment (and ``.env``).
+
+Every variable is documented in ``.env.example``. Development and testing work
+with no configuration at all; production refuses to start when a secret is
+missing or left at its development default, naming the variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+ENVIRONMENTS = ("development", "staging", "production", "testing")
+DEV_SECRET_KEY = "dev-insecure-secret-key-do-not-use-in-production"  # noqa: S105
+DEV_ENCRYPTION_KEY = "dev-insecure-encryption-key-do-not-use-in-production"
+
+ENVIRONMENT = env.str("ENVIRONMENT", default="development")
+if ENVIRONMENT not in ENVIRONMENTS:
+    raise ImproperlyConfigured(f"ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}; got {ENVIRONMENT!r}.")
+IS_PRODUCTION = ENVIRONMENT == "production"
+
+DEBUG = env.bool("DEBUG", default=ENVIRONMENT == "development")
+SECRET_KEY = env.str("SECRET_KEY", default="" if IS_PRODUCTION else DEV_SECRET_KEY)
+APP_ENCRYPTION_KEY = env.str("APP_ENCRYPTION_KEY", default="" if IS_PRODUCTION else DEV_ENCRYPTION_KEY)
+# Keys that older rows may still be encrypted with, during a key rotation (comma-separated).
+APP_ENCRYPTION_KEY_PREVIOUS = env.list("APP_ENCRYPTION_KEY_PREVIOUS", default=[])
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["*"])
+
+HOST = env.str("HOST", default="127.0.0.1")
+PORT = env.int("PORT", default=8000)
+WORKERS = env.int("WORKERS", default=2)
+
+# OpenID Connect (Keycloak).
+KEYCLOAK_URL = env.str("KEYCLOAK_URL", default="").rstrip("/")
+KEYCLOAK_ADMIN_REALM = env.str("KEYCLOAK_ADMIN_REALM", default="master")
+KEYCLOAK_CLIENT_ID = env.str("KEYCLOAK_CLIENT_ID", default="")
+KEYCLOAK_CLIENT_SECRET = env.str("KEYCLOAK_CLIENT_SECRET", default="")
+OIDC_CONFIGURED = bool(KEYCLOAK_URL and KEYCLOAK_CLIENT_ID and KEYCLOAK_CLIENT_SECRET)
+LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
+
+# Migrations.
+MIGRATION_TIMEOUT = env.int("MIGRATION_TIMEOUT", default=300)
+MIGRATION_BATCH_SIZE = env.int("MIGRATION_BATCH_SIZE", default=10)
+MIGRATION_RETRY_ATTEMPTS = env.int("MIGRATION_RETRY_ATTEMPTS", default=3)
+MIGRATIONS_DIR = Path(env.str("MIGRATIONS_DIR", default=str(BASE_DIR / "migration_sets")))
+
+# HTTP edge.
+CORS_ALLOWED_ORIGINS_RAW = env.list("CORS_ALLOW_ORIGINS", default=[])
+CORS_ALLOW_CREDENTIALS = env.bool("CORS_ALLOW_CREDENTIALS", default=True)
+RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
+RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
+
+
+def _production_problems() -> list[str]:
+    problems = []
+    if DEBUG:
+        problems.append("DEBUG must be off in production.")
+    if not SECRET_KEY or SECRET_KEY == DEV_SECRET_KEY:
+        problems.append("SECRET_KEY must be set to a secret value in production.")
+    if not APP_ENCRYPTION_KEY or APP_ENCRYPTION_KEY == DEV_ENCRYPTION_KEY:
+        problems.append("APP_ENCRYPTION_KEY must be set to a secret value in production.")
+    if not ALLOWED_HOSTS:
+        problems.append("ALLOWED_HOSTS must list the host names this service answers to in production.")
+    if not OIDC_CONFIGURED and LOCAL_LOGIN_ENABLED:
+        problems.append(
+            "KEYCLOAK_URL, KEYCLOAK_CLIENT_ID and KEYCLOAK_CLIENT_SECRET must be set in production, "
+            "or LOCAL_LOGIN_ENABLED set to false."
+        )
+    return problems
+
+
+if IS_PRODUCTION and (_problems := _production_problems()):
+    raise ImproperlyConfigured("Refusing to start in production: " + " ".join(_problems))
+if not APP_ENCRYPTION_KEY:
+    raise ImproperlyConfigured("APP_ENCRYPTION_KEY must not be empty.")
+
+INSTALLED_APPS = [
+    "infra_site.apps.InfraAdminConfig",
+    "infra_site",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "rest_framework",
+    "django_filters",
+    "drf_spectacular",
+    "django_q",
+    "connections",
+    "migrations_runner",
+    "health",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "corsheaders.middleware.CorsMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "infra_site.urls"
+WSGI_APPLICATION = "infra_site.wsgi.application"
+ASGI_APPLICATION = "infra_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# The control database: PostgreSQL from ADMIN_DATABASE_URL, else SQLite under var/.
+ADMIN_DATABASE_URL = env.str("ADMIN_DATABASE_URL", default="")
+DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=2)
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
+if ADMIN_DATABASE_URL:
+    _control_db = env.db_url_config(ADMIN_DATABASE_URL)
+    if _control_db["ENGINE"] == "django.db.backends.postgresql":
+        _control_db.setdefault("OPTIONS", {})["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE}
+        _control_db["CONN_MAX_AGE"] = 0
+else:
+    VAR_DIR.mkdir(exist_ok=True)
+    _control_db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": VAR_DIR / "control.sqlite3",
+        "OPTIONS": {
+            # WAL lets readers and one writer work at once; IMMEDIATE transactions take the
+            # write lock up front, so concurrent writers wait (busy timeout) instead of
+            # failing with "database is locked" when a read lock cannot be upgraded.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+        },
+    }
+DATABASES = {"default": _control_db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+if ENVIRONMENT == "testing":
+    PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = True
+
+LOGIN_URL = "admin:login"
+
+if IS_PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+CORS_ALLOW_ALL_ORIGINS = CORS_ALLOWED_ORIGINS_RAW == ["*"]
+CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else CORS_ALLOWED_ORIGINS_RAW
+CORS_URLS_REGEX = r"^/(api|health)/.*$"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Basic first: its WWW-Authenticate header turns missing credentials into 401, not 403.
+        "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "infra_site.pagination.LimitOffsetPagination",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "infra_site.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": (
+        ["rest_framework.throttling.AnonRateThrottle", "rest_framework.throttling.UserRateThrottle"]
+        if RATE_LIMIT_ENABLED
+        else []
+    ),
+    "DEFAULT_THROTTLE_RATES": {"anon": f"{RATE_LIMIT_RPM}/min", "user": f"{RATE_LIMIT_RPM}/min"},
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Infrastructure control plane API",
+    "DESCRIPTION": "Connection registry and fleet-wide PostgreSQL migrations.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+API_DOCS_ENABLED = not IS_PRODUCTION
+
+# Background tasks: django-q2 on the ORM broker unless Q_BROKER_URL names Redis.
+Q_BROKER_URL = env.str("Q_BROKER_URL", default="")
+Q_WORKERS = env.int("Q_WORKERS", default=4)
+Q_CLUSTER = {
+    "name": "infra",
+    "workers": Q_WORKERS,
+    "timeout": MIGRATION_TIMEOUT + 60,
+    "retry": MIGRATION_TIMEOUT + 120,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "label": "Task queue",
+}
+if Q_BROKER_URL.startswith(("redis://", "rediss://", "unix://")):
+    Q_CLUSTER["redis"] = Q_BROKER_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"logfmt": {"()": "infra_site.logging.LogfmtFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "logfmt"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "pgserver": {"level": "WARNING"},
+    },
+}
