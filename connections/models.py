@@ -55,7 +55,7 @@ class DatabaseConnection(models.Model):
     default_schema = models.CharField(max_length=63, default="public", validators=[validators.validate_identifier])
     is_active = models.BooleanField(default=True)
 
-    is_healthy = models.BooleanField(null=True, default=None)
+    is_healthy = models.BooleanField(null=True, blank=True, default=None)
     response_time_ms = models.FloatField(null=True, blank=True)
     server_version = models.CharField(max_length=255, blank=True, default="")
     checked_at = models.DateTimeField(null=True, blank=True)
@@ -91,6 +91,10 @@ class DatabaseConnection(models.Model):
 
     def __repr__(self) -> str:
         return f"<DatabaseConnection {self.name} {self.database_type} {self.host}:{self.port}/{self.database_name}>"
+
+    def clean(self) -> None:
+        if self.database_type == DatabaseType.SHARED and not self.region:
+            raise ValidationError({"region": "A shared database belongs to a region."})
 
     @property
     def is_deleted(self) -> bool:

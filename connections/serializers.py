@@ -107,3 +107,5 @@ class TenantSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["error", "created_by", "created_at", "updated_at"]
+        # Uniqueness is the service's to check (a 409), not a required-field rule of the serializer.
+        validators = []

@@ -90,11 +90,6 @@ def _full_clean(connection: DatabaseConnection) -> None:
         connection.full_clean(exclude=["password"], validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         raise _validation_failed(exc) from exc
-    if connection.database_type == DatabaseType.SHARED and not connection.region:
-        raise ValidationFailed(
-            "Invalid input: region: a shared database belongs to a region.",
-            details={"region": ["A shared database belongs to a region."]},
-        )
 
 
 def _ensure_name_free(name: str, *, exclude_id=None) -> None:
@@ -105,8 +100,9 @@ def _ensure_name_free(name: str, *, exclude_id=None) -> None:
         raise ConnectionNameTaken(f"A connection named {name!r} already exists.", details={"name": name})
 
 
-def _verify(connection: DatabaseConnection, result: ProbeResult | None) -> ProbeResult:
-    result = result or connection_probe(connection=connection)
+def connection_verify(*, connection: DatabaseConnection, probe_result: ProbeResult | None = None) -> ProbeResult:
+    """Return a passing connectivity check of ``connection``; raise ``ConnectionTestFailed`` otherwise."""
+    result = probe_result or connection_probe(connection=connection)
     if not result.ok:
         raise ConnectionTestFailed(result, address=connection.address)
     return result
@@ -131,7 +127,7 @@ def connection_create(
     _full_clean(connection)
     _ensure_name_free(connection.name)
     if verify:
-        _apply_health(connection, _verify(connection, probe_result))
+        _apply_health(connection, connection_verify(connection=connection, probe_result=probe_result))
     try:
         with transaction.atomic():
             connection.save()
@@ -174,7 +170,7 @@ def connection_update(
         _ensure_name_free(candidate.name, exclude_id=candidate.pk)
     retest = verify and any(key in DETAIL_FIELDS for key in changed)
     if retest:
-        _apply_health(candidate, _verify(candidate, probe_result))
+        _apply_health(candidate, connection_verify(connection=candidate, probe_result=probe_result))
     candidate.updated_by = actor
     update_fields = [*changed, "updated_by", "updated_at", *(HEALTH_FIELDS if retest else ())]
     with transaction.atomic():

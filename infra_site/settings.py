@@ -14,9 +14,10 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
+VAR_DIR.mkdir(exist_ok=True)
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+environ.Env.read_env(env.str("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
 
 ENVIRONMENTS = ("development", "staging", "production", "testing")
 DEV_SECRET_KEY = "dev-insecure-secret-key-do-not-use-in-production"  # noqa: S105
@@ -135,24 +136,18 @@ TEMPLATES = [
 ADMIN_DATABASE_URL = env.str("ADMIN_DATABASE_URL", default="")
 DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=2)
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
-if ADMIN_DATABASE_URL:
-    _control_db = env.db_url_config(ADMIN_DATABASE_URL)
-    if _control_db["ENGINE"] == "django.db.backends.postgresql":
-        _control_db.setdefault("OPTIONS", {})["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE}
-        _control_db["CONN_MAX_AGE"] = 0
-else:
-    VAR_DIR.mkdir(exist_ok=True)
-    _control_db = {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": VAR_DIR / "control.sqlite3",
-        "OPTIONS": {
-            # WAL lets readers and one writer work at once; IMMEDIATE transactions take the
-            # write lock up front, so concurrent writers wait (busy timeout) instead of
-            # failing with "database is locked" when a read lock cannot be upgraded.
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 30,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
-        },
+_control_db = env.db_url_config(ADMIN_DATABASE_URL or f"sqlite:///{VAR_DIR / 'control.sqlite3'}")
+if _control_db["ENGINE"] == "django.db.backends.postgresql":
+    _control_db.setdefault("OPTIONS", {})["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE}
+    _control_db["CONN_MAX_AGE"] = 0
+elif _control_db["ENGINE"] == "django.db.backends.sqlite3":
+    _control_db["OPTIONS"] = {
+        # WAL lets readers and one writer work at once; IMMEDIATE transactions take the
+        # write lock up front, so concurrent writers wait (busy timeout) instead of
+        # failing with "database is locked" when a read lock cannot be upgraded.
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
     }
 DATABASES = {"default": _control_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -172,7 +167,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "admin:login"

@@ -40,3 +40,9 @@ def test_redact_removes_secrets_and_dsn_passwords():
     cleaned = redact(text, "hunter2")
     assert "hunter2" not in cleaned
     assert "postgresql://bob:" in cleaned
+
+
+def test_the_test_server_checks_passwords_over_tcp(pg):
+    result = probe(ConnectionParams(pg.host, pg.port, pg.dbname, pg.user, "", "disable", 3))
+    assert not result.ok
+    assert result.cause == ProbeCause.AUTHENTICATION

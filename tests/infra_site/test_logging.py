@@ -1,0 +1,30 @@
+"""Structured log lines and the test-suite guard that keeps passwords out of logs."""
+
+import logging
+
+from infra_site.logging import LogfmtFormatter
+from tests.conftest import REGISTRY_PASSWORD, _RecordCollector, leaked_secrets
+
+
+def test_logfmt_includes_extra_fields_and_quotes_values():
+    record = logging.LogRecord("connections", logging.WARNING, __file__, 1, "check failed", (), None)
+    record.connection = "eu-shared-1"
+    record.error = 'FATAL: database "x" does not exist'
+    line = LogfmtFormatter().format(record)
+    assert "level=warning" in line
+    assert "logger=connections" in line
+    assert 'msg="check failed"' in line
+    assert "connection=eu-shared-1" in line
+    assert 'error="FATAL: database \\"x\\" does not exist"' in line
+
+
+def test_the_log_guard_detects_a_password_in_a_record():
+    collector = _RecordCollector()
+    logger = logging.getLogger("guard-check")
+    logger.propagate = False  # keep the deliberate leak away from the suite-wide guard
+    logger.addHandler(collector)
+    try:
+        logger.warning("connection failed", extra={"dsn": f"postgresql://u:{REGISTRY_PASSWORD}@h/db"})
+    finally:
+        logger.removeHandler(collector)
+    assert leaked_secrets(collector.lines) == 1
