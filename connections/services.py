@@ -301,20 +301,21 @@ def encryption_key_rotate(
     *,
     old_keys: Iterable[str] = (),
     dry_run: bool = False,
-    on_row: Callable[[DatabaseConnection, str], None] | None = None,
+    on_row: Callable[[DatabaseConnection, str, RotationReport], None] | None = None,
 ) -> RotationReport:
     """Re-encrypt every stored password (soft-deleted rows included) with the current key.
 
     Each row is re-encrypted in its own transaction, under a row lock, so an
     interruption leaves every row readable under either the old or the new key;
     running again finishes the job (rows already under the current key are skipped).
-    Rows that no known key decrypts are reported and left untouched.
+    Rows that no known key decrypts are reported and left untouched; a real run then
+    raises ``EncryptionKeyError`` carrying the report, a dry run returns it.
+    ``on_row(row, outcome, report)`` is called after each row ("rotated", "current", "undecryptable").
     """
     old_keys = [key for key in old_keys if key]
     current = crypto.current_key()
-    report = RotationReport()
     ids = list(DatabaseConnection.all_objects.order_by("pk").values_list("pk", flat=True))
-    report.total = len(ids)
+    report = RotationReport(total=len(ids))
     for pk in ids:
         with transaction.atomic():
             # The stored ciphertext as bytes: the wrapper's output field skips the decrypting converter.
@@ -324,27 +325,15 @@ def encryption_key_rotate(
                 .only("pk", "name")
                 .get(pk=pk)
             )
-            token = row.token
-            if token is None:
-                report.already_current += 1
-                continue
-            try:
-                crypto.decrypt_with(token, current)
-                report.already_current += 1
-                outcome = "current"
-            except crypto.DecryptionError:
-                try:
-                    plaintext, _key = crypto.decrypt_text(token, extra_keys=old_keys)
-                except crypto.DecryptionError:
-                    report.failed.append(row.name)
-                    outcome = "undecryptable"
-                else:
-                    if not dry_run:
-                        DatabaseConnection.all_objects.filter(pk=pk).update(password=plaintext)
-                    report.rotated += 1
-                    outcome = "rotated"
+            outcome = _rotate_row(row, current=current, old_keys=old_keys, dry_run=dry_run)
+        if outcome == "undecryptable":
+            report.failed.append(row.name)
+        elif outcome == "rotated":
+            report.rotated += 1
+        else:
+            report.already_current += 1
         if on_row:
-            on_row(row, outcome)
+            on_row(row, outcome, report)
     logger.info(
         "encryption key rotation finished",
         extra={
@@ -356,8 +345,28 @@ def encryption_key_rotate(
         },
     )
     if report.failed and not dry_run:
-        raise EncryptionKeyError(
+        error = EncryptionKeyError(
             f"{len(report.failed)} password(s) could not be decrypted with any known key; they were left unchanged.",
             details={"connections": report.failed},
         )
+        error.report = report
+        raise error
     return report
+
+
+def _rotate_row(row: DatabaseConnection, *, current: str, old_keys: list[str], dry_run: bool) -> str:
+    if row.token is None:
+        return "current"
+    try:
+        crypto.decrypt_with(row.token, current)
+    except crypto.DecryptionError:
+        pass
+    else:
+        return "current"
+    try:
+        plaintext, _key = crypto.decrypt_text(row.token, extra_keys=old_keys)
+    except crypto.DecryptionError:
+        return "undecryptable"
+    if not dry_run:
+        DatabaseConnection.all_objects.filter(pk=row.pk).update(password=plaintext)
+    return "rotated"

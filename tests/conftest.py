@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ class PgDatabase:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory) -> Iterator[PgServer]:
+def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the session: TEST_POSTGRES_URL when set, else an embedded one."""
     url = os.environ.get("TEST_POSTGRES_URL")
     if url:
@@ -99,7 +100,9 @@ def pg_server(tmp_path_factory) -> Iterator[PgServer]:
         )
         embedded = None
     else:
-        embedded = EmbeddedPostgres(Path(str(tmp_path_factory.mktemp("pg", numbered=True)))).start()
+        # Its own directory, not pytest's tmp tree: pytest prunes old tmp trees, which could pull the data
+        # directory from under a server another test session is still running.
+        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="infra-test-pg-"))).start()
         server = PgServer(
             host=embedded.host, port=embedded.port, superuser="postgres", superuser_password=embedded.password
         )

@@ -1,0 +1,41 @@
+"""What the registry's management commands share: the actor, error translation and JSON output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.core.management.base import CommandError
+from django.core.serializers.json import DjangoJSONEncoder
+
+from infra_site.errors import ApplicationError
+
+
+def cli_actor() -> str:
+    """Return the actor recorded for changes made from the command line: ``cli:<os user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:  # no login name in the environment nor in the password database (some containers)
+        return "cli:unknown"
+
+
+def _detail(value: Any) -> str:
+    return ", ".join(str(item) for item in value) if isinstance(value, list | tuple) else str(value)
+
+
+@contextmanager
+def application_errors() -> Iterator[None]:
+    """Turn an ``ApplicationError`` raised inside the block into a ``CommandError`` (message plus details)."""
+    try:
+        yield
+    except ApplicationError as exc:
+        lines = [f"  {key}: {_detail(value)}" for key, value in exc.details.items() if value not in ("", None)]
+        raise CommandError("\n".join([exc.message, *lines])) from exc
+
+
+def to_json(data: Any) -> str:
+    """Return ``data`` as indented JSON (UUIDs, datetimes and decimals included)."""
+    return json.dumps(data, indent=2, cls=DjangoJSONEncoder)

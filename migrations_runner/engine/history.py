@@ -1,0 +1,143 @@
+"""The ``infra_schema_history`` table of each target schema, read in bulk per database.
+
+Rows: ``SQL`` (a forward version), ``UNDO`` (audit of an undone version; the
+version's ``SQL`` row is deleted in the same transaction) and ``REPEATABLE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg import sql
+
+from migrations_runner.engine.sets import Version
+
+TABLE = "infra_schema_history"
+_CHUNK = 250
+
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS {table} (
+    installed_rank bigserial PRIMARY KEY,
+    version text,
+    description text NOT NULL,
+    type text NOT NULL,
+    script text NOT NULL,
+    checksum text NOT NULL,
+    installed_by text NOT NULL,
+    installed_on timestamptz NOT NULL DEFAULT now(),
+    execution_time_ms integer NOT NULL,
+    success boolean NOT NULL,
+    execution_id uuid
+)
+"""
+
+
+@dataclass
+class SchemaState:
+    """What a schema holds: whether it exists, its applied versions and repeatable checksums."""
+
+    schema: str
+    exists: bool = False
+    has_history: bool = False
+    applied: dict[Version, str] = field(default_factory=dict)  # version -> checksum
+    applied_scripts: dict[Version, str] = field(default_factory=dict)  # version -> script file name
+    repeatables: dict[str, str] = field(default_factory=dict)  # script -> latest checksum
+
+    @property
+    def current(self) -> Version | None:
+        return max(self.applied) if self.applied else None
+
+
+def table(schema: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
+
+
+def ensure(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> None:
+    """Create the schema (when asked) and its history table when missing."""
+    statements = []
+    if create_schema:
+        statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+    statements.append(sql.SQL(CREATE_TABLE).format(table=table(schema)))
+    conn.execute(sql.SQL("; ").join(statements))
+
+
+def read_states(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, SchemaState]:
+    """Read the history of many schemas of one database in a few queries; changes nothing."""
+    wanted = list(dict.fromkeys(schemas))
+    states = {schema: SchemaState(schema) for schema in wanted}
+    if not wanted:
+        return states
+    rows = conn.execute(
+        """
+        SELECT n.nspname, c.oid IS NOT NULL
+        FROM pg_namespace n
+        LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = %s AND c.relkind IN ('r', 'p')
+        WHERE n.nspname = ANY(%s)
+        """,
+        [TABLE, wanted],
+    ).fetchall()
+    with_history = []
+    for schema, has_history in rows:
+        states[schema].exists = True
+        states[schema].has_history = has_history
+        if has_history:
+            with_history.append(schema)
+    for start in range(0, len(with_history), _CHUNK):
+        chunk = with_history[start : start + _CHUNK]
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL(
+                "SELECT {name}::text, version, type, script, checksum, installed_rank FROM {table} WHERE success"
+            ).format(name=sql.Literal(schema), table=table(schema))
+            for schema in chunk
+        )
+        for schema, version, kind, script, checksum, _rank in conn.execute(
+            sql.SQL("SELECT * FROM ({}) h ORDER BY 6").format(query)
+        ):
+            state = states[schema]
+            if kind == "SQL":
+                parsed = Version.parse(version)
+                state.applied[parsed] = checksum
+                state.applied_scripts[parsed] = script
+            elif kind == "REPEATABLE":
+                state.repeatables[script] = checksum
+    return states
+
+
+def insert_row(
+    *,
+    schema: str,
+    version: str | None,
+    description: str,
+    kind: str,
+    script: str,
+    checksum: str,
+    installed_by: str,
+    execution_id: str | None,
+    execution_time_ms: int | None = None,
+) -> sql.Composed:
+    """An INSERT of one history row, composed client-side with literals (no user text in SQL).
+
+    With ``execution_time_ms`` None the duration is the time since the transaction began.
+    """
+    duration = (
+        sql.Literal(execution_time_ms)
+        if execution_time_ms is not None
+        else sql.SQL("(extract(epoch FROM clock_timestamp() - now()) * 1000)::integer")
+    )
+    return sql.SQL(
+        "INSERT INTO {table} (version, description, type, script, checksum, installed_by, execution_time_ms, "
+        "success, execution_id) VALUES ({version}, {description}, {kind}, {script}, {checksum}, {installed_by}, "
+        "{duration}, true, {execution_id})"
+    ).format(
+        table=table(schema),
+        version=sql.Literal(version),
+        description=sql.Literal(description),
+        kind=sql.Literal(kind),
+        script=sql.Literal(script),
+        checksum=sql.Literal(checksum),
+        installed_by=sql.Literal(installed_by),
+        duration=duration,
+        execution_id=sql.SQL("{}::uuid").format(sql.Literal(execution_id)) if execution_id else sql.SQL("NULL"),
+    )
