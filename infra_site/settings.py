@@ -7,6 +7,7 @@ missing or left at its development default, naming the variable.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -52,6 +53,13 @@ MIGRATION_TIMEOUT = env.int("MIGRATION_TIMEOUT", default=300)
 MIGRATION_BATCH_SIZE = env.int("MIGRATION_BATCH_SIZE", default=10)
 MIGRATION_RETRY_ATTEMPTS = env.int("MIGRATION_RETRY_ATTEMPTS", default=3)
 MIGRATIONS_DIR = Path(env.str("MIGRATIONS_DIR", default=str(BASE_DIR / "migration_sets")))
+# Which database types wait for which (a JSON object of type -> list of types); a cycle fails the system checks.
+MIGRATION_DEPENDENCIES = env.json(
+    "MIGRATION_DEPENDENCIES", default={"shared": ["admin"], "analytics": ["admin"], "tenant": ["shared"]}
+)
+# lock_timeout of migration statements, and how long to wait for another run's lock on a target (seconds).
+MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=10.0)
+MIGRATION_LOCK_WAIT = env.float("MIGRATION_LOCK_WAIT", default=60.0)
 
 # HTTP edge.
 CORS_ALLOWED_ORIGINS_RAW = env.list("CORS_ALLOW_ORIGINS", default=[])
@@ -149,6 +157,8 @@ elif _control_db["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 30,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
     }
+    # Tests use a file, not memory: worker threads and processes must share the control database.
+    _control_db["TEST"] = {"NAME": str(VAR_DIR / f"test-control-{os.getpid()}.sqlite3")}
 DATABASES = {"default": _control_db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class MigrationsRunnerConfig(AppConfig):
@@ -7,3 +8,9 @@ class MigrationsRunnerConfig(AppConfig):
     name = "migrations_runner"
     verbose_name = "Migrations"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from migrations_runner import checks as app_checks
+
+        checks.register(app_checks.check_dependencies)
+        checks.register(app_checks.check_sets)

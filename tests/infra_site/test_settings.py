@@ -147,7 +147,7 @@ def test_concurrent_writers_on_the_embedded_sqlite_do_not_fail_with_database_loc
 def test_env_example_documents_every_variable_the_settings_read():
     import re
 
-    read = set(re.findall(r'env\.\w+\("([A-Z_]+)"', (ROOT / "infra_site" / "settings.py").read_text()))
+    read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', (ROOT / "infra_site" / "settings.py").read_text()))
     documented = set(re.findall(r"^(?:# )?([A-Z_]+)=", (ROOT / ".env.example").read_text(), flags=re.MULTILINE))
     assert read == documented
 

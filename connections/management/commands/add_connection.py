@@ -10,9 +10,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections import services
-from connections.management.cli import application_errors, cli_actor, to_json
 from connections.models import DatabaseConnection, DatabaseType, SslMode
 from connections.serializers import DatabaseConnectionSerializer
+from infra_site.cli import application_errors, cli_actor, to_json
 
 # Options whose destinations are DatabaseConnection fields, passed to the service as they are.
 CONNECTION_OPTIONS = (

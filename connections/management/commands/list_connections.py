@@ -8,9 +8,9 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.utils import timezone
 
 from connections import selectors
-from connections.management.cli import to_json
 from connections.models import DatabaseConnection, DatabaseType
 from connections.serializers import DatabaseConnectionSerializer
+from infra_site.cli import to_json
 
 HEADERS = ("NAME", "TYPE", "REGION", "ADDRESS", "ACTIVE", "HEALTH", "MS", "CHECKED AT")
 

@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections import services
-from connections.management.cli import application_errors
 from connections.models import DatabaseConnection
+from infra_site.cli import application_errors
 
 
 def _keys_from_env(names: list[str]) -> list[str]:

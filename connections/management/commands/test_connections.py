@@ -7,9 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections import selectors, services
-from connections.management.cli import to_json
 from connections.models import DatabaseConnection
 from connections.probe import ProbeResult
+from infra_site.cli import to_json
 
 
 def _line(connection: DatabaseConnection, result: ProbeResult) -> str:

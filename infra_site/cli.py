@@ -1,4 +1,4 @@
-"""What the registry's management commands share: the actor, error translation and JSON output."""
+"""What the management commands share: the actor, error translation, JSON output and a progress bar."""
 
 from __future__ import annotations
 
@@ -39,3 +39,24 @@ def application_errors() -> Iterator[None]:
 def to_json(data: Any) -> str:
     """Return ``data`` as indented JSON (UUIDs, datetimes and decimals included)."""
     return json.dumps(data, indent=2, cls=DjangoJSONEncoder)
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; plain lines otherwise."""
+
+    def __init__(self, stream, total: int, *, tty: bool, width: int = 30) -> None:
+        self.stream, self.total, self.tty, self.width, self.done = stream, total, tty, width, 0
+
+    def advance(self, label: str, status: str) -> None:
+        self.done += 1
+        if self.tty:
+            filled = int(self.width * self.done / max(self.total, 1))
+            bar = "#" * filled + "-" * (self.width - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total} {status:<9} {label[:50]:<50}", ending="")
+            self.stream.flush()
+        else:
+            self.stream.write(f"{self.done}/{self.total} {status} {label}")
+
+    def close(self) -> None:
+        if self.tty and self.done:
+            self.stream.write("")

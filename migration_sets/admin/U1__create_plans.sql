@@ -1,0 +1,2 @@
+-- Drops the plans catalogue.
+DROP TABLE plans;

@@ -1,0 +1,2 @@
+-- Drops the tenants registry.
+DROP TABLE tenants;

@@ -1,0 +1,2 @@
+-- Drops the audit log.
+DROP TABLE audit_log;

@@ -1,0 +1,2 @@
+-- Drops the active_tenants_per_plan view.
+DROP VIEW active_tenants_per_plan;

@@ -1,0 +1,2 @@
+-- Drops the raw events table.
+DROP TABLE events;

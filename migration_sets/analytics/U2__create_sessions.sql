@@ -1,0 +1,2 @@
+-- Drops the sessions table.
+DROP TABLE sessions;

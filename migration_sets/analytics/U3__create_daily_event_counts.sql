@@ -1,0 +1,2 @@
+-- Drops the daily_event_counts rollup.
+DROP TABLE daily_event_counts;

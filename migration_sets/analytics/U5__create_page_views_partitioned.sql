@@ -1,0 +1,2 @@
+-- Drops page_views and its partitions.
+DROP TABLE page_views;

@@ -1,0 +1,2 @@
+-- Removes events.source.
+ALTER TABLE events DROP COLUMN source;

@@ -1,0 +1,2 @@
+-- Drops the currencies reference table.
+DROP TABLE currencies;

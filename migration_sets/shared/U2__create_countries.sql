@@ -1,0 +1,2 @@
+-- Drops the countries reference table.
+DROP TABLE countries;

@@ -1,0 +1,2 @@
+-- Drops the time zones reference table.
+DROP TABLE timezones;

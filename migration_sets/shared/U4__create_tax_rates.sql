@@ -1,0 +1,2 @@
+-- Drops the tax rates table.
+DROP TABLE tax_rates;

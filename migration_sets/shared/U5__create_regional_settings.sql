@@ -1,0 +1,2 @@
+-- Drops the regional_settings table.
+DROP TABLE regional_settings;

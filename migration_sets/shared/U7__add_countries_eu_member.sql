@@ -1,0 +1,2 @@
+-- Removes countries.eu_member.
+ALTER TABLE countries DROP COLUMN eu_member;

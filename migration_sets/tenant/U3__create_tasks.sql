@@ -1,0 +1,2 @@
+-- Drops tasks.
+DROP TABLE tasks;

@@ -1,0 +1,3 @@
+-- Drops invoice lines and invoices.
+DROP TABLE invoice_lines;
+DROP TABLE invoices;

@@ -1,0 +1,42 @@
+"""System checks of the migrations app: the dependency DAG and the migration sets."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core import checks
+
+from migrations_runner.engine.sets import DATABASE_TYPES, load_sets
+from migrations_runner.engine.targets import dependency_problems
+
+
+def check_dependencies(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """MIGRATION_DEPENDENCIES must name known database types and have no cycle."""
+    deps = settings.MIGRATION_DEPENDENCIES
+    if not isinstance(deps, dict) or not all(isinstance(v, list) for v in deps.values()):
+        return [
+            checks.Error(
+                "MIGRATION_DEPENDENCIES must be a JSON object mapping a database type to a list of types.",
+                id="migrations_runner.E001",
+            )
+        ]
+    return [
+        checks.Error(
+            f"MIGRATION_DEPENDENCIES: {problem}.",
+            hint=f"Database types are {', '.join(DATABASE_TYPES)}; dependencies must form a DAG.",
+            id="migrations_runner.E002",
+        )
+        for problem in dependency_problems(deps, DATABASE_TYPES)
+    ]
+
+
+def check_sets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Report problems of the migration sets under MIGRATIONS_DIR (runs refuse broken sets)."""
+    if not settings.MIGRATIONS_DIR.is_dir():
+        return [
+            checks.Warning(f"MIGRATIONS_DIR {settings.MIGRATIONS_DIR} does not exist.", id="migrations_runner.W001")
+        ]
+    return [
+        checks.Warning(f"Migration set {kind}: {problem}", id="migrations_runner.W002")
+        for kind, mset in load_sets(settings.MIGRATIONS_DIR).items()
+        for problem in mset.problems
+    ]

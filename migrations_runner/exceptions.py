@@ -1,0 +1,23 @@
+"""Errors of the migrations app."""
+
+from infra_site.errors import Conflict, NotFound, ValidationFailed
+
+
+class NoTargets(ValidationFailed):
+    code = "no_targets"
+
+
+class InvalidMigrationSets(ValidationFailed):
+    code = "invalid_migration_sets"
+
+
+class ExecutionNotFound(NotFound):
+    code = "execution_not_found"
+
+
+class RollbackRefused(Conflict):
+    code = "rollback_refused"
+
+
+class TargetUnreachable(ValidationFailed):
+    code = "target_unreachable"

@@ -1,0 +1,119 @@
+"""Executions of migrations across the fleet and the run of each target within them."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class ExecutionKind(models.TextChoices):
+    MIGRATE = "migrate", "Migrate"
+    ROLLBACK = "rollback", "Rollback"
+
+
+class Scope(models.TextChoices):
+    ALL = "all", "All"
+    ADMIN = "admin", "Admin"
+    REGIONAL = "regional", "Regional (shared + analytics)"
+    TENANT = "tenant", "Tenants"
+    SINGLE = "single", "Single target"
+
+
+class ExecutionStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+class OnFailure(models.TextChoices):
+    CONTINUE = "continue", "Continue with other targets"
+    HALT = "halt", "Halt: start no more targets"
+
+
+class TargetStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+FINISHED_TARGET_STATUSES = (TargetStatus.SUCCEEDED, TargetStatus.FAILED, TargetStatus.SKIPPED, TargetStatus.CANCELLED)
+
+
+class MigrationExecution(models.Model):
+    """One run of migrations (or of a rollback) over a set of targets."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=16, choices=ExecutionKind.choices, default=ExecutionKind.MIGRATE)
+    scope = models.CharField(max_length=16, choices=Scope.choices)
+    filters = models.JSONField(default=dict, blank=True)
+    dry_run = models.BooleanField(default=False)
+    status = models.CharField(max_length=16, choices=ExecutionStatus.choices, default=ExecutionStatus.PENDING)
+    on_failure = models.CharField(max_length=16, choices=OnFailure.choices, default=OnFailure.CONTINUE)
+    batch_size = models.PositiveIntegerField(default=10)
+    executed_by = models.CharField(max_length=150)
+    batch_id = models.CharField(max_length=64, blank=True, default="")
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="")
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.scope} {str(self.id)[:8]} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status not in (ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS)
+
+
+class TargetRun(models.Model):
+    """The work on one target within an execution: its status, versions and failure."""
+
+    execution = models.ForeignKey(MigrationExecution, on_delete=models.CASCADE, related_name="targets")
+    connection = models.ForeignKey("connections.DatabaseConnection", on_delete=models.PROTECT, related_name="+")
+    tenant = models.ForeignKey(
+        "connections.Tenant", on_delete=models.SET_NULL, null=True, blank=True, related_name="target_runs"
+    )
+    schema_name = models.CharField(max_length=63)
+    database_type = models.CharField(max_length=16)
+    region = models.CharField(max_length=32, blank=True, default="")
+    phase = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=TargetStatus.choices, default=TargetStatus.PENDING)
+    from_version = models.CharField(max_length=64, blank=True, default="")
+    to_version = models.CharField(max_length=64, blank=True, default="")
+    depends_on = models.JSONField(default=list, blank=True, help_text="Ids of target runs that must succeed first.")
+    pending_versions = models.JSONField(default=list, blank=True)
+    applied_versions = models.JSONField(default=list, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.JSONField(null=True, blank=True)
+    skip_reason = models.TextField(blank=True, default="")
+    worker = models.CharField(max_length=128, blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["phase", "id"]
+        indexes = [models.Index(fields=["execution", "status"])]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "connection", "schema_name"], name="target_run_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}/{self.schema_name}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.connection.name}/{self.schema_name}"

@@ -1,0 +1,218 @@
+"""Reads of the migrations app: sets, targets, executions, progress, and the fleet's state."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import psycopg
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db.models import Avg, Count, Q, QuerySet
+from django.utils import timezone
+
+from connections import selectors as registry
+from connections.models import DatabaseConnection, DatabaseType
+from connections.services import connection_params
+from migrations_runner.engine import history
+from migrations_runner.engine.apply import drift_of, pending_of
+from migrations_runner.engine.sets import MigrationSet, load_sets
+from migrations_runner.engine.targets import Target
+from migrations_runner.exceptions import ExecutionNotFound, InvalidMigrationSets, NoTargets
+from migrations_runner.models import MigrationExecution, Scope, TargetRun, TargetStatus
+
+SCOPE_TYPES = {
+    Scope.ALL: ("admin", "shared", "analytics", "tenant"),
+    Scope.ADMIN: ("admin",),
+    Scope.REGIONAL: ("shared", "analytics"),
+    Scope.TENANT: ("tenant",),
+    Scope.SINGLE: ("admin", "shared", "analytics", "tenant"),
+}
+
+
+def sets_load(*, types: Iterable[str] | None = None, strict: bool = True) -> dict[str, MigrationSet]:
+    """Load the migration sets; with ``strict``, refuse when a set of ``types`` has problems."""
+    sets = load_sets(settings.MIGRATIONS_DIR)
+    if strict:
+        problems = [f"{t}/{p}" for t in (types or sets) for p in sets[t].problems]
+        if problems:
+            raise InvalidMigrationSets(
+                f"The migration sets have {len(problems)} problem(s); fix them before running.",
+                details={"problems": problems},
+            )
+    return sets
+
+
+def _target(connection: DatabaseConnection, set_type: str, schema: str, tenant=None) -> Target:
+    return Target(
+        connection_id=str(connection.pk),
+        connection_name=connection.name,
+        database_type=set_type,
+        region=connection.region,
+        schema=schema,
+        database=f"{connection.host}:{connection.port}/{connection.database_name}",
+        tenant_slug=tenant.slug if tenant else "",
+        tenant_id=tenant.pk if tenant else None,
+        create_schema=schema != "public",
+    )
+
+
+def targets_resolve(
+    *,
+    scope: str,
+    regions: list[str] | None = None,
+    connections: list[str] | None = None,
+    tenants: list[str] | None = None,
+) -> list[Target]:
+    """Return the targets of a scope narrowed by filters; raise ``NoTargets`` when none match."""
+    types = SCOPE_TYPES[scope]
+    live = registry.connection_list(is_active=True)
+    targets: list[Target] = []
+    if not tenants:
+        for connection in live.filter(database_type__in=[t for t in types if t != "tenant"]):
+            targets.append(_target(connection, connection.database_type, connection.default_schema))
+    if "tenant" in types:
+        tenant_qs = registry.tenant_list_targetable()
+        if tenants:
+            tenant_qs = tenant_qs.filter(slug__in=tenants)
+        hosting = set()
+        for tenant in tenant_qs:
+            targets.append(_target(tenant.connection, "tenant", tenant.schema_name, tenant))
+            hosting.add(tenant.connection_id)
+        if not tenants:
+            # A dedicated tenant database that no tenant row describes still gets the tenant set.
+            bare = live.filter(database_type=DatabaseType.TENANT).exclude(pk__in=hosting)
+            bare = bare.exclude(tenants__isnull=False)
+            targets.extend(_target(c, "tenant", c.default_schema) for c in bare)
+    if regions:
+        targets = [t for t in targets if t.region in regions]
+    if connections:
+        targets = [t for t in targets if t.connection_name in connections]
+    filters = {"regions": regions or [], "connections": connections or [], "tenants": tenants or []}
+    if not targets:
+        raise NoTargets(f"No target matches scope {scope!r} with these filters.", details={"scope": scope, **filters})
+    if scope == Scope.SINGLE and len(targets) != 1:
+        raise NoTargets(
+            f"Scope 'single' needs exactly one target; these filters match {len(targets)}.",
+            details={"scope": scope, "matched": [t.label for t in targets[:20]], **filters},
+        )
+    return targets
+
+
+def _read_database(connection: DatabaseConnection, schemas: list[str]) -> dict[str, history.SchemaState] | str:
+    try:
+        with psycopg.connect(**connection_params(connection).kwargs(autocommit=True)) as conn:
+            return history.read_states(conn, schemas)
+    except psycopg.Error as exc:
+        return (exc.diag.message_primary or str(exc)).strip()
+
+
+def schema_states(targets: list[Target]) -> dict[str, history.SchemaState | str]:
+    """Read every target's history, one connection per database, databases in parallel.
+
+    Returns target key -> state, or an error message when the database was unreachable.
+    """
+    by_connection: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        by_connection[target.connection_id].append(target)
+    connections = DatabaseConnection.objects.in_bulk(list(by_connection))
+
+    def read(connection_id: str):
+        group = by_connection[connection_id]
+        return group, _read_database(connections[uuid.UUID(connection_id)], [t.schema for t in group])
+
+    result: dict[str, history.SchemaState | str] = {}
+    with ThreadPoolExecutor(max_workers=min(8, len(by_connection)) or 1) as pool:
+        for group, states in pool.map(read, list(by_connection)):
+            for target in group:
+                result[target.key] = states if isinstance(states, str) else states[target.schema]
+    return result
+
+
+def target_plan(target: Target, state: history.SchemaState | str, mset: MigrationSet) -> dict:
+    """Describe what a run would do on one target."""
+    if isinstance(state, str):
+        return {"target": target.label, "error": state, "current_version": None, "pending": [], "drift": []}
+    pending = pending_of(state, mset)
+    return {
+        "target": target.label,
+        "connection": target.connection_name,
+        "schema": target.schema,
+        "database_type": target.database_type,
+        "region": target.region,
+        "tenant": target.tenant_slug or None,
+        "current_version": str(state.current) if state.current else None,
+        "latest_version": str(mset.latest) if mset.latest else None,
+        "pending": [str(s.version) if s.version else s.filename for s in pending],
+        "drift": drift_of(state, mset),
+        "schema_exists": state.exists,
+    }
+
+
+def fleet_status(*, regions: list[str] | None = None, connections: list[str] | None = None) -> list[dict]:
+    """Return each target's current version, pending versions and drift."""
+    try:
+        targets = targets_resolve(scope=Scope.ALL, regions=regions, connections=connections)
+    except NoTargets:
+        return []
+    sets = sets_load(strict=False)
+    states = schema_states(targets)
+    return [target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
+
+
+def execution_get(*, execution_id: uuid.UUID | str) -> MigrationExecution:
+    try:
+        return MigrationExecution.objects.get(pk=execution_id)
+    except (MigrationExecution.DoesNotExist, ValidationError, ValueError) as exc:
+        raise ExecutionNotFound(f"No execution with id {execution_id}.", details={"id": str(execution_id)}) from exc
+
+
+def execution_list(*, status: str | None = None) -> QuerySet[MigrationExecution]:
+    qs = MigrationExecution.objects.all()
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
+    return execution.targets.select_related("connection", "tenant").order_by("phase", "id")
+
+
+def execution_progress(*, execution: MigrationExecution) -> dict:
+    """Totals, current targets, completion percentage and an estimated completion time."""
+    counts = execution.targets.aggregate(
+        total=Count("id"),
+        succeeded=Count("id", filter=Q(status=TargetStatus.SUCCEEDED)),
+        failed=Count("id", filter=Q(status=TargetStatus.FAILED)),
+        skipped=Count("id", filter=Q(status=TargetStatus.SKIPPED)),
+        cancelled=Count("id", filter=Q(status=TargetStatus.CANCELLED)),
+        running=Count("id", filter=Q(status=TargetStatus.RUNNING)),
+        avg_ms=Avg("duration_ms", filter=Q(status=TargetStatus.SUCCEEDED)),
+    )
+    finished = counts["succeeded"] + counts["failed"] + counts["skipped"] + counts["cancelled"]
+    total = counts["total"]
+    current = list(
+        execution.targets.filter(status=TargetStatus.RUNNING)
+        .select_related("connection")
+        .values_list("connection__name", "schema_name")[:20]
+    )
+    eta = None
+    if not execution.is_finished and counts["avg_ms"] and total > finished:
+        remaining = total - finished
+        parallel = max(1, min(execution.batch_size, remaining))
+        eta = timezone.now() + timedelta(milliseconds=counts["avg_ms"] * remaining / parallel)
+    return {
+        "total": total,
+        "completed": counts["succeeded"],
+        "failed": counts["failed"],
+        "skipped": counts["skipped"],
+        "cancelled": counts["cancelled"],
+        "running": counts["running"],
+        "pending": total - finished - counts["running"],
+        "current_targets": [f"{name}/{schema}" for name, schema in current],
+        "completion_percentage": round(100.0 * finished / total, 1) if total else 100.0,
+        "estimated_completion": eta,
+    }

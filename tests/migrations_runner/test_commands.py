@@ -1,0 +1,97 @@
+"""The migration commands: run_migrations, rollback_execution, fleet_status, check_migration_sets."""
+
+import json
+import re
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from migrations_runner.models import MigrationExecution
+from tests.migrations_runner.conftest import create_owned_table
+
+pytestmark = pytest.mark.postgres
+
+
+def run(*args):
+    out, err = StringIO(), StringIO()
+    code = 0
+    try:
+        call_command(*args, stdout=out, stderr=err)
+    except SystemExit as exc:
+        code = exc.code
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.django_db
+def test_run_migrations_json_parses_and_exits_0_when_all_succeed(small_fleet):
+    code, out, _ = run("run_migrations", "--scope", "all", "--sync", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["status"] == "completed"
+    assert data["progress"]["total"] == 10
+    assert data["progress"]["completion_percentage"] == 100.0
+
+
+@pytest.mark.django_db
+def test_run_migrations_exits_1_when_a_target_failed(small_fleet, sets_dir):
+    victim = small_fleet.tenants[0]
+    with small_fleet.connect("shared-us") as conn:
+        create_owned_table(conn, victim.schema_name, "projects")
+    code, out, _ = run("run_migrations", "--scope", "tenant", "--sync", "--json")
+    assert code == 1
+    data = json.loads(out)
+    failed = [t for t in data["targets"] if t["status"] == "failed"]
+    assert [t["target"] for t in failed] == [f"shared-us/{victim.schema_name}"]
+    assert failed[0]["error"]["sqlstate"] == "42P07"
+    code, out, _ = run("run_migrations", "--scope", "tenant", "--sync")
+    assert code == 1
+    assert "SQLSTATE 42P07" in out
+    assert "statement:" in out
+
+
+@pytest.mark.django_db
+def test_dry_run_command_lists_pending_versions(small_fleet):
+    code, out, _ = run("run_migrations", "--scope", "tenant", "--tenant", "us000", "--dry-run")
+    assert code == 0
+    assert re.search(r"shared-us/tenant_us000 .* pending: 1, 2, 3", out)
+
+
+@pytest.mark.django_db
+def test_unknown_tenant_is_a_clear_error(small_fleet):
+    with pytest.raises(CommandError, match="No target matches"):
+        run("run_migrations", "--scope", "tenant", "--tenant", "nobody")
+
+
+@pytest.mark.django_db
+def test_fleet_status_and_rollback_execution(small_fleet):
+    code, out, _ = run("fleet_status", "--json")
+    assert code == 0
+    assert all(row["pending"] for row in json.loads(out))
+    run("run_migrations", "--scope", "tenant", "--sync", "--json")
+    code, out, _ = run("fleet_status", "--json")
+    tenants = [row for row in json.loads(out) if row["database_type"] == "tenant"]
+    assert all(not row["pending"] and not row["drift"] for row in tenants)
+    execution = MigrationExecution.objects.get()
+    code, out, _ = run("rollback_execution", str(execution.pk))
+    assert code == 0, out
+    assert "completed" in out
+    code, out, _ = run("fleet_status", "--connection", "shared-us")
+    assert "behind" in out
+
+
+def test_check_migration_sets_passes_on_the_shipped_sets():
+    out = StringIO()
+    call_command("check_migration_sets", stdout=out)
+    assert "All migration sets are valid." in out.getvalue()
+
+
+def test_check_migration_sets_fails_listing_the_file(tmp_path):
+    (tmp_path / "tenant").mkdir()
+    (tmp_path / "tenant" / "V1__ok.sql").write_text("SELECT 1;")
+    (tmp_path / "tenant" / "V2_bad.sql").write_text("SELECT 1;")
+    (tmp_path / "tenant" / "V3__ph.sql").write_text("SELECT '${nope}';")
+    with pytest.raises(CommandError) as raised:
+        call_command("check_migration_sets", "--dir", str(tmp_path), stdout=StringIO())
+    assert "tenant/V2_bad.sql: malformed file name" in str(raised.value)
+    assert "tenant/V3__ph.sql: unknown placeholder(s) ${nope}" in str(raised.value)
