@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: venv run demo test lint format check clean
+.PHONY: venv run demo test lint format check clean bench
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,7 @@ demo: run
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MANAGE) check_migration_sets
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -41,3 +42,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache staticfiles
+
+## Benchmarks (embedded PostgreSQL; figures printed and written to bench/results/).
+bench: $(STAMP)
+	$(BIN)/python bench/fleet_migrate.py

@@ -12,5 +12,5 @@ class MigrationsRunnerConfig(AppConfig):
     def ready(self) -> None:
         from migrations_runner import checks as app_checks
 
-        checks.register(app_checks.check_dependencies)
-        checks.register(app_checks.check_sets)
+        checks.register(app_checks.check_dependencies, app_checks.TAG)
+        checks.register(app_checks.check_sets, app_checks.TAG)

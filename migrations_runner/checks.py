@@ -8,6 +8,8 @@ from django.core import checks
 from migrations_runner.engine.sets import DATABASE_TYPES, load_sets
 from migrations_runner.engine.targets import dependency_problems
 
+TAG = "migrations"
+
 
 def check_dependencies(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """MIGRATION_DEPENDENCIES must name known database types and have no cycle."""

@@ -69,13 +69,14 @@ def targets_resolve(
 ) -> list[Target]:
     """Return the targets of a scope narrowed by filters; raise ``NoTargets`` when none match."""
     types = SCOPE_TYPES[scope]
-    live = registry.connection_list(is_active=True)
+    # The targets need no passwords: leave them encrypted (decrypting per tenant row costs).
+    live = registry.connection_list(is_active=True).defer("password")
     targets: list[Target] = []
     if not tenants:
         for connection in live.filter(database_type__in=[t for t in types if t != "tenant"]):
             targets.append(_target(connection, connection.database_type, connection.default_schema))
     if "tenant" in types:
-        tenant_qs = registry.tenant_list_targetable()
+        tenant_qs = registry.tenant_list_targetable().defer("connection__password")
         if tenants:
             tenant_qs = tenant_qs.filter(slug__in=tenants)
         hosting = set()

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,10 +26,11 @@ from django.utils import timezone
 
 from connections.models import DatabaseConnection
 from connections.services import connection_params
+from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
 from migrations_runner.engine import apply as engine
-from migrations_runner.engine.sets import MigrationSet, Version
-from migrations_runner.engine.targets import Target, plan_phases
+from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
+from migrations_runner.engine.targets import Target, dependency_problems, plan_phases
 from migrations_runner.exceptions import RollbackRefused
 from migrations_runner.models import (
     ExecutionKind,
@@ -42,6 +44,7 @@ from migrations_runner.models import (
 
 logger = logging.getLogger(__name__)
 
+CANCEL_POLL_S = 0.5  # how often an in-process run looks for a cancel request
 RUN_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error", "completed_at", "duration_ms"]
 
 
@@ -102,7 +105,8 @@ def target_run_apply(
     return engine.apply_target(source, _spec(run), mset, options)
 
 
-def _record(run: TargetRun, outcome: engine.TargetOutcome) -> None:
+def _apply_outcome(run: TargetRun, outcome: engine.TargetOutcome) -> None:
+    """Copy an engine outcome onto a target run (not saved)."""
     now = timezone.now()
     run.status = {"succeeded": TargetStatus.SUCCEEDED, "cancelled": TargetStatus.CANCELLED}.get(
         outcome.status, TargetStatus.FAILED
@@ -116,7 +120,6 @@ def _record(run: TargetRun, outcome: engine.TargetOutcome) -> None:
     run.error = outcome.error.as_dict() if outcome.error else None
     run.completed_at = now
     run.duration_ms = int((now - run.started_at).total_seconds() * 1000) if run.started_at else None
-    run.save(update_fields=RUN_FIELDS)
 
 
 def _mark(runs: list[TargetRun], status: str, reason: str) -> None:
@@ -209,52 +212,64 @@ def execution_run(
     by_phase: dict[int, list[TargetRun]] = defaultdict(list)
     for run in runs:
         by_phase[run.phase].append(run)
+    next_cancel_check = 0.0
+
+    def fill(queue: list[TargetRun], in_flight: dict[Future, TargetRun], pool: ThreadPoolExecutor) -> None:
+        """Start targets until ``batch_size`` are in flight; skip the blocked ones."""
+        while queue and len(in_flight) < execution.batch_size:
+            run = queue.pop(0)
+            reason = state.blocked(run)
+            if not stop.is_set() and not state.halted_by and not reason:
+                in_flight[pool.submit(work, run)] = run
+                run.status, run.started_at, run.worker = TargetStatus.RUNNING, timezone.now(), worker_name
+                run.save(update_fields=["status", "started_at", "worker"])
+                continue
+            if stop.is_set():
+                _mark([run], TargetStatus.CANCELLED, "execution cancelled")
+            else:
+                _mark(
+                    [run], TargetStatus.SKIPPED, f"halted after {state.halted_by} failed" if state.halted_by else reason
+                )
+            state.statuses[run.pk] = run.status
+            if on_target_done:
+                on_target_done(run)
+
     try:
         with ThreadPoolExecutor(max_workers=max(1, execution.batch_size), thread_name_prefix="target") as pool:
             for phase in sorted(by_phase):
                 queue = [run for run in by_phase[phase] if run.status == TargetStatus.PENDING]
                 in_flight: dict[Future, TargetRun] = {}
-                while queue or in_flight:
-                    while queue and len(in_flight) < execution.batch_size:
-                        run = queue.pop(0)
-                        reason = state.blocked(run)
-                        if stop.is_set():
-                            _mark([run], TargetStatus.CANCELLED, "execution cancelled")
-                        elif state.halted_by:
-                            _mark([run], TargetStatus.SKIPPED, f"halted after {state.halted_by} failed")
-                        elif reason:
-                            _mark([run], TargetStatus.SKIPPED, reason)
-                        else:
-                            run.status, run.started_at, run.worker = TargetStatus.RUNNING, timezone.now(), worker_name
-                            run.save(update_fields=["status", "started_at", "worker"])
-                            in_flight[pool.submit(work, run)] = run
-                            continue
-                        state.statuses[run.pk] = run.status
-                        if on_target_done:
-                            on_target_done(run)
-                    if not in_flight:
-                        continue
+                fill(queue, in_flight, pool)
+                while in_flight:
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    finished = []
                     for future in done:
                         run = in_flight.pop(future)
                         outcome = future.result()
                         if outcome.status == "not_started":
-                            halted = stop.is_set()
-                            _mark(
-                                [run],
-                                TargetStatus.CANCELLED if halted else TargetStatus.SKIPPED,
-                                "execution cancelled" if halted else f"halted after {state.halted_by} failed",
+                            cancelled = stop.is_set()
+                            run.status = TargetStatus.CANCELLED if cancelled else TargetStatus.SKIPPED
+                            run.skip_reason = (
+                                "execution cancelled" if cancelled else f"halted after {state.halted_by} failed"
                             )
+                            run.completed_at = timezone.now()
                         else:
-                            _record(run, outcome)
+                            _apply_outcome(run, outcome)
                         state.statuses[run.pk] = run.status
                         if run.status == TargetStatus.FAILED and execution.on_failure == OnFailure.HALT:
                             state.halted_by = state.halted_by or state.names[run.pk]
+                        finished.append(run)
+                    # Start the next targets first, then record the finished ones while those run.
+                    fill(queue, in_flight, pool)
+                    for run in finished:
+                        run.save(update_fields=[*RUN_FIELDS, "skip_reason"])
                         if on_target_done:
                             on_target_done(run)
-                    if MigrationExecution.objects.filter(pk=execution.pk, cancel_requested=True).exists():
-                        execution.cancel_requested = True
-                        stop.set()
+                    if time.monotonic() >= next_cancel_check:
+                        next_cancel_check = time.monotonic() + CANCEL_POLL_S
+                        if MigrationExecution.objects.filter(pk=execution.pk, cancel_requested=True).exists():
+                            execution.cancel_requested = True
+                            stop.set()
     finally:
         for source in sources:
             source.close()
@@ -293,6 +308,9 @@ def execution_start(
 
     A dry run records the plan and changes nothing on any target.
     """
+    problems = dependency_problems(settings.MIGRATION_DEPENDENCIES, DATABASE_TYPES)
+    if problems:
+        raise ValidationFailed("MIGRATION_DEPENDENCIES is invalid: " + "; ".join(problems), code="invalid_dependencies")
     targets = selectors.targets_resolve(scope=scope, regions=regions, connections=connections, tenants=tenants)
     sets = selectors.sets_load(types={t.database_type for t in targets})
     plan = plan_phases(targets, settings.MIGRATION_DEPENDENCIES)

@@ -185,10 +185,16 @@ def _run_script(
     started = time.perf_counter()
     context = {"version": str(script.version or ""), "script": script.filename}
     if script.transactional:
+        # One round trip: the transaction, its settings, the script and its history row. When a statement
+        # fails the server skips the rest (the INSERT and COMMIT included) and we roll back.
+        body = sql.SQL(";\n").join(
+            [sql.SQL("BEGIN"), _local_settings(spec.schema, options), sql.SQL(text), row(None), sql.SQL("COMMIT")]
+        )
         try:
-            with conn.transaction():
-                conn.execute(sql.SQL("; ").join([_local_settings(spec.schema, options), sql.SQL(text), row(None)]))
+            conn.execute(body)
         except psycopg.Error as exc:
+            if not conn.broken:
+                conn.execute("ROLLBACK")
             error = _sql_error(exc, **context)
             if _is_transient(exc):
                 raise TransientError(error) from exc
@@ -408,7 +414,9 @@ def undo_target(
                     execution_id=options.execution_id,
                     execution_time_ms=duration,
                 )
-                return sql.SQL("; ").join([delete, audit])
+                # Repeatables may depend on what the undo removed: re-apply them after the next forward run.
+                forget = sql.SQL("DELETE FROM {} WHERE type = 'REPEATABLE'").format(history.table(spec.schema))
+                return sql.SQL("; ").join([delete, forget, audit])
 
             duration = _run_script(conn, spec, script, row, options)
             state.applied.pop(version)

@@ -15,7 +15,7 @@ from psycopg import sql
 from migrations_runner.engine.sets import Version
 
 TABLE = "infra_schema_history"
-_CHUNK = 250
+_CHUNK = 100  # schemas per UNION ALL query (measured fastest between 25 and 1000)
 
 CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS {table} (

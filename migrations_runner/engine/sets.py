@@ -11,6 +11,7 @@ normalised. Placeholders ``${schema}``, ``${tenant_slug}``, ``${region}`` and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -44,18 +45,24 @@ class Version:
 
     @classmethod
     def parse(cls, text: str) -> Version:
-        if not re.fullmatch(r"\d+(?:[._]\d+)*", text):
-            raise ValueError(f"{text!r} is not a version (digits separated by '.' or '_')")
-        parts = [int(part) for part in re.split(r"[._]", text)]
-        while len(parts) > 1 and parts[-1] == 0:
-            parts.pop()
-        return cls(tuple(parts))
+        return _parse_version(text)
 
     def __lt__(self, other: Version) -> bool:
         return self.parts < other.parts
 
     def __str__(self) -> str:
         return ".".join(str(part) for part in self.parts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_version(text: str) -> Version:
+    """Parse a version string (cached: fleet-wide history reads parse the same few versions many times)."""
+    if not re.fullmatch(r"\d+(?:[._]\d+)*", text):
+        raise ValueError(f"{text!r} is not a version (digits separated by '.' or '_')")
+    parts = [int(part) for part in re.split(r"[._]", text)]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return Version(tuple(parts))
 
 
 def normalise(content: str) -> str:

@@ -278,3 +278,12 @@ def test_no_matching_target_is_an_error_not_an_empty_run(small_fleet):
         services.execution_start(scope="single", regions=["us-east"], executed_by="test")
     single = services.execution_start(scope="single", tenants=["us000"], executed_by="test", dry_run=True)
     assert single.targets.count() == 1
+
+
+@pytest.mark.django_db
+def test_a_dependency_cycle_refuses_to_run(small_fleet, settings):
+    from infra_site.errors import ValidationFailed
+
+    settings.MIGRATION_DEPENDENCIES = {"admin": ["tenant"], "tenant": ["admin"]}
+    with pytest.raises(ValidationFailed, match="cycle"):
+        services.execution_start(scope="all", executed_by="test")

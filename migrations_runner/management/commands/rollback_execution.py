@@ -14,6 +14,8 @@ from migrations_runner.management.commands.run_migrations import summary
 
 
 class Command(BaseCommand):
+    # Only this app's checks (dependency DAG, sets): the URL, admin and model checks add start-up time.
+    requires_system_checks = ["migrations"]
     help = (
         "Undo an execution's versions with the undo scripts (newest first), or with --connection, --schema and "
         "--to-version one target down to a version. Refused, changing nothing, when an undo script is missing."
