@@ -10,6 +10,7 @@ urlpatterns = [
     path("", views.home, name="home"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("connections.urls")),
+    path("api/v1/", include("migrations_runner.urls")),
 ]
 
 if settings.API_DOCS_ENABLED:

@@ -217,3 +217,43 @@ def execution_progress(*, execution: MigrationExecution) -> dict:
         "completion_percentage": round(100.0 * finished / total, 1) if total else 100.0,
         "estimated_completion": eta,
     }
+
+
+def plan(
+    *,
+    scope: str,
+    regions: list[str] | None = None,
+    connections: list[str] | None = None,
+    tenants: list[str] | None = None,
+) -> list[dict]:
+    """What a run of this scope would do per target; records and changes nothing."""
+    targets = targets_resolve(scope=scope, regions=regions, connections=connections, tenants=tenants)
+    sets = sets_load(types={t.database_type for t in targets})
+    states = schema_states(targets)
+    return [target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
+
+
+STUCK_AFTER = timedelta(hours=6)
+
+
+def migrations_health() -> dict:
+    """Whether migrations can run: valid sets, a sane dependency DAG, and no execution stuck for hours."""
+    from migrations_runner.checks import check_dependencies
+
+    sets = load_sets(settings.MIGRATIONS_DIR)
+    problems = [f"{t}/{p}" for t, s in sets.items() for p in s.problems]
+    problems += [error.msg for error in check_dependencies()]
+    stuck = MigrationExecution.objects.filter(
+        status__in=["pending", "in_progress"], created_at__lt=timezone.now() - STUCK_AFTER
+    ).count()
+    running = MigrationExecution.objects.filter(status="in_progress").count()
+    return {
+        "status": "healthy" if not problems and not stuck else "unhealthy",
+        "timestamp": timezone.now(),
+        "sets": {
+            t: {"versions": len(s.versions), "latest": str(s.latest) if s.latest else None} for t, s in sets.items()
+        },
+        "problems": problems,
+        "executions_in_progress": running,
+        "executions_stuck": stuck,
+    }

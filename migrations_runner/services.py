@@ -539,3 +539,13 @@ def execution_cancel(*, execution: MigrationExecution, actor: str) -> MigrationE
     execution.cancel_requested = True
     logger.warning("execution cancel requested", extra={"execution": str(execution.pk), "actor": actor})
     return execution
+
+
+def execution_submit(**params) -> MigrationExecution:
+    """Start an execution for an interface (API, admin): returns the recorded execution."""
+    return execution_start(**params)
+
+
+def rollback_submit(*, execution: MigrationExecution, executed_by: str) -> MigrationExecution:
+    """Start the rollback of an execution for an interface (API, admin)."""
+    return execution_rollback(execution=execution, executed_by=executed_by)

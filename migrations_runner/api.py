@@ -1,0 +1,169 @@
+"""REST endpoints under ``/api/v1/migrations/``: execute, list, status, targets, cancel, rollback, plans, sets."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from infra_site import roles
+from infra_site.errors import ValidationFailed
+from infra_site.pagination import LimitOffsetPagination
+from infra_site.permissions import require_roles
+from migrations_runner import selectors, services
+from migrations_runner.models import ExecutionStatus
+from migrations_runner.serializers import (
+    ExecuteSerializer,
+    ExecutionDetailSerializer,
+    ExecutionSerializer,
+    RollbackSerializer,
+    ScopeSerializer,
+    TargetRunSerializer,
+)
+
+READ = require_roles(read=roles.MIGRATIONS_READ)
+EXECUTE = require_roles(read=roles.MIGRATIONS_READ, write=roles.MIGRATIONS_EXECUTE)
+
+
+def _actor(request: Request) -> str:
+    return request.user.get_username()
+
+
+class ExecuteView(APIView):
+    """Start an execution (or a dry run) over a scope; answers 202 with the execution."""
+
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=ExecuteSerializer, responses={202: ExecutionDetailSerializer})
+    def post(self, request: Request) -> Response:
+        params = ExecuteSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        execution = services.execution_submit(executed_by=_actor(request), **params.validated_data)
+        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ExecutionListView(generics.ListAPIView):
+    """Recent executions, newest first; ``?status=`` filters, ``limit`` is 1..100."""
+
+    permission_classes = [READ]
+    serializer_class = ExecutionSerializer
+    pagination_class = LimitOffsetPagination
+
+    @extend_schema(parameters=[OpenApiParameter("status", enum=ExecutionStatus.values)])
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        wanted = self.request.query_params.get("status")
+        if wanted and wanted not in ExecutionStatus.values:
+            raise ValidationFailed(
+                f"'status' must be one of {', '.join(ExecutionStatus.values)}.", details={"status": wanted}
+            )
+        return selectors.execution_list(status=wanted)
+
+
+class ExecutionStatusView(APIView):
+    permission_classes = [READ]
+
+    @extend_schema(responses=ExecutionDetailSerializer)
+    def get(self, request: Request, execution_id) -> Response:
+        return Response(ExecutionDetailSerializer(selectors.execution_get(execution_id=execution_id)).data)
+
+
+class ExecutionTargetsView(generics.ListAPIView):
+    """The target runs of an execution in phase order; ``?status=`` filters."""
+
+    permission_classes = [READ]
+    serializer_class = TargetRunSerializer
+    pagination_class = LimitOffsetPagination
+
+    def get_queryset(self):
+        execution = selectors.execution_get(execution_id=self.kwargs["execution_id"])
+        qs = selectors.execution_targets(execution=execution)
+        wanted = self.request.query_params.get("status")
+        return qs.filter(status=wanted) if wanted else qs
+
+
+class CancelView(APIView):
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=None, responses={202: ExecutionSerializer})
+    def post(self, request: Request, execution_id) -> Response:
+        execution = services.execution_cancel(
+            execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
+        )
+        return Response(ExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RollbackView(APIView):
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=RollbackSerializer, responses={202: ExecutionDetailSerializer})
+    def post(self, request: Request) -> Response:
+        params = RollbackSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        original = selectors.execution_get(execution_id=params.validated_data["execution_id"])
+        rollback = services.rollback_submit(execution=original, executed_by=_actor(request))
+        return Response(ExecutionDetailSerializer(rollback).data, status=status.HTTP_202_ACCEPTED)
+
+
+class PlanView(APIView):
+    """What a run would do, per target, without recording or changing anything."""
+
+    permission_classes = [READ]
+
+    @extend_schema(request=ScopeSerializer)
+    def post(self, request: Request) -> Response:
+        params = ScopeSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        targets = selectors.plan(**params.validated_data)
+        return Response({"targets": targets, "count": len(targets)})
+
+
+class FleetStatusView(APIView):
+    """Every target's current version, pending versions and drift."""
+
+    permission_classes = [READ]
+
+    def get(self, request: Request) -> Response:
+        rows = selectors.fleet_status(
+            regions=request.query_params.getlist("region"), connections=request.query_params.getlist("connection")
+        )
+        return Response(
+            {
+                "targets": rows,
+                "count": len(rows),
+                "behind": sum(1 for row in rows if row["pending"]),
+                "drifted": sum(1 for row in rows if row["drift"]),
+                "unreachable": sum(1 for row in rows if row.get("error")),
+            }
+        )
+
+
+class SetsView(APIView):
+    """The loaded migration sets: versions, checksums, undo availability and validation problems."""
+
+    permission_classes = [READ]
+
+    def get(self, request: Request) -> Response:
+        sets = selectors.sets_load(strict=False)
+        return Response(
+            {
+                "sets": [
+                    {**mset.snapshot(), "latest": str(mset.latest) if mset.latest else None, "problems": mset.problems}
+                    for mset in sets.values()
+                ]
+            }
+        )
+
+
+class MigrationsHealthView(APIView):
+    """Whether the migration system can work: sets valid, dependencies sane, executions not stuck."""
+
+    permission_classes = [READ]
+
+    def get(self, request: Request) -> Response:
+        report = selectors.migrations_health()
+        return Response(report, status=status.HTTP_200_OK if report["status"] == "healthy" else 503)

@@ -1,0 +1,110 @@
+"""API shapes of executions, target runs, plans and migration sets."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from rest_framework import serializers
+
+from connections import validators
+from migrations_runner.models import MigrationExecution, OnFailure, Scope, TargetRun
+
+
+class ScopeSerializer(serializers.Serializer):
+    """What to migrate: a scope narrowed by regions, connections and tenants."""
+
+    scope = serializers.ChoiceField(choices=Scope.choices, default=Scope.ALL)
+    regions = serializers.ListField(
+        child=serializers.CharField(max_length=32, validators=[validators.validate_region]),
+        required=False,
+        default=list,
+    )
+    connections = serializers.ListField(
+        child=serializers.CharField(max_length=63, validators=[validators.validate_connection_name]),
+        required=False,
+        default=list,
+    )
+    tenants = serializers.ListField(
+        child=serializers.CharField(max_length=48, validators=[validators.validate_tenant_slug]),
+        required=False,
+        default=list,
+    )
+
+
+class ExecuteSerializer(ScopeSerializer):
+    dry_run = serializers.BooleanField(default=False)
+    on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
+    batch_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
+
+    def validate_batch_size(self, value: int | None) -> int:
+        return value or settings.MIGRATION_BATCH_SIZE
+
+
+class RollbackSerializer(serializers.Serializer):
+    execution_id = serializers.UUIDField()
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = MigrationExecution
+        fields = [
+            "id",
+            "kind",
+            "scope",
+            "filters",
+            "dry_run",
+            "status",
+            "on_failure",
+            "batch_size",
+            "executed_by",
+            "batch_id",
+            "cancel_requested",
+            "error",
+            "created_at",
+            "started_at",
+            "completed_at",
+            "progress",
+        ]
+        read_only_fields = fields
+
+    def get_progress(self, execution: MigrationExecution) -> dict:
+        from migrations_runner.selectors import execution_progress
+
+        return execution_progress(execution=execution)
+
+
+class ExecutionDetailSerializer(ExecutionSerializer):
+    class Meta(ExecutionSerializer.Meta):
+        fields = [*ExecutionSerializer.Meta.fields, "metadata"]
+        read_only_fields = fields
+
+
+class TargetRunSerializer(serializers.ModelSerializer):
+    connection = serializers.CharField(source="connection.name")
+    tenant = serializers.CharField(source="tenant.slug", default=None)
+
+    class Meta:
+        model = TargetRun
+        fields = [
+            "id",
+            "connection",
+            "tenant",
+            "schema_name",
+            "database_type",
+            "region",
+            "phase",
+            "status",
+            "from_version",
+            "to_version",
+            "pending_versions",
+            "applied_versions",
+            "attempts",
+            "error",
+            "skip_reason",
+            "worker",
+            "started_at",
+            "completed_at",
+            "duration_ms",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from migrations_runner import api
+
+urlpatterns = [
+    path("migrations/", api.ExecutionListView.as_view(), name="migrations-list"),
+    path("migrations/execute/", api.ExecuteView.as_view(), name="migrations-execute"),
+    path("migrations/rollback/", api.RollbackView.as_view(), name="migrations-rollback"),
+    path("migrations/health/", api.MigrationsHealthView.as_view(), name="migrations-health"),
+    path("migrations/sets/", api.SetsView.as_view(), name="migrations-sets"),
+    path("migrations/dynamic/plan/", api.PlanView.as_view(), name="migrations-plan"),
+    path("migrations/dynamic/status/", api.FleetStatusView.as_view(), name="migrations-fleet-status"),
+    path("migrations/status/<uuid:execution_id>/", api.ExecutionStatusView.as_view(), name="migrations-status"),
+    path("migrations/<uuid:execution_id>/targets/", api.ExecutionTargetsView.as_view(), name="migrations-targets"),
+    path("migrations/<uuid:execution_id>/cancel/", api.CancelView.as_view(), name="migrations-cancel"),
+]

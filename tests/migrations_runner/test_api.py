@@ -1,0 +1,97 @@
+"""The /api/v1/migrations/ endpoints."""
+
+import pytest
+
+from migrations_runner.models import MigrationExecution
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+BASE = "/api/v1/migrations/"
+
+
+@pytest.fixture
+def executor(api_as):
+    return api_as("migrations:execute")
+
+
+def test_execute_answers_202_and_the_execution_can_be_read(small_fleet, executor):
+    response = executor.post(f"{BASE}execute/", {"scope": "tenant", "regions": ["eu-west"]}, format="json")
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert body["scope"] == "tenant"
+    assert body["filters"]["regions"] == ["eu-west"]
+    status = executor.get(f"{BASE}status/{body['id']}/").json()
+    assert status["progress"]["total"] == 3
+    assert status["executed_by"] == response.wsgi_request.user.username
+    targets = executor.get(f"{BASE}{body['id']}/targets/").json()
+    assert targets["count"] == 3
+    assert {t["connection"] for t in targets["results"]} == {"shared-eu"}
+    listing = executor.get(BASE, {"limit": 1}).json()
+    assert listing["results"][0]["id"] == body["id"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"scope": "everything"}, "scope"),
+        ({"scope": "tenant", "batch_size": 0}, "batch_size"),
+        ({"scope": "tenant", "on_failure": "panic"}, "on_failure"),
+        ({"scope": "tenant", "tenants": ['x"; drop schema public; --']}, "tenants"),
+        ({"scope": "tenant", "regions": "us-east"}, "regions"),
+    ],
+)
+def test_bad_execute_input_is_a_400_with_the_field(small_fleet, executor, payload, field):
+    response = executor.post(f"{BASE}execute/", payload, format="json")
+    assert response.status_code == 400
+    assert field in response.json()["details"]
+    assert MigrationExecution.objects.count() == 0
+
+
+def test_no_matching_target_is_a_400(small_fleet, executor):
+    response = executor.post(f"{BASE}execute/", {"scope": "tenant", "tenants": ["nobody"]}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"] == "no_targets"
+
+
+def test_plan_and_fleet_status_change_nothing(small_fleet, api_as):
+    reader = api_as("migrations:read")
+    plan = reader.post(f"{BASE}dynamic/plan/", {"scope": "tenant", "tenants": ["us000"]}, format="json").json()
+    assert plan["count"] == 1
+    assert plan["targets"][0]["pending"][:3] == ["1", "2", "3"]
+    fleet = reader.get(f"{BASE}dynamic/status/").json()
+    assert fleet["count"] == 10
+    assert fleet["behind"] == 10
+    assert MigrationExecution.objects.count() == 0
+
+
+def test_sets_and_health(api_as):
+    reader = api_as("migrations:read")
+    sets = {s["database_type"]: s for s in reader.get(f"{BASE}sets/").json()["sets"]}
+    assert sets["tenant"]["latest"] == "9"
+    assert all(v["undo"] for v in sets["tenant"]["versions"])
+    health = reader.get(f"{BASE}health/")
+    assert health.status_code == 200
+    assert health.json()["status"] == "healthy"
+
+
+def test_rollback_and_unknown_ids(small_fleet, executor):
+    done = executor.post(f"{BASE}execute/", {"scope": "tenant"}, format="json").json()
+    response = executor.post(f"{BASE}rollback/", {"execution_id": done["id"]}, format="json")
+    assert response.status_code == 202
+    assert response.json()["kind"] == "rollback"
+    again = executor.post(f"{BASE}rollback/", {"execution_id": done["id"]}, format="json")
+    assert again.status_code == 409
+    missing = "00000000-0000-0000-0000-000000000000"
+    assert executor.get(f"{BASE}status/{missing}/").status_code == 404
+    assert executor.post(f"{BASE}rollback/", {"execution_id": "nope"}, format="json").status_code == 400
+    assert executor.get(BASE, {"status": "weird"}).status_code == 400
+
+
+def test_roles(small_fleet, api_as, client):
+    assert client.get(BASE).status_code == 401
+    reader = api_as("migrations:read")
+    assert reader.get(BASE).status_code == 200
+    response = reader.post(f"{BASE}execute/", {"scope": "tenant"}, format="json")
+    assert response.status_code == 403
+    assert "migrations:execute" in response.json()["message"]
+    assert api_as("databases:manage").get(BASE).status_code == 403
