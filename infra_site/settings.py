@@ -40,7 +40,7 @@ HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
 WORKERS = env.int("WORKERS", default=2)
 
-# OpenID Connect (Keycloak).
+# --- Authentication: OpenID Connect (Keycloak) ---
 KEYCLOAK_URL = env.str("KEYCLOAK_URL", default="").rstrip("/")
 KEYCLOAK_ADMIN_REALM = env.str("KEYCLOAK_ADMIN_REALM", default="master")
 KEYCLOAK_CLIENT_ID = env.str("KEYCLOAK_CLIENT_ID", default="")
