@@ -46,6 +46,28 @@ KEYCLOAK_ADMIN_REALM = env.str("KEYCLOAK_ADMIN_REALM", default="master")
 KEYCLOAK_CLIENT_ID = env.str("KEYCLOAK_CLIENT_ID", default="")
 KEYCLOAK_CLIENT_SECRET = env.str("KEYCLOAK_CLIENT_SECRET", default="")
 OIDC_CONFIGURED = bool(KEYCLOAK_URL and KEYCLOAK_CLIENT_ID and KEYCLOAK_CLIENT_SECRET)
+# The provider's endpoints are not settings: infra_site.auth.provider reads them at first use from the discovery
+# document of the issuer KEYCLOAK_URL/realms/<KEYCLOAK_ADMIN_REALM> (Keycloak's
+# /protocol/openid-connect/{auth,token,userinfo,certs,logout}), so nothing touches the network at import time.
+OIDC_RP_SIGN_ALGO = "RS256"
+OIDC_RP_SCOPES = "openid email profile"
+OIDC_USE_PKCE = True
+OIDC_STORE_ID_TOKEN = True  # the id_token_hint of the provider logout
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=5.0)
+# Clock skew tolerated on exp, nbf and iat of tokens (seconds).
+OIDC_CLOCK_LEEWAY = env.int("OIDC_CLOCK_LEEWAY", default=30)
+# The JWKS is refetched when a token names an unknown key id, at most once per this many seconds,
+# and in any case once it is older than OIDC_JWKS_MAX_AGE (so a key the provider withdrew stops working).
+OIDC_JWKS_REFRESH_INTERVAL = env.float("OIDC_JWKS_REFRESH_INTERVAL", default=10.0)
+OIDC_JWKS_MAX_AGE = env.int("OIDC_JWKS_MAX_AGE", default=3600)
+OIDC_OP_LOGOUT_URL_METHOD = "infra_site.auth.views.provider_logout_url"
+LOGIN_REDIRECT_URL = "admin:index"
+LOGIN_REDIRECT_URL_FAILURE = "/admin/login/?oidc_error=1"
+LOGOUT_REDIRECT_URL = "admin:login"
+AUTHENTICATION_BACKENDS = [
+    "infra_site.auth.backends.KeycloakBackend",
+    "infra_site.auth.backends.LocalPasswordBackend",
+]
 LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
 
 # Migrations.
@@ -60,6 +82,12 @@ MIGRATION_DEPENDENCIES = env.json(
 # lock_timeout of migration statements, and how long to wait for another run's lock on a target (seconds).
 MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=10.0)
 MIGRATION_LOCK_WAIT = env.float("MIGRATION_LOCK_WAIT", default=60.0)
+# At most this many targets of one database server run at once, across all workers and executions.
+MIGRATION_MAX_PER_DATABASE = env.int("MIGRATION_MAX_PER_DATABASE", default=4)
+# A queue worker renews its lease on a running target every heartbeat; a lease not renewed for
+# MIGRATION_LEASE_SECONDS means the worker is lost (checked every MIGRATION_RECOVERY_SECONDS).
+MIGRATION_HEARTBEAT_SECONDS = env.float("MIGRATION_HEARTBEAT_SECONDS", default=3.0)
+MIGRATION_LEASE_SECONDS = env.float("MIGRATION_LEASE_SECONDS", default=15.0)
 
 # HTTP edge.
 CORS_ALLOWED_ORIGINS_RAW = env.list("CORS_ALLOW_ORIGINS", default=[])
@@ -104,6 +132,7 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "django_q",
+    "mozilla_django_oidc",
     "connections",
     "migrations_runner",
     "health",
@@ -194,7 +223,9 @@ CORS_URLS_REGEX = r"^/(api|health)/.*$"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        # Basic first: its WWW-Authenticate header turns missing credentials into 401, not 403.
+        # Bearer first: its WWW-Authenticate header turns missing credentials into 401, not 403.
+        "infra_site.auth.authentication.KeycloakBearerAuthentication",
+        # Local accounts (break-glass); refused by the backends when LOCAL_LOGIN_ENABLED is false.
         "rest_framework.authentication.BasicAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -222,13 +253,23 @@ SPECTACULAR_SETTINGS = {
 API_DOCS_ENABLED = not IS_PRODUCTION
 
 # Background tasks: django-q2 on the ORM broker unless Q_BROKER_URL names Redis.
+# "queue" runs executions on qcluster workers; "inline" runs them in the submitting process (tests, one-offs).
+MIGRATION_EXECUTOR = env.str("MIGRATION_EXECUTOR", default="queue")
+if MIGRATION_EXECUTOR not in ("queue", "inline"):
+    raise ImproperlyConfigured(f"MIGRATION_EXECUTOR must be 'queue' or 'inline'; got {MIGRATION_EXECUTOR!r}.")
 Q_BROKER_URL = env.str("Q_BROKER_URL", default="")
 Q_WORKERS = env.int("Q_WORKERS", default=4)
 Q_CLUSTER = {
     "name": "infra",
     "workers": Q_WORKERS,
-    "timeout": MIGRATION_TIMEOUT + 60,
-    "retry": MIGRATION_TIMEOUT + 120,
+    # Take only what the workers can start now, so every cluster sharing the broker gets work.
+    "bulk": 1,
+    "queue_limit": Q_WORKERS,
+    "poll": 0.1,
+    # A task runs one target: several scripts, each statement bounded by MIGRATION_TIMEOUT.
+    "timeout": MIGRATION_TIMEOUT * 4 + 60,
+    "retry": MIGRATION_TIMEOUT * 4 + 120,
+    "save_limit": 1000,
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,

@@ -3,12 +3,19 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
+from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCLogoutView
 
 from infra_site import views
+from infra_site.auth import views as auth_views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    # Before the admin's own: its login page offers Keycloak, its logout also ends the Keycloak session.
+    path("admin/login/", auth_views.admin_login, name="infra-admin-login"),
+    path("admin/logout/", OIDCLogoutView.as_view(), name="infra-admin-logout"),
     path("admin/", admin.site.urls),
+    path("oidc/authenticate/", auth_views.KeycloakLoginView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", OIDCAuthenticationCallbackView.as_view(), name="oidc_authentication_callback"),
     path("api/v1/", include("connections.urls")),
     path("api/v1/", include("migrations_runner.urls")),
 ]

@@ -1,5 +1,6 @@
 from django.apps import AppConfig
 from django.core import checks
+from django.db.models.signals import post_migrate
 
 
 class MigrationsRunnerConfig(AppConfig):
@@ -14,3 +15,11 @@ class MigrationsRunnerConfig(AppConfig):
 
         checks.register(app_checks.check_dependencies, app_checks.TAG)
         checks.register(app_checks.check_sets, app_checks.TAG)
+        post_migrate.connect(_ensure_recovery_schedule, sender=self)
+
+
+def _ensure_recovery_schedule(sender, **kwargs) -> None:
+    """After migrate: the periodic lost-target check exists (a django-q2 schedule)."""
+    from migrations_runner.services import ensure_recovery_schedule
+
+    ensure_recovery_schedule()

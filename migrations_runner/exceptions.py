@@ -21,3 +21,19 @@ class RollbackRefused(Conflict):
 
 class TargetUnreachable(ValidationFailed):
     code = "target_unreachable"
+
+
+class RetryRefused(Conflict):
+    code = "retry_refused"
+
+
+class InvalidSchedule(ValidationFailed):
+    code = "invalid_schedule"
+
+
+class ScheduleNotFound(NotFound):
+    code = "schedule_not_found"
+
+
+class ProvisioningFailed(ValidationFailed):
+    code = "provisioning_failed"

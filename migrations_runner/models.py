@@ -100,6 +100,8 @@ class TargetRun(models.Model):
     error = models.JSONField(null=True, blank=True)
     skip_reason = models.TextField(blank=True, default="")
     worker = models.CharField(max_length=128, blank=True, default="")
+    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When it was handed to the task queue.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="The worker's last sign of life.")
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -117,3 +119,43 @@ class TargetRun(models.Model):
     @property
     def label(self) -> str:
         return f"{self.connection.name}/{self.schema_name}"
+
+
+class MigrationSchedule(models.Model):
+    """A migration run that starts by itself: on a cron expression, or once at ``run_at``.
+
+    Kept in sync with a django-q2 ``Schedule`` (``q_schedule``) that fires it.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.ALL)
+    filters = models.JSONField(default=dict, blank=True)
+    dry_run = models.BooleanField(default=False)
+    on_failure = models.CharField(max_length=16, choices=OnFailure.choices, default=OnFailure.CONTINUE)
+    batch_size = models.PositiveIntegerField(null=True, blank=True)
+    cron_expression = models.CharField(max_length=100, blank=True, default="")
+    run_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    q_schedule = models.OneToOneField(
+        "django_q.Schedule", on_delete=models.SET_NULL, null=True, blank=True, related_name="migration_schedule"
+    )
+    last_execution = models.ForeignKey(
+        MigrationExecution, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(~models.Q(cron_expression="") & models.Q(run_at__isnull=True))
+                | (models.Q(cron_expression="") & models.Q(run_at__isnull=False)),
+                name="schedule_cron_xor_run_at",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name

@@ -104,8 +104,13 @@ class ConnectionSource:
 
     def get(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._connect()
-            self._conn.autocommit = True
+            conn = self._connect()
+            conn.autocommit = True
+            if conn.info.server_version >= 140000:
+                # If this process dies mid-script, the server notices within a second and rolls the script
+                # back, instead of running on (and perhaps committing) for a client that is gone.
+                conn.execute("SELECT set_config('client_connection_check_interval', '1s', false)")
+            self._conn = conn
         return self._conn
 
     def discard(self) -> None:

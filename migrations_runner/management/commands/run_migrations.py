@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import ProgressBar, application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.models import OnFailure, Scope, TargetRun, TargetStatus
+from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Scope, TargetRun, TargetStatus
 
 
 def summary(execution) -> dict:
@@ -35,6 +37,7 @@ def summary(execution) -> dict:
                 "applied": [a["version"] or a["script"] for a in run.applied_versions],
                 "error": run.error,
                 "skip_reason": run.skip_reason or None,
+                "worker": run.worker or None,
             }
             for run in runs
         ],
@@ -54,7 +57,9 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Show the pending versions per target only.")
         parser.add_argument("--on-failure", choices=OnFailure.values, default=OnFailure.CONTINUE)
         parser.add_argument("--batch-size", type=int, default=None, help="Targets in flight at once.")
-        parser.add_argument("--sync", action="store_true", help="Run in this process (the default for now).")
+        parser.add_argument("--sync", action="store_true", help="Run in this process instead of on the queue workers.")
+        parser.add_argument("--wait", action="store_true", help="Follow a queued execution until it ends.")
+        parser.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
         parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -72,18 +77,25 @@ class Command(BaseCommand):
                 bar = ProgressBar(self.stdout, total, tty=self.stdout.isatty())
             bar.advance(f"{run.connection.name}/{run.schema_name}", run.status)
 
+        params = {
+            "scope": options["scope"],
+            "regions": options["region"],
+            "connections": options["connection"],
+            "tenants": options["tenant"],
+            "dry_run": options["dry_run"],
+            "on_failure": options["on_failure"],
+            "batch_size": options["batch_size"],
+            "executed_by": cli_actor(),
+        }
         with application_errors():
-            execution = services.execution_start(
-                scope=options["scope"],
-                regions=options["region"],
-                connections=options["connection"],
-                tenants=options["tenant"],
-                dry_run=options["dry_run"],
-                on_failure=options["on_failure"],
-                batch_size=options["batch_size"],
-                executed_by=cli_actor(),
-                on_target_done=on_target_done,
-            )
+            if options["sync"] or options["dry_run"]:
+                execution = services.execution_start(**params, on_target_done=on_target_done)
+            else:
+                execution = services.execution_submit(**params)
+                if not options["wait"]:
+                    self.stdout.write(to_json(summary(execution)) if as_json else f"Execution {execution.pk} queued.")
+                    return
+                execution = self._follow(execution, on_target_done, options["poll"])
         if bar:
             bar.close()
         data = summary(execution)
@@ -93,6 +105,23 @@ class Command(BaseCommand):
             self._report(data)
         if data["progress"]["failed"] or execution.status == "failed":
             sys.exit(1)
+
+    def _follow(self, execution, on_target_done, poll: float):
+        """Poll a queued execution until it finishes, reporting each target as it ends."""
+        seen: set[int] = set()
+        while True:
+            execution.refresh_from_db()
+            finished = (
+                execution.targets.select_related("connection", "execution")
+                .exclude(pk__in=seen)
+                .filter(status__in=FINISHED_TARGET_STATUSES, started_at__isnull=False)
+            )
+            for run in finished:
+                seen.add(run.pk)
+                on_target_done(run)
+            if execution.is_finished:
+                return execution
+            time.sleep(poll)
 
     def _report(self, data: dict) -> None:
         progress = data["progress"]

@@ -1,0 +1,38 @@
+"""DRF authentication with Keycloak bearer tokens, validated locally against the realm's cached keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from infra_site.auth import provider, services, tokens
+
+
+class KeycloakBearerAuthentication(BaseAuthentication):
+    """``Authorization: Bearer <access token>``: identity and roles come from the token itself."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request: Request) -> tuple[User, dict[str, Any]] | None:
+        parts = get_authorization_header(request).split()
+        if not parts or parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header: expected 'Bearer <token>'.")
+        if not provider.oidc_configured():
+            raise exceptions.AuthenticationFailed("Bearer tokens are not accepted: OpenID Connect is not configured.")
+        try:
+            claims = tokens.validate_access_token(parts[1].decode("latin-1"))
+        except tokens.InvalidToken as exc:
+            raise exceptions.AuthenticationFailed(str(exc)) from exc
+        user = services.oidc_user_sync(issuer=provider.issuer(), claims=claims, granted=tokens.granted_roles(claims))
+        if not user.is_active:
+            raise exceptions.AuthenticationFailed("This user is deactivated.")
+        return user, claims
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'

@@ -1,0 +1,43 @@
+"""Writes of the migrations app. Interfaces import from here; the modules are its parts."""
+
+from migrations_runner.services.executions import (
+    execution_cancel,
+    execution_retry,
+    execution_rollback,
+    execution_start,
+    execution_submit,
+    rollback_submit,
+    target_rollback,
+)
+from migrations_runner.services.inline import execution_run
+from migrations_runner.services.provisioning import tenant_provision
+from migrations_runner.services.queue import execution_dispatch, target_run_work, targets_recover_lost
+from migrations_runner.services.schedules import (
+    ensure_recovery_schedule,
+    schedule_create,
+    schedule_delete,
+    schedule_fire,
+    schedule_update,
+)
+from migrations_runner.services.targets import target_run_apply
+
+__all__ = [
+    "ensure_recovery_schedule",
+    "execution_cancel",
+    "execution_dispatch",
+    "execution_retry",
+    "execution_rollback",
+    "execution_run",
+    "execution_start",
+    "execution_submit",
+    "rollback_submit",
+    "schedule_create",
+    "schedule_delete",
+    "schedule_fire",
+    "schedule_update",
+    "target_rollback",
+    "target_run_apply",
+    "target_run_work",
+    "targets_recover_lost",
+    "tenant_provision",
+]

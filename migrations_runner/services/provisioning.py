@@ -1,0 +1,76 @@
+"""Provisioning a tenant: register it, create its schema, run the tenant set on it."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+
+from connections import services as registry
+from connections.models import DatabaseConnection, Tenant, TenantStatus
+from migrations_runner.engine.targets import Target
+from migrations_runner.exceptions import ProvisioningFailed
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Scope, TargetStatus
+from migrations_runner.services.executions import execution_start
+
+logger = logging.getLogger(__name__)
+
+
+def tenant_provision(
+    *,
+    slug: str,
+    name: str,
+    connection: DatabaseConnection,
+    actor: str,
+    schema_name: str | None = None,
+) -> tuple[Tenant, MigrationExecution]:
+    """Create (or resume) a tenant in ``provisioning``, migrate its schema in this process, then activate it.
+
+    On failure the tenant stays in ``provisioning`` with the error and nothing is dropped;
+    provisioning again resumes from the versions already applied.
+    """
+    tenant = Tenant.objects.filter(slug=slug).select_related("connection").first()
+    if tenant is None:
+        tenant = registry.tenant_create(
+            slug=slug,
+            name=name,
+            connection=connection,
+            schema_name=schema_name,
+            actor=actor,
+            status=TenantStatus.PROVISIONING,
+        )
+    elif tenant.status != TenantStatus.PROVISIONING:
+        raise ProvisioningFailed(
+            f"Tenant {slug!r} exists and is {tenant.status}; only a tenant still provisioning can be provisioned.",
+            code="tenant_exists",
+            details={"slug": slug, "status": tenant.status},
+        )
+    target = Target(
+        connection_id=str(tenant.connection_id),
+        connection_name=tenant.connection.name,
+        database_type="tenant",
+        region=tenant.connection.region,
+        schema=tenant.schema_name,
+        database=tenant.connection.address,
+        tenant_slug=tenant.slug,
+        tenant_id=tenant.pk,
+        create_schema=tenant.schema_name != "public",
+    )
+    execution = execution_start(
+        scope=Scope.SINGLE, executed_by=actor, targets=[target], metadata={"provision": slug}, batch_size=1
+    )
+    run = execution.targets.get()
+    with transaction.atomic():
+        if execution.status == ExecutionStatus.COMPLETED and run.status == TargetStatus.SUCCEEDED:
+            tenant.status, tenant.error = TenantStatus.ACTIVE, ""
+        else:
+            error = run.error or {}
+            tenant.error = f"version {error.get('version') or '?'}: {error.get('message', 'failed')}" + (
+                f" [SQLSTATE {error['sqlstate']}]" if error.get("sqlstate") else ""
+            )
+        tenant.save(update_fields=["status", "error", "updated_at"])
+    logger.info(
+        "tenant provisioning finished",
+        extra={"tenant": slug, "status": tenant.status, "execution": str(execution.pk), "actor": actor},
+    )
+    return tenant, execution

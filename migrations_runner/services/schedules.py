@@ -1,0 +1,149 @@
+"""Migration schedules, kept in sync with django-q2's ``Schedule`` that fires them."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from croniter import croniter
+from django.db import transaction
+from django.utils import timezone
+from django_q.models import Schedule
+
+from migrations_runner.exceptions import InvalidSchedule
+from migrations_runner.models import MigrationSchedule, OnFailure, Scope
+
+logger = logging.getLogger(__name__)
+
+FIRE_TASK = "migrations_runner.tasks.fire_schedule"
+RECOVERY_TASK = "migrations_runner.tasks.recover_lost_targets"
+RECOVERY_SCHEDULE = "infra: recover lost target runs"
+EDITABLE = ("name", "scope", "filters", "dry_run", "on_failure", "batch_size", "cron_expression", "run_at", "enabled")
+
+
+def _validate(schedule: MigrationSchedule) -> None:
+    problems: dict[str, list[str]] = {}
+    if bool(schedule.cron_expression) == bool(schedule.run_at):
+        problems["cron_expression"] = ["Give either a cron expression or a run_at time, not both or neither."]
+    elif schedule.cron_expression and not croniter.is_valid(schedule.cron_expression):
+        problems["cron_expression"] = [
+            f"{schedule.cron_expression!r} is not a valid cron expression (minute hour day month weekday)."
+        ]
+    elif schedule.run_at and schedule.run_at <= timezone.now():
+        problems["run_at"] = [f"run_at {schedule.run_at.isoformat()} is in the past."]
+    if schedule.scope not in Scope.values:
+        problems["scope"] = [f"Unknown scope {schedule.scope!r}."]
+    if schedule.on_failure not in OnFailure.values:
+        problems["on_failure"] = [f"Unknown on_failure {schedule.on_failure!r}."]
+    if problems:
+        field, messages = next(iter(problems.items()))
+        raise InvalidSchedule(f"Invalid schedule: {field}: {messages[0]}", details=problems)
+
+
+def _next_run(schedule: MigrationSchedule) -> datetime:
+    if schedule.run_at:
+        return schedule.run_at
+    return croniter(schedule.cron_expression, timezone.localtime()).get_next(datetime)
+
+
+def _sync(schedule: MigrationSchedule) -> None:
+    """Create, update or remove the django-q2 schedule that fires ``schedule``."""
+    if not schedule.enabled:
+        if schedule.q_schedule_id:
+            Schedule.objects.filter(pk=schedule.q_schedule_id).delete()
+            schedule.q_schedule = None
+            schedule.save(update_fields=["q_schedule"])
+        return
+    values = {
+        "name": f"migration schedule {schedule.name}",
+        "func": FIRE_TASK,
+        "args": repr((schedule.pk,)),
+        "schedule_type": Schedule.ONCE if schedule.run_at else Schedule.CRON,
+        "cron": schedule.cron_expression or None,
+        "repeats": 1 if schedule.run_at else -1,
+        "next_run": _next_run(schedule),
+    }
+    if schedule.q_schedule_id:
+        Schedule.objects.filter(pk=schedule.q_schedule_id).update(**values)
+    else:
+        schedule.q_schedule = Schedule.objects.create(**values)
+        schedule.save(update_fields=["q_schedule"])
+
+
+def schedule_create(*, actor: str, **values: Any) -> MigrationSchedule:
+    """Create a schedule (cron or one-off ``run_at``) and its django-q2 schedule."""
+    schedule = MigrationSchedule(created_by=actor, **{k: v for k, v in values.items() if k in EDITABLE})
+    schedule.cron_expression = schedule.cron_expression or ""
+    _validate(schedule)
+    if MigrationSchedule.objects.filter(name=schedule.name).exists():
+        raise InvalidSchedule(f"A schedule named {schedule.name!r} exists.", details={"name": [schedule.name]})
+    with transaction.atomic():
+        schedule.save()
+        _sync(schedule)
+    logger.info("schedule created", extra={"schedule": schedule.name, "actor": actor})
+    return schedule
+
+
+def schedule_update(*, schedule: MigrationSchedule, actor: str, **changes: Any) -> MigrationSchedule:
+    """Change a schedule (including enabling or disabling it) and its django-q2 schedule."""
+    for key, value in changes.items():
+        if key in EDITABLE:
+            setattr(schedule, key, value if value is not None or key not in ("cron_expression",) else "")
+    _validate(schedule)
+    with transaction.atomic():
+        schedule.save()
+        _sync(schedule)
+    logger.info("schedule updated", extra={"schedule": schedule.name, "actor": actor, "enabled": schedule.enabled})
+    return schedule
+
+
+def schedule_delete(*, schedule: MigrationSchedule, actor: str) -> None:
+    """Delete a schedule and its django-q2 schedule."""
+    with transaction.atomic():
+        if schedule.q_schedule_id:
+            Schedule.objects.filter(pk=schedule.q_schedule_id).delete()
+        schedule.delete()
+    logger.info("schedule deleted", extra={"schedule": schedule.name, "actor": actor})
+
+
+def schedule_fire(*, schedule_id: int) -> str:
+    """Start the execution of a schedule; executed_by is ``schedule:<name>``."""
+    from migrations_runner.services.executions import execution_submit
+
+    schedule = MigrationSchedule.objects.filter(pk=schedule_id, enabled=True).first()
+    if schedule is None:
+        return "disabled or deleted"
+    filters = schedule.filters or {}
+    execution = execution_submit(
+        scope=schedule.scope,
+        regions=filters.get("regions") or [],
+        connections=filters.get("connections") or [],
+        tenants=filters.get("tenants") or [],
+        dry_run=schedule.dry_run,
+        on_failure=schedule.on_failure,
+        batch_size=schedule.batch_size,
+        executed_by=f"schedule:{schedule.name}",
+    )
+    schedule.last_execution, schedule.last_fired_at = execution, timezone.now()
+    update = ["last_execution", "last_fired_at"]
+    if schedule.run_at:
+        schedule.enabled = False
+        update.append("enabled")
+    schedule.save(update_fields=update)
+    logger.info("schedule fired", extra={"schedule": schedule.name, "execution": str(execution.pk)})
+    return str(execution.pk)
+
+
+def ensure_recovery_schedule() -> None:
+    """Make sure the periodic lost-target check exists (django-q2's scheduler runs it about every 30 s)."""
+    Schedule.objects.update_or_create(
+        name=RECOVERY_SCHEDULE,
+        defaults={
+            "func": RECOVERY_TASK,
+            "schedule_type": Schedule.CRON,
+            "cron": "* * * * * */10",
+            "repeats": -1,
+            "next_run": timezone.now(),
+        },
+    )

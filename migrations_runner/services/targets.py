@@ -1,0 +1,120 @@
+"""Running one target run and recording its outcome: shared by the in-process runner and the queue workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.utils import timezone
+
+from migrations_runner.engine import apply as engine
+from migrations_runner.engine.sets import MigrationSet, Version
+from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+
+logger = logging.getLogger(__name__)
+
+RUN_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error", "completed_at", "duration_ms"]
+
+
+def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]) -> engine.ApplyOptions:
+    return engine.ApplyOptions(
+        installed_by=execution.executed_by[:100],
+        execution_id=str(execution.pk),
+        statement_timeout_s=settings.MIGRATION_TIMEOUT,
+        lock_timeout_s=settings.MIGRATION_LOCK_TIMEOUT,
+        lock_wait_s=settings.MIGRATION_LOCK_WAIT,
+        retry_attempts=settings.MIGRATION_RETRY_ATTEMPTS,
+        should_stop=should_stop,
+    )
+
+
+def target_spec(run: TargetRun) -> engine.TargetSpec:
+    return engine.TargetSpec(
+        schema=run.schema_name,
+        create_schema=run.schema_name != "public",
+        context={
+            "schema": run.schema_name,
+            "tenant_slug": run.tenant.slug if run.tenant_id else "",
+            "region": run.region,
+            "database_type": run.database_type,
+        },
+        label=f"{run.connection.name}/{run.schema_name}",
+    )
+
+
+def _check_snapshot(execution: MigrationExecution, mset: MigrationSet) -> str:
+    """Return why the set on disk no longer matches the execution's snapshot, or ''."""
+    snapshot = execution.metadata.get("sets", {}).get(mset.database_type)
+    if snapshot is None:
+        return ""
+    current = mset.snapshot()
+    if [v["checksum"] for v in snapshot["versions"]] != [v["checksum"] for v in current["versions"]]:
+        return f"the {mset.database_type} set changed on disk since the execution started"
+    return ""
+
+
+def target_run_apply(
+    *,
+    run: TargetRun,
+    execution: MigrationExecution,
+    sets: dict[str, MigrationSet],
+    source: engine.ConnectionSource,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> engine.TargetOutcome:
+    """Apply (or, for a rollback execution, undo) the versions of one target run; touches no Django rows."""
+    mset = sets[run.database_type]
+    changed = _check_snapshot(execution, mset)
+    if changed:
+        return engine.TargetOutcome(status="failed", error=engine.TargetError(kind="set_changed", message=changed))
+    options = apply_options(execution, should_stop)
+    if execution.kind == ExecutionKind.ROLLBACK:
+        versions = [Version.parse(v) for v in run.pending_versions]
+        return engine.undo_target(source, target_spec(run), mset, versions, options)
+    return engine.apply_target(source, target_spec(run), mset, options)
+
+
+def apply_outcome(run: TargetRun, outcome: engine.TargetOutcome) -> None:
+    """Copy an engine outcome onto a target run (not saved)."""
+    now = timezone.now()
+    run.status = {"succeeded": TargetStatus.SUCCEEDED, "cancelled": TargetStatus.CANCELLED}.get(
+        outcome.status, TargetStatus.FAILED
+    )
+    run.to_version = outcome.to_version
+    run.applied_versions = [
+        {"version": a.version, "script": a.script, "duration_ms": a.duration_ms, "kind": a.kind}
+        for a in outcome.applied
+    ]
+    run.attempts = outcome.attempts
+    run.error = outcome.error.as_dict() if outcome.error else None
+    run.completed_at = now
+    run.duration_ms = int((now - run.started_at).total_seconds() * 1000) if run.started_at else None
+
+
+def mark(runs: list[TargetRun], status: str, reason: str) -> None:
+    now = timezone.now()
+    for run in runs:
+        run.status, run.skip_reason, run.completed_at = status, reason, now
+    TargetRun.objects.bulk_update(runs, ["status", "skip_reason", "completed_at"])
+
+
+def finish_execution(execution: MigrationExecution) -> MigrationExecution:
+    statuses = set(execution.targets.values_list("status", flat=True))
+    if execution.cancel_requested and TargetStatus.CANCELLED in statuses:
+        status = ExecutionStatus.CANCELLED
+    elif statuses & {TargetStatus.FAILED, TargetStatus.SKIPPED, TargetStatus.CANCELLED}:
+        status = ExecutionStatus.FAILED
+    else:
+        status = ExecutionStatus.COMPLETED
+    execution.status = status
+    execution.completed_at = timezone.now()
+    execution.save(update_fields=["status", "completed_at"])
+    if status == ExecutionStatus.COMPLETED and execution.kind == ExecutionKind.ROLLBACK and not execution.dry_run:
+        MigrationExecution.objects.filter(pk=execution.metadata.get("rollback_of")).update(
+            status=ExecutionStatus.ROLLED_BACK
+        )
+    logger.info(
+        "execution finished",
+        extra={"execution": str(execution.pk), "kind": execution.kind, "status": status, "scope": execution.scope},
+    )
+    return execution

@@ -1,0 +1,20 @@
+"""django-q2 tasks. Each takes ids, and calls one service."""
+
+from __future__ import annotations
+
+from migrations_runner import services
+
+
+def run_target(target_run_id: int) -> str:
+    """Apply one target run (a worker's unit of work)."""
+    return services.target_run_work(target_run_id=target_run_id)
+
+
+def recover_lost_targets() -> int:
+    """Fail target runs whose worker stopped renewing its lease (a periodic schedule)."""
+    return services.targets_recover_lost()
+
+
+def fire_schedule(schedule_id: int) -> str:
+    """Start the execution of a migration schedule (called by its django-q2 schedule)."""
+    return services.schedule_fire(schedule_id=schedule_id)

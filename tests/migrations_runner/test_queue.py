@@ -1,0 +1,256 @@
+"""Background execution on real qcluster processes: batch size, sharing, cancel, crash recovery, schedules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from psycopg import sql
+
+from migrations_runner import services
+from migrations_runner.exceptions import InvalidSchedule
+from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from tests.migrations_runner.conftest import build_fleet, drop_fleet
+from tests.qcluster import Cluster, control_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def queue_settings(settings):
+    settings.MIGRATION_EXECUTOR = "queue"
+    settings.MIGRATION_MAX_PER_DATABASE = 50
+    settings.MIGRATION_LEASE_SECONDS = 6
+    settings.MIGRATION_HEARTBEAT_SECONDS = 1
+    return settings
+
+
+@pytest.fixture
+def clusters():
+    started: list[Cluster] = []
+
+    def start(count: int = 1, workers: int = 2, **env) -> list[Cluster]:
+        for _ in range(count):
+            started.append(Cluster(control_env(**env), workers=workers).start())
+        return started[-count:]
+
+    yield start
+    for cluster in started:
+        pids = cluster.pids()
+        cluster.stop()
+        assert not any(_alive(pid) for pid in pids), "a qcluster process survived its stop"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_finished(execution: MigrationExecution, timeout: float = 120) -> MigrationExecution:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        execution.refresh_from_db()
+        if execution.is_finished:
+            return execution
+        time.sleep(0.2)
+    raise AssertionError(f"execution {execution.pk} still {execution.status} after {timeout}s")
+
+
+@pytest.fixture
+def big_fleet(pg_server, sets_dir):
+    fleet = build_fleet(pg_server, tenants_per_region=30)
+    yield fleet
+    drop_fleet(fleet)
+
+
+def test_batch_size_caps_the_targets_in_flight_across_two_clusters(big_fleet, queue_settings, clusters):
+    first, second = clusters(count=2, workers=4)
+    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=5)
+    assert execution.status == ExecutionStatus.IN_PROGRESS
+    peak = 0
+    while not execution.is_finished:
+        peak = max(peak, TargetRun.objects.filter(execution=execution, status=TargetStatus.RUNNING).count())
+        time.sleep(0.02)
+        execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert execution.targets.filter(status=TargetStatus.SUCCEEDED).count() == 60
+    assert 2 <= peak <= 5
+    workers = {int(w.rsplit(":", 1)[1]) for w in execution.targets.values_list("worker", flat=True)}
+    assert workers & first.pids()
+    assert workers & second.pids()
+
+
+def test_cancelling_mid_run_cancels_what_has_not_finished(small_fleet, sets_dir, queue_settings, clusters):
+    (sets_dir / "tenant" / "V2__create_projects.sql").write_text(
+        "SELECT pg_sleep(0.6);\n" + (sets_dir / "tenant" / "V2__create_projects.sql").read_text()
+    )
+    clusters(workers=2)
+    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=1)
+    deadline = time.monotonic() + 60
+    while not execution.targets.filter(status=TargetStatus.SUCCEEDED).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    services.execution_cancel(execution=execution, actor="test")
+    execution = wait_finished(execution)
+    assert execution.status == ExecutionStatus.CANCELLED
+    statuses = list(execution.targets.values_list("status", flat=True))
+    assert TargetStatus.SUCCEEDED in statuses
+    assert TargetStatus.CANCELLED in statuses
+    assert set(statuses) <= {TargetStatus.SUCCEEDED, TargetStatus.CANCELLED}
+
+
+LOST_WITHIN = 50  # seconds: MIGRATION_LEASE_SECONDS (6 here) + django-q2's 30 s scheduler cycle + slack
+
+
+def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
+    small_fleet, sets_dir, queue_settings, clusters
+):
+    slow = sets_dir / "tenant" / "V2__create_projects.sql"
+    original = slow.read_text()
+    slow.write_text("SELECT pg_sleep(60);\n" + original)
+    clusters(workers=1)
+    tenant = small_fleet.tenants[0]
+    execution = services.execution_submit(scope="tenant", tenants=[tenant.slug], executed_by="test")
+    run = execution.targets.get()
+    deadline = time.monotonic() + 60
+    while not (run.worker and run.applied_versions == [] and run.started_at):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+        run.refresh_from_db()
+    time.sleep(1.5)  # V1 applied, V2 sleeping
+    os.kill(int(run.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    killed_at = time.monotonic()
+    execution = wait_finished(execution, timeout=LOST_WITHIN + 30)
+    assert time.monotonic() - killed_at <= LOST_WITHIN
+    run.refresh_from_db()
+    assert run.status == TargetStatus.FAILED
+    assert run.error["kind"] == "worker_lost"
+    assert execution.status == ExecutionStatus.FAILED
+    with small_fleet.connect("shared-us") as conn:
+        history = sql.SQL("SELECT version FROM {}.infra_schema_history").format(sql.Identifier(tenant.schema_name))
+        versions = [r[0] for r in conn.execute(history)]
+        assert versions == ["1"]
+        assert conn.execute("SELECT to_regclass(%s)", [f"{tenant.schema_name}.projects"]).fetchone()[0] is None
+    slow.write_text(original)
+    retry = services.execution_retry(execution=execution, executed_by="test")
+    retry = wait_finished(retry, timeout=60)
+    assert retry.status == ExecutionStatus.COMPLETED
+    assert retry.metadata["retry_of"] == str(execution.pk)
+    assert retry.targets.get().to_version == "9"
+
+
+def test_a_cron_schedule_fires_and_creates_an_execution(small_fleet, queue_settings, clusters):
+    clusters(workers=1)
+    schedule = services.schedule_create(
+        actor="test", name="nightly-tenants", scope="tenant", dry_run=True, cron_expression="* * * * * */5"
+    )
+    assert schedule.q_schedule.func == "migrations_runner.tasks.fire_schedule"
+    deadline = time.monotonic() + 75  # django-q2's scheduler looks at schedules every 30 s
+    while not MigrationExecution.objects.filter(executed_by="schedule:nightly-tenants").exists():
+        assert time.monotonic() < deadline, "the schedule did not fire"
+        time.sleep(0.5)
+    execution = MigrationExecution.objects.filter(executed_by="schedule:nightly-tenants").first()
+    assert execution.dry_run
+    schedule.refresh_from_db()
+    assert schedule.last_execution_id == execution.pk
+
+
+def test_schedules_reject_bad_cron_and_past_run_at_and_follow_changes(db, settings):
+    with pytest.raises(InvalidSchedule, match="not a valid cron expression"):
+        services.schedule_create(actor="t", name="bad", cron_expression="every day at noon")
+    with pytest.raises(InvalidSchedule, match="in the past"):
+        services.schedule_create(actor="t", name="late", run_at=timezone.now() - timedelta(minutes=1))
+    once = services.schedule_create(actor="t", name="once", run_at=timezone.now() + timedelta(hours=1))
+    assert once.q_schedule.schedule_type == "O"
+    services.schedule_update(schedule=once, actor="t", enabled=False)
+    once.refresh_from_db()
+    assert once.q_schedule is None
+    services.schedule_update(schedule=once, actor="t", enabled=True, run_at=None, cron_expression="0 3 * * *")
+    once.refresh_from_db()
+    assert once.q_schedule.cron == "0 3 * * *"
+    q_id = once.q_schedule_id
+    services.schedule_delete(schedule=once, actor="t")
+    from django_q.models import Schedule
+
+    assert not Schedule.objects.filter(pk=q_id).exists()
+
+
+def test_the_embedded_sqlite_survives_200_targets_on_4_workers(pg_server, sets_dir, queue_settings, clusters):
+    fleet = build_fleet(pg_server, tenants_per_region=100)
+    try:
+        (cluster,) = clusters(workers=4)
+        execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=8)
+        execution = wait_finished(execution, timeout=300)
+        assert execution.status == ExecutionStatus.COMPLETED
+        assert execution.targets.filter(status=TargetStatus.SUCCEEDED).count() == 200
+        assert "database is locked" not in cluster.output()
+    finally:
+        drop_fleet(fleet)
+
+
+def test_the_per_database_cap_holds_across_executions(big_fleet, queue_settings, clusters):
+    queue_settings.MIGRATION_MAX_PER_DATABASE = 2
+    clusters(count=2, workers=3, MIGRATION_MAX_PER_DATABASE="2")
+    first = services.execution_submit(scope="tenant", regions=["us-east"], executed_by="a", batch_size=5)
+    second = services.execution_submit(scope="tenant", regions=["eu-west"], executed_by="b", batch_size=5)
+    peak = 0
+    while not (first.is_finished and second.is_finished):
+        peak = max(peak, TargetRun.objects.filter(status=TargetStatus.RUNNING).count())
+        time.sleep(0.02)
+        first.refresh_from_db()
+        second.refresh_from_db()
+    assert first.status == second.status == ExecutionStatus.COMPLETED
+    assert 1 <= peak <= 2
+
+
+def test_provisioning_fails_at_version_3_keeps_the_tenant_and_resumes(small_fleet, sets_dir):
+    v3 = sets_dir / "tenant" / "V3__create_tasks.sql"
+    good = v3.read_text()
+    v3.write_text(good + "\nSELECT no_such_column FROM tasks;\n")
+    shared = small_fleet.connections["shared-us"]
+    tenant, execution = services.tenant_provision(slug="newco", name="NewCo", connection=shared, actor="test")
+    assert tenant.status == "provisioning"
+    assert "version 3" in tenant.error
+    assert "42703" in tenant.error
+    with small_fleet.connect("shared-us") as conn:
+        versions = [r[0] for r in conn.execute("SELECT version FROM tenant_newco.infra_schema_history ORDER BY 1")]
+    assert versions == ["1", "2"]
+    v3.write_text(good)
+    tenant, execution = services.tenant_provision(slug="newco", name="NewCo", connection=shared, actor="test")
+    assert tenant.status == "active"
+    assert tenant.error == ""
+    assert execution.targets.get().to_version == "9"
+
+
+def test_the_wait_flag_follows_a_queued_execution(small_fleet, queue_settings, clusters):
+    import json
+    import subprocess
+    import sys
+
+    from tests.qcluster import ROOT
+
+    clusters(workers=2)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), "run_migrations", "--scope", "tenant", "--wait", "--json"],
+        env=control_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert data["status"] == "completed"
+    assert {t["status"] for t in data["targets"]} == {"succeeded"}
+    assert all(t["worker"] for t in data["targets"])

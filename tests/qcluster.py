@@ -1,0 +1,102 @@
+"""Real django-q2 ``qcluster`` processes for the tests, stopped with a bounded grace period, then SIGKILL.
+
+A ``qcluster`` given SIGTERM can hang in its signal handler (django-q2 #346), so every
+cluster runs in its own process group: stopping sends SIGTERM to the group, waits a
+few seconds, then SIGKILLs the whole group, so no worker is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def control_env(**overrides: str) -> dict[str, str]:
+    """The environment of a child process that shares this test's control database and settings."""
+    from django.conf import settings
+    from django.db import connection
+
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "DJANGO_SETTINGS_MODULE": "infra_site.settings",
+        "ENVIRONMENT": "testing",
+        "ENV_FILE": os.devnull,
+        "ADMIN_DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}",
+        "APP_ENCRYPTION_KEY": settings.APP_ENCRYPTION_KEY,
+        "MIGRATIONS_DIR": str(settings.MIGRATIONS_DIR),
+        "MIGRATION_EXECUTOR": "queue",
+        "MIGRATION_MAX_PER_DATABASE": str(settings.MIGRATION_MAX_PER_DATABASE),
+        "MIGRATION_LEASE_SECONDS": str(settings.MIGRATION_LEASE_SECONDS),
+        "MIGRATION_HEARTBEAT_SECONDS": str(settings.MIGRATION_HEARTBEAT_SECONDS),
+        "RATE_LIMIT_ENABLED": "false",
+        "LOG_LEVEL": "INFO",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.update(overrides)
+    return env
+
+
+class Cluster:
+    """One ``manage.py qcluster`` process group."""
+
+    def __init__(self, env: dict[str, str], workers: int = 2) -> None:
+        self.env = {**env, "Q_WORKERS": str(workers)}
+        self.log = Path(tempfile.mkstemp(prefix="qcluster-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Cluster:
+        with self.log.open("w") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "qcluster"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while "running." not in self.output():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"qcluster did not start:\n{self.output()[-3000:]}")
+            time.sleep(0.1)
+        return self
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pids(self) -> set[int]:
+        """The cluster's process and all its children (the workers among them)."""
+        if self.process is None or self.process.poll() is not None:
+            return set()
+        parent = psutil.Process(self.process.pid)
+        return {parent.pid, *(child.pid for child in parent.children(recursive=True))}
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM the process group, wait ``grace`` seconds, then SIGKILL it; no orphans survive."""
+        if self.process is None:
+            return
+        members = self.pids()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        for pid in members:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                continue
+        self.process = None
