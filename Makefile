@@ -17,6 +17,14 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 venv: $(STAMP)
 
+# The test OpenID Connect provider (oidc-provider on the machine's Node.js), reinstalled when its lock changes.
+OIDC_PROVIDER := tests/oidc_provider
+OIDC_STAMP := $(OIDC_PROVIDER)/node_modules/.installed
+
+$(OIDC_STAMP): $(OIDC_PROVIDER)/package-lock.json
+	cd $(OIDC_PROVIDER) && npm ci --no-audit --no-fund
+	touch $(OIDC_STAMP)
+
 ## Migrate the control database and serve the admin and API on HOST:PORT (default 127.0.0.1:8000).
 run: $(STAMP)
 	$(MANAGE) migrate --noinput
@@ -26,7 +34,7 @@ run: $(STAMP)
 demo: run
 
 ## Lint, format check and the whole test suite (an embedded PostgreSQL is started for it).
-test: $(STAMP)
+test: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(MANAGE) check_migration_sets
@@ -44,5 +52,6 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache staticfiles
 
 ## Benchmarks (embedded PostgreSQL; figures printed and written to bench/results/).
-bench: $(STAMP)
+bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/fleet_migrate.py
+	$(BIN)/python bench/auth_overhead.py

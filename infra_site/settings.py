@@ -8,6 +8,7 @@ missing or left at its development default, naming the variable.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -49,6 +50,7 @@ OIDC_CONFIGURED = bool(KEYCLOAK_URL and KEYCLOAK_CLIENT_ID and KEYCLOAK_CLIENT_S
 # The provider's endpoints are not settings: infra_site.auth.provider reads them at first use from the discovery
 # document of the issuer KEYCLOAK_URL/realms/<KEYCLOAK_ADMIN_REALM> (Keycloak's
 # /protocol/openid-connect/{auth,token,userinfo,certs,logout}), so nothing touches the network at import time.
+# mozilla-django-oidc's default (HS256) cannot verify Keycloak's tokens; ours accept RS256 only, whatever this says.
 OIDC_RP_SIGN_ALGO = "RS256"
 OIDC_RP_SCOPES = "openid email profile"
 OIDC_USE_PKCE = True
@@ -175,8 +177,14 @@ DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=2)
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
 _control_db = env.db_url_config(ADMIN_DATABASE_URL or f"sqlite:///{VAR_DIR / 'control.sqlite3'}")
 if _control_db["ENGINE"] == "django.db.backends.postgresql":
-    _control_db.setdefault("OPTIONS", {})["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE}
-    _control_db["CONN_MAX_AGE"] = 0
+    if sys.argv[1:2] == ["qcluster"]:
+        # django-q2 forks its workers after the cluster has used the database: a pool created before
+        # the fork would be shared by several processes. Workers keep one checked connection each.
+        _control_db["CONN_MAX_AGE"] = 60
+        _control_db["CONN_HEALTH_CHECKS"] = True
+    else:
+        _control_db.setdefault("OPTIONS", {})["pool"] = {"min_size": DB_POOL_MIN_SIZE, "max_size": DB_POOL_MAX_SIZE}
+        _control_db["CONN_MAX_AGE"] = 0
 elif _control_db["ENGINE"] == "django.db.backends.sqlite3":
     _control_db["OPTIONS"] = {
         # WAL lets readers and one writer work at once; IMMEDIATE transactions take the

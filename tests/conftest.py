@@ -25,7 +25,8 @@ from infra_site.embedded_postgres import EmbeddedPostgres
 # The password of the login role the registry's tests connect with. It must never
 # show up in a log record, a response or a stored error (see ``no_secrets_in_logs``).
 REGISTRY_USER = "registry_user"
-REGISTRY_PASSWORD = "Reg1stry-" + secrets.token_hex(8)
+# Child processes (qcluster workers, commands) of the session inherit it through the environment.
+REGISTRY_PASSWORD = os.environ.setdefault("TEST_REGISTRY_PASSWORD", "Reg1stry-" + secrets.token_hex(8))
 SECRETS = {REGISTRY_PASSWORD}
 
 

@@ -42,6 +42,7 @@ def control_env(**overrides: str) -> dict[str, str]:
         "RATE_LIMIT_ENABLED": "false",
         "LOG_LEVEL": "INFO",
         "PYTHONPATH": str(ROOT),
+        "TEST_REGISTRY_PASSWORD": os.environ["TEST_REGISTRY_PASSWORD"],
     }
     env.update(overrides)
     return env
@@ -100,3 +101,42 @@ class Cluster:
             except psutil.NoSuchProcess:
                 continue
         self.process = None
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on 127.0.0.1 (Debian's package), or None when it is not installed."""
+
+    def __init__(self) -> None:
+        import shutil
+        import socket
+
+        self.binary = shutil.which("redis-server")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.process = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        import socket
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)

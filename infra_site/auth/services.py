@@ -63,4 +63,5 @@ def _role_groups_sync(*, user: User, granted: frozenset[str]) -> None:
     if held - granted:
         user.groups.remove(*Group.objects.filter(name__in=held - granted))
     if granted - held:
-        user.groups.add(*Group.objects.filter(name__in=granted - held))
+        # get_or_create: a role group deleted by hand comes back rather than silently withholding the role.
+        user.groups.add(*(Group.objects.get_or_create(name=role)[0] for role in sorted(granted - held)))

@@ -1,4 +1,4 @@
-"""The admin's login page (Keycloak button, local form where allowed), the start of a Keycloak login, and logout."""
+"""The admin login page (Keycloak button, local form where allowed), the start of a Keycloak login, logout, me."""
 
 from __future__ import annotations
 
@@ -9,10 +9,24 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import resolve_url
-from mozilla_django_oidc.utils import import_from_settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
+from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
+from infra_site import roles
 from infra_site.auth import provider
+from infra_site.auth.authentication import KeycloakBearerAuthentication
+from infra_site.models import OidcIdentity
+
+AUTHENTICATION_NAMES = {
+    KeycloakBearerAuthentication: "bearer",
+    SessionAuthentication: "session",
+    BasicAuthentication: "basic",
+}
 
 
 def admin_login(request: HttpRequest) -> HttpResponse:
@@ -46,7 +60,7 @@ class KeycloakLoginView(OIDCAuthenticationRequestView):
 
 def provider_logout_url(request: HttpRequest) -> str:
     """Return where logout goes: the realm's end-session endpoint (RP-initiated logout) or the login page."""
-    local = resolve_url(import_from_settings("LOGOUT_REDIRECT_URL", "admin:login"))
+    local = resolve_url(settings.LOGOUT_REDIRECT_URL)
     id_token = request.session.get("oidc_id_token")
     if not id_token or not provider.oidc_configured():
         return local
@@ -58,3 +72,22 @@ def provider_logout_url(request: HttpRequest) -> str:
         return local
     query = urlencode({"id_token_hint": id_token, "post_logout_redirect_uri": request.build_absolute_uri(local)})
     return f"{end_session}?{query}"
+
+
+class MeView(APIView):
+    """Who the caller is: username, the roles held (directly and through the hierarchy) and how they signed in."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    def get(self, request: Request) -> Response:
+        user = request.user
+        identity = OidcIdentity.objects.filter(user=user).first()
+        return Response(
+            {
+                "username": user.get_username(),
+                "email": user.email,
+                "is_superuser": user.is_superuser,
+                "roles": sorted(roles.user_roles(user)),
+                "authentication": AUTHENTICATION_NAMES.get(type(request.successful_authenticator), "other"),
+                "subject": identity.subject if identity else None,
+            }
+        )

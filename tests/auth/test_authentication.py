@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from infra_site import roles
 from infra_site.models import OidcIdentity
 from migrations_runner.models import MigrationExecution
-from tests.oidc_provider.launcher import OidcProvider
+from tests.oidc_provider.launcher import OTHER_REALM, OidcProvider
 
 MIGRATIONS = "/api/v1/migrations/"
 
@@ -84,11 +84,13 @@ def test_client_roles_count_and_infrastructure_admin_makes_a_superuser(user_toke
     token = user_token("boss", client_roles=[roles.INFRASTRUCTURE_ADMIN, "unrelated-role"])
     assert bearer(token).get(MIGRATIONS).status_code == 200
     user = User.objects.get(username="boss")
-    assert user.is_superuser and user.is_staff
+    assert user.is_superuser
+    assert user.is_staff
     assert set(user.groups.values_list("name", flat=True)) == {roles.INFRASTRUCTURE_ADMIN}
     bearer(user_token("boss", client_roles=[roles.MIGRATIONS_READ])).get(MIGRATIONS)
     user.refresh_from_db()
-    assert not user.is_superuser and user.is_staff
+    assert not user.is_superuser
+    assert user.is_staff
 
 
 @pytest.mark.django_db
@@ -108,15 +110,17 @@ def test_an_expired_token_is_refused(oidc, settings):
     # switched off so the test need not wait it out (the leeway itself is PyJWT's, tested there).
     settings.OIDC_CLOCK_LEEWAY = 0
     token = oidc.client_credentials("infra-short")
+    claims = claims_of(token)
+    assert claims["exp"] - claims["iat"] <= 2
     assert bearer(token).get(MIGRATIONS).status_code == 200
-    time.sleep(max(0.0, claims_of(token)["exp"] - time.time()) + 1.1)
+    time.sleep(max(0.0, claims["exp"] - time.time()) + 1.1)
     assert_refused(bearer(token).get(MIGRATIONS), "expired")
 
 
 @pytest.mark.django_db
 def test_a_token_of_another_realm_is_refused_for_its_issuer(oidc):
     # The other realm signs with the same keys: only the issuer check can tell its tokens apart.
-    token = oidc.client_credentials("infra-reader", realm="other")
+    token = oidc.client_credentials("infra-reader", realm=OTHER_REALM)
     assert_refused(bearer(token).get(MIGRATIONS), "was not issued by")
 
 

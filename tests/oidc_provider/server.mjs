@@ -160,7 +160,15 @@ function providerConfiguration() {
     interactions: {
       url: (ctx, interaction) => `${new URL(ctx.oidc.issuer).pathname}/login-actions/${interaction.uid}`,
     },
-    ttl: { Session: 3600, Interaction: 600, Grant: 3600, IdToken: 300, AuthorizationCode: 60, AccessToken: 300, ClientCredentials: 300 },
+    ttl: {
+      Session: 3600,
+      Interaction: 600,
+      Grant: 3600,
+      IdToken: 300,
+      AuthorizationCode: 60,
+      AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL || 300,
+      ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 300,
+    },
   };
 }
 
