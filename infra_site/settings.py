@@ -277,7 +277,8 @@ Q_CLUSTER = {
     # A task runs one target: several scripts, each statement bounded by MIGRATION_TIMEOUT.
     "timeout": MIGRATION_TIMEOUT * 4 + 60,
     "retry": MIGRATION_TIMEOUT * 4 + 120,
-    "save_limit": 1000,
+    # Target runs are the record of the work: don't also store every successful task.
+    "save_limit": -1,
     "max_attempts": 1,
     "ack_failures": True,
     "catch_up": False,

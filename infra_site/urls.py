@@ -17,8 +17,8 @@ urlpatterns = [
     path("oidc/authenticate/", auth_views.KeycloakLoginView.as_view(), name="oidc_authentication_init"),
     path("oidc/callback/", OIDCAuthenticationCallbackView.as_view(), name="oidc_authentication_callback"),
     path("api/v1/auth/me/", auth_views.MeView.as_view(), name="auth-me"),
+    path("api/v1/", include("migrations_runner.urls")),  # first: tenants/provision/ before tenants/<slug>/
     path("api/v1/", include("connections.urls")),
-    path("api/v1/", include("migrations_runner.urls")),
 ]
 
 if settings.API_DOCS_ENABLED:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import generics, status
+from rest_framework import generics, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from connections import selectors as registry
+from connections.serializers import TenantSerializer
 from infra_site import roles
 from infra_site.errors import ValidationFailed
 from infra_site.pagination import LimitOffsetPagination
@@ -18,7 +20,9 @@ from migrations_runner.serializers import (
     ExecuteSerializer,
     ExecutionDetailSerializer,
     ExecutionSerializer,
+    ProvisionSerializer,
     RollbackSerializer,
+    ScheduleSerializer,
     ScopeSerializer,
     TargetRunSerializer,
 )
@@ -97,6 +101,18 @@ class CancelView(APIView):
         return Response(ExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
 
 
+class RetryView(APIView):
+    """Start a new execution over just the failed targets of this one."""
+
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
+    def post(self, request: Request, execution_id) -> Response:
+        original = selectors.execution_get(execution_id=execution_id)
+        retry = services.execution_retry(execution=original, executed_by=_actor(request))
+        return Response(ExecutionDetailSerializer(retry).data, status=status.HTTP_202_ACCEPTED)
+
+
 class RollbackView(APIView):
     permission_classes = [EXECUTE]
 
@@ -167,3 +183,68 @@ class MigrationsHealthView(APIView):
     def get(self, request: Request) -> Response:
         report = selectors.migrations_health()
         return Response(report, status=status.HTTP_200_OK if report["status"] == "healthy" else 503)
+
+
+class ScheduleViewSet(viewsets.ModelViewSet):
+    """Migration schedules (cron or one-off), kept in sync with the task queue's scheduler."""
+
+    serializer_class = ScheduleSerializer
+    permission_classes = [require_roles(read=roles.MIGRATIONS_READ, write=roles.MIGRATIONS_MANAGE)]
+    pagination_class = LimitOffsetPagination
+
+    def get_queryset(self):
+        return selectors.schedule_list()
+
+    def get_object(self):
+        return selectors.schedule_get(schedule_id=self.kwargs["pk"])
+
+    def perform_create(self, serializer) -> None:
+        serializer.instance = services.schedule_create(actor=_actor(self.request), **serializer.validated_data)
+
+    def perform_update(self, serializer) -> None:
+        serializer.instance = services.schedule_update(
+            schedule=serializer.instance, actor=_actor(self.request), **serializer.validated_data
+        )
+
+    def perform_destroy(self, instance) -> None:
+        services.schedule_delete(schedule=instance, actor=_actor(self.request))
+
+
+class ProvisionView(APIView):
+    """Create a tenant, its schema, and run the tenant set on it; 201 when active, 400 with the error otherwise."""
+
+    permission_classes = [require_roles(read=roles.DATABASES_READ, write=roles.DATABASES_MANAGE)]
+
+    @extend_schema(request=ProvisionSerializer)
+    def post(self, request: Request) -> Response:
+        params = ProvisionSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = dict(params.validated_data)
+        connection = registry.connection_get_by_name(name=data.pop("connection"))
+        tenant, execution = services.tenant_provision(connection=connection, actor=_actor(request), **data)
+        body = {
+            "tenant": TenantSerializer(tenant).data,
+            "execution": ExecutionSerializer(execution).data,
+        }
+        if tenant.status != "active":
+            return Response(
+                {
+                    "error": "provisioning_failed",
+                    "message": f"Provisioning {tenant.slug} failed: {tenant.error}",
+                    "details": body,
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class TenantMigrateView(APIView):
+    """Migrate one tenant now (an execution of scope single); 202."""
+
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
+    def post(self, request: Request, slug: str) -> Response:
+        tenant = registry.tenant_get(slug=slug)
+        execution = services.execution_submit(scope="single", tenants=[tenant.slug], executed_by=_actor(request))
+        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)

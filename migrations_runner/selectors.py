@@ -21,8 +21,8 @@ from migrations_runner.engine import history
 from migrations_runner.engine.apply import drift_of, pending_of
 from migrations_runner.engine.sets import MigrationSet, load_sets
 from migrations_runner.engine.targets import Target
-from migrations_runner.exceptions import ExecutionNotFound, InvalidMigrationSets, NoTargets
-from migrations_runner.models import MigrationExecution, Scope, TargetRun, TargetStatus
+from migrations_runner.exceptions import ExecutionNotFound, InvalidMigrationSets, NoTargets, ScheduleNotFound
+from migrations_runner.models import MigrationExecution, MigrationSchedule, Scope, TargetRun, TargetStatus
 
 SCOPE_TYPES = {
     Scope.ALL: ("admin", "shared", "analytics", "tenant"),
@@ -33,9 +33,28 @@ SCOPE_TYPES = {
 }
 
 
+_sets_cache: dict[str, tuple[tuple, dict[str, MigrationSet]]] = {}
+
+
+def _sets_signature(root) -> tuple:
+    """Names, sizes and modification times of every file of the sets: a change of any reloads them."""
+    entries = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for path in sorted(folder.iterdir()):
+            stat = path.stat()
+            entries.append((str(path), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
 def sets_load(*, types: Iterable[str] | None = None, strict: bool = True) -> dict[str, MigrationSet]:
-    """Load the migration sets; with ``strict``, refuse when a set of ``types`` has problems."""
-    sets = load_sets(settings.MIGRATIONS_DIR)
+    """Load the migration sets (cached per process until a file changes); with ``strict``, refuse problems."""
+    root = settings.MIGRATIONS_DIR
+    signature = _sets_signature(root)
+    cached = _sets_cache.get(str(root))
+    if cached is None or cached[0] != signature:
+        cached = (signature, load_sets(root))
+        _sets_cache[str(root)] = cached
+    sets = cached[1]
     if strict:
         problems = [f"{t}/{p}" for t in (types or sets) for p in sets[t].problems]
         if problems:
@@ -257,3 +276,14 @@ def migrations_health() -> dict:
         "executions_in_progress": running,
         "executions_stuck": stuck,
     }
+
+
+def schedule_list() -> QuerySet[MigrationSchedule]:
+    return MigrationSchedule.objects.select_related("q_schedule").all()
+
+
+def schedule_get(*, schedule_id) -> MigrationSchedule:
+    try:
+        return MigrationSchedule.objects.get(pk=int(schedule_id))
+    except (MigrationSchedule.DoesNotExist, ValueError) as exc:
+        raise ScheduleNotFound(f"No schedule with id {schedule_id}.", details={"id": str(schedule_id)}) from exc

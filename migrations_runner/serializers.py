@@ -6,7 +6,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from connections import validators
-from migrations_runner.models import MigrationExecution, OnFailure, Scope, TargetRun
+from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
 
 
 class ScopeSerializer(serializers.Serializer):
@@ -108,3 +108,43 @@ class TargetRunSerializer(serializers.ModelSerializer):
             "duration_ms",
         ]
         read_only_fields = fields
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    filters = ScopeSerializer(required=False, help_text="regions, connections, tenants (the scope field is ignored).")
+
+    class Meta:
+        model = MigrationSchedule
+        fields = [
+            "id",
+            "name",
+            "scope",
+            "filters",
+            "dry_run",
+            "on_failure",
+            "batch_size",
+            "cron_expression",
+            "run_at",
+            "enabled",
+            "last_execution",
+            "last_fired_at",
+            "created_by",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = ["id", "last_execution", "last_fired_at", "created_by", "created_at", "updated_at"]
+        extra_kwargs = {"batch_size": {"min_value": 1, "max_value": 500}}
+        validators = []
+
+    def to_internal_value(self, data):
+        values = super().to_internal_value(data)
+        if "filters" in values:
+            values["filters"] = {k: v for k, v in dict(values["filters"]).items() if k != "scope"}
+        return values
+
+
+class ProvisionSerializer(serializers.Serializer):
+    slug = serializers.CharField(max_length=48, validators=[validators.validate_tenant_slug])
+    name = serializers.CharField(max_length=200)
+    connection = serializers.CharField(max_length=63, validators=[validators.validate_connection_name])
+    schema_name = serializers.CharField(max_length=255, required=False, validators=[validators.validate_schema_name])

@@ -1,8 +1,16 @@
 from django.urls import path
+from rest_framework.routers import DefaultRouter
 
 from migrations_runner import api
 
+router = DefaultRouter(trailing_slash=True)
+router.include_root_view = False
+router.register("schedules", api.ScheduleViewSet, basename="schedule")
+
 urlpatterns = [
+    path("tenants/provision/", api.ProvisionView.as_view(), name="tenants-provision"),
+    path("tenants/<str:slug>/migrate/", api.TenantMigrateView.as_view(), name="tenants-migrate"),
+    path("migrations/<uuid:execution_id>/retry/", api.RetryView.as_view(), name="migrations-retry"),
     path("migrations/", api.ExecutionListView.as_view(), name="migrations-list"),
     path("migrations/execute/", api.ExecuteView.as_view(), name="migrations-execute"),
     path("migrations/rollback/", api.RollbackView.as_view(), name="migrations-rollback"),
@@ -14,3 +22,4 @@ urlpatterns = [
     path("migrations/<uuid:execution_id>/targets/", api.ExecutionTargetsView.as_view(), name="migrations-targets"),
     path("migrations/<uuid:execution_id>/cancel/", api.CancelView.as_view(), name="migrations-cancel"),
 ]
+urlpatterns += router.urls

@@ -161,28 +161,39 @@ def dispatch_waiting(*, exclude=None) -> None:
 
 
 class _Heartbeat:
-    """Renews the lease of a running target run from a thread, until stopped."""
+    """Renews the lease of the target run this worker process is working on, from one long-lived thread."""
+
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+    _current: tuple[int, str] | None = None
+
+    @classmethod
+    def _beat(cls) -> None:
+        while True:
+            time.sleep(settings.MIGRATION_HEARTBEAT_SECONDS)
+            current = cls._current
+            if current is not None:
+                try:
+                    TargetRun.objects.filter(pk=current[0], worker=current[1], status=TargetStatus.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except Exception:  # a missed beat is retried at the next one; the lease tolerates several
+                    logger.exception("heartbeat failed", extra={"target_run": current[0]})
+                    connections.close_all()
 
     def __init__(self, run_id: int, worker: str) -> None:
-        self.run_id, self.worker, self.stop = run_id, worker, threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
-
-    def _beat(self) -> None:
-        try:
-            while not self.stop.wait(settings.MIGRATION_HEARTBEAT_SECONDS):
-                TargetRun.objects.filter(pk=self.run_id, worker=self.worker, status=TargetStatus.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
-        finally:
-            connections.close_all()
+        self.current = (run_id, worker)
 
     def __enter__(self) -> _Heartbeat:
-        self.thread.start()
+        with self._lock:
+            if _Heartbeat._thread is None or not _Heartbeat._thread.is_alive():
+                _Heartbeat._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
+                _Heartbeat._thread.start()
+        _Heartbeat._current = self.current
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
+        _Heartbeat._current = None
 
 
 # One connection per database per worker process, reused by the targets it runs.

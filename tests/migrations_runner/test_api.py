@@ -95,3 +95,59 @@ def test_roles(small_fleet, api_as, client):
     assert response.status_code == 403
     assert "migrations:execute" in response.json()["message"]
     assert api_as("databases:manage").get(BASE).status_code == 403
+
+
+def test_retry_endpoint_reruns_only_the_failed_targets(small_fleet, executor):
+    from tests.migrations_runner.conftest import create_owned_table
+
+    victim = small_fleet.tenants[0]
+    with small_fleet.connect("shared-us") as conn:
+        create_owned_table(conn, victim.schema_name, "projects")
+    first = executor.post(f"{BASE}execute/", {"scope": "tenant"}, format="json").json()
+    assert first["status"] == "failed"
+    with small_fleet.connect("shared-us") as conn:
+        conn.execute(f"DROP TABLE {victim.schema_name}.projects")
+    retry = executor.post(f"{BASE}{first['id']}/retry/")
+    assert retry.status_code == 202
+    body = retry.json()
+    assert body["metadata"]["retry_of"] == first["id"]
+    assert body["progress"]["total"] == 1
+    assert body["status"] == "completed"
+    assert executor.post(f"{BASE}{body['id']}/retry/").status_code == 409
+
+
+def test_schedules_crud_and_validation(api_as):
+    manager = api_as("migrations:manage")
+    bad = manager.post("/api/v1/schedules/", {"name": "x", "cron_expression": "every noon"}, format="json")
+    assert bad.status_code == 400
+    assert "cron_expression" in bad.json()["details"]
+    past = manager.post("/api/v1/schedules/", {"name": "y", "run_at": "2001-01-01T00:00:00Z"}, format="json")
+    assert past.status_code == 400
+    assert "run_at" in past.json()["details"]
+    created = manager.post(
+        "/api/v1/schedules/",
+        {"name": "nightly", "scope": "tenant", "cron_expression": "0 3 * * *", "filters": {"regions": ["us-east"]}},
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    schedule_id = created.json()["id"]
+    assert created.json()["filters"]["regions"] == ["us-east"]
+    updated = manager.patch(f"/api/v1/schedules/{schedule_id}/", {"enabled": False}, format="json")
+    assert updated.status_code == 200
+    assert updated.json()["enabled"] is False
+    assert api_as("migrations:execute").post("/api/v1/schedules/", {"name": "z"}, format="json").status_code == 403
+    assert manager.delete(f"/api/v1/schedules/{schedule_id}/").status_code == 204
+    assert manager.get(f"/api/v1/schedules/{schedule_id}/").status_code == 404
+
+
+def test_provision_and_migrate_one_tenant(small_fleet, api_as):
+    manager = api_as("databases:manage", "migrations:execute")
+    response = manager.post(
+        "/api/v1/tenants/provision/", {"slug": "newco", "name": "NewCo", "connection": "shared-eu"}, format="json"
+    )
+    assert response.status_code == 201, response.json()
+    assert response.json()["tenant"]["status"] == "active"
+    migrate = manager.post("/api/v1/tenants/newco/migrate/")
+    assert migrate.status_code == 202
+    assert migrate.json()["scope"] == "single"
+    assert manager.post("/api/v1/tenants/nobody/migrate/").status_code == 404

@@ -51,8 +51,9 @@ def run_on_two_clusters(env: dict, pg_server) -> None:
     clusters = [Cluster(env, workers=2).start() for _ in range(2)]
     try:
         try:
-            result = manage(env, "run_migrations", "--scope", "tenant", "--batch-size", "6", "--wait", "--json",
-                            timeout=120)
+            result = manage(
+                env, "run_migrations", "--scope", "tenant", "--batch-size", "6", "--wait", "--json", timeout=120
+            )
         except subprocess.TimeoutExpired as exc:
             logs = "\n".join(cluster.output()[-4000:] for cluster in clusters)
             raise AssertionError(f"run_migrations did not finish:\n{logs}") from exc

@@ -23,6 +23,8 @@ def summary(execution) -> dict:
         "status": execution.status,
         "scope": execution.scope,
         "dry_run": execution.dry_run,
+        "started_at": execution.started_at,
+        "completed_at": execution.completed_at,
         "progress": selectors.execution_progress(execution=execution),
         "targets": [
             {
