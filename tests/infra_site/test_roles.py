@@ -26,3 +26,16 @@ def test_user_roles_follow_group_membership(make_user, django_user_model):
     assert not roles.has_role(user, "databases:read")
     superuser = django_user_model.objects.create_superuser("root", password="x")
     assert roles.user_roles(superuser) == set(roles.ALL_ROLES)
+
+
+@pytest.mark.django_db
+def test_a_local_role_holder_without_staff_can_sign_in_to_the_admin(client, make_user):
+    make_user("databases:read", username="operator", password="op-password-1")
+    make_user(username="nobody", password="op-password-1")
+    response = client.post("/admin/login/", {"username": "operator", "password": "op-password-1", "next": "/admin/"})
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
+    client.logout()
+    response = client.post("/admin/login/", {"username": "nobody", "password": "op-password-1", "next": "/admin/"})
+    assert response.status_code == 200
+    assert "/admin/" not in response.get("Location", "")
