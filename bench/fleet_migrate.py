@@ -60,36 +60,9 @@ TENANT_SET = load_set(ROOT / "migration_sets" / "tenant", "tenant")
 
 
 def psql_script(schemas: list[str]) -> str:
-    """The baseline: every version for every schema, one transaction per script with its history row."""
-    parts = ["\\set ON_ERROR_STOP on"]
-    for schema in schemas:
-        context = {
-            "schema": schema,
-            "tenant_slug": schema.removeprefix("tenant_"),
-            "region": "bench",
-            "database_type": "tenant",
-        }
-        parts.append(f"CREATE SCHEMA IF NOT EXISTS {schema};")
-        parts.append(sql.SQL(history.CREATE_TABLE).format(table=history.table(schema)).as_string(None) + ";")
-        for script in TENANT_SET.versions:
-            row = history.insert_row(
-                schema=schema,
-                version=str(script.version),
-                description=script.description,
-                kind="SQL",
-                script=script.filename,
-                checksum=script.checksum,
-                installed_by="psql",
-                execution_id=None,
-                execution_time_ms=0,
-            ).as_string(None)
-            body = script.render(context)
-            if script.transactional:
-                parts.append(f"BEGIN;\nSET LOCAL search_path TO {schema}, public;\n{body}\n{row};\nCOMMIT;")
-            else:
-                statements = "\n".join(split_statements(body))
-                parts.append(f"SET search_path TO {schema}, public;\n{statements}\n{row};\nRESET search_path;")
-    return "\n".join(parts) + "\n"
+    """The baseline as one psql file: every version for every schema, one transaction per script with its row."""
+    statements = (operation.rstrip().rstrip(";") + ";" for schema in schemas for operation in raw_operations(schema))
+    return "\n".join(["\\set ON_ERROR_STOP on", *statements]) + "\n"
 
 
 def raw_operations(schema: str) -> list[str]:
@@ -112,7 +85,7 @@ def raw_operations(schema: str) -> list[str]:
             kind="SQL",
             script=script.filename,
             checksum=script.checksum,
-            installed_by="pool",
+            installed_by="baseline",
             execution_id=None,
             execution_time_ms=0,
         ).as_string(None)
