@@ -56,7 +56,7 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
         "checked_at",
         "is_active",
     ]
-    list_filter = ["database_type", "region", "is_active", "is_healthy", "ssl_mode"]
+    list_filter = ["database_type", "region", "is_active", "is_healthy", "ssl_mode", "auth_methods"]
     search_fields = ["name", "host", "database_name", "region", "username"]
     ordering = ["database_type", "region", "name"]
     actions = ["test_selected"]
@@ -83,6 +83,7 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
                     "username",
                     "password",
                     "ssl_mode",
+                    "auth_methods",
                     "connect_timeout",
                     "default_schema",
                     "verify",
@@ -138,10 +139,12 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
         else:
             messages.error(request, f"{connection.name}: {result.description} ({connection.error})")
 
-    @admin.action(description="Test selected connections")
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        """Testing writes the health snapshot, so it needs the role that changes connections (as in the API)."""
+        return roles.has_role(request.user, self.manage_role)
+
+    @admin.action(description="Test selected connections", permissions=["manage"])
     def test_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]) -> None:
-        if not roles.has_role(request.user, roles.DATABASES_READ):
-            raise PermissionDenied
         for connection, result in services.connection_test_many(connections=queryset):
             self._report(request, connection, result)
 
@@ -157,7 +160,7 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
 
     def test_view(self, request: HttpRequest, object_id) -> HttpResponseRedirect:
         """The change page's "Test connection" button."""
-        if not self.has_view_permission(request):
+        if not self.has_manage_permission(request):
             raise PermissionDenied
         connection = get_object_or_404(selectors.connection_list(), pk=object_id)
         try:

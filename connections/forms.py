@@ -8,22 +8,10 @@ from connections import services
 from connections.exceptions import ConnectionTestFailed
 from connections.models import DatabaseConnection, Tenant
 from connections.probe import ProbeResult
+from infra_site.errors import ApplicationError, ValidationFailed
 
 # The model fields the form edits (the admin's fieldsets add display-only names to ``Meta.fields``).
-CONNECTION_FIELDS = [
-    "name",
-    "database_type",
-    "region",
-    "host",
-    "port",
-    "database_name",
-    "username",
-    "password",
-    "ssl_mode",
-    "connect_timeout",
-    "default_schema",
-    "is_active",
-]
+CONNECTION_FIELDS = list(services.EDITABLE_FIELDS)
 
 
 class DatabaseConnectionForm(forms.ModelForm):
@@ -31,7 +19,8 @@ class DatabaseConnectionForm(forms.ModelForm):
         required=False,
         strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. Leave blank to keep the stored password.",
+        help_text="Write-only. Leave blank to keep the stored password; changing host, port, database, user "
+        "or TLS mode needs it entered again.",
     )
     verify = forms.BooleanField(
         required=False,
@@ -54,24 +43,45 @@ class DatabaseConnectionForm(forms.ModelForm):
         cleaned = super().clean()
         if self.errors:
             return cleaned
-        if self.instance._state.adding and not cleaned.get("password") and cleaned.get("verify"):
-            self.add_error("password", "A password is required to test a new connection.")
+        if self.instance._state.adding:
+            if not cleaned.get("password") and cleaned.get("verify"):
+                self.add_error("password", "A password is required to test a new connection.")
             return cleaned
-        if not cleaned.get("verify"):
-            return cleaned
-        changed = [name for name in services.DETAIL_FIELDS if name in self.changed_data and name != "password"]
-        if cleaned.get("password"):
-            changed.append("password")
-        if not self.instance._state.adding and not changed:
-            return cleaned
-        candidate = DatabaseConnection(**{name: cleaned.get(name) for name in CONNECTION_FIELDS})
-        if not cleaned.get("password") and not self.instance._state.adding:
-            candidate.password = DatabaseConnection.all_objects.get(pk=self.instance.pk).password
+        try:
+            services.connection_check_password(connection=self._stored(), changes=self._values())
+        except ValidationFailed as exc:
+            self.add_error("password", exc.details["password"])
+        return cleaned
+
+    def _post_clean(self) -> None:
+        # The model's rules (allowed host, auth methods against TLS, default schema) run in the base
+        # _post_clean; the pre-save test comes after them, so it never connects where they forbid.
+        super()._post_clean()
+        if not self.errors and self.cleaned_data.get("verify"):
+            self._test()
+
+    def _stored(self) -> DatabaseConnection:
+        return DatabaseConnection.all_objects.get(pk=self.instance.pk)
+
+    def _values(self) -> dict:
+        return {name: self.cleaned_data.get(name) for name in CONNECTION_FIELDS}
+
+    def _test(self) -> None:
+        """Run the connectivity check the service would run on save, and keep its result for it."""
+        if self.instance._state.adding:
+            candidate = DatabaseConnection(**self._values())
+        else:
+            try:
+                candidate, changed = services.connection_candidate(connection=self._stored(), changes=self._values())
+            except ApplicationError as exc:
+                self.add_error(None, exc.message)
+                return
+            if not any(name in services.DETAIL_FIELDS for name in changed):
+                return
         try:
             self.probe_result = services.connection_verify(connection=candidate)
         except ConnectionTestFailed as exc:
-            raise forms.ValidationError(f"{exc.message} ({exc.result.error})", code=exc.code) from exc
-        return cleaned
+            self.add_error(None, f"{exc.message} ({exc.result.error})")
 
 
 class TenantForm(forms.ModelForm):

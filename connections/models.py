@@ -27,6 +27,25 @@ class SslMode(models.TextChoices):
     VERIFY_FULL = "verify-full", "verify-full"
 
 
+class AuthMethods(models.TextChoices):
+    """Values of libpq's ``require_auth``: the authentication methods a connection answers.
+
+    Whatever the server asks for outside the chosen methods, libpq refuses before sending anything,
+    so a server posing as the database cannot obtain the password in cleartext or as an md5 hash.
+    """
+
+    SCRAM = "scram-sha-256", "scram-sha-256"
+    SCRAM_OR_NONE = "scram-sha-256,none", "scram-sha-256, or none (trust/peer servers)"
+    SCRAM_OR_MD5 = "scram-sha-256,md5", "scram-sha-256 or md5 (verify-full only)"
+    MD5 = "md5", "md5 (verify-full only)"
+    PASSWORD = "password", "cleartext password (verify-full only)"
+
+
+# These send the password, or an md5 hash open to offline guessing, to whoever answers: only to a server
+# whose certificate names the host.
+PASSWORD_REVEALING_AUTH_METHODS = (AuthMethods.SCRAM_OR_MD5, AuthMethods.MD5, AuthMethods.PASSWORD)
+
+
 class LiveConnectionManager(models.Manager):
     """Connections that have not been soft-deleted."""
 
@@ -45,12 +64,23 @@ class DatabaseConnection(models.Model):
     name = models.CharField(max_length=63, validators=[validators.validate_connection_name])
     database_type = models.CharField(max_length=16, choices=DatabaseType.choices)
     region = models.CharField(max_length=32, blank=True, default="", validators=[validators.validate_region])
-    host = models.CharField(max_length=255, help_text="Host name, IP address, or a Unix-socket directory.")
+    host = models.CharField(
+        max_length=255,
+        validators=[validators.validate_connection_host],
+        help_text="Host name, IP address, or a Unix-socket directory; CONNECTION_ALLOWED_HOSTS must allow it.",
+    )
     port = models.PositiveIntegerField(default=5432)
     database_name = models.CharField(max_length=63)
     username = models.CharField(max_length=63)
     password = EncryptedTextField(blank=True, default="")
     ssl_mode = models.CharField(max_length=16, choices=SslMode.choices, default=SslMode.PREFER)
+    auth_methods = models.CharField(
+        max_length=32,
+        choices=AuthMethods.choices,
+        default=AuthMethods.SCRAM,
+        help_text="Authentication methods the connection accepts (libpq require_auth). "
+        "md5 and cleartext password need ssl_mode verify-full.",
+    )
     connect_timeout = models.PositiveSmallIntegerField(default=5, help_text="Seconds.")
     default_schema = models.CharField(max_length=63, default="public", validators=[validators.validate_identifier])
     is_active = models.BooleanField(default=True)
@@ -83,6 +113,10 @@ class DatabaseConnection(models.Model):
             models.CheckConstraint(
                 condition=Q(connect_timeout__gte=1, connect_timeout__lte=120), name="connection_timeout_range"
             ),
+            models.CheckConstraint(
+                condition=Q(ssl_mode=SslMode.VERIFY_FULL) | ~Q(auth_methods__in=PASSWORD_REVEALING_AUTH_METHODS),
+                name="connection_weak_auth_needs_verify_full",
+            ),
         ]
         indexes = [models.Index(fields=["database_type", "region"])]
 
@@ -95,6 +129,26 @@ class DatabaseConnection(models.Model):
     def clean(self) -> None:
         if self.database_type == DatabaseType.SHARED and not self.region:
             raise ValidationError({"region": "A shared database belongs to a region."})
+        if self.auth_methods in PASSWORD_REVEALING_AUTH_METHODS and self.ssl_mode != SslMode.VERIFY_FULL:
+            raise ValidationError(
+                {
+                    "auth_methods": "md5 and cleartext password authentication are only allowed with ssl_mode "
+                    "verify-full: they reveal the password to whatever server answers."
+                }
+            )
+        if self._default_schema_holds_a_tenant():
+            raise ValidationError(
+                {"default_schema": f"Schema {self.default_schema!r} belongs to a tenant of this database."}
+            )
+
+    def _default_schema_holds_a_tenant(self) -> bool:
+        """Tell whether a tenant's schema is this database's default schema (one schema, two migration sets).
+
+        A dedicated tenant database is exempt: its default schema is a target only when no tenant describes it.
+        """
+        if self._state.adding or self.database_type == DatabaseType.TENANT:
+            return False
+        return self.tenants.filter(schema_name=self.default_schema).exists()
 
     @property
     def is_deleted(self) -> bool:
@@ -151,4 +205,8 @@ class Tenant(models.Model):
         if self.schema_name == "public" and connection.database_type != DatabaseType.TENANT:
             raise ValidationError(
                 {"schema_name": "'public' is only allowed for a tenant in a dedicated tenant database."}
+            )
+        if self.schema_name == connection.default_schema and connection.database_type != DatabaseType.TENANT:
+            raise ValidationError(
+                {"schema_name": f"Schema {self.schema_name!r} is the default schema of connection {connection.name}."}
             )

@@ -3,7 +3,8 @@
 Plain Python (no Django) so the engine and the health checks can use it too.
 Failure causes are distinguishable so operators know what to fix:
 ``dns``, ``refused``, ``timeout``, ``authentication``, ``database_missing``,
-``tls``, ``unreachable`` and ``error``. Messages never contain the password.
+``tls``, ``unreachable``, ``not_postgres``, ``host_not_allowed`` and ``error``.
+Messages never contain the password, nor bytes a non-PostgreSQL peer sent.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import psycopg
+
+from connections.hosts import host_problem
 
 APPLICATION_NAME = "infra-control-plane"
 
@@ -25,6 +28,8 @@ class ProbeCause:
     DATABASE_MISSING = "database_missing"
     TLS = "tls"
     UNREACHABLE = "unreachable"
+    NOT_POSTGRES = "not_postgres"
+    HOST_NOT_ALLOWED = "host_not_allowed"
     ERROR = "error"
 
 
@@ -32,16 +37,37 @@ CAUSE_DESCRIPTIONS = {
     ProbeCause.DNS: "the host name does not resolve",
     ProbeCause.REFUSED: "the server refused the connection (nothing listening on that port?)",
     ProbeCause.TIMEOUT: "the server did not answer within the connect timeout",
-    ProbeCause.AUTHENTICATION: "authentication failed (user name or password rejected)",
+    ProbeCause.AUTHENTICATION: (
+        "authentication failed (user name or password rejected, or the server asked for an authentication "
+        "method the connection does not allow)"
+    ),
     ProbeCause.DATABASE_MISSING: "the database does not exist on that server",
     ProbeCause.TLS: "the TLS/SSL negotiation failed",
     ProbeCause.UNREACHABLE: "the host cannot be reached",
+    ProbeCause.NOT_POSTGRES: "the server at that address does not speak the PostgreSQL protocol",
+    ProbeCause.HOST_NOT_ALLOWED: "the host is not allowed by CONNECTION_ALLOWED_HOSTS",
     ProbeCause.ERROR: "the connection failed",
 }
 
+# libpq's messages for a peer that answered in another protocol; some end with the first byte the peer
+# sent (a banner's "H" of "HTTP/1.1"), so such failures are stored with a fixed message instead.
+_NOT_POSTGRES = re.compile(
+    r"received invalid response to (?:SSL|GSSAPI) negotiation"
+    r"|expected authentication request from server, but received"
+    r"|received invalid protocol negotiation message"
+    r"|received unencrypted data after SSL response"
+    r"|unexpected message from server during startup"
+)
+NOT_POSTGRES_MESSAGE = "the server did not answer with the PostgreSQL protocol"
+# libpq's refusal under ``require_auth``, e.g. 'authentication method requirement "scram-sha-256" failed:
+# server requested a cleartext password'. The text after "failed:" names the method the server wanted.
+_AUTH_METHOD_REFUSED = re.compile(r'authentication method requirement "[^"]*" failed: (?P<reason>[^\n]*)')
+
 # Ordered: the first pattern that matches libpq's message gives the cause.
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    (ProbeCause.NOT_POSTGRES, _NOT_POSTGRES),
     (ProbeCause.DNS, re.compile(r"could not translate host name|Name or service not known|nodename nor servname")),
+    (ProbeCause.AUTHENTICATION, _AUTH_METHOD_REFUSED),
     (
         ProbeCause.AUTHENTICATION,
         re.compile(
@@ -57,9 +83,22 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+class HostNotAllowed(psycopg.InterfaceError):
+    """The host is outside ``CONNECTION_ALLOWED_HOSTS``: no connection was attempted.
+
+    A ``psycopg.Error`` so that every caller's handling of connection failures covers it;
+    not an ``OperationalError``, so the engine does not retry it as a transient failure.
+    """
+
+
 @dataclass(frozen=True)
 class ConnectionParams:
-    """Everything needed to open a connection; ``repr`` hides the password."""
+    """Everything needed to open a connection; ``repr`` hides the password.
+
+    ``require_auth`` is libpq's list of the authentication methods the client accepts:
+    the server cannot talk the client into sending the password in a weaker form.
+    ``allowed_hosts`` is the ``CONNECTION_ALLOWED_HOSTS`` policy (see ``connections.hosts``).
+    """
 
     host: str
     port: int
@@ -68,19 +107,28 @@ class ConnectionParams:
     password: str = field(repr=False)
     sslmode: str = "prefer"
     connect_timeout: int = 5
+    require_auth: str = "scram-sha-256"
+    allowed_hosts: tuple[str, ...] = ()
 
     def kwargs(self, **extra: object) -> dict[str, object]:
-        """Return psycopg ``connect()`` keyword arguments."""
+        """Return psycopg ``connect()`` keyword arguments; raise ``HostNotAllowed`` for a host outside the policy.
+
+        ``extra`` adds options (``autocommit``); it cannot override the ones set here.
+        """
+        problem = host_problem(self.host, self.allowed_hosts)
+        if problem:
+            raise HostNotAllowed(problem)
         return {
+            **extra,
             "host": self.host,
             "port": self.port,
             "dbname": self.dbname,
             "user": self.user,
             "password": self.password,
             "sslmode": self.sslmode,
+            "require_auth": self.require_auth,
             "connect_timeout": self.connect_timeout,
             "application_name": APPLICATION_NAME,
-            **extra,
         }
 
 
@@ -114,17 +162,30 @@ def classify(message: str) -> str:
     return ProbeCause.ERROR
 
 
+def _failure(message: str, params: ConnectionParams) -> ProbeResult:
+    message = redact(message.strip(), params.password)
+    cause = classify(message)
+    if cause == ProbeCause.NOT_POSTGRES:
+        message = NOT_POSTGRES_MESSAGE
+    elif refused := _AUTH_METHOD_REFUSED.search(message):
+        message = (
+            f"the server asked for an authentication method this connection does not allow "
+            f"({refused.group('reason').strip()}); allowed: {params.require_auth}"
+        )
+    return ProbeResult(ok=False, cause=cause, error=message)
+
+
 def probe(params: ConnectionParams) -> ProbeResult:
     """Connect, read the server version and time it; never raise for connection failures."""
     started = time.perf_counter()
     try:
         with psycopg.connect(**params.kwargs(autocommit=True)) as conn:
             row = conn.execute("SELECT version()").fetchone()
+    except HostNotAllowed as exc:
+        return ProbeResult(ok=False, cause=ProbeCause.HOST_NOT_ALLOWED, error=str(exc))
     except psycopg.Error as exc:
-        message = redact(str(exc).strip(), params.password)
-        return ProbeResult(ok=False, cause=classify(message), error=message)
+        return _failure(str(exc), params)
     except OSError as exc:  # raised by DNS or socket set-up outside libpq in some configurations
-        message = redact(str(exc), params.password)
-        return ProbeResult(ok=False, cause=classify(message), error=message)
+        return _failure(str(exc), params)
     elapsed = (time.perf_counter() - started) * 1000
     return ProbeResult(ok=True, response_time_ms=round(elapsed, 2), server_version=row[0] if row else "")

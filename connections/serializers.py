@@ -16,7 +16,8 @@ class DatabaseConnectionSerializer(serializers.ModelSerializer):
         allow_blank=True,
         trim_whitespace=False,
         style={"input_type": "password"},
-        help_text="Write-only. On update, blank or missing keeps the stored password.",
+        help_text="Write-only. On update, blank or missing keeps the stored password; changing host, port, "
+        "database_name, username or ssl_mode needs it given again.",
     )
     verify = serializers.BooleanField(
         write_only=True,
@@ -39,6 +40,7 @@ class DatabaseConnectionSerializer(serializers.ModelSerializer):
             "password",
             "verify",
             "ssl_mode",
+            "auth_methods",
             "connect_timeout",
             "default_schema",
             "is_active",

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ExpressionWrapper, F
@@ -27,7 +28,19 @@ from infra_site.errors import ValidationFailed
 logger = logging.getLogger(__name__)
 
 # Changing any of these re-tests the connection before the change is stored.
-DETAIL_FIELDS = ("host", "port", "database_name", "username", "password", "ssl_mode", "connect_timeout")
+DETAIL_FIELDS = (
+    "host",
+    "port",
+    "database_name",
+    "username",
+    "password",
+    "ssl_mode",
+    "auth_methods",
+    "connect_timeout",
+)
+# Where the stored password goes: changing any of these needs the password given again, or a user who may
+# edit connections could point one at a server of theirs and receive the stored password on the re-test.
+PASSWORD_BOUND_FIELDS = ("host", "port", "database_name", "username", "ssl_mode")
 EDITABLE_FIELDS = (
     "name",
     "database_type",
@@ -47,7 +60,11 @@ def _validation_failed(exc: ValidationError) -> ValidationFailed:
 
 
 def connection_params(connection: DatabaseConnection) -> ConnectionParams:
-    """Return the parameters to open a connection to a registered database."""
+    """Return the parameters to open a connection to a registered database.
+
+    They carry the connection's allowed authentication methods and ``CONNECTION_ALLOWED_HOSTS``, so a
+    row stored before either rule existed cannot send the password where the rules now forbid it.
+    """
     return ConnectionParams(
         host=connection.host,
         port=connection.port,
@@ -56,6 +73,8 @@ def connection_params(connection: DatabaseConnection) -> ConnectionParams:
         password=connection.password,
         sslmode=connection.ssl_mode,
         connect_timeout=connection.connect_timeout,
+        require_auth=connection.auth_methods,
+        allowed_hosts=tuple(settings.CONNECTION_ALLOWED_HOSTS),
     )
 
 
@@ -142,6 +161,44 @@ def connection_create(
     return connection
 
 
+def connection_check_password(*, connection: DatabaseConnection, changes: dict[str, Any]) -> None:
+    """Raise ``ValidationFailed`` naming ``password`` when ``changes`` move a stored password without giving it.
+
+    Moving means changing host, port, database, user or TLS mode: the stored password is for the old
+    place and may only go to a new one when whoever makes the change knows it.
+    """
+    if changes.get("password") or not connection.password:
+        return
+    moved = [key for key in PASSWORD_BOUND_FIELDS if key in changes and changes[key] != getattr(connection, key)]
+    if moved:
+        message = f"Enter the password again to change {', '.join(moved)}: the stored one is not sent elsewhere."
+        raise ValidationFailed(f"Invalid input: password: {message}", details={"password": [message]})
+
+
+def connection_candidate(
+    *, connection: DatabaseConnection, changes: dict[str, Any]
+) -> tuple[DatabaseConnection, list[str]]:
+    """Return the stored ``connection`` with ``changes`` applied (validated, not saved) and the changed fields.
+
+    A blank or missing password keeps the stored one, unless the change moves it (``connection_check_password``).
+    Raises ``ValidationFailed`` or ``ConnectionNameTaken`` before anything connects anywhere.
+    """
+    unknown = set(changes) - set(EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
+    stored = DatabaseConnection.all_objects.get(pk=connection.pk)
+    connection_check_password(connection=stored, changes=changes)
+    changes = {key: value for key, value in changes.items() if key != "password" or value}
+    changed = [key for key, value in changes.items() if getattr(stored, key) != value]
+    for key in changed:
+        setattr(stored, key, changes[key])
+    if changed:
+        _full_clean(stored)
+    if "name" in changed:
+        _ensure_name_free(stored.name, exclude_id=stored.pk)
+    return stored, changed
+
+
 def connection_update(
     *,
     connection: DatabaseConnection,
@@ -150,24 +207,14 @@ def connection_update(
     probe_result: ProbeResult | None = None,
     **changes: Any,
 ) -> DatabaseConnection:
-    """Change a connection; a change of host, port, database, user, password or TLS is re-tested first.
+    """Change a connection; a change of host, port, database, user, password, TLS or auth methods is re-tested first.
 
-    A blank or missing password keeps the stored one. When the re-test fails nothing is changed.
+    A blank or missing password keeps the stored one, but changing host, port, database, user or TLS
+    needs the password given again. When validation or the re-test fails nothing is changed.
     """
-    unknown = set(changes) - set(EDITABLE_FIELDS)
-    if unknown:
-        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
-    if not changes.get("password"):
-        changes.pop("password", None)
-    changed = [key for key, value in changes.items() if getattr(connection, key) != value]
+    candidate, changed = connection_candidate(connection=connection, changes=changes)
     if not changed:
         return connection
-    candidate = DatabaseConnection.all_objects.get(pk=connection.pk)
-    for key in changed:
-        setattr(candidate, key, changes[key])
-    _full_clean(candidate)
-    if "name" in changed:
-        _ensure_name_free(candidate.name, exclude_id=candidate.pk)
     retest = verify and any(key in DETAIL_FIELDS for key in changed)
     if retest:
         _apply_health(candidate, connection_verify(connection=candidate, probe_result=probe_result))

@@ -6,7 +6,8 @@ versioned ones whenever its checksum changes). Versions are dotted integers
 (``_`` separates parts as in Flyway, leading zeros do not count) ordered
 numerically. The checksum is the SHA-256 of the content with line endings
 normalised. Placeholders ``${schema}``, ``${tenant_slug}``, ``${region}`` and
-``${database_type}`` are substituted per target.
+``${database_type}`` are substituted per target; their values are spliced into the
+SQL text as they are, so only ``[a-z0-9_-]`` is accepted in them (see ``Script.render``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ PLACEHOLDERS = ("schema", "tenant_slug", "region", "database_type")
 _VERSIONED = re.compile(r"^(?P<prefix>[VU])(?P<version>\d+(?:[._]\d+)*)__(?P<description>[^/\\]+)\.sql$")
 _REPEATABLE = re.compile(r"^R__(?P<description>[^/\\]+)\.sql$")
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A value with a quote, '$', ';', whitespace or a backslash could end the string, identifier or dollar
+# quote the script put it in, and turn the rest of the value into SQL.
+_SAFE_VALUE = re.compile(r"[a-z0-9_-]*")
+
+
+class PlaceholderValueError(ValueError):
+    """A placeholder value that cannot be substituted into SQL text safely; nothing was rendered."""
 
 
 class SetValidationError(Exception):
@@ -87,7 +95,18 @@ class Script:
     version: Version | None = None
 
     def render(self, context: dict[str, str]) -> str:
-        """Return the SQL with placeholders substituted (unknown ones were refused at load time)."""
+        """Return the SQL with placeholders substituted (unknown ones were refused at load time).
+
+        Raises ``PlaceholderValueError`` when a value used by the script is outside ``[a-z0-9_-]`` (or an
+        empty ``schema``), whatever the registry's validators accepted when it was stored.
+        """
+        for name in sorted(set(_PLACEHOLDER.findall(self.content)) & set(context)):
+            value = context[name]
+            if not isinstance(value, str) or not _SAFE_VALUE.fullmatch(value) or (name == "schema" and not value):
+                raise PlaceholderValueError(
+                    f"{self.filename}: the value of ${{{name}}} ({str(value)[:64]!r}) cannot be put into SQL text: "
+                    "only lowercase letters, digits, '_' and '-' are allowed."
+                )
         return _PLACEHOLDER.sub(lambda m: context.get(m.group(1), m.group(0)), self.content)
 
 

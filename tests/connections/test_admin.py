@@ -34,7 +34,9 @@ def stored(pg):
 
 
 def form_data(pg, **overrides) -> dict:
-    values = pg.connection_values(name="from-admin", verify="on", is_active="on", default_schema="public")
+    values = pg.connection_values(
+        name="from-admin", verify="on", is_active="on", default_schema="public", auth_methods="scram-sha-256"
+    )
     values.update(overrides)
     return {key: value for key, value in values.items() if value is not None}
 
@@ -87,7 +89,7 @@ def test_changing_with_a_blank_password_keeps_the_stored_one(admin_as, stored, p
 
 def test_changing_the_port_to_a_closed_one_is_refused(admin_as, stored, pg, closed_port):
     response = admin_as("databases:manage").post(
-        change_url(stored), form_data(pg, name="primary", password="", port=closed_port)
+        change_url(stored), form_data(pg, name="primary", password=pg.password, port=closed_port)
     )
     assert response.status_code == 200
     assert "refused" in response.content.decode()
@@ -97,7 +99,7 @@ def test_changing_the_port_to_a_closed_one_is_refused(admin_as, stored, pg, clos
 
 def test_test_selected_action_updates_health(admin_as, stored, closed_port):
     DatabaseConnection.objects.filter(pk=stored.pk).update(port=closed_port)
-    client = admin_as("databases:read")
+    client = admin_as("databases:manage")
     response = client.post(CHANGELIST, {"action": "test_selected", "_selected_action": [str(stored.pk)]}, follow=True)
     assert response.status_code == 200
     stored.refresh_from_db()

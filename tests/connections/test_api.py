@@ -105,6 +105,9 @@ def test_create_refuses_a_taken_name_with_409(manager, pg):
         ("name", "Upper"),
         ("region", "US EAST"),
         ("default_schema", 'x"; drop schema public; --'),
+        ("default_schema", "a$b"),
+        ("default_schema", "user"),
+        ("default_schema", "select"),
         ("database_type", "mainframe"),
         ("ssl_mode", "sometimes"),
         ("port", 70000),
@@ -133,7 +136,7 @@ def stored(pg):
 
 
 def test_changing_connection_details_retests_and_keeps_the_row_on_failure(manager, stored, closed_port):
-    response = manager.patch(f"{URL}{stored.pk}/", {"port": closed_port}, format="json")
+    response = manager.patch(f"{URL}{stored.pk}/", {"port": closed_port, "password": REGISTRY_PASSWORD}, format="json")
     assert response.status_code == 400
     assert response.json()["details"]["cause"] == "refused"
     stored.refresh_from_db()
@@ -295,6 +298,10 @@ TENANTS = "/api/v1/tenants/"
         ("schema_name", "s" * 64),
         ("schema_name", "é" * 32),
         ("schema_name", "public"),
+        ("schema_name", "tenant$1"),
+        ("schema_name", "t$$; drop table x; $$"),
+        ("schema_name", "select"),
+        ("schema_name", "user"),
     ],
 )
 def test_tenant_bad_identifiers_are_rejected_with_400(manager, stored, field, value):
@@ -337,3 +344,34 @@ def test_duplicate_tenant_is_a_409(manager, stored):
     response = manager.post(TENANTS, {**payload, "slug": "acme2", "schema_name": "tenant_acme"}, format="json")
     assert response.status_code == 409
     assert manager.post(TENANTS, payload, format="json").status_code in (400, 409)
+
+
+def test_a_tenant_cannot_take_the_default_schema_of_its_connection(manager, stored):
+    assert manager.patch(f"{URL}{stored.pk}/", {"default_schema": "shared_data"}, format="json").status_code == 200
+    payload = {"slug": "acme", "name": "Acme", "connection": stored.name, "schema_name": "shared_data"}
+    response = manager.post(TENANTS, payload, format="json")
+    assert response.status_code == 400, response.json()
+    assert "schema_name" in response.json()["details"]
+    assert manager.post(TENANTS, {**payload, "schema_name": "tenant_acme"}, format="json").status_code == 201
+    response = manager.patch(f"{TENANTS}acme/", {"schema_name": "shared_data"}, format="json")
+    assert response.status_code == 400
+    assert "schema_name" in response.json()["details"]
+    assert Tenant.objects.get(slug="acme").schema_name == "tenant_acme"
+
+
+def test_a_connection_cannot_take_the_schema_of_one_of_its_tenants_as_default(manager, stored):
+    services.tenant_create(slug="acme", name="Acme", connection=stored, actor="t")
+    response = manager.patch(f"{URL}{stored.pk}/", {"default_schema": "tenant_acme"}, format="json")
+    assert response.status_code == 400, response.json()
+    assert "default_schema" in response.json()["details"]
+    stored.refresh_from_db()
+    assert stored.default_schema == "public"
+
+
+def test_a_dedicated_tenant_database_keeps_public_as_default_and_tenant_schema(manager, pg):
+    dedicated = services.connection_create(
+        actor="t", verify=False, **pg.connection_values(name="dedicated", database_type="tenant", region="")
+    )
+    services.tenant_create(slug="acme", name="Acme", connection=dedicated, actor="t")
+    response = manager.patch(f"{URL}{dedicated.pk}/", {"is_active": False}, format="json")
+    assert response.status_code == 200, response.json()

@@ -97,6 +97,17 @@ def test_add_connection_with_a_wrong_password_names_the_cause_and_stores_nothing
     assert "not-the-password" not in out + err + str(error)
 
 
+def test_add_connection_takes_the_auth_methods_and_refuses_weak_ones_without_verify_full(pg, monkeypatch):
+    monkeypatch.setenv("DB_MAIN_PASSWORD", pg.password)
+
+    _out, _err, error = run_failing(*add_args(pg), "--password-env=DB_MAIN_PASSWORD", "--auth-methods=password")
+    assert "auth_methods" in str(error)
+    assert not DatabaseConnection.all_objects.exists()
+
+    run(*add_args(pg), "--password-env=DB_MAIN_PASSWORD", "--auth-methods=scram-sha-256,none")
+    assert DatabaseConnection.objects.get(name="db-main").auth_methods == "scram-sha-256,none"
+
+
 def test_add_connection_reads_the_password_from_stdin(pg):
     out, err = run(*add_args(pg), "--password-stdin", stdin=io.StringIO(pg.password + "\n"))
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from connections.probe import ConnectionParams, ProbeCause, classify, probe, redact
@@ -12,11 +14,17 @@ def test_probe_reports_version_and_time_for_good_credentials(pg):
     assert result.response_time_ms > 0
 
 
-def test_probe_accepts_a_unix_socket_directory_as_host(pg_server, pg, tmp_path):
+def test_probe_accepts_a_unix_socket_directory_as_host_when_it_is_listed(pg_server, pg):
     with pg_server.connect() as conn:
         socket_dir = conn.execute("SHOW unix_socket_directories").fetchone()[0].split(",")[0].strip()
-    result = probe(ConnectionParams(socket_dir, pg.port, pg.dbname, pg.user, pg.password, "disable", 3))
+    # The test server trusts local connections: it asks for no authentication at all.
+    params = ConnectionParams(
+        socket_dir, pg.port, pg.dbname, pg.user, pg.password, "disable", 3, "scram-sha-256,none", (socket_dir,)
+    )
+    result = probe(params)
     assert result.ok, result.error
+    unlisted = probe(dataclasses.replace(params, allowed_hosts=()))
+    assert unlisted.cause == ProbeCause.HOST_NOT_ALLOWED
 
 
 @pytest.mark.parametrize(
@@ -28,6 +36,12 @@ def test_probe_accepts_a_unix_socket_directory_as_host(pg_server, pg, tmp_path):
         ("failed: Connection refused", ProbeCause.REFUSED),
         ("connection timeout expired", ProbeCause.TIMEOUT),
         ("failed: SSL error: certificate verify failed", ProbeCause.TLS),
+        ("failed: received invalid response to SSL negotiation: H", ProbeCause.NOT_POSTGRES),
+        ("failed: expected authentication request from server, but received H", ProbeCause.NOT_POSTGRES),
+        (
+            'failed: authentication method requirement "scram-sha-256" failed: server requested a cleartext password',
+            ProbeCause.AUTHENTICATION,
+        ),
         ("something else entirely", ProbeCause.ERROR),
     ],
 )

@@ -2,7 +2,14 @@
 
 import pytest
 
-from migrations_runner.engine.sets import SetValidationError, Version, checksum_of, load_set, load_sets
+from migrations_runner.engine.sets import (
+    PlaceholderValueError,
+    SetValidationError,
+    Version,
+    checksum_of,
+    load_set,
+    load_sets,
+)
 from migrations_runner.engine.sqltext import is_transactional, split_statements
 
 
@@ -73,6 +80,43 @@ def test_placeholders_are_substituted(tmp_path):
     script = load_set(folder, "tenant").versions[0]
     rendered = script.render({"schema": "tenant_acme", "tenant_slug": "acme", "region": "eu", "database_type": "t"})
     assert rendered == "COMMENT ON SCHEMA tenant_acme IS 'acme in eu (t)';"
+
+
+CONTEXT = {"schema": "tenant_acme", "tenant_slug": "acme", "region": "eu-west", "database_type": "tenant"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("schema", "x$$; DROP TABLE users; $$"),
+        ("schema", "a$b"),
+        ("schema", "x; drop table t"),
+        ("schema", 'x"y'),
+        ("schema", "Tenant"),
+        ("schema", ""),
+        ("tenant_slug", "acme' OR '1'='1"),
+        ("tenant_slug", "a\\b"),
+        ("region", "eu west"),
+        ("region", "eu\nwest"),
+        ("database_type", "tenant;"),
+    ],
+)
+def test_render_refuses_placeholder_values_that_could_leave_their_quotes(tmp_path, name, value):
+    folder = tmp_path / "tenant"
+    body = (
+        "DO $$ BEGIN PERFORM FROM ${schema}.t WHERE s = '${tenant_slug}' AND r = '${region} ${database_type}'; END $$"
+    )
+    write(folder, "V1__p.sql", body)
+    script = load_set(folder, "tenant").versions[0]
+    with pytest.raises(PlaceholderValueError, match=rf"\$\{{{name}\}}"):
+        script.render({**CONTEXT, name: value})
+
+
+def test_render_accepts_an_empty_region_and_values_the_script_does_not_use(tmp_path):
+    folder = tmp_path / "tenant"
+    write(folder, "V1__p.sql", "SELECT coalesce(nullif('${region}', ''), 'global');")
+    script = load_set(folder, "tenant").versions[0]
+    assert script.render({**CONTEXT, "region": "", "schema": "unused$"}) == "SELECT coalesce(nullif('', ''), 'global');"
 
 
 @pytest.mark.parametrize(

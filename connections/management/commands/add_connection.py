@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections import services
-from connections.models import DatabaseConnection, DatabaseType, SslMode
+from connections.models import AuthMethods, DatabaseConnection, DatabaseType, SslMode
 from connections.serializers import DatabaseConnectionSerializer
 from infra_site.cli import application_errors, cli_actor, to_json
 
@@ -24,6 +24,7 @@ CONNECTION_OPTIONS = (
     "username",
     "region",
     "ssl_mode",
+    "auth_methods",
     "connect_timeout",
     "default_schema",
 )
@@ -45,6 +46,13 @@ class Command(BaseCommand):
         parser.add_argument("--username", required=True)
         parser.add_argument("--region", default="")
         parser.add_argument("--ssl-mode", choices=SslMode.values, default=SslMode.PREFER)
+        parser.add_argument(
+            "--auth-methods",
+            choices=AuthMethods.values,
+            default=AuthMethods.SCRAM,
+            help="Authentication methods the server may ask for (libpq require_auth); md5 and password need "
+            "--ssl-mode=verify-full.",
+        )
         parser.add_argument("--connect-timeout", type=int, default=5, help="Seconds.")
         parser.add_argument("--default-schema", default="public")
         parser.add_argument("--no-verify", dest="verify", action="store_false", help="Register it untested.")
