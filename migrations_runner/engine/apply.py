@@ -1,18 +1,42 @@
 """Applying (and undoing) migrations on one target: one (database, schema) pair.
 
-Per target: take a PostgreSQL advisory lock for the schema, validate the
-history against the set (drift fails the target before any change), create the
-schema and history table when missing, then apply each pending version in its
-own transaction together with its history row (``search_path``,
+Per target: take a PostgreSQL advisory lock for the schema, read the history,
+validate it against the set (drift fails the target before any change), create
+the schema and history table when missing, then apply each pending version in
+its own transaction together with its history row (``search_path``,
 ``statement_timeout`` and ``lock_timeout`` set locally). Scripts PostgreSQL
-refuses inside a transaction run statement by statement in autocommit. Transient
-errors are retried with backoff; a failure records SQLSTATE, message, version
-and the failing statement.
+refuses inside a transaction run statement by statement in autocommit. Undo
+runs the same way, newest version first. Transient errors (lost connection,
+55P03, 40001, 40P01, 57P01 and the like) are retried with backoff; ``should_stop``
+is asked before each script. A failure records SQLSTATE, message, version and
+the failing statement.
+
+Invalid indexes: a ``CREATE INDEX CONCURRENTLY`` that is interrupted (worker
+killed, connection lost, unique violation) leaves an INVALID index behind, which
+a re-run's ``IF NOT EXISTS`` would skip. So before a non-transactional script
+runs, the indexes it creates by name that exist INVALID in the target schema are
+dropped (``DROP INDEX CONCURRENTLY``, logged, noted on the applied version), and
+after it ran the version is recorded only when the schema holds no invalid
+index. The advisory lock keeps our own runs from building in the schema
+meanwhile; an unnamed ``CREATE INDEX CONCURRENTLY ON ...`` cannot be matched,
+so its leftover fails the target by name for an operator to drop.
+
+``TargetOutcome.status``: ``succeeded``, ``failed``, ``cancelled``; the runners
+add ``not_started`` for a target that never began (halted or cancelled first).
+
+``TargetError.kind``, from the engine: ``sql`` (a statement failed), ``connection``
+(no or lost connection), ``lock`` (another run held the migration lock past the
+lock wait), ``drift`` (applied history differs from the set), ``invalid_index``
+(a non-transactional script left an invalid index in the schema), ``cancelled``,
+``undo_missing``; from the services around it: ``set_changed`` (the set on disk
+differs from the execution's snapshot), ``worker_lost`` (a queue worker stopped
+renewing its lease), ``internal`` (an unexpected exception outside the engine).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,13 +46,20 @@ from psycopg import sql
 
 from migrations_runner.engine import history
 from migrations_runner.engine.sets import MigrationSet, Script, Version
-from migrations_runner.engine.sqltext import split_statements
+from migrations_runner.engine.sqltext import split_statements, strip_comments
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x1F0A  # first key of the two-int advisory lock; the second is hashtext(schema)
 TRANSIENT_SQLSTATES = {"55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"}
 NO_REPLAY_SQLSTATES = {"57014"}  # a statement that timed out would only time out again
+
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_CREATE_INDEX_CONCURRENTLY = re.compile(
+    rf"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+    rf"(?P<name>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s+ON\b",
+    re.IGNORECASE,
+)
 
 
 class TransientError(Exception):
@@ -39,9 +70,17 @@ class TransientError(Exception):
         self.error = error
 
 
+class _Failed(Exception):
+    """A failure that ends the target (or, with kind ``cancelled``, a stop on request)."""
+
+    def __init__(self, error: TargetError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 @dataclass
 class TargetError:
-    kind: str  # sql | drift | lock | connection | cancelled | undo_missing
+    kind: str  # see the module docstring for every kind
     message: str
     sqlstate: str = ""
     version: str = ""
@@ -59,12 +98,13 @@ class AppliedVersion:
     description: str
     script: str
     duration_ms: int
-    kind: str = "SQL"
+    kind: str = "SQL"  # SQL | REPEATABLE | UNDO
+    notes: list[str] = field(default_factory=list)  # what the engine did besides the script (dropped indexes)
 
 
 @dataclass
 class TargetOutcome:
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled (not_started: set by the runners)
     from_version: str = ""
     to_version: str = ""
     applied: list[AppliedVersion] = field(default_factory=list)
@@ -92,7 +132,6 @@ class ApplyOptions:
     retry_attempts: int = 3
     retry_backoff_s: float = 0.5
     should_stop: Callable[[], bool] = lambda: False
-    on_applied: Callable[[AppliedVersion], None] = lambda applied: None
 
 
 class ConnectionSource:
@@ -112,6 +151,10 @@ class ConnectionSource:
                 conn.execute("SELECT set_config('client_connection_check_interval', '1s', false)")
             self._conn = conn
         return self._conn
+
+    @property
+    def broken(self) -> bool:
+        return self._conn is not None and self._conn.broken
 
     def discard(self) -> None:
         if self._conn is not None:
@@ -135,12 +178,19 @@ def _sql_error(exc: psycopg.Error, **context) -> TargetError:
     return TargetError(kind=kind, message=message, sqlstate=exc.sqlstate or "", **context)
 
 
-def _locked(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> None:
+def _lock(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> None:
+    """Take the schema's migration lock, waiting at most ``lock_wait_s``; any failure is transient."""
     try:
         conn.execute(
             "SELECT set_config('lock_timeout', %s, false), pg_advisory_lock(%s, hashtext(%s))",
             [f"{int(options.lock_wait_s * 1000)}ms", LOCK_NAMESPACE, schema],
         )
+    except psycopg.Error as exc:
+        error = _sql_error(exc)
+        if exc.sqlstate == "55P03":
+            error.kind = "lock"
+            error.message = f"another run holds the migration lock of schema {schema}"
+        raise TransientError(error) from exc
     finally:
         if not conn.broken:
             conn.execute("SELECT set_config('lock_timeout', '0', false)")
@@ -178,17 +228,63 @@ def _locate_failure(conn: psycopg.Connection, spec: TargetSpec, text: str, optio
     return -1, ""
 
 
+def _unquote(identifier: str) -> str:
+    """The name PostgreSQL stores for an identifier as written: quoted ones verbatim, others folded to lower case."""
+    if identifier.startswith('"'):
+        return identifier[1:-1].replace('""', '"')
+    return identifier.lower()
+
+
+def created_indexes(text: str, schema: str) -> list[str]:
+    """Return the names of the indexes ``text`` builds with ``CREATE [UNIQUE] INDEX CONCURRENTLY`` in ``schema``.
+
+    Unqualified names count as ``schema``'s (an index always lives in its table's schema); unnamed builds are
+    not listed.
+    """
+    names = []
+    for statement in split_statements(text):
+        match = _CREATE_INDEX_CONCURRENTLY.match(strip_comments(statement))
+        if match:
+            *qualifier, name = (_unquote(part) for part in re.findall(_IDENT, match.group("name")))
+            if not qualifier or qualifier[0] == schema:
+                names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> list[str]:
+    """Return the INVALID indexes of ``schema`` (only among ``names`` when given), sorted by name.
+
+    Partitioned indexes (relkind ``I``) are left out: one is invalid while a partition lacks its index, a state
+    built on purpose with ``CREATE INDEX ... ON ONLY``, not the leftover of a failed build.
+    """
+    rows = conn.execute(
+        """
+        SELECT c.relname
+        FROM pg_index i
+        JOIN pg_class c ON c.oid = i.indexrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relkind = 'i' AND NOT i.indisvalid
+          AND (%s::text[] IS NULL OR c.relname = ANY(%s::text[]))
+        ORDER BY 1
+        """,
+        [schema, names, names],
+    )
+    return [name for (name,) in rows]
+
+
 def _run_script(
     conn: psycopg.Connection,
     spec: TargetSpec,
     script: Script,
+    kind: str,
     row: Callable[[int | None], sql.Composed],
     options: ApplyOptions,
-) -> int:
-    """Run one script with its history row; return its duration in ms. Raises TargetError / TransientError."""
+) -> AppliedVersion:
+    """Run one script with its history row. Raises _Failed / TransientError (psycopg.Error outside statements)."""
     text = script.render(spec.context)
     started = time.perf_counter()
     context = {"version": str(script.version or ""), "script": script.filename}
+    applied = AppliedVersion(context["version"], script.description, script.filename, 0, kind)
     if script.transactional:
         # One round trip: the transaction, its settings, the script and its history row. When a statement
         # fails the server skips the rest (the INSERT and COMMIT included) and we roll back.
@@ -208,31 +304,49 @@ def _run_script(
                 if index >= 0:
                     error.statement_index, error.statement = index, statement
             raise _Failed(error) from exc
-        return int((time.perf_counter() - started) * 1000)
-    statements = split_statements(text)
+        applied.duration_ms = int((time.perf_counter() - started) * 1000)
+        return applied
+
+    def execute(statement: str | sql.Composed, index: int | None) -> None:
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            shown = statement if isinstance(statement, str) else statement.as_string(conn)
+            error = _sql_error(exc, statement=shown, statement_index=index, **context)
+            raise (TransientError(error) if _is_transient(exc) else _Failed(error)) from exc
+
     conn.execute(
         "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false)",
         [sql.Identifier(spec.schema).as_string(None) + ", public", f"{options.statement_timeout_s}s"],
     )
     try:
-        for index, statement in enumerate(statements):
-            try:
-                conn.execute(statement)
-            except psycopg.Error as exc:
-                error = _sql_error(exc, statement=statement, statement_index=index, **context)
-                raise (TransientError(error) if _is_transient(exc) else _Failed(error)) from exc
-        duration = int((time.perf_counter() - started) * 1000)
-        conn.execute(row(duration))
+        # An interrupted build of an index this script creates left it INVALID; IF NOT EXISTS would keep it.
+        for name in invalid_indexes(conn, spec.schema, created_indexes(text, spec.schema)):
+            logger.warning(
+                "dropping an invalid index left by an interrupted build",
+                extra={"target": spec.label, "index": f"{spec.schema}.{name}", **context},
+            )
+            execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(spec.schema, name)), None)
+            applied.notes.append(f"dropped invalid index {spec.schema}.{name} left by an interrupted build")
+        for index, statement in enumerate(split_statements(text)):
+            execute(statement, index)
+        invalid = invalid_indexes(conn, spec.schema)
+        if invalid:
+            raise _Failed(
+                TargetError(
+                    kind="invalid_index",
+                    message=f"schema {spec.schema} holds invalid index(es) after {script.filename}: "
+                    f"{', '.join(invalid)} (a concurrent build failed or was interrupted); not recorded in the "
+                    "history: drop them with DROP INDEX CONCURRENTLY and retry",
+                    **context,
+                )
+            )
+        applied.duration_ms = int((time.perf_counter() - started) * 1000)
+        conn.execute(row(applied.duration_ms))
     finally:
         if not conn.broken:
             conn.execute("RESET search_path; RESET statement_timeout")
-    return duration
-
-
-class _Failed(Exception):
-    def __init__(self, error: TargetError) -> None:
-        super().__init__(error.message)
-        self.error = error
+    return applied
 
 
 def drift_of(state: history.SchemaState, mset: MigrationSet) -> list[str]:
@@ -255,109 +369,70 @@ def pending_of(state: history.SchemaState, mset: MigrationSet) -> list[Script]:
     return versions + repeatables
 
 
-def _attempt(
-    source: ConnectionSource, spec: TargetSpec, mset: MigrationSet, options: ApplyOptions, outcome: TargetOutcome
-) -> None:
-    conn = source.get()
-    try:
-        _locked(conn, spec.schema, options)
-    except psycopg.Error as exc:
-        error = _sql_error(exc)
-        if exc.sqlstate == "55P03":
-            error.kind = "lock"
-            error.message = f"another run holds the migration lock of schema {spec.schema}"
-        raise TransientError(error) from exc
-    try:
-        state = history.read_states(conn, [spec.schema])[spec.schema]
-        if not outcome.from_version:
-            outcome.from_version = str(state.current or "")
-        drift = drift_of(state, mset)
-        if drift:
-            raise _Failed(TargetError(kind="drift", message="Drift: " + "; ".join(drift)))
-        if not state.has_history:
-            history.ensure(conn, spec.schema, create_schema=spec.create_schema)
-        for script in pending_of(state, mset):
-            if options.should_stop():
-                raise _Failed(TargetError(kind="cancelled", message="cancelled before " + script.filename))
-            kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
-            version = str(script.version) if script.version else None
-
-            def row(duration: int | None, script=script, kind=kind, version=version) -> sql.Composed:
-                return history.insert_row(
-                    schema=spec.schema,
-                    version=version,
-                    description=script.description,
-                    kind=kind,
-                    script=script.filename,
-                    checksum=script.checksum,
-                    installed_by=options.installed_by,
-                    execution_id=options.execution_id,
-                    execution_time_ms=duration,
-                )
-
-            duration = _run_script(conn, spec, script, row, options)
-            applied = AppliedVersion(version or "", script.description, script.filename, duration, kind)
-            outcome.applied.append(applied)
-            if version:
-                outcome.to_version = version
-            options.on_applied(applied)
-    finally:
-        try:
-            _unlock(conn, spec.schema)
-        except psycopg.Error:
-            source.discard()
+def _stop_point(options: ApplyOptions, script: Script) -> None:
+    if options.should_stop():
+        raise _Failed(TargetError(kind="cancelled", message="cancelled before " + script.filename))
 
 
-def apply_target(
-    source: ConnectionSource, spec: TargetSpec, mset: MigrationSet, options: ApplyOptions
-) -> TargetOutcome:
-    """Bring one target to the newest version of ``mset``; never raises for database errors."""
+_Work = Callable[[psycopg.Connection, history.SchemaState, TargetOutcome], None]
+
+
+def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work: _Work) -> TargetOutcome:
+    """Run ``work`` on the target under its migration lock, retrying transient failures with backoff.
+
+    Each attempt re-reads the history, so what an earlier attempt committed is not run again. Never raises
+    for database errors.
+    """
     outcome = TargetOutcome(status="failed")
+    state_read = False
     for attempt in range(1, options.retry_attempts + 2):
         outcome.attempts = attempt
         try:
-            _attempt(source, spec, mset, options, outcome)
-        except TransientError as exc:
-            outcome.error = exc.error
-            if exc.error.kind == "connection" or (source._conn is not None and source._conn.broken):
-                source.discard()
-            if attempt > options.retry_attempts:
-                break
-            delay = options.retry_backoff_s * 2 ** (attempt - 1)
-            logger.warning(
-                "transient failure, retrying",
-                extra={
-                    "target": spec.label,
-                    "attempt": attempt,
-                    "sqlstate": exc.error.sqlstate,
-                    "delay_s": delay,
-                    "error": exc.error.message,
-                },
-            )
-            time.sleep(delay)
-            continue
+            conn = source.get()
+            _lock(conn, spec.schema, options)
+            try:
+                state = history.read_states(conn, [spec.schema])[spec.schema]
+                if not state_read:
+                    outcome.from_version, state_read = str(state.current or ""), True
+                outcome.to_version = str(state.current or "")
+                work(conn, state, outcome)
+            finally:
+                try:
+                    _unlock(conn, spec.schema)
+                except psycopg.Error:
+                    source.discard()
         except _Failed as exc:
             outcome.error = exc.error
             outcome.status = "cancelled" if exc.error.kind == "cancelled" else "failed"
             return _finish(outcome, spec)
-        except psycopg.Error as exc:
+        except TransientError as exc:
+            outcome.error, retry = exc.error, True
+            if exc.error.kind == "connection" or source.broken:
+                source.discard()
+        except psycopg.Error as exc:  # outside a script: connecting, reading or creating the history
             source.discard()
-            outcome.error = _sql_error(exc)
-            if _is_transient(exc) and attempt <= options.retry_attempts:
-                time.sleep(options.retry_backoff_s * 2 ** (attempt - 1))
-                continue
+            outcome.error, retry = _sql_error(exc), _is_transient(exc)
+        else:
+            outcome.status, outcome.error = "succeeded", None
             return _finish(outcome, spec)
-        outcome.status = "succeeded"
-        outcome.error = None
-        if not outcome.to_version:
-            outcome.to_version = outcome.from_version
-        return _finish(outcome, spec)
+        if not retry or attempt > options.retry_attempts:
+            break
+        delay = options.retry_backoff_s * 2 ** (attempt - 1)
+        logger.warning(
+            "transient failure, retrying",
+            extra={
+                "target": spec.label,
+                "attempt": attempt,
+                "sqlstate": outcome.error.sqlstate,
+                "delay_s": delay,
+                "error": outcome.error.message,
+            },
+        )
+        time.sleep(delay)
     return _finish(outcome, spec)
 
 
 def _finish(outcome: TargetOutcome, spec: TargetSpec) -> TargetOutcome:
-    if outcome.status != "succeeded" and not outcome.to_version:
-        outcome.to_version = outcome.applied[-1].version if outcome.applied else outcome.from_version
     log = logger.info if outcome.status == "succeeded" else logger.warning
     error = outcome.error
     log(
@@ -375,6 +450,42 @@ def _finish(outcome: TargetOutcome, spec: TargetSpec) -> TargetOutcome:
     return outcome
 
 
+def apply_target(
+    source: ConnectionSource, spec: TargetSpec, mset: MigrationSet, options: ApplyOptions
+) -> TargetOutcome:
+    """Bring one target to the newest version of ``mset``; never raises for database errors."""
+
+    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+        drift = drift_of(state, mset)
+        if drift:
+            raise _Failed(TargetError(kind="drift", message="Drift: " + "; ".join(drift)))
+        if not state.has_history:
+            history.ensure(conn, spec.schema, create_schema=spec.create_schema)
+        for script in pending_of(state, mset):
+            _stop_point(options, script)
+            kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
+
+            def row(duration: int | None, script=script, kind=kind) -> sql.Composed:
+                return history.insert_row(
+                    schema=spec.schema,
+                    version=str(script.version) if script.version else None,
+                    description=script.description,
+                    kind=kind,
+                    script=script.filename,
+                    checksum=script.checksum,
+                    installed_by=options.installed_by,
+                    execution_id=options.execution_id,
+                    execution_time_ms=duration,
+                )
+
+            outcome.applied.append(_run_script(conn, spec, script, kind, row, options))
+            if script.version:
+                state.applied[script.version] = script.checksum
+                outcome.to_version = str(state.current)
+
+    return _run(source, spec, options, work)
+
+
 def undo_target(
     source: ConnectionSource,
     spec: TargetSpec,
@@ -383,16 +494,8 @@ def undo_target(
     options: ApplyOptions,
 ) -> TargetOutcome:
     """Undo ``versions`` (newest first) with their undo scripts; versions not applied are passed over."""
-    outcome = TargetOutcome(status="failed", attempts=1)
-    conn = source.get()
-    try:
-        _locked(conn, spec.schema, options)
-    except psycopg.Error as exc:
-        outcome.error = _sql_error(exc)
-        return _finish(outcome, spec)
-    try:
-        state = history.read_states(conn, [spec.schema])[spec.schema]
-        outcome.from_version = str(state.current or "")
+
+    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
         for version in sorted(versions, reverse=True):
             if version not in state.applied:
                 continue
@@ -403,11 +506,14 @@ def undo_target(
                         kind="undo_missing", message=f"no undo script for version {version}", version=str(version)
                     )
                 )
-            delete = sql.SQL("DELETE FROM {} WHERE type = 'SQL' AND version = {}").format(
-                history.table(spec.schema), sql.Literal(str(version))
-            )
+            _stop_point(options, script)
 
-            def row(duration: int | None, script=script, version=version, delete=delete) -> sql.Composed:
+            def row(duration: int | None, script=script, version=version) -> sql.Composed:
+                delete = sql.SQL("DELETE FROM {} WHERE type = 'SQL' AND version = {}").format(
+                    history.table(spec.schema), sql.Literal(str(version))
+                )
+                # Repeatables may depend on what the undo removed: re-apply them after the next forward run.
+                forget = sql.SQL("DELETE FROM {} WHERE type = 'REPEATABLE'").format(history.table(spec.schema))
                 audit = history.insert_row(
                     schema=spec.schema,
                     version=str(version),
@@ -419,25 +525,10 @@ def undo_target(
                     execution_id=options.execution_id,
                     execution_time_ms=duration,
                 )
-                # Repeatables may depend on what the undo removed: re-apply them after the next forward run.
-                forget = sql.SQL("DELETE FROM {} WHERE type = 'REPEATABLE'").format(history.table(spec.schema))
                 return sql.SQL("; ").join([delete, forget, audit])
 
-            duration = _run_script(conn, spec, script, row, options)
+            outcome.applied.append(_run_script(conn, spec, script, "UNDO", row, options))
             state.applied.pop(version)
-            applied = AppliedVersion(str(version), script.description, script.filename, duration, "UNDO")
-            outcome.applied.append(applied)
-            options.on_applied(applied)
-        outcome.status = "succeeded"
-        outcome.to_version = str(state.current or "")
-    except (_Failed, TransientError) as exc:
-        outcome.error = exc.error
-    except psycopg.Error as exc:
-        outcome.error = _sql_error(exc)
-        source.discard()
-    finally:
-        try:
-            _unlock(conn, spec.schema)
-        except psycopg.Error:
-            source.discard()
-    return _finish(outcome, spec)
+            outcome.to_version = str(state.current or "")
+
+    return _run(source, spec, options, work)

@@ -37,16 +37,6 @@ class Target:
     def label(self) -> str:
         return f"{self.connection_name}/{self.schema}"
 
-    @property
-    def context(self) -> dict[str, str]:
-        """The placeholder values of this target."""
-        return {
-            "schema": self.schema,
-            "tenant_slug": self.tenant_slug,
-            "region": self.region,
-            "database_type": self.database_type,
-        }
-
 
 def dependency_problems(dependencies: Mapping[str, Iterable[str]], known: Iterable[str]) -> list[str]:
     """Return what is wrong with a dependency map: unknown types and cycles."""
@@ -89,13 +79,6 @@ def type_depth(dependencies: Mapping[str, Iterable[str]]) -> dict[str, int]:
     for node in ("admin", "shared", "analytics", "tenant", *dependencies):
         of(node)
     return depth
-
-
-def depends_on(target: Target, other: Target, dependencies: Mapping[str, Iterable[str]]) -> bool:
-    """Tell whether ``target`` directly depends on ``other``."""
-    return other.database_type in dependencies.get(target.database_type, ()) and (
-        not other.region or other.region == target.region
-    )
 
 
 @dataclass
