@@ -11,6 +11,9 @@ class InfraSiteConfig(AppConfig):
     name = "infra_site"
     verbose_name = "Control plane"
 
+    def ready(self) -> None:
+        from infra_site.auth import schema  # noqa: F401 (registers the schema extensions)
+
 
 class InfraAdminConfig(admin_apps.AdminConfig):
     """The Django admin, with a site that lets role holders in."""

@@ -11,8 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.http import Http404
+from django.http.multipartparser import MultiPartParserError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -49,6 +52,34 @@ class NotFound(ApplicationError):
 class Conflict(ApplicationError):
     code = "conflict"
     status_code = status.HTTP_409_CONFLICT
+
+
+class RequestTooLarge(ApplicationError):
+    """A request body above ``DATA_UPLOAD_MAX_MEMORY_SIZE``."""
+
+    code = "request_too_large"
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self) -> None:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        super().__init__(f"The request body is larger than {limit} bytes.", details={"max_bytes": limit})
+
+
+def _unreadable_body_error(exc: Exception) -> ApplicationError | None:
+    """Return the error for a body Django refused to read (too large, too many fields, malformed), else None."""
+    if isinstance(exc, RequestDataTooBig):
+        return RequestTooLarge()
+    if isinstance(exc, TooManyFieldsSent):
+        limit = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return ValidationFailed(
+            f"The request has more than {limit} form fields.", code="too_many_fields", details={"max_fields": limit}
+        )
+    if isinstance(exc, MultiPartParserError):
+        return ValidationFailed(f"Malformed request body: {exc}", code="parse_error")
+    if isinstance(exc, SuspiciousOperation):
+        # Django answers these with 400 outside the API too (number of files, malformed headers, ...).
+        return ValidationFailed(str(exc), code="bad_request")
+    return None
 
 
 _DRF_CODES = {
@@ -105,6 +136,7 @@ def _first_message(details: Any, prefix: str = "") -> str:
 
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     """Render every error raised in an API view as ``{"error", "message", "details"}``."""
+    exc = _unreadable_body_error(exc) or exc
     if isinstance(exc, ApplicationError):
         return Response(exc.as_dict(), status=exc.status_code)
     if isinstance(exc, Http404):

@@ -1,14 +1,16 @@
 """Settings of the control plane, read once from the environment (and ``.env``).
 
 Every variable is documented in ``.env.example``. Development and testing work
-with no configuration at all; production refuses to start when a secret is
-missing or left at its development default, naming the variable.
+with no configuration at all; staging and production refuse to start when a
+secret is missing or left at its development default, and production also when
+a secret is short or a safeguard is off, naming the variable.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -29,13 +31,20 @@ ENVIRONMENT = env.str("ENVIRONMENT", default="development")
 if ENVIRONMENT not in ENVIRONMENTS:
     raise ImproperlyConfigured(f"ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}; got {ENVIRONMENT!r}.")
 IS_PRODUCTION = ENVIRONMENT == "production"
+# Staging and production are deployments: neither starts with the development keys.
+IS_DEPLOYED = ENVIRONMENT in ("staging", "production")
+# Shortest SECRET_KEY and APP_ENCRYPTION_KEY production accepts.
+MIN_SECRET_LENGTH = 32
 
 DEBUG = env.bool("DEBUG", default=ENVIRONMENT == "development")
-SECRET_KEY = env.str("SECRET_KEY", default="" if IS_PRODUCTION else DEV_SECRET_KEY)
-APP_ENCRYPTION_KEY = env.str("APP_ENCRYPTION_KEY", default="" if IS_PRODUCTION else DEV_ENCRYPTION_KEY)
+SECRET_KEY = env.str("SECRET_KEY", default="" if IS_DEPLOYED else DEV_SECRET_KEY)
+APP_ENCRYPTION_KEY = env.str("APP_ENCRYPTION_KEY", default="" if IS_DEPLOYED else DEV_ENCRYPTION_KEY)
 # Keys that older rows may still be encrypted with, during a key rotation (comma-separated).
 APP_ENCRYPTION_KEY_PREVIOUS = env.list("APP_ENCRYPTION_KEY_PREVIOUS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["*"])
+# Database hosts the registry may connect to: names, *.domain wildcards, IPs, CIDR ranges, socket
+# directories (see connections/hosts.py). Empty: any TCP host (development, testing); required in production.
+CONNECTION_ALLOWED_HOSTS = env.list("CONNECTION_ALLOWED_HOSTS", default=[])
 
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
@@ -67,10 +76,35 @@ LOGIN_REDIRECT_URL = "admin:index"
 LOGIN_REDIRECT_URL_FAILURE = "/admin/login/?oidc_error=1"
 LOGOUT_REDIRECT_URL = "admin:login"
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out user and address before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "infra_site.auth.backends.KeycloakBackend",
     "infra_site.auth.backends.LocalPasswordBackend",
 ]
 LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
+
+# Password guessing (admin form, HTTP Basic): django-axes counts failed password logins per user and client
+# address in the control database, shared by every worker process. LOGIN_FAILURE_LIMIT failures lock that
+# user out from that address (the right password too) until LOGIN_LOCKOUT_MINUTES pass without another
+# attempt; the API answers 429, the admin shows a lockout page. Operators unlock in the admin (Access attempts).
+LOGIN_LOCKOUT_ENABLED = env.bool("LOGIN_LOCKOUT_ENABLED", default=True)
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
+if LOGIN_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.")
+AXES_ENABLED = LOGIN_LOCKOUT_ENABLED
+AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_HTTP_RESPONSE_CODE = 429
+# Keycloak logins carry no password: they are neither counted nor refused.
+AXES_WHITELIST_CALLABLE = "infra_site.auth.lockout.is_not_password_login"
+AXES_LOCKOUT_CALLABLE = "infra_site.auth.lockout.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# infra_site.admin registers axes' models for infrastructure:admin holders (axes' own admin needs model permissions).
+AXES_ENABLE_ADMIN = False
 
 # Migrations.
 MIGRATION_TIMEOUT = env.int("MIGRATION_TIMEOUT", default=300)
@@ -86,28 +120,51 @@ MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=10.0)
 MIGRATION_LOCK_WAIT = env.float("MIGRATION_LOCK_WAIT", default=60.0)
 # At most this many targets of one database server run at once, across all workers and executions.
 MIGRATION_MAX_PER_DATABASE = env.int("MIGRATION_MAX_PER_DATABASE", default=4)
-# A queue worker renews its lease on a running target every heartbeat; a lease not renewed for
-# MIGRATION_LEASE_SECONDS means the worker is lost (checked every MIGRATION_RECOVERY_SECONDS).
+# A lane renews the lease of the target it works on every heartbeat; a lease not renewed for
+# MIGRATION_LEASE_SECONDS means its worker is lost (the recovery schedule looks every 10 s, as often as
+# django-q2's scheduler wakes, about every 30 s).
 MIGRATION_HEARTBEAT_SECONDS = env.float("MIGRATION_HEARTBEAT_SECONDS", default=3.0)
 MIGRATION_LEASE_SECONDS = env.float("MIGRATION_LEASE_SECONDS", default=15.0)
+# A queued lane hands its work to a successor task after this many seconds, so no task outlives the
+# queue's timeout, and lanes that a busy cluster fetched ahead of time move to idle clusters.
+MIGRATION_LANE_SECONDS = env.float("MIGRATION_LANE_SECONDS", default=10.0)
+# An execution whose work no worker has taken up for this many seconds reports that it waits for a worker.
+MIGRATION_WORKER_WAIT = env.float("MIGRATION_WORKER_WAIT", default=120.0)
 
 # HTTP edge.
 CORS_ALLOWED_ORIGINS_RAW = env.list("CORS_ALLOW_ORIGINS", default=[])
 CORS_ALLOW_CREDENTIALS = env.bool("CORS_ALLOW_CREDENTIALS", default=True)
+if "*" in CORS_ALLOWED_ORIGINS_RAW and CORS_ALLOW_CREDENTIALS:
+    raise ImproperlyConfigured(
+        "CORS_ALLOW_ORIGINS=* together with CORS_ALLOW_CREDENTIALS=true would let any web site make requests "
+        "with the user's cookies: list the origins in CORS_ALLOW_ORIGINS, or set CORS_ALLOW_CREDENTIALS=false."
+    )
+# Per client, per minute, counted in the shared cache (CACHES) so every worker process sees the same count.
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 
 
-def _production_problems() -> list[str]:
+def _deployment_problems() -> list[str]:
+    """Return why staging or production must not start with this configuration (empty when it may)."""
     problems = []
+    for name, value, development_value in (
+        ("SECRET_KEY", SECRET_KEY, DEV_SECRET_KEY),
+        ("APP_ENCRYPTION_KEY", APP_ENCRYPTION_KEY, DEV_ENCRYPTION_KEY),
+    ):
+        if not value or value == development_value:
+            problems.append(f"{name} must be set to a secret value, not the development key.")
+        elif IS_PRODUCTION and len(value) < MIN_SECRET_LENGTH:
+            problems.append(f"{name} must be at least {MIN_SECRET_LENGTH} characters long in production.")
+    if not IS_PRODUCTION:
+        return problems
     if DEBUG:
         problems.append("DEBUG must be off in production.")
-    if not SECRET_KEY or SECRET_KEY == DEV_SECRET_KEY:
-        problems.append("SECRET_KEY must be set to a secret value in production.")
-    if not APP_ENCRYPTION_KEY or APP_ENCRYPTION_KEY == DEV_ENCRYPTION_KEY:
-        problems.append("APP_ENCRYPTION_KEY must be set to a secret value in production.")
     if not ALLOWED_HOSTS:
         problems.append("ALLOWED_HOSTS must list the host names this service answers to in production.")
+    elif "*" in ALLOWED_HOSTS:
+        problems.append("ALLOWED_HOSTS must name the hosts explicitly in production, not '*'.")
+    if not CONNECTION_ALLOWED_HOSTS:
+        problems.append("CONNECTION_ALLOWED_HOSTS must list the database hosts the registry may connect to.")
     if not OIDC_CONFIGURED and LOCAL_LOGIN_ENABLED:
         problems.append(
             "KEYCLOAK_URL, KEYCLOAK_CLIENT_ID and KEYCLOAK_CLIENT_SECRET must be set in production, "
@@ -116,8 +173,8 @@ def _production_problems() -> list[str]:
     return problems
 
 
-if IS_PRODUCTION and (_problems := _production_problems()):
-    raise ImproperlyConfigured("Refusing to start in production: " + " ".join(_problems))
+if IS_DEPLOYED and (_problems := _deployment_problems()):
+    raise ImproperlyConfigured(f"Refusing to start in {ENVIRONMENT}: " + " ".join(_problems))
 if not APP_ENCRYPTION_KEY:
     raise ImproperlyConfigured("APP_ENCRYPTION_KEY must not be empty.")
 
@@ -135,6 +192,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_q",
     "mozilla_django_oidc",
+    "axes",
     "connections",
     "migrations_runner",
     "health",
@@ -144,12 +202,15 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
+    "infra_site.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: turns a login refused for a lockout into the lockout page (or JSON error on /api/).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "infra_site.urls"
@@ -224,6 +285,12 @@ if IS_PRODUCTION:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# HTTPS only: redirect http:// to https:// and send HSTS (seconds; 0 sends none). On by default in production.
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=IS_PRODUCTION)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31_536_000 if IS_PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=IS_PRODUCTION)
+# Allows submitting the domain to the browsers' HSTS preload list: a decision for the whole domain, so off by default.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 
 CORS_ALLOW_ALL_ORIGINS = CORS_ALLOWED_ORIGINS_RAW == ["*"]
 CORS_ALLOWED_ORIGINS = [] if CORS_ALLOW_ALL_ORIGINS else CORS_ALLOWED_ORIGINS_RAW
@@ -234,7 +301,7 @@ REST_FRAMEWORK = {
         # Bearer first: its WWW-Authenticate header turns missing credentials into 401, not 403.
         "infra_site.auth.authentication.KeycloakBearerAuthentication",
         # Local accounts (break-glass); refused by the backends when LOCAL_LOGIN_ENABLED is false.
-        "rest_framework.authentication.BasicAuthentication",
+        "infra_site.auth.authentication.LockoutBasicAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -242,6 +309,11 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "infra_site.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "infra_site.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_THROTTLE_CLASSES": (
         ["rest_framework.throttling.AnonRateThrottle", "rest_framework.throttling.UserRateThrottle"]
         if RATE_LIMIT_ENABLED
@@ -251,14 +323,17 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
+# The OpenAPI schema and Swagger UI; hidden by default outside development and testing.
+API_DOCS_ENABLED = env.bool("API_DOCS_ENABLED", default=ENVIRONMENT in ("development", "testing"))
 SPECTACULAR_SETTINGS = {
     "TITLE": "Infrastructure control plane API",
     "DESCRIPTION": "Connection registry and fleet-wide PostgreSQL migrations.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # `check --deploy` generates the schema to report its flaws; they matter only where the docs are served.
+    "ENABLE_DJANGO_DEPLOY_CHECK": API_DOCS_ENABLED,
 }
-API_DOCS_ENABLED = not IS_PRODUCTION
 
 # Background tasks: django-q2 on the ORM broker unless Q_BROKER_URL names Redis.
 # "queue" runs executions on qcluster workers; "inline" runs them in the submitting process (tests, one-offs).
@@ -288,6 +363,22 @@ if Q_BROKER_URL.startswith(("redis://", "rediss://", "unix://")):
     Q_CLUSTER["redis"] = Q_BROKER_URL
 else:
     Q_CLUSTER["orm"] = "default"
+
+# The cache shared by every process (DRF's rate-limit counters): Redis when the broker is Redis, else a table of
+# the control database (created by the migration infra_site 0003; `manage.py createcachetable` after a switch).
+if "redis" in Q_CLUSTER:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": Q_BROKER_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "infra_cache",
+            "OPTIONS": {"MAX_ENTRIES": 10_000},
+        }
+    }
+# django-q2 rewrites its cluster statistics every half second: they stay in the process, off the control database.
+CACHES["process"] = {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+Q_CLUSTER["cache"] = "process"
 
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {

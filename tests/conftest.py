@@ -203,7 +203,7 @@ def make_user(db):
     def make(*roles: str, username: str | None = None, password: str = "pw-for-tests") -> User:
         user = User.objects.create_user(username or f"user-{uuid.uuid4().hex[:8]}", password=password)
         for role in roles:
-            user.groups.add(Group.objects.get(name=role))
+            user.groups.add(Group.objects.get_or_create(name=role)[0])
         return user
 
     return make

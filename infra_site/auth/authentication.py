@@ -1,4 +1,5 @@
-"""DRF authentication with Keycloak bearer tokens, validated locally against the realm's cached keys."""
+"""DRF authentication: Keycloak bearer tokens (validated locally against the realm's cached keys), and HTTP Basic
+with local accounts under the failed-login lockout."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth.models import User
 from rest_framework import exceptions
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication, BasicAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from infra_site.auth import provider, services, tokens
@@ -36,3 +37,19 @@ class KeycloakBearerAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+class LockoutBasicAuthentication(BasicAuthentication):
+    """HTTP Basic with local accounts, watched by the failed-login lockout (django-axes).
+
+    ``authenticate()`` gets Django's request, not DRF's: axes records a failure with the request's form data,
+    and DRF's ``request.POST`` would run the API's parsers, so a malformed JSON body could stop the record
+    after the password was checked (an unlimited guessing oracle). A POSTed form is parsed before the password
+    is checked, for the same reason: one Django cannot read is refused (400) with no password tried. On a
+    lockout, ``axes.middleware.AxesMiddleware`` answers 429 (``infra_site.auth.lockout.lockout_response``).
+    """
+
+    def authenticate_credentials(self, userid: str, password: str, request: Request | None = None):
+        http_request = request._request
+        http_request.POST  # noqa: B018 (parsing is the point)
+        return super().authenticate_credentials(userid, password, http_request)

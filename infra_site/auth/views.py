@@ -12,20 +12,20 @@ from django.shortcuts import resolve_url
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
-from rest_framework.authentication import BasicAuthentication, SessionAuthentication
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from infra_site import roles
 from infra_site.auth import provider
-from infra_site.auth.authentication import KeycloakBearerAuthentication
+from infra_site.auth.authentication import KeycloakBearerAuthentication, LockoutBasicAuthentication
 from infra_site.models import OidcIdentity
 
 AUTHENTICATION_NAMES = {
     KeycloakBearerAuthentication: "bearer",
     SessionAuthentication: "session",
-    BasicAuthentication: "basic",
+    LockoutBasicAuthentication: "basic",
 }
 
 

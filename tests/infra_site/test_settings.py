@@ -1,6 +1,7 @@
 """Start-up configuration: validation of ENVIRONMENT, production refusals, the zero-config SQLite database."""
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ PRODUCTION_OK = {
     "SECRET_KEY": "a-real-secret-key-for-production-0123456789",
     "APP_ENCRYPTION_KEY": "a-real-encryption-key-0123456789",
     "ALLOWED_HOSTS": "infra.example.com",
+    "CONNECTION_ALLOWED_HOSTS": "db.example.com",
     "KEYCLOAK_URL": "https://sso.example.com",
     "KEYCLOAK_CLIENT_ID": "infra",
     "KEYCLOAK_CLIENT_SECRET": "client-secret",
@@ -69,6 +71,83 @@ def test_production_misconfiguration_refuses_to_start(tmp_path, override, named)
     assert named in result.stderr
 
 
+@pytest.mark.parametrize("name", ["SECRET_KEY", "APP_ENCRYPTION_KEY"])
+def test_production_refuses_a_key_shorter_than_32_characters(tmp_path, name):
+    result = run_django("", tmp_path, **{**PRODUCTION_OK, name: "k" * 31})
+    assert result.returncode != 0
+    assert f"{name} must be at least 32 characters long in production" in result.stderr
+    assert run_django("", tmp_path, **{**PRODUCTION_OK, name: "k" * 32}).returncode == 0
+
+
+def test_production_refuses_any_host_in_allowed_hosts(tmp_path):
+    result = run_django("", tmp_path, **{**PRODUCTION_OK, "ALLOWED_HOSTS": "infra.example.com,*"})
+    assert result.returncode != 0
+    assert "ALLOWED_HOSTS must name the hosts explicitly in production, not '*'" in result.stderr
+
+
+STAGING_OK = {"ENVIRONMENT": "staging", "SECRET_KEY": "staging-secret", "APP_ENCRYPTION_KEY": "staging-key"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SECRET_KEY", None),
+        ("SECRET_KEY", "dev-insecure-secret-key-do-not-use-in-production"),
+        ("APP_ENCRYPTION_KEY", None),
+        ("APP_ENCRYPTION_KEY", "dev-insecure-encryption-key-do-not-use-in-production"),
+    ],
+)
+def test_staging_refuses_the_development_keys(tmp_path, name, value):
+    env = {**STAGING_OK, name: value}
+    result = run_django("", tmp_path, **{k: v for k, v in env.items() if v is not None})
+    assert result.returncode != 0
+    assert f"Refusing to start in staging: {name} must be set to a secret value, not the development key" in (
+        result.stderr
+    )
+    assert run_django("print('ok')", tmp_path, **STAGING_OK).stdout.strip() == "ok"
+
+
+def test_testing_and_development_start_with_the_development_keys(tmp_path):
+    code = "from django.conf import settings; print(settings.SECRET_KEY == settings.DEV_SECRET_KEY)"
+    for environment in ("testing", "development"):
+        result = run_django(code, tmp_path, ENVIRONMENT=environment)
+        assert result.stdout.strip() == "True", result.stderr
+
+
+HTTPS_SETTINGS = """
+    from django.conf import settings
+    print(settings.SECURE_SSL_REDIRECT, settings.SECURE_HSTS_SECONDS, settings.SECURE_HSTS_INCLUDE_SUBDOMAINS,
+          settings.SECURE_HSTS_PRELOAD)
+"""
+
+
+def test_production_redirects_to_https_and_sends_hsts_by_default(tmp_path):
+    result = run_django(HTTPS_SETTINGS, tmp_path, **PRODUCTION_OK)
+    assert result.stdout.split() == ["True", "31536000", "True", "False"], result.stderr
+    assert run_django(HTTPS_SETTINGS, tmp_path).stdout.split() == ["False", "0", "False", "False"]
+
+
+def test_https_redirect_and_hsts_are_set_by_the_environment(tmp_path):
+    env = {
+        **PRODUCTION_OK,
+        "SECURE_SSL_REDIRECT": "false",
+        "SECURE_HSTS_SECONDS": "600",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": "false",
+        "SECURE_HSTS_PRELOAD": "true",
+    }
+    assert run_django(HTTPS_SETTINGS, tmp_path, **env).stdout.split() == ["False", "600", "False", "True"]
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+def test_cors_any_origin_with_credentials_refuses_to_start_naming_both_variables(tmp_path, environment):
+    env = {**PRODUCTION_OK} if environment == "production" else {}
+    result = run_django("", tmp_path, **{**env, "CORS_ALLOW_ORIGINS": "*", "CORS_ALLOW_CREDENTIALS": "true"})
+    assert result.returncode != 0
+    assert "CORS_ALLOW_ORIGINS=* together with CORS_ALLOW_CREDENTIALS=true" in result.stderr
+    without_credentials = {**env, "CORS_ALLOW_ORIGINS": "*", "CORS_ALLOW_CREDENTIALS": "false"}
+    assert run_django("print('ok')", tmp_path, **without_credentials).stdout.strip() == "ok"
+
+
 def test_production_without_oidc_starts_when_local_login_is_disabled(tmp_path):
     env = {**PRODUCTION_OK, "LOCAL_LOGIN_ENABLED": "false"}
     del env["KEYCLOAK_URL"]
@@ -86,7 +165,46 @@ def test_production_hides_the_api_docs(tmp_path):
             print('hidden')
     """
     assert run_django(code, tmp_path, **PRODUCTION_OK).stdout.strip() == "hidden"
+    assert run_django(code, tmp_path, **STAGING_OK).stdout.strip() == "hidden"
     assert run_django(code, tmp_path).stdout.strip() == "visible"
+    assert run_django(code, tmp_path, ENVIRONMENT="testing").stdout.strip() == "visible"
+    assert run_django(code, tmp_path, **PRODUCTION_OK, API_DOCS_ENABLED="true").stdout.strip() == "visible"
+    assert run_django(code, tmp_path, API_DOCS_ENABLED="false").stdout.strip() == "hidden"
+
+
+def production_example() -> dict[str, str]:
+    """The variables of the production example block of .env.example."""
+    text = (ROOT / ".env.example").read_text()
+    block = re.search(r"^# BEGIN production example\n(.*?)^# END production example$", text, re.M | re.S)
+    assert block, ".env.example has no production example block"
+    return dict(re.findall(r"^# ([A-Z_]+)=(.*)$", block.group(1), re.M))
+
+
+def test_check_deploy_is_clean_with_the_production_example_of_env_example(tmp_path):
+    example = production_example()
+    assert example["ENVIRONMENT"] == "production"
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "DJANGO_SETTINGS_MODULE": "infra_site.settings",
+        "ENV_FILE": os.devnull,
+        **example,
+        # The only value replaced: a scratch database instead of the example's PostgreSQL server.
+        "ADMIN_DATABASE_URL": f"sqlite:///{tmp_path / 'control.sqlite3'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert "WARNINGS" not in output
+    assert "?: (" not in output
+    assert "System check identified no issues" in output
 
 
 def test_embedded_sqlite_uses_wal_and_a_busy_timeout(tmp_path):
@@ -150,6 +268,25 @@ def test_env_example_documents_every_variable_the_settings_read():
     read = set(re.findall(r'env\.\w+\(\s*"([A-Z_]+)"', (ROOT / "infra_site" / "settings.py").read_text()))
     documented = set(re.findall(r"^(?:# )?([A-Z_]+)=", (ROOT / ".env.example").read_text(), flags=re.MULTILINE))
     assert read == documented
+
+
+def test_the_shared_cache_is_the_control_database_or_the_redis_broker(tmp_path):
+    code = "from django.conf import settings; print(settings.CACHES['default']['BACKEND'].rsplit('.', 1)[1])"
+    assert run_django(code, tmp_path).stdout.strip() == "DatabaseCache"
+    redis = run_django(code, tmp_path, Q_BROKER_URL="redis://127.0.0.1:6379/0")
+    assert redis.stdout.strip() == "RedisCache", redis.stderr
+
+
+def test_migrate_creates_the_cache_table(tmp_path):
+    code = """
+        from django.core.management import call_command
+        from django.core.cache import cache
+        call_command("migrate", verbosity=0)
+        cache.set("probe", 42)
+        print(cache.get("probe"))
+    """
+    result = run_django(code, tmp_path)
+    assert result.stdout.strip() == "42", result.stderr
 
 
 def test_env_file_is_honoured(tmp_path):
