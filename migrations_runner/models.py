@@ -60,11 +60,24 @@ class MigrationExecution(models.Model):
     executed_by = models.CharField(max_length=150)
     batch_id = models.CharField(max_length=64, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
-    error = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="", help_text="Why the execution failed, halted or was cancelled.")
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    # The lanes' shared state: the phase being worked, and the last sign that a lane is at work.
+    current_phase = models.SmallIntegerField(default=-1)
+    active_at = models.DateTimeField(null=True, blank=True, help_text="Lanes spawned, or a target claimed or ended.")
+    # Progress counters, kept by the same writes that change target runs, so progress never scans them.
+    targets_total = models.PositiveIntegerField(default=0)
+    targets_succeeded = models.PositiveIntegerField(default=0)
+    targets_failed = models.PositiveIntegerField(default=0)
+    targets_skipped = models.PositiveIntegerField(default=0)
+    targets_cancelled = models.PositiveIntegerField(default=0)
+    # Sum of the durations of the targets that ran and succeeded, and their number: the ETA's mean.
+    run_duration_ms = models.BigIntegerField(default=0)
+    runs_timed = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]
@@ -99,8 +112,9 @@ class TargetRun(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     error = models.JSONField(null=True, blank=True)
     skip_reason = models.TextField(blank=True, default="")
+    # host:port of the database server, for the per-server cap of the lanes' claim.
+    server = models.CharField(max_length=300, blank=True, default="")
     worker = models.CharField(max_length=128, blank=True, default="")
-    dispatched_at = models.DateTimeField(null=True, blank=True, help_text="When it was handed to the task queue.")
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="The worker's last sign of life.")
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
@@ -108,7 +122,12 @@ class TargetRun(models.Model):
 
     class Meta:
         ordering = ["phase", "id"]
-        indexes = [models.Index(fields=["execution", "status"])]
+        indexes = [
+            # The claim: the next pending run of a phase, in id order.
+            models.Index(fields=["execution", "status", "phase", "id"], name="target_run_claim"),
+            # The per-server cap: running runs by server, across executions.
+            models.Index(fields=["server"], condition=models.Q(status="running"), name="target_run_running_server"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["execution", "connection", "schema_name"], name="target_run_unique"),
         ]

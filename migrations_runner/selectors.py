@@ -11,7 +11,7 @@ from datetime import timedelta
 import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db.models import Avg, Count, Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from connections import selectors as registry
@@ -202,39 +202,42 @@ def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
 
 
 def execution_progress(*, execution: MigrationExecution) -> dict:
-    """Totals, current targets, completion percentage and an estimated completion time."""
-    counts = execution.targets.aggregate(
-        total=Count("id"),
-        succeeded=Count("id", filter=Q(status=TargetStatus.SUCCEEDED)),
-        failed=Count("id", filter=Q(status=TargetStatus.FAILED)),
-        skipped=Count("id", filter=Q(status=TargetStatus.SKIPPED)),
-        cancelled=Count("id", filter=Q(status=TargetStatus.CANCELLED)),
-        running=Count("id", filter=Q(status=TargetStatus.RUNNING)),
-        avg_ms=Avg("duration_ms", filter=Q(status=TargetStatus.SUCCEEDED)),
+    """Totals (from the execution's counters), current targets, completion percentage, ETA, and whether the
+    execution waits for a worker. Reads only the running target runs, never all of them."""
+    from migrations_runner.services.runner import execution_waiting_for_worker
+
+    finished = (
+        execution.targets_succeeded + execution.targets_failed + execution.targets_skipped + execution.targets_cancelled
     )
-    finished = counts["succeeded"] + counts["failed"] + counts["skipped"] + counts["cancelled"]
-    total = counts["total"]
-    current = list(
-        execution.targets.filter(status=TargetStatus.RUNNING)
-        .select_related("connection")
-        .values_list("connection__name", "schema_name")[:20]
+    total = execution.targets_total
+    current = (
+        []
+        if execution.is_finished
+        else list(
+            execution.targets.filter(status=TargetStatus.RUNNING).values_list("connection__name", "schema_name")[:20]
+        )
     )
+    running = len(current) if len(current) < 20 else execution.targets.filter(status=TargetStatus.RUNNING).count()
+    pending = max(0, total - finished - running)
     eta = None
-    if not execution.is_finished and counts["avg_ms"] and total > finished:
-        remaining = total - finished
-        parallel = max(1, min(execution.batch_size, remaining))
-        eta = timezone.now() + timedelta(milliseconds=counts["avg_ms"] * remaining / parallel)
+    if not execution.is_finished and execution.runs_timed and pending + running:
+        mean_ms = execution.run_duration_ms / execution.runs_timed
+        parallel = max(1, min(execution.batch_size, pending + running))
+        eta = timezone.now() + timedelta(milliseconds=mean_ms * (pending + running) / parallel)
+    no_worker = execution_waiting_for_worker(execution, running=running, pending=pending)
     return {
         "total": total,
-        "completed": counts["succeeded"],
-        "failed": counts["failed"],
-        "skipped": counts["skipped"],
-        "cancelled": counts["cancelled"],
-        "running": counts["running"],
-        "pending": total - finished - counts["running"],
+        "completed": execution.targets_succeeded,
+        "failed": execution.targets_failed,
+        "skipped": execution.targets_skipped,
+        "cancelled": execution.targets_cancelled,
+        "running": running,
+        "pending": pending,
         "current_targets": [f"{name}/{schema}" for name, schema in current],
         "completion_percentage": round(100.0 * finished / total, 1) if total else 100.0,
         "estimated_completion": eta,
+        "no_worker": no_worker,
+        "state": "waiting_for_worker" if no_worker else ("running" if not execution.is_finished else "finished"),
     }
 
 

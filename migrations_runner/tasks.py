@@ -5,9 +5,9 @@ from __future__ import annotations
 from migrations_runner import services
 
 
-def run_target(target_run_id: int) -> str:
-    """Apply one target run (a worker's unit of work)."""
-    return services.target_run_work(target_run_id=target_run_id)
+def run_lane(execution_id: str) -> str:
+    """Work one lane of an execution: claim, apply and record its target runs (a worker's unit of work)."""
+    return services.lane_work(execution_id=execution_id, host=services.QueueHost())
 
 
 def recover_lost_targets() -> int:

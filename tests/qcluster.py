@@ -39,6 +39,7 @@ def control_env(**overrides: str) -> dict[str, str]:
         "MIGRATION_MAX_PER_DATABASE": str(settings.MIGRATION_MAX_PER_DATABASE),
         "MIGRATION_LEASE_SECONDS": str(settings.MIGRATION_LEASE_SECONDS),
         "MIGRATION_HEARTBEAT_SECONDS": str(settings.MIGRATION_HEARTBEAT_SECONDS),
+        "MIGRATION_LANE_SECONDS": str(settings.MIGRATION_LANE_SECONDS),
         "RATE_LIMIT_ENABLED": "false",
         "LOG_LEVEL": "INFO",
         "PYTHONPATH": str(ROOT),

@@ -9,9 +9,15 @@ from migrations_runner.services.executions import (
     rollback_submit,
     target_rollback,
 )
-from migrations_runner.services.inline import execution_run
 from migrations_runner.services.provisioning import tenant_provision
-from migrations_runner.services.queue import execution_dispatch, target_run_work, targets_recover_lost
+from migrations_runner.services.runner import (
+    QueueHost,
+    ThreadHost,
+    execution_run,
+    execution_waiting_for_worker,
+    lane_work,
+    targets_recover_lost,
+)
 from migrations_runner.services.schedules import (
     ensure_recovery_schedule,
     schedule_create,
@@ -22,14 +28,17 @@ from migrations_runner.services.schedules import (
 from migrations_runner.services.targets import target_run_apply
 
 __all__ = [
+    "QueueHost",
+    "ThreadHost",
     "ensure_recovery_schedule",
     "execution_cancel",
-    "execution_dispatch",
     "execution_retry",
     "execution_rollback",
     "execution_run",
     "execution_start",
     "execution_submit",
+    "execution_waiting_for_worker",
+    "lane_work",
     "rollback_submit",
     "schedule_create",
     "schedule_delete",
@@ -37,7 +46,6 @@ __all__ = [
     "schedule_update",
     "target_rollback",
     "target_run_apply",
-    "target_run_work",
     "targets_recover_lost",
     "tenant_provision",
 ]

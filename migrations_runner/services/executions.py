@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
@@ -26,14 +25,22 @@ from migrations_runner.models import (
     TargetRun,
     TargetStatus,
 )
-from migrations_runner.services.inline import execution_run
+from migrations_runner.services.runner import COUNTER_OF, execution_cancel_now, execution_launch, execution_run
 from migrations_runner.services.targets import finish_execution
 
 logger = logging.getLogger(__name__)
 
 
 def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: dict[int, list[int]]) -> None:
-    """Insert target runs and translate dependencies (indexes into ``rows``) into run ids."""
+    """Insert target runs, translate dependencies (indexes into ``rows``) into run ids, and set the counters."""
+    servers = {
+        pk: f"{host}:{port}"
+        for pk, host, port in DatabaseConnection.all_objects.filter(pk__in={r.connection_id for r in rows}).values_list(
+            "pk", "host", "port"
+        )
+    }
+    for row in rows:
+        row.server = servers[row.connection_id]
     TargetRun.objects.bulk_create(rows, batch_size=500)
     if not rows or rows[0].pk is None:  # a backend that does not return ids
         ids = list(execution.targets.order_by("id").values_list("id", flat=True))
@@ -45,6 +52,13 @@ def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: d
             rows[index].depends_on = [rows[d].pk for d in deps]
             changed.append(rows[index])
     TargetRun.objects.bulk_update(changed, ["depends_on"], batch_size=500)
+    counts = dict.fromkeys(COUNTER_OF, 0)
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    execution.targets_total = len(rows)
+    for status, name in COUNTER_OF.items():
+        setattr(execution, name, counts[status])
+    execution.save(update_fields=["targets_total", *COUNTER_OF.values()])
 
 
 def execution_start(
@@ -58,7 +72,6 @@ def execution_start(
     on_failure: str = OnFailure.CONTINUE,
     batch_size: int | None = None,
     run: bool = True,
-    on_target_done: Callable[[TargetRun], None] | None = None,
     targets: list[Target] | None = None,
     metadata: dict | None = None,
 ) -> MigrationExecution:
@@ -114,7 +127,7 @@ def execution_start(
     if dry_run or not any(r.status == TargetStatus.PENDING for r in rows):
         return finish_execution(execution)
     if run:
-        return execution_run(execution=execution, on_target_done=on_target_done)
+        return execution_run(execution=execution)
     return execution
 
 
@@ -154,7 +167,6 @@ def execution_rollback(
     execution: MigrationExecution,
     executed_by: str,
     run: bool = True,
-    on_target_done: Callable[[TargetRun], None] | None = None,
 ) -> MigrationExecution:
     """Undo what a migrate execution applied, target by target, newest version first.
 
@@ -235,7 +247,7 @@ def execution_rollback(
         },
     )
     if run:
-        return execution_run(execution=rollback, on_target_done=on_target_done)
+        return execution_run(execution=rollback)
     return rollback
 
 
@@ -278,7 +290,7 @@ def target_rollback(
             metadata={"sets": {target.database_type: mset.snapshot()}, "to_version": to_version},
             started_at=timezone.now(),
         )
-        TargetRun.objects.create(
+        row = TargetRun(
             execution=rollback,
             connection=connection,
             tenant_id=target.tenant_id,
@@ -288,30 +300,28 @@ def target_rollback(
             from_version=str(state.current),
             pending_versions=[str(v) for v in versions],
         )
+        _bulk_runs(rollback, [row], {})
     return execution_run(execution=rollback) if run else rollback
 
 
 def execution_cancel(*, execution: MigrationExecution, actor: str) -> MigrationExecution:
-    """Ask a running execution to stop: targets not started become cancelled, running ones stop between scripts."""
+    """Cancel an execution in any state: what has not started is cancelled at once, running targets stop
+    between scripts, and the execution ends as soon as nothing runs."""
     if execution.is_finished:
         return execution
-    MigrationExecution.objects.filter(pk=execution.pk).update(cancel_requested=True)
-    execution.cancel_requested = True
-    logger.warning("execution cancel requested", extra={"execution": str(execution.pk), "actor": actor})
+    execution_cancel_now(execution=execution, actor=actor)
+    logger.warning("execution cancelled", extra={"execution": str(execution.pk), "actor": actor})
+    execution.refresh_from_db()
     return execution
 
 
 def _launch(execution: MigrationExecution) -> MigrationExecution:
-    """Run a recorded execution: on the queue workers, or in this process when MIGRATION_EXECUTOR is inline."""
+    """Start a recorded execution: lanes on the queue workers, or threads here when MIGRATION_EXECUTOR is inline."""
     if execution.is_finished:
         return execution
     if settings.MIGRATION_EXECUTOR == "inline":
         return execution_run(execution=execution)
-    from migrations_runner.services.queue import execution_dispatch
-
-    execution_dispatch(execution_id=execution.pk)
-    execution.refresh_from_db()
-    return execution
+    return execution_launch(execution=execution)
 
 
 def execution_submit(**params) -> MigrationExecution:

@@ -1,4 +1,4 @@
-"""Running one target run and recording its outcome: shared by the in-process runner and the queue workers."""
+"""Applying one target run, turning the engine's outcome into its fields, and finishing an execution."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from migrations_runner.engine.sets import MigrationSet, Version
 from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 
 logger = logging.getLogger(__name__)
-
-RUN_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error", "completed_at", "duration_ms"]
 
 
 def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]) -> engine.ApplyOptions:
@@ -91,24 +89,33 @@ def apply_outcome(run: TargetRun, outcome: engine.TargetOutcome) -> None:
     run.duration_ms = int((now - run.started_at).total_seconds() * 1000) if run.started_at else None
 
 
-def mark(runs: list[TargetRun], status: str, reason: str) -> None:
-    now = timezone.now()
-    for run in runs:
-        run.status, run.skip_reason, run.completed_at = status, reason, now
-    TargetRun.objects.bulk_update(runs, ["status", "skip_reason", "completed_at"])
+def _failure_summary(execution: MigrationExecution) -> str:
+    """One line on why an execution failed: how many targets, and the first failure with its error."""
+    first = execution.targets.filter(status=TargetStatus.FAILED).select_related("connection").order_by("id").first()
+    if first is None:
+        return f"{execution.targets_skipped} target(s) skipped, {execution.targets_cancelled} cancelled"
+    error = first.error or {}
+    where = f" at version {error['version']}" if error.get("version") else ""
+    state = f" [SQLSTATE {error['sqlstate']}]" if error.get("sqlstate") else ""
+    message = error.get("message", "")
+    return f"{execution.targets_failed} target(s) failed; first: {first.label}{where}: {message}{state}"
 
 
 def finish_execution(execution: MigrationExecution) -> MigrationExecution:
-    statuses = set(execution.targets.values_list("status", flat=True))
-    if execution.cancel_requested and TargetStatus.CANCELLED in statuses:
+    """Give a worked execution its final status (from its counters) and the reason when it did not complete."""
+    if execution.cancel_requested and execution.targets_cancelled:
         status = ExecutionStatus.CANCELLED
-    elif statuses & {TargetStatus.FAILED, TargetStatus.SKIPPED, TargetStatus.CANCELLED}:
+    elif execution.targets_failed or execution.targets_skipped or execution.targets_cancelled:
         status = ExecutionStatus.FAILED
     else:
         status = ExecutionStatus.COMPLETED
+    if status == ExecutionStatus.FAILED and not execution.error:
+        execution.error = _failure_summary(execution)
+    elif status == ExecutionStatus.FAILED and execution.targets_failed and execution.error.startswith("halted"):
+        execution.error = f"{execution.error}; {_failure_summary(execution)}"
     execution.status = status
     execution.completed_at = timezone.now()
-    execution.save(update_fields=["status", "completed_at"])
+    execution.save(update_fields=["status", "completed_at", "error"])
     if status == ExecutionStatus.COMPLETED and execution.kind == ExecutionKind.ROLLBACK and not execution.dry_run:
         MigrationExecution.objects.filter(pk=execution.metadata.get("rollback_of")).update(
             status=ExecutionStatus.ROLLED_BACK

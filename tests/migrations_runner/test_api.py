@@ -4,7 +4,7 @@ import pytest
 
 from migrations_runner.models import MigrationExecution
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 BASE = "/api/v1/migrations/"
 

@@ -10,7 +10,7 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, TargetStatus
 from tests.migrations_runner.test_execution import runs_by_label
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture

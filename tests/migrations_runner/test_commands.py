@@ -14,16 +14,19 @@ pytestmark = pytest.mark.postgres
 
 
 def run(*args):
+    """Run a command and return its exit status and output; errors other than a failed execution propagate."""
     out, err = StringIO(), StringIO()
     code = 0
     try:
         call_command(*args, stdout=out, stderr=err)
-    except SystemExit as exc:
-        code = exc.code
+    except CommandError as exc:
+        if not str(exc).startswith("Execution "):
+            raise
+        code = exc.returncode
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_run_migrations_json_parses_and_exits_0_when_all_succeed(small_fleet):
     code, out, _ = run("run_migrations", "--scope", "all", "--sync", "--json")
     assert code == 0
@@ -33,7 +36,7 @@ def test_run_migrations_json_parses_and_exits_0_when_all_succeed(small_fleet):
     assert data["progress"]["completion_percentage"] == 100.0
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_run_migrations_exits_1_when_a_target_failed(small_fleet, sets_dir):
     victim = small_fleet.tenants[0]
     with small_fleet.connect("shared-us") as conn:
@@ -50,20 +53,20 @@ def test_run_migrations_exits_1_when_a_target_failed(small_fleet, sets_dir):
     assert "statement:" in out
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_dry_run_command_lists_pending_versions(small_fleet):
     code, out, _ = run("run_migrations", "--scope", "tenant", "--tenant", "us000", "--dry-run")
     assert code == 0
     assert re.search(r"shared-us/tenant_us000 .* pending: 1, 2, 3", out)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_unknown_tenant_is_a_clear_error(small_fleet):
     with pytest.raises(CommandError, match="No target matches"):
         run("run_migrations", "--scope", "tenant", "--tenant", "nobody")
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_fleet_status_and_rollback_execution(small_fleet):
     code, out, _ = run("fleet_status", "--json")
     assert code == 0

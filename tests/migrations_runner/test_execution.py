@@ -39,7 +39,7 @@ def runs_by_label(execution):
     return {run.label: run for run in selectors.execution_targets(execution=execution)}
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_the_whole_fleet_migrates_in_dependency_order(fleet, sets_dir):
     execution = services.execution_start(scope="all", executed_by="test", batch_size=8)
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
@@ -106,7 +106,7 @@ def conflicting_table(sets_dir):
     raise AssertionError("the tenant set creates no table after version 1")
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_conflicting_object_fails_that_tenant_at_that_version_only(fleet, sets_dir):
     table, script = conflicting_table(sets_dir)
     victim = fleet.tenants[3]
@@ -138,7 +138,7 @@ def test_a_conflicting_object_fails_that_tenant_at_that_version_only(fleet, sets
         assert columns == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_halt_skips_the_targets_not_yet_started(small_fleet, sets_dir):
     table, _script = conflicting_table(sets_dir)
     victim = small_fleet.tenants_in("eu-west")[0]  # targets run in (connection name, schema) order: the first one
@@ -154,7 +154,7 @@ def test_halt_skips_the_targets_not_yet_started(small_fleet, sets_dir):
     assert all(run.skip_reason == f"halted after shared-eu/{victim.schema_name} failed" for run in runs[1:])
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_failed_shared_database_skips_its_region_and_the_other_region_completes(small_fleet, sets_dir):
     shared_set = load_set(sets_dir / "shared", "shared")
     table = created_tables(shared_set.versions[0])[0]
@@ -175,7 +175,7 @@ def test_a_failed_shared_database_skips_its_region_and_the_other_region_complete
         assert schemas(conn) == set()
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_editing_an_applied_script_is_drift_and_fails_before_any_change(small_fleet, sets_dir):
     assert services.execution_start(scope="tenant", executed_by="test").status == ExecutionStatus.COMPLETED
     first = tenant_set(sets_dir).versions[0]
@@ -192,7 +192,7 @@ def test_editing_an_applied_script_is_drift_and_fails_before_any_change(small_fl
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'late_addition'").fetchone()[0] == 0
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_dry_run_reports_pending_versions_and_changes_nothing(fleet, sets_dir):
     versions = [str(s.version) for s in tenant_set(sets_dir).versions]
     execution = services.execution_start(scope="all", executed_by="test", dry_run=True)
@@ -212,7 +212,7 @@ def test_dry_run_reports_pending_versions_and_changes_nothing(fleet, sets_dir):
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_rollback_returns_every_target_to_its_previous_version(small_fleet, sets_dir):
     tenant_versions = tenant_set(sets_dir).versions
     # Start from a tenant fleet at version 2, so the rollback has somewhere to return to.
@@ -241,7 +241,7 @@ def test_rollback_returns_every_target_to_its_previous_version(small_fleet, sets
         services.execution_rollback(execution=upgrade, executed_by="test")
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_rollback_with_a_missing_undo_script_is_refused_and_changes_nothing(small_fleet, sets_dir):
     execution = services.execution_start(scope="tenant", executed_by="test")
     assert execution.status == ExecutionStatus.COMPLETED
@@ -256,7 +256,7 @@ def test_rollback_with_a_missing_undo_script_is_refused_and_changes_nothing(smal
         assert len(history(conn, tenant.schema_name)) == len(tenant_set(sets_dir).versions)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_one_target_rolls_back_to_a_version(small_fleet, sets_dir):
     services.execution_start(scope="tenant", executed_by="test")
     tenant = small_fleet.tenants[0]
@@ -270,7 +270,7 @@ def test_one_target_rolls_back_to_a_version(small_fleet, sets_dir):
         assert len(history(conn, other.schema_name)) == len(tenant_set(sets_dir).versions)
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_no_matching_target_is_an_error_not_an_empty_run(small_fleet):
     with pytest.raises(NoTargets):
         services.execution_start(scope="tenant", tenants=["nobody"], executed_by="test")
@@ -280,7 +280,7 @@ def test_no_matching_target_is_an_error_not_an_empty_run(small_fleet):
     assert single.targets.count() == 1
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)
 def test_a_dependency_cycle_refuses_to_run(small_fleet, settings):
     from infra_site.errors import ValidationFailed
 

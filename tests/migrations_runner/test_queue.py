@@ -11,7 +11,7 @@ import pytest
 from django.utils import timezone
 from psycopg import sql
 
-from migrations_runner import services
+from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSchedule
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
@@ -74,8 +74,12 @@ def big_fleet(pg_server, sets_dir):
     drop_fleet(fleet)
 
 
-def test_batch_size_caps_the_targets_in_flight_across_two_clusters(big_fleet, queue_settings, clusters):
-    first, second = clusters(count=2, workers=4)
+def test_batch_size_caps_the_targets_in_flight_across_two_clusters(big_fleet, sets_dir, queue_settings, clusters):
+    # A cluster may fetch lanes ahead of its free workers; lanes hand over every second, so idle clusters get them.
+    queue_settings.MIGRATION_LANE_SECONDS = 1
+    slow = sets_dir / "tenant" / "V2__create_projects.sql"
+    slow.write_text("SELECT pg_sleep(0.1);\n" + slow.read_text())
+    first, second = clusters(count=2, workers=2)
     execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=5)
     assert execution.status == ExecutionStatus.IN_PROGRESS
     peak = 0
@@ -136,7 +140,11 @@ def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
     run.refresh_from_db()
     assert run.status == TargetStatus.FAILED
     assert run.error["kind"] == "worker_lost"
+    # What the lost worker committed is read back from the target's history, so a rollback can undo it.
+    assert [a["version"] for a in run.applied_versions] == ["1"]
+    assert run.to_version == "1"
     assert execution.status == ExecutionStatus.FAILED
+    assert execution.targets_failed == 1
     with small_fleet.connect("shared-us") as conn:
         history = sql.SQL("SELECT version FROM {}.infra_schema_history").format(sql.Identifier(tenant.schema_name))
         versions = [r[0] for r in conn.execute(history)]
@@ -254,3 +262,101 @@ def test_the_wait_flag_follows_a_queued_execution(small_fleet, queue_settings, c
     assert data["status"] == "completed"
     assert {t["status"] for t in data["targets"]} == {"succeeded"}
     assert all(t["worker"] for t in data["targets"])
+
+
+def history_counts(fleet, tenant) -> list[tuple[str, int]]:
+    with fleet.connect(tenant.connection.name) as conn:
+        query = sql.SQL("SELECT version, count(*) FROM {}.infra_schema_history WHERE type = 'SQL' GROUP BY 1").format(
+            sql.Identifier(tenant.schema_name)
+        )
+        return conn.execute(query).fetchall()
+
+
+def test_two_clusters_share_200_targets_and_a_sigkill_half_way_loses_nothing(
+    pg_server, sets_dir, queue_settings, clusters
+):
+    slow = sets_dir / "tenant" / "V2__create_projects.sql"
+    slow.write_text("SELECT pg_sleep(0.1);\n" + slow.read_text())
+    fleet = build_fleet(pg_server, tenants_per_region=100)
+    queue_settings.MIGRATION_LANE_SECONDS = 3  # lanes hand over often, so both clusters take turns
+    try:
+        first, _second = clusters(count=2, workers=2)
+        execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=6)
+        deadline = time.monotonic() + 120
+        while execution.targets.filter(status=TargetStatus.SUCCEEDED).count() < 80:
+            assert time.monotonic() < deadline, "the clusters made no progress"
+            time.sleep(0.05)
+        first_pids = first.pids()
+        os.killpg(first.process.pid, signal.SIGKILL)
+        execution = wait_finished(execution, timeout=240)
+        runs = list(execution.targets.all())
+        assert len(runs) == 200
+        workers = {int(run.worker.rsplit(":", 1)[1]) for run in runs if run.worker}
+        assert workers & first_pids, f"the killed cluster did no work: {first.output()[-3000:]}"
+        assert workers - first_pids, "the surviving cluster did no work"
+        for run in runs:
+            assert run.status in (TargetStatus.SUCCEEDED, TargetStatus.FAILED), run.status
+            if run.status == TargetStatus.FAILED:
+                assert run.error["kind"] == "worker_lost", run.error
+        for tenant in fleet.tenants:
+            assert all(count == 1 for _, count in history_counts(fleet, tenant)), tenant.slug
+        if execution.targets_failed:
+            retry = wait_finished(services.execution_retry(execution=execution, executed_by="test"), timeout=120)
+            assert retry.status == ExecutionStatus.COMPLETED
+        for tenant in fleet.tenants:
+            counts = history_counts(fleet, tenant)
+            assert len(counts) == 9, tenant.slug
+            assert all(count == 1 for _, count in counts), tenant.slug
+    finally:
+        drop_fleet(fleet)
+
+
+def test_a_cluster_killed_holding_queued_lanes_is_recovered_within_the_bound(
+    small_fleet, sets_dir, queue_settings, clusters
+):
+    slow = sets_dir / "tenant" / "V2__create_projects.sql"
+    slow.write_text("SELECT pg_sleep(2);\n" + slow.read_text())
+    # One worker with a queue limit of one: it runs one lane and holds the other, unstarted, in its own queue.
+    (doomed,) = clusters(workers=1)
+    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=2)
+    deadline = time.monotonic() + 60
+    while not execution.targets.filter(status=TargetStatus.RUNNING).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(doomed.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    clusters(workers=2)
+    execution = wait_finished(execution, timeout=LOST_WITHIN + 60)
+    elapsed = time.monotonic() - killed_at
+    # The bound: the lease, the scheduler's cycle and the remaining work (at most 6 targets of 2 s on 2 lanes).
+    assert elapsed <= LOST_WITHIN + 15, elapsed
+    statuses = list(execution.targets.values_list("status", flat=True))
+    assert statuses.count(TargetStatus.SUCCEEDED) >= 5
+    assert set(statuses) <= {TargetStatus.SUCCEEDED, TargetStatus.FAILED}
+
+
+def test_without_a_worker_the_execution_says_so_and_cancel_ends_it(small_fleet, queue_settings, make_user):
+    from rest_framework.test import APIClient
+
+    queue_settings.MIGRATION_WORKER_WAIT = 1
+    execution = services.execution_submit(scope="tenant", executed_by="test")
+    assert execution.status == ExecutionStatus.IN_PROGRESS
+    assert not selectors.execution_progress(execution=execution)["no_worker"]
+    time.sleep(1.5)
+    execution.refresh_from_db()
+    progress = selectors.execution_progress(execution=execution)
+    assert progress["no_worker"] is True
+    assert progress["state"] == "waiting_for_worker"
+    assert progress["pending"] == 6
+    client = APIClient()
+    client.force_authenticate(make_user("migrations:execute"))
+    body = client.get(f"/api/v1/migrations/status/{execution.pk}/").json()
+    assert body["progress"]["state"] == "waiting_for_worker"
+    response = client.post(f"/api/v1/migrations/{execution.pk}/cancel/")
+    assert response.status_code in (200, 202), response.content
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.CANCELLED
+    assert execution.completed_at is not None
+    assert set(execution.targets.values_list("status", flat=True)) == {TargetStatus.CANCELLED}
+    assert execution.targets_cancelled == 6

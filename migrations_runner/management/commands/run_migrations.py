@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
@@ -11,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import ProgressBar, application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Scope, TargetRun, TargetStatus
+from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Scope
 
 
 def summary(execution) -> dict:
@@ -46,6 +45,33 @@ def summary(execution) -> dict:
     }
 
 
+class _Follower:
+    """Reports the target runs of a running execution as they end, with a progress bar."""
+
+    def __init__(self, stdout, execution, *, quiet: bool) -> None:
+        self.execution = execution
+        # Targets that were up to date at planning time end without running: the bar counts the others.
+        planned = execution.targets.filter(status__in=FINISHED_TARGET_STATUSES, started_at__isnull=True)
+        self.seen = set(planned.values_list("pk", flat=True))
+        total = execution.targets_total - len(self.seen)
+        self.bar = None if quiet else ProgressBar(stdout, total, tty=stdout.isatty())
+
+    def step(self) -> None:
+        finished = (
+            self.execution.targets.select_related("connection")
+            .filter(status__in=FINISHED_TARGET_STATUSES)
+            .exclude(pk__in=self.seen)
+        )
+        for run in finished:
+            self.seen.add(run.pk)
+            if self.bar:
+                self.bar.advance(run.label, run.status)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
 class Command(BaseCommand):
     # Only this app's checks (dependency DAG, sets): the URL, admin and model checks add start-up time.
     requires_system_checks = ["migrations"]
@@ -68,17 +94,6 @@ class Command(BaseCommand):
         if options["batch_size"] is not None and not 1 <= options["batch_size"] <= 500:
             raise CommandError("--batch-size must be between 1 and 500.")
         as_json = options["json"]
-        bar: ProgressBar | None = None
-
-        def on_target_done(run: TargetRun) -> None:
-            nonlocal bar
-            if as_json:
-                return
-            if bar is None:
-                total = run.execution.targets.exclude(status=TargetStatus.SUCCEEDED, started_at__isnull=True).count()
-                bar = ProgressBar(self.stdout, total, tty=self.stdout.isatty())
-            bar.advance(f"{run.connection.name}/{run.schema_name}", run.status)
-
         params = {
             "scope": options["scope"],
             "regions": options["region"],
@@ -90,40 +105,33 @@ class Command(BaseCommand):
             "executed_by": cli_actor(),
         }
         with application_errors():
-            if options["sync"] or options["dry_run"]:
-                execution = services.execution_start(**params, on_target_done=on_target_done)
+            if options["dry_run"]:
+                execution = services.execution_start(**params)
+            elif options["sync"]:
+                execution = services.execution_start(**params, run=False)
+                follow = _Follower(self.stdout, execution, quiet=as_json)
+                execution = services.execution_run(execution=execution, on_poll=follow.step)
+                follow.step()
+                follow.close()
             else:
                 execution = services.execution_submit(**params)
                 if not options["wait"]:
                     self.stdout.write(to_json(summary(execution)) if as_json else f"Execution {execution.pk} queued.")
                     return
-                execution = self._follow(execution, on_target_done, options["poll"])
-        if bar:
-            bar.close()
+                follow = _Follower(self.stdout, execution, quiet=as_json)
+                while not execution.is_finished:
+                    time.sleep(options["poll"])
+                    execution.refresh_from_db()
+                    follow.step()
+                follow.step()
+                follow.close()
         data = summary(execution)
         if as_json:
             self.stdout.write(to_json(data))
         else:
             self._report(data)
         if data["progress"]["failed"] or execution.status == "failed":
-            sys.exit(1)
-
-    def _follow(self, execution, on_target_done, poll: float):
-        """Poll a queued execution until it finishes, reporting each target as it ends."""
-        seen: set[int] = set()
-        while True:
-            execution.refresh_from_db()
-            finished = (
-                execution.targets.select_related("connection", "execution")
-                .exclude(pk__in=seen)
-                .filter(status__in=FINISHED_TARGET_STATUSES, started_at__isnull=False)
-            )
-            for run in finished:
-                seen.add(run.pk)
-                on_target_done(run)
-            if execution.is_finished:
-                return execution
-            time.sleep(poll)
+            raise CommandError(f"Execution {execution.pk} {execution.status}.", returncode=1)
 
     def _report(self, data: dict) -> None:
         progress = data["progress"]

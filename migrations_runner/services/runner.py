@@ -1,0 +1,582 @@
+"""The one runner of executions: lanes.
+
+An execution is worked by up to ``batch_size`` lanes. A lane claims the next
+pending target run of the execution's current phase with one conditional
+statement (respecting the batch size and ``MIGRATION_MAX_PER_DATABASE`` across
+all executions), applies it under a lease, records the outcome and claims the
+next one in the same transaction, until the phase has nothing left. The last
+lane out of a phase opens the next one (dependency skips), and the last lane
+out of the last phase finishes the execution. A failure under ``halt`` skips
+what is still pending; a cancel cancels it.
+
+Lanes are hosted by django-q2 tasks (``QueueHost``: the default, any number of
+``qcluster`` processes on any number of hosts share the lanes of an execution)
+or by threads of the calling process (``ThreadHost``: ``--sync``, provisioning,
+tests). Both run ``lane_work``; only spawning differs.
+
+A lane that dies leaves its target run ``running`` with a lease that stops
+being renewed; ``targets_recover_lost`` fails it ("worker lost", with what the
+target's history shows it applied) and, when an execution has work but no lane
+at work, spawns lanes again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime, timedelta
+
+import psycopg
+from django.conf import settings
+from django.db import connection as control_db
+from django.db import connections, transaction
+from django.db.models import F, Min
+from django.utils import timezone
+from psycopg import sql
+
+from connections.services import connection_params
+from migrations_runner import selectors
+from migrations_runner.engine import apply as engine
+from migrations_runner.engine import history
+from migrations_runner.models import (
+    ExecutionStatus,
+    MigrationExecution,
+    OnFailure,
+    TargetRun,
+    TargetStatus,
+)
+from migrations_runner.services.targets import apply_outcome, finish_execution, target_run_apply
+
+logger = logging.getLogger(__name__)
+
+LANE_TASK = "migrations_runner.tasks.run_lane"
+_CLAIM_LOCK = 0x1F0C  # PostgreSQL control database: claims are serialized so the caps hold exactly
+CAP_WAIT_MAX_S = 1.0  # longest pause of a lane waiting for a database server under its cap
+ACTIVE_TOUCH_S = 5.0  # how often a waiting lane shows it is alive
+
+COUNTER_OF = {
+    TargetStatus.SUCCEEDED: "targets_succeeded",
+    TargetStatus.FAILED: "targets_failed",
+    TargetStatus.SKIPPED: "targets_skipped",
+    TargetStatus.CANCELLED: "targets_cancelled",
+}
+OUTCOME_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error", "completed_at", "duration_ms"]
+
+
+def worker_name() -> str:
+    """The identity of this process in target runs: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --- hosts ------------------------------------------------------------------------------------------------------
+
+
+class QueueHost:
+    """Lanes as django-q2 tasks; a lane hands over to a successor task after ``MIGRATION_LANE_SECONDS``."""
+
+    keeps_connections = True
+
+    @property
+    def lane_seconds(self) -> float | None:
+        return settings.MIGRATION_LANE_SECONDS
+
+    def spawn(self, execution_id, count: int) -> None:
+        from django_q.tasks import async_task
+
+        def enqueue() -> None:
+            for _ in range(count):
+                async_task(LANE_TASK, str(execution_id), task_name=f"lane-{execution_id}", group=str(execution_id))
+
+        transaction.on_commit(enqueue)
+
+
+class ThreadHost:
+    """Lanes as threads of this process, up to ``batch_size`` at once; ``run`` returns when the execution ends."""
+
+    keeps_connections = False
+    lane_seconds = None
+
+    def __init__(self, execution: MigrationExecution) -> None:
+        self.execution = execution
+        self._pool = ThreadPoolExecutor(max_workers=max(1, execution.batch_size), thread_name_prefix="lane")
+        self._futures: list[Future] = []
+        self._lock = threading.Lock()
+
+    def spawn(self, execution_id, count: int) -> None:
+        def submit() -> None:
+            with self._lock:
+                self._futures.extend(self._pool.submit(self._lane, execution_id) for _ in range(count))
+
+        transaction.on_commit(submit)
+
+    def _lane(self, execution_id) -> str:
+        try:
+            return lane_work(execution_id=execution_id, host=self)
+        finally:
+            control_db.close()
+
+    def run(self, *, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5) -> MigrationExecution:
+        """Open the execution, work it in lanes until none is left, and return it finished."""
+        try:
+            execution_open(execution=self.execution, host=self)
+            while True:
+                with self._lock:
+                    running = [f for f in self._futures if not f.done()]
+                    for future in self._futures:
+                        if future.done() and future.exception() is not None:
+                            raise future.exception()
+                if not running:
+                    break
+                wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
+                if on_poll:
+                    on_poll()
+        finally:
+            self._pool.shutdown(wait=True)
+        self.execution.refresh_from_db()
+        if not self.execution.is_finished:
+            # Every lane exited while work is held by another process (per-server cap): report, do not hang.
+            phase_advance(execution_id=self.execution.pk, host=self, continuing=False)
+            self.execution.refresh_from_db()
+        return self.execution
+
+
+def execution_run(*, execution: MigrationExecution, on_poll: Callable[[], None] | None = None) -> MigrationExecution:
+    """Run an execution's lanes as threads of this process and return it finished."""
+    return ThreadHost(execution).run(on_poll=on_poll)
+
+
+def execution_launch(*, execution: MigrationExecution) -> MigrationExecution:
+    """Start a recorded execution on the queue's workers (lanes as tasks); returns at once."""
+    execution_open(execution=execution, host=QueueHost())
+    execution.refresh_from_db()
+    return execution
+
+
+# --- leases and cancel --------------------------------------------------------------------------------------------
+
+
+class _Leases:
+    """The target runs this process holds: one thread renews their leases and watches for cancel requests."""
+
+    _lock = threading.Lock()
+    _thread: threading.Thread | None = None
+    _held: dict[int, object] = {}  # target run id -> execution id
+    _cancelled: set[str] = set()
+
+    @classmethod
+    def hold(cls, run_id: int, execution_id) -> None:
+        with cls._lock:
+            cls._held[run_id] = execution_id
+            if cls._thread is None or not cls._thread.is_alive():
+                cls._thread = threading.Thread(target=cls._beat, name="lease-heartbeat", daemon=True)
+                cls._thread.start()
+
+    @classmethod
+    def release(cls, run_id: int) -> None:
+        with cls._lock:
+            cls._held.pop(run_id, None)
+
+    @classmethod
+    def cancelled(cls, execution_id) -> bool:
+        return str(execution_id) in cls._cancelled
+
+    @classmethod
+    def _beat(cls) -> None:
+        while True:
+            time.sleep(settings.MIGRATION_HEARTBEAT_SECONDS)
+            with cls._lock:
+                held = dict(cls._held)
+            if not held:
+                continue
+            try:
+                TargetRun.objects.filter(pk__in=list(held), status=TargetStatus.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+                cancelled = MigrationExecution.objects.filter(
+                    pk__in=set(held.values()), cancel_requested=True
+                ).values_list("pk", flat=True)
+                cls._cancelled.update(str(pk) for pk in cancelled)
+            except Exception:  # a missed beat is retried at the next one; the lease tolerates several
+                logger.exception("lease heartbeat failed", extra={"target_runs": len(held)})
+                connections.close_all()
+
+
+def _should_stop(execution_id) -> Callable[[], bool]:
+    return lambda: _Leases.cancelled(execution_id)
+
+
+# --- claim and record ---------------------------------------------------------------------------------------------
+
+
+def _table(model) -> str:
+    return control_db.ops.quote_name(model._meta.db_table)
+
+
+def _claim(execution: MigrationExecution, me: str) -> TargetRun | None:
+    """Claim the next pending run of the execution's current phase within both caps; None when none can be."""
+    runs, executions = _table(TargetRun), _table(MigrationExecution)
+    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+    # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
+    now = control_db.ops.adapt_datetimefield_value(timezone.now())
+    lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+    statement = f"""
+        UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
+        WHERE id = (
+            SELECT c.id FROM {runs} c
+            WHERE c.execution_id = %s AND c.status = %s
+              AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
+              AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s) < %s
+              AND c.server NOT IN (
+                  SELECT r.server FROM {runs} r WHERE r.status = %s GROUP BY r.server HAVING count(*) >= %s
+              )
+            ORDER BY c.id LIMIT 1{lock}
+        )
+        RETURNING id
+    """  # noqa: S608 (table names come from the models, values are parameters)
+    params = [
+        TargetStatus.RUNNING,
+        me,
+        now,
+        now,
+        execution_key,
+        TargetStatus.PENDING,
+        execution_key,
+        execution_key,
+        TargetStatus.RUNNING,
+        execution.batch_size,
+        TargetStatus.RUNNING,
+        settings.MIGRATION_MAX_PER_DATABASE,
+    ]
+    with control_db.cursor() as cursor:
+        if control_db.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
+        cursor.execute(statement, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    run = TargetRun.objects.select_related("connection", "tenant").get(pk=row[0])
+    _Leases.hold(run.pk, execution.pk)
+    return run
+
+
+def _count(execution_id, status: str, n: int, **extra) -> None:
+    """Add ``n`` to the execution's counter of ``status`` (and set ``extra`` fields) in one statement."""
+    changes = {**extra}
+    if n and status in COUNTER_OF:
+        changes[COUNTER_OF[status]] = F(COUNTER_OF[status]) + n
+    if changes:
+        MigrationExecution.objects.filter(pk=execution_id).update(**changes)
+
+
+def _close_pending(execution_id, status: str, reason: str) -> int:
+    """End the pending runs of an execution with ``status`` and ``reason``; return how many."""
+    pending = TargetRun.objects.filter(execution_id=execution_id, status=TargetStatus.PENDING)
+    n = pending.update(status=status, skip_reason=reason, completed_at=timezone.now())
+    _count(execution_id, status, n)
+    return n
+
+
+def _record(run: TargetRun, execution: MigrationExecution, me: str) -> None:
+    """Write a run's outcome and the execution's counters (one transaction, the caller's)."""
+    recorded = TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(
+        **{name: getattr(run, name) for name in OUTCOME_FIELDS}
+    )
+    _Leases.release(run.pk)
+    if not recorded:  # recovered as lost meanwhile: that record stands
+        logger.warning("target run was recovered before its outcome was recorded", extra={"target_run": run.pk})
+        return
+    timing = {}
+    if run.status == TargetStatus.SUCCEEDED and run.duration_ms is not None:
+        timing = {"run_duration_ms": F("run_duration_ms") + run.duration_ms, "runs_timed": F("runs_timed") + 1}
+    _count(execution.pk, run.status, 1, active_at=timezone.now(), **timing)
+    if run.status == TargetStatus.FAILED and execution.on_failure == OnFailure.HALT:
+        _halt(run)
+
+
+def _halt(run: TargetRun) -> None:
+    """``on_failure=halt``: skip everything still pending, and say why on the execution."""
+    reason = f"halted after {run.label} failed"
+    if _close_pending(run.execution_id, TargetStatus.SKIPPED, reason):
+        MigrationExecution.objects.filter(pk=run.execution_id, error="").update(error=reason)
+
+
+# --- phases -------------------------------------------------------------------------------------------------------
+
+
+def _skip_blocked(execution_id, phase: int) -> None:
+    """Skip the phase's pending runs whose dependencies did not succeed."""
+    pending = list(
+        TargetRun.objects.filter(execution_id=execution_id, phase=phase, status=TargetStatus.PENDING).exclude(
+            depends_on=[]
+        )
+    )
+    dep_ids = {dep for run in pending for dep in run.depends_on}
+    deps = {
+        row["id"]: row
+        for row in TargetRun.objects.filter(pk__in=dep_ids).values("id", "status", "connection__name", "schema_name")
+    }
+    now, skipped = timezone.now(), []
+    for run in pending:
+        bad = next((deps[d] for d in run.depends_on if deps.get(d, {}).get("status") != TargetStatus.SUCCEEDED), None)
+        if bad is not None:
+            run.status, run.completed_at = TargetStatus.SKIPPED, now
+            run.skip_reason = f"dependency {bad['connection__name']}/{bad['schema_name']} {bad['status']}"
+            skipped.append(run)
+    TargetRun.objects.bulk_update(skipped, ["status", "completed_at", "skip_reason"], batch_size=500)
+    _count(execution_id, TargetStatus.SKIPPED, len(skipped))
+
+
+def execution_open(*, execution: MigrationExecution, host) -> None:
+    """Mark an execution in progress and open its first phase (spawning its lanes), or finish it."""
+    if execution.is_finished:
+        return
+    MigrationExecution.objects.filter(pk=execution.pk, status=ExecutionStatus.PENDING).update(
+        status=ExecutionStatus.IN_PROGRESS, started_at=execution.started_at or timezone.now()
+    )
+    phase_advance(execution_id=execution.pk, host=host, continuing=False)
+
+
+def phase_advance(*, execution_id, host, continuing: bool) -> bool:
+    """Open the next phase when the current one is done, or finish the execution; True when there is work to claim.
+
+    ``continuing`` is true when the caller is a lane that will go on claiming: it counts as one of the lanes.
+    """
+    with transaction.atomic():
+        execution = MigrationExecution.objects.select_for_update().get(pk=execution_id)
+        if execution.is_finished:
+            return False
+        runs = TargetRun.objects.filter(execution_id=execution_id)
+        if execution.cancel_requested:
+            _close_pending(execution_id, TargetStatus.CANCELLED, "execution cancelled")
+        if runs.filter(status=TargetStatus.RUNNING).exists():
+            return False  # a lane still at work will come back here when it is done
+        opened = False
+        while True:
+            phase = runs.filter(status=TargetStatus.PENDING).aggregate(phase=Min("phase"))["phase"]
+            if phase is None:
+                execution.refresh_from_db()
+                finish_execution(execution)
+                return False
+            if phase == execution.current_phase:
+                break
+            _skip_blocked(execution_id, phase)
+            execution.current_phase, opened = phase, True
+            MigrationExecution.objects.filter(pk=execution_id).update(current_phase=phase)
+        if not opened:
+            return continuing  # another lane opened this phase (or a cap freed up in it): nothing to spawn
+        pending = runs.filter(phase=phase, status=TargetStatus.PENDING).count()
+        lanes = min(execution.batch_size, pending) - (1 if continuing else 0)
+        MigrationExecution.objects.filter(pk=execution_id).update(active_at=timezone.now())
+        if lanes > 0:
+            host.spawn(execution_id, lanes)
+        logger.info(
+            "phase opened",
+            extra={"execution": str(execution_id), "phase": phase, "pending": pending, "lanes": lanes + continuing},
+        )
+    return continuing
+
+
+# --- the lane -----------------------------------------------------------------------------------------------------
+
+_local = threading.local()
+
+
+def _source_for(run: TargetRun) -> engine.ConnectionSource:
+    """One connection per database per lane thread, reused by the targets it runs."""
+    sources = _local.__dict__.setdefault("sources", {})
+    key = (run.connection_id, run.connection.updated_at)
+    if key not in sources:
+        params = connection_params(run.connection)
+        sources[key] = engine.ConnectionSource(lambda: psycopg.connect(**params.kwargs()))
+    return sources[key]
+
+
+def _close_sources() -> None:
+    for source in _local.__dict__.pop("sources", {}).values():
+        source.close()
+
+
+def _apply(run: TargetRun, execution: MigrationExecution) -> None:
+    """Apply one claimed target run and put the outcome on it (not saved); never raises."""
+    try:
+        sets = selectors.sets_load(types={run.database_type})
+        outcome = target_run_apply(
+            run=run, execution=execution, sets=sets, source=_source_for(run), should_stop=_should_stop(execution.pk)
+        )
+    except Exception as exc:  # a failure outside the engine must still end the target run, not leave it running
+        logger.exception("target run crashed", extra={"target_run": run.pk, "target": run.label})
+        outcome = engine.TargetOutcome(status="failed", error=engine.TargetError(kind="internal", message=str(exc)))
+    apply_outcome(run, outcome)
+
+
+def _wait_state(execution: MigrationExecution) -> str:
+    """Why nothing could be claimed: ``advance`` (the phase is done or cancelled), ``full`` or ``capped``."""
+    row = (
+        MigrationExecution.objects.filter(pk=execution.pk).values("status", "cancel_requested", "current_phase").first()
+    )
+    if row is None or row["status"] not in (ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS):
+        return "done"
+    runs = TargetRun.objects.filter(execution_id=execution.pk)
+    if row["cancel_requested"] or not runs.filter(phase=row["current_phase"], status=TargetStatus.PENDING).exists():
+        return "advance"
+    if runs.filter(status=TargetStatus.RUNNING).count() >= execution.batch_size:
+        return "full"  # enough lanes are at work; this one is surplus
+    return "capped"  # a database server is at MIGRATION_MAX_PER_DATABASE: wait for a slot
+
+
+def lane_work(*, execution_id, host) -> str:
+    """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left."""
+    me = worker_name()
+    execution = MigrationExecution.objects.get(pk=execution_id)
+    deadline = time.monotonic() + host.lane_seconds if host.lane_seconds else None
+    done, handed_over = 0, False
+    try:
+        with transaction.atomic():
+            run = _claim(execution, me)
+        pause, touched = 0.02, time.monotonic()
+        while True:
+            if run is not None:
+                if deadline is not None and not handed_over and time.monotonic() >= deadline:
+                    # A queue task's time is bounded: a successor lane is queued now, while this one still works,
+                    # so another cluster's idle worker can take it up before this cluster is free again.
+                    host.spawn(execution_id, 1)
+                    handed_over = True
+                _apply(run, execution)
+                done += 1
+                with transaction.atomic():
+                    _record(run, execution, me)
+                    run = None if handed_over else _claim(execution, me)
+                if run is not None:
+                    continue
+                if handed_over:
+                    if _wait_state(execution) == "advance":  # it may have ended the phase its successor saw running
+                        phase_advance(execution_id=execution_id, host=host, continuing=False)
+                    return f"handed over after {done} target(s)"
+            state = _wait_state(execution)
+            if state == "advance":
+                if not phase_advance(execution_id=execution_id, host=host, continuing=True):
+                    return f"done after {done} target(s)"
+            elif state in ("done", "full"):
+                return f"{state} after {done} target(s)"
+            else:
+                time.sleep(pause)
+                pause = min(pause * 2, CAP_WAIT_MAX_S)
+                if time.monotonic() - touched >= ACTIVE_TOUCH_S:
+                    touched = time.monotonic()
+                    MigrationExecution.objects.filter(pk=execution_id).update(active_at=timezone.now())
+            with transaction.atomic():
+                run = _claim(execution, me)
+            if run is not None:
+                pause = 0.02
+    finally:
+        if not host.keeps_connections:
+            _close_sources()
+
+
+# --- cancel and recovery ------------------------------------------------------------------------------------------
+
+
+def execution_cancel_now(*, execution: MigrationExecution, actor: str) -> None:
+    """Cancel what has not started at once; runs at work stop between scripts; finish when nothing runs."""
+    with transaction.atomic():
+        MigrationExecution.objects.filter(pk=execution.pk).update(cancel_requested=True, error=f"cancelled by {actor}")
+        _close_pending(execution.pk, TargetStatus.CANCELLED, "execution cancelled")
+    phase_advance(execution_id=execution.pk, host=QueueHost(), continuing=False)
+
+
+def _applied_under(run: TargetRun) -> list[dict]:
+    """What the target's history shows this run's execution applied (a lost worker could not report it)."""
+    params = connection_params(run.connection)
+    query = sql.SQL(
+        "SELECT version, script, execution_time_ms, type FROM {} "
+        "WHERE execution_id = %s AND success AND type = 'SQL' ORDER BY installed_rank"
+    ).format(history.table(run.schema_name))
+    try:
+        with psycopg.connect(**params.kwargs(autocommit=True, connect_timeout=min(5, params.connect_timeout))) as conn:
+            rows = conn.execute(query, [run.execution_id]).fetchall()
+    except psycopg.Error as exc:
+        logger.warning(
+            "could not read the history of a lost target run",
+            extra={"target_run": run.pk, "target": run.label, "error": str(exc.sqlstate or "connection")},
+        )
+        return []
+    return [{"version": v, "script": s, "duration_ms": ms, "kind": kind} for v, s, ms, kind in rows]
+
+
+def _fail_lost(run: TargetRun, now: datetime) -> None:
+    applied = _applied_under(run)
+    run.status, run.completed_at = TargetStatus.FAILED, now
+    run.applied_versions = applied
+    if applied:
+        run.to_version = applied[-1]["version"]
+    run.error = {
+        "kind": "worker_lost",
+        "message": f"worker lost: {run.worker} stopped renewing its lease at {run.heartbeat_at.isoformat()}",
+    }
+    run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
+    with transaction.atomic():
+        if TargetRun.objects.filter(pk=run.pk, status=TargetStatus.RUNNING, heartbeat_at=run.heartbeat_at).update(
+            status=run.status,
+            completed_at=now,
+            applied_versions=run.applied_versions,
+            to_version=run.to_version,
+            error=run.error,
+            duration_ms=run.duration_ms,
+        ):
+            _count(run.execution_id, TargetStatus.FAILED, 1)
+            if run.execution.on_failure == OnFailure.HALT:
+                _halt(run)
+    logger.error(
+        "target run lost its worker",
+        extra={"target_run": run.pk, "target": run.label, "worker": run.worker, "applied": len(applied)},
+    )
+
+
+def targets_recover_lost() -> int:
+    """The periodic check: fail runs whose lease expired, then restart executions that have work and no lane.
+
+    Returns how many target runs were recovered.
+    """
+    now = timezone.now()
+    lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+    lost = list(
+        TargetRun.objects.select_related("connection", "execution").filter(
+            status=TargetStatus.RUNNING, heartbeat_at__lt=now - lease
+        )
+    )
+    for run in lost:
+        _fail_lost(run, now)
+    host = QueueHost()
+    for execution in MigrationExecution.objects.filter(status=ExecutionStatus.IN_PROGRESS):
+        runs = TargetRun.objects.filter(execution_id=execution.pk)
+        if runs.filter(status=TargetStatus.RUNNING).exists():
+            continue
+        stalled = execution.active_at is None or execution.active_at < now - lease
+        has_work = runs.filter(phase=execution.current_phase, status=TargetStatus.PENDING).exists()
+        if has_work and not stalled:
+            continue
+        if has_work:
+            with transaction.atomic():
+                pending = runs.filter(phase=execution.current_phase, status=TargetStatus.PENDING).count()
+                MigrationExecution.objects.filter(pk=execution.pk).update(active_at=now)
+                host.spawn(execution.pk, min(execution.batch_size, pending))
+            logger.warning(
+                "execution had work and no lane at work: lanes spawned again",
+                extra={"execution": str(execution.pk), "phase": execution.current_phase},
+            )
+        else:
+            phase_advance(execution_id=execution.pk, host=host, continuing=False)
+    return len(lost)
+
+
+def execution_waiting_for_worker(execution: MigrationExecution, *, running: int, pending: int) -> bool:
+    """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds."""
+    if execution.is_finished or running or not pending:
+        return False
+    since = execution.active_at or execution.started_at or execution.created_at
+    return timezone.now() - since > timedelta(seconds=settings.MIGRATION_WORKER_WAIT)
