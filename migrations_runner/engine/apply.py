@@ -21,15 +21,15 @@ index. The advisory lock keeps our own runs from building in the schema
 meanwhile; an unnamed ``CREATE INDEX CONCURRENTLY ON ...`` cannot be matched,
 so its leftover fails the target by name for an operator to drop.
 
-``TargetOutcome.status``: ``succeeded``, ``failed``, ``cancelled``; the runners
-add ``not_started`` for a target that never began (halted or cancelled first).
+``TargetOutcome.status``: ``succeeded``, ``failed``, ``cancelled``.
 
 ``TargetError.kind``, from the engine: ``sql`` (a statement failed), ``connection``
 (no or lost connection), ``lock`` (another run held the migration lock past the
 lock wait), ``drift`` (applied history differs from the set), ``invalid_index``
-(a non-transactional script left an invalid index in the schema), ``cancelled``,
+(a non-transactional script left an invalid index in the schema), ``placeholder``
+(a placeholder value that cannot be put into SQL text safely), ``cancelled``,
 ``undo_missing``; from the services around it: ``set_changed`` (the set on disk
-differs from the execution's snapshot), ``worker_lost`` (a queue worker stopped
+differs from the execution's snapshot), ``worker_lost`` (a lane's worker stopped
 renewing its lease), ``internal`` (an unexpected exception outside the engine).
 """
 
@@ -45,7 +45,7 @@ import psycopg
 from psycopg import sql
 
 from migrations_runner.engine import history
-from migrations_runner.engine.sets import MigrationSet, Script, Version
+from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
 from migrations_runner.engine.sqltext import split_statements, strip_comments
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class AppliedVersion:
 
 @dataclass
 class TargetOutcome:
-    status: str  # succeeded | failed | cancelled (not_started: set by the runners)
+    status: str  # succeeded | failed | cancelled
     from_version: str = ""
     to_version: str = ""
     applied: list[AppliedVersion] = field(default_factory=list)
@@ -281,9 +281,12 @@ def _run_script(
     options: ApplyOptions,
 ) -> AppliedVersion:
     """Run one script with its history row. Raises _Failed / TransientError (psycopg.Error outside statements)."""
-    text = script.render(spec.context)
-    started = time.perf_counter()
     context = {"version": str(script.version or ""), "script": script.filename}
+    try:
+        text = script.render(spec.context)
+    except PlaceholderValueError as exc:
+        raise _Failed(TargetError(kind="placeholder", message=str(exc), **context)) from exc
+    started = time.perf_counter()
     applied = AppliedVersion(context["version"], script.description, script.filename, 0, kind)
     if script.transactional:
         # One round trip: the transaction, its settings, the script and its history row. When a statement

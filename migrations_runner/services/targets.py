@@ -81,6 +81,7 @@ def apply_outcome(run: TargetRun, outcome: engine.TargetOutcome) -> None:
     run.to_version = outcome.to_version
     run.applied_versions = [
         {"version": a.version, "script": a.script, "duration_ms": a.duration_ms, "kind": a.kind}
+        | ({"notes": a.notes} if a.notes else {})
         for a in outcome.applied
     ]
     run.attempts = outcome.attempts

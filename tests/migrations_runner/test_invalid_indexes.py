@@ -287,3 +287,19 @@ def test_a_qcluster_killed_during_a_concurrent_build_is_lost_and_its_retry_rebui
     finally:
         for cluster in clusters:
             cluster.stop()
+
+
+def test_an_unsafe_placeholder_value_fails_the_target_before_any_sql(pg, tmp_path):
+    mset = write_set(tmp_path / "tenant", {"V1__t.sql": "CREATE TABLE t (note text DEFAULT '${tenant_slug}');"})
+    spec = TargetSpec(
+        schema=SCHEMA,
+        create_schema=True,
+        context={**SPEC.context, "tenant_slug": "a'); DROP TABLE x; --"},
+        label=SPEC.label,
+    )
+    outcome = apply_target(engine_source(pg), spec, mset, options())
+    assert outcome.status == "failed"
+    assert outcome.error.kind == "placeholder"
+    assert outcome.error.version == "1"
+    with pg.connect() as conn:
+        assert conn.execute("SELECT to_regclass('tenant_a.t')").fetchone()[0] is None

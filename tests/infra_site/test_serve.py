@@ -1,0 +1,58 @@
+"""``manage.py serve`` (what ``make run`` runs): the web server with a task worker beside it, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import pytest
+
+from tests.qcluster import ROOT, control_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_starts_a_task_worker_and_ctrl_c_stops_everything():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "serve", "--port", str(port), "--workers", "1"],
+        cwd=ROOT,
+        env=control_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the web server did not come up"
+                time.sleep(0.2)
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert any("qcluster" in " ".join(child.cmdline()) for child in children), "no task worker was started"
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=40)
+        time.sleep(0.5)
+        survivors = [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+        assert not survivors, f"left behind: {[c.cmdline() for c in survivors]}"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
