@@ -20,6 +20,13 @@ class Scope(models.TextChoices):
     SINGLE = "single", "Single target"
 
 
+class Origin(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    API = "api", "API"
+    COMMAND = "command", "Command"
+    SCHEDULE = "schedule", "Schedule"
+
+
 class ExecutionStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     IN_PROGRESS = "in_progress", "In progress"
@@ -58,6 +65,9 @@ class MigrationExecution(models.Model):
     on_failure = models.CharField(max_length=16, choices=OnFailure.choices, default=OnFailure.CONTINUE)
     batch_size = models.PositiveIntegerField(default=10)
     executed_by = models.CharField(max_length=150)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.API)
+    # The execution this one retries or rolls back.
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="spawned")
     batch_id = models.CharField(max_length=64, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
     error = models.TextField(blank=True, default="", help_text="Why the execution failed, halted or was cancelled.")
@@ -81,7 +91,7 @@ class MigrationExecution(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "-created_at"])]
+        indexes = [models.Index(fields=["status", "-created_at"]), models.Index(fields=["origin", "-created_at"])]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.scope} {str(self.id)[:8]} ({self.status})"
@@ -125,6 +135,8 @@ class TargetRun(models.Model):
         indexes = [
             # The claim: the next pending run of a phase, in id order.
             models.Index(fields=["execution", "status", "phase", "id"], name="target_run_claim"),
+            # The fleet view: the latest run of each target.
+            models.Index(fields=["connection", "schema_name", "id"], name="target_run_latest"),
             # The per-server cap: running runs by server, across executions.
             models.Index(fields=["server"], condition=models.Q(status="running"), name="target_run_running_server"),
         ]

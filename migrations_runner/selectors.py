@@ -6,6 +6,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import psycopg
@@ -19,10 +20,18 @@ from connections.models import DatabaseConnection, DatabaseType
 from connections.services import connection_params
 from migrations_runner.engine import history
 from migrations_runner.engine.apply import drift_of, pending_of
-from migrations_runner.engine.sets import MigrationSet, load_sets
+from migrations_runner.engine.sets import MigrationSet, Version, load_sets
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ExecutionNotFound, InvalidMigrationSets, NoTargets, ScheduleNotFound
-from migrations_runner.models import MigrationExecution, MigrationSchedule, Scope, TargetRun, TargetStatus
+from migrations_runner.models import (
+    ExecutionKind,
+    ExecutionStatus,
+    MigrationExecution,
+    MigrationSchedule,
+    Scope,
+    TargetRun,
+    TargetStatus,
+)
 
 SCOPE_TYPES = {
     Scope.ALL: ("admin", "shared", "analytics", "tenant"),
@@ -201,6 +210,19 @@ def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
     return execution.targets.select_related("connection", "tenant").order_by("phase", "id")
 
 
+def execution_eta(*, execution: MigrationExecution):
+    """When an unfinished execution should end, from the mean duration of its targets so far (counters only)."""
+    finished = (
+        execution.targets_succeeded + execution.targets_failed + execution.targets_skipped + execution.targets_cancelled
+    )
+    remaining = execution.targets_total - finished
+    if execution.is_finished or not execution.runs_timed or remaining <= 0:
+        return None
+    mean_ms = execution.run_duration_ms / execution.runs_timed
+    parallel = max(1, min(execution.batch_size, remaining))
+    return timezone.now() + timedelta(milliseconds=mean_ms * remaining / parallel)
+
+
 def execution_progress(*, execution: MigrationExecution) -> dict:
     """Totals (from the execution's counters), current targets, completion percentage, ETA, and whether the
     execution waits for a worker. Reads only the running target runs, never all of them."""
@@ -219,11 +241,7 @@ def execution_progress(*, execution: MigrationExecution) -> dict:
     )
     running = len(current) if len(current) < 20 else execution.targets.filter(status=TargetStatus.RUNNING).count()
     pending = max(0, total - finished - running)
-    eta = None
-    if not execution.is_finished and execution.runs_timed and pending + running:
-        mean_ms = execution.run_duration_ms / execution.runs_timed
-        parallel = max(1, min(execution.batch_size, pending + running))
-        eta = timezone.now() + timedelta(milliseconds=mean_ms * (pending + running) / parallel)
+    eta = execution_eta(execution=execution)
     no_worker = execution_waiting_for_worker(execution, running=running, pending=pending)
     return {
         "total": total,
@@ -241,6 +259,51 @@ def execution_progress(*, execution: MigrationExecution) -> dict:
     }
 
 
+@dataclass
+class RollbackPlan:
+    """What rolling back an execution would undo, per target, or why it is refused."""
+
+    runs: list[TargetRun] = field(default_factory=list)  # the target runs that applied something
+    undo: dict[int, list[tuple[str, str]]] = field(default_factory=dict)  # run id -> [(version, undo script)]
+    missing: list[str] = field(default_factory=list)
+    refusal: str = ""
+    sets: dict[str, MigrationSet] = field(default_factory=dict)
+
+
+def rollback_plan(*, execution: MigrationExecution) -> RollbackPlan:
+    """Per target, the versions a rollback of ``execution`` would undo (newest first) and by which undo script."""
+    if execution.kind != ExecutionKind.MIGRATE or execution.dry_run:
+        return RollbackPlan(refusal="Only a migrate execution that was not a dry run can be rolled back.")
+    if not execution.is_finished:
+        return RollbackPlan(refusal="The execution is still running; cancel it or wait for it to finish.")
+    if execution.status == ExecutionStatus.ROLLED_BACK:
+        return RollbackPlan(refusal="The execution has already been rolled back.")
+    runs = [
+        r
+        for r in execution.targets.select_related("connection", "tenant").order_by("phase", "id")
+        if any(a.get("kind") == "SQL" for a in r.applied_versions)
+    ]
+    if not runs:
+        return RollbackPlan(refusal="The execution applied nothing, so there is nothing to roll back.")
+    sets = sets_load(types={r.database_type for r in runs})
+    plan = RollbackPlan(runs=runs, sets=sets)
+    missing = set()
+    for run in runs:
+        steps = []
+        for applied in reversed(run.applied_versions):
+            if applied.get("kind") != "SQL":
+                continue
+            undo = sets[run.database_type].undo.get(Version.parse(applied["version"]))
+            if undo is None:
+                missing.add(f"{run.database_type}/U{applied['version']}__ (undo of {applied['script']})")
+            steps.append((applied["version"], undo.filename if undo else ""))
+        plan.undo[run.pk] = steps
+    plan.missing = sorted(missing)
+    if plan.missing:
+        plan.refusal = f"Rollback refused: {len(plan.missing)} undo script(s) missing: {', '.join(plan.missing)}."
+    return plan
+
+
 def plan(
     *,
     scope: str,
@@ -253,6 +316,85 @@ def plan(
     sets = sets_load(types={t.database_type for t in targets})
     states = schema_states(targets)
     return [target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
+
+
+@dataclass
+class PlanPreview:
+    """What a run would do: per-target plans, counts per phase, type and region, warnings, and a fingerprint
+    that changes whenever the fleet's state or the sets change (so a stale preview is never executed)."""
+
+    targets: list[dict]
+    by_phase: list[tuple[int, int, int]]  # (phase, targets, targets with work)
+    by_type_region: list[tuple[str, str, int, int]]  # (database type, region, targets, with work)
+    warnings: list[str]
+    fingerprint: str
+    pending_total: int
+
+
+def plan_preview(
+    *,
+    scope: str,
+    regions: list[str] | None = None,
+    connections: list[str] | None = None,
+    tenants: list[str] | None = None,
+) -> PlanPreview:
+    """Plan a run of this scope (reads each database's history, changes nothing) and summarise it."""
+    import hashlib
+
+    from migrations_runner.engine.targets import plan_phases
+
+    targets = targets_resolve(scope=scope, regions=regions, connections=connections, tenants=tenants)
+    sets = sets_load(types={t.database_type for t in targets})
+    states = schema_states(targets)
+    phases = plan_phases(targets, settings.MIGRATION_DEPENDENCIES).phases
+    phase_of = {t.key: n for n, phase in enumerate(phases) for t in phase}
+    rows = []
+    for target in sorted(targets, key=lambda t: (phase_of[t.key], t.database_type, t.region, t.label)):
+        row = target_plan(target, states[target.key], sets[target.database_type])
+        row["phase"] = phase_of[target.key]
+        row.setdefault("database_type", target.database_type)
+        row.setdefault("region", target.region)
+        rows.append(row)
+    by_phase: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    by_type_region: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for row in rows:
+        busy = int(bool(row["pending"]))
+        by_phase[row["phase"]][0] += 1
+        by_phase[row["phase"]][1] += busy
+        by_type_region[(row["database_type"], row["region"])][0] += 1
+        by_type_region[(row["database_type"], row["region"])][1] += busy
+    warnings = []
+    drifted = [row["target"] for row in rows if row.get("drift")]
+    if drifted:
+        warnings.append(f"{len(drifted)} target(s) drifted and will fail before any change: {', '.join(drifted[:10])}")
+    unreachable = [row["target"] for row in rows if row.get("error")]
+    if unreachable:
+        warnings.append(f"{len(unreachable)} target(s) could not be read: {', '.join(unreachable[:10])}")
+    pending_by_type = defaultdict(set)
+    for row in rows:
+        pending_by_type[row["database_type"]].update(row["pending"])
+    for kind, versions in sorted(pending_by_type.items()):
+        mset = sets[kind]
+        scripts = {str(s.version): s for s in mset.versions}
+        loose = sorted((v for v in versions if v in scripts and not scripts[v].transactional), key=Version.parse)
+        if loose:
+            warnings.append(f"{kind}: version(s) {', '.join(loose)} run outside a transaction (statement by statement)")
+        no_undo = sorted((v for v in versions if v in scripts and Version.parse(v) not in mset.undo), key=Version.parse)
+        if no_undo:
+            warnings.append(f"{kind}: version(s) {', '.join(no_undo)} have no undo script (cannot be rolled back)")
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(repr((row["target"], row["pending"], row.get("drift"), row.get("error"))).encode())
+    for kind in sorted(sets):
+        digest.update(repr([v["checksum"] for v in sets[kind].snapshot()["versions"]]).encode())
+    return PlanPreview(
+        targets=rows,
+        by_phase=[(phase, *counts) for phase, counts in sorted(by_phase.items())],
+        by_type_region=[(kind, region, *counts) for (kind, region), counts in sorted(by_type_region.items())],
+        warnings=warnings,
+        fingerprint=digest.hexdigest()[:32],
+        pending_total=sum(len(row["pending"]) for row in rows),
+    )
 
 
 STUCK_AFTER = timedelta(hours=6)

@@ -6,10 +6,11 @@ from migrations_runner.services.executions import (
     execution_rollback,
     execution_start,
     execution_submit,
+    launch,
     rollback_submit,
     target_rollback,
 )
-from migrations_runner.services.provisioning import tenant_provision
+from migrations_runner.services.provisioning import provisioning_finish, tenant_provision
 from migrations_runner.services.runner import (
     QueueHost,
     ThreadHost,
@@ -39,6 +40,8 @@ __all__ = [
     "execution_submit",
     "execution_waiting_for_worker",
     "lane_work",
+    "launch",
+    "provisioning_finish",
     "rollback_submit",
     "schedule_create",
     "schedule_delete",

@@ -18,9 +18,9 @@ from migrations_runner.engine.targets import Target, dependency_problems, plan_p
 from migrations_runner.exceptions import RetryRefused, RollbackRefused
 from migrations_runner.models import (
     ExecutionKind,
-    ExecutionStatus,
     MigrationExecution,
     OnFailure,
+    Origin,
     Scope,
     TargetRun,
     TargetStatus,
@@ -74,6 +74,10 @@ def execution_start(
     run: bool = True,
     targets: list[Target] | None = None,
     metadata: dict | None = None,
+    origin: str = Origin.API,
+    parent: MigrationExecution | None = None,
+    statement_timeout_s: int | None = None,
+    lock_timeout_s: float | None = None,
 ) -> MigrationExecution:
     """Plan an execution (targets, phases, pending versions), record it, and run it in-process unless told not to.
 
@@ -100,10 +104,16 @@ def execution_start(
             on_failure=on_failure,
             batch_size=batch_size or settings.MIGRATION_BATCH_SIZE,
             executed_by=executed_by,
+            origin=origin,
+            parent=parent,
             batch_id=uuid.uuid4().hex[:12],
             metadata={
                 "sets": {t: sets[t].snapshot() for t in sorted({t.database_type for t in targets})},
                 "dependencies": settings.MIGRATION_DEPENDENCIES,
+                "options": {
+                    "statement_timeout_s": statement_timeout_s or settings.MIGRATION_TIMEOUT,
+                    "lock_timeout_s": lock_timeout_s or settings.MIGRATION_LOCK_TIMEOUT,
+                },
                 **(metadata or {}),
             },
             started_at=now,
@@ -167,38 +177,16 @@ def execution_rollback(
     execution: MigrationExecution,
     executed_by: str,
     run: bool = True,
+    origin: str = Origin.API,
 ) -> MigrationExecution:
     """Undo what a migrate execution applied, target by target, newest version first.
 
     Refused up front, with the list, when an undo script is missing; nothing runs then.
     """
-    if execution.kind != ExecutionKind.MIGRATE or execution.dry_run:
-        raise RollbackRefused("Only a migrate execution that was not a dry run can be rolled back.")
-    if not execution.is_finished:
-        raise RollbackRefused("The execution is still running; cancel it or wait for it to finish.")
-    if execution.status == ExecutionStatus.ROLLED_BACK:
-        raise RollbackRefused("The execution has already been rolled back.")
-    originals = [
-        r
-        for r in execution.targets.select_related("connection", "tenant").order_by("phase", "id")
-        if any(a.get("kind") == "SQL" for a in r.applied_versions)
-    ]
-    if not originals:
-        raise RollbackRefused("The execution applied nothing, so there is nothing to roll back.")
-    sets = selectors.sets_load(types={r.database_type for r in originals})
-    missing = sorted(
-        {
-            f"{r.database_type}/U{a['version']}__ (undo of {a['script']})"
-            for r in originals
-            for a in r.applied_versions
-            if a.get("kind") == "SQL" and Version.parse(a["version"]) not in sets[r.database_type].undo
-        }
-    )
-    if missing:
-        raise RollbackRefused(
-            f"Rollback refused: {len(missing)} undo script(s) missing: {', '.join(missing)}.",
-            details={"missing_undo_scripts": missing},
-        )
+    plan = selectors.rollback_plan(execution=execution)
+    if plan.refusal:
+        raise RollbackRefused(plan.refusal, details={"missing_undo_scripts": plan.missing} if plan.missing else None)
+    originals, sets = plan.runs, plan.sets
     top = max(r.phase for r in originals)
     with transaction.atomic():
         rollback = MigrationExecution.objects.create(
@@ -208,6 +196,8 @@ def execution_rollback(
             on_failure=OnFailure.HALT,
             batch_size=execution.batch_size,
             executed_by=executed_by,
+            origin=origin,
+            parent=execution,
             batch_id=uuid.uuid4().hex[:12],
             metadata={
                 "rollback_of": str(execution.pk),
@@ -252,7 +242,13 @@ def execution_rollback(
 
 
 def target_rollback(
-    *, connection: DatabaseConnection, schema: str, to_version: str, executed_by: str, run: bool = True
+    *,
+    connection: DatabaseConnection,
+    schema: str,
+    to_version: str,
+    executed_by: str,
+    run: bool = True,
+    origin: str = Origin.API,
 ) -> MigrationExecution:
     """Undo the versions above ``to_version`` on one target (refused when an undo script is missing)."""
     target = next(
@@ -286,6 +282,7 @@ def target_rollback(
             on_failure=OnFailure.HALT,
             batch_size=1,
             executed_by=executed_by,
+            origin=origin,
             batch_id=uuid.uuid4().hex[:12],
             metadata={"sets": {target.database_type: mset.snapshot()}, "to_version": to_version},
             started_at=timezone.now(),
@@ -315,7 +312,7 @@ def execution_cancel(*, execution: MigrationExecution, actor: str) -> MigrationE
     return execution
 
 
-def _launch(execution: MigrationExecution) -> MigrationExecution:
+def launch(execution: MigrationExecution) -> MigrationExecution:
     """Start a recorded execution: lanes on the queue workers, or threads here when MIGRATION_EXECUTOR is inline."""
     if execution.is_finished:
         return execution
@@ -326,15 +323,17 @@ def _launch(execution: MigrationExecution) -> MigrationExecution:
 
 def execution_submit(**params) -> MigrationExecution:
     """Record an execution and start it in the background; returns at once (the API's 202)."""
-    return _launch(execution_start(run=False, **params))
+    return launch(execution_start(run=False, **params))
 
 
-def rollback_submit(*, execution: MigrationExecution, executed_by: str) -> MigrationExecution:
+def rollback_submit(*, execution: MigrationExecution, executed_by: str, origin: str = Origin.API) -> MigrationExecution:
     """Record the rollback of an execution and start it in the background."""
-    return _launch(execution_rollback(execution=execution, executed_by=executed_by, run=False))
+    return launch(execution_rollback(execution=execution, executed_by=executed_by, run=False, origin=origin))
 
 
-def execution_retry(*, execution: MigrationExecution, executed_by: str, run: bool = False) -> MigrationExecution:
+def execution_retry(
+    *, execution: MigrationExecution, executed_by: str, run: bool = False, origin: str = Origin.API
+) -> MigrationExecution:
     """Start a new execution over just the failed targets of ``execution``."""
     if not execution.is_finished:
         raise RetryRefused("The execution is still running; wait for it to finish before retrying.")
@@ -363,5 +362,7 @@ def execution_retry(*, execution: MigrationExecution, executed_by: str, run: boo
         targets=targets,
         metadata={"retry_of": str(execution.pk)},
         run=False,
+        origin=origin,
+        parent=execution,
     )
-    return execution_run(execution=retry) if run else _launch(retry)
+    return execution_run(execution=retry) if run else launch(retry)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
-
 from connections import services as registry
 from connections.models import DatabaseConnection, Tenant, TenantStatus
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ProvisioningFailed
-from migrations_runner.models import ExecutionStatus, MigrationExecution, Scope, TargetStatus
-from migrations_runner.services.executions import execution_start
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, Scope, TargetStatus
+from migrations_runner.services.executions import execution_start, launch
 
 logger = logging.getLogger(__name__)
 
@@ -23,11 +21,14 @@ def tenant_provision(
     connection: DatabaseConnection,
     actor: str,
     schema_name: str | None = None,
+    background: bool = False,
+    origin: str = Origin.API,
 ) -> tuple[Tenant, MigrationExecution]:
-    """Create (or resume) a tenant in ``provisioning``, migrate its schema in this process, then activate it.
+    """Create (or resume) a tenant in ``provisioning``, migrate its schema, then activate it.
 
-    On failure the tenant stays in ``provisioning`` with the error and nothing is dropped;
-    provisioning again resumes from the versions already applied.
+    In this process by default; with ``background`` the execution is queued and this returns at once (the
+    tenant becomes active when the execution completes). On failure the tenant stays in ``provisioning`` with
+    the error and nothing is dropped; provisioning again resumes from the versions already applied.
     """
     tenant = Tenant.objects.filter(slug=slug).select_related("connection").first()
     if tenant is None:
@@ -57,20 +58,36 @@ def tenant_provision(
         create_schema=tenant.schema_name != "public",
     )
     execution = execution_start(
-        scope=Scope.SINGLE, executed_by=actor, targets=[target], metadata={"provision": slug}, batch_size=1
+        scope=Scope.SINGLE,
+        executed_by=actor,
+        targets=[target],
+        metadata={"provision": slug},
+        batch_size=1,
+        origin=origin,
+        run=not background,
     )
-    run = execution.targets.get()
-    with transaction.atomic():
-        if execution.status == ExecutionStatus.COMPLETED and run.status == TargetStatus.SUCCEEDED:
-            tenant.status, tenant.error = TenantStatus.ACTIVE, ""
-        else:
-            error = run.error or {}
-            tenant.error = f"version {error.get('version') or '?'}: {error.get('message', 'failed')}" + (
-                f" [SQLSTATE {error['sqlstate']}]" if error.get("sqlstate") else ""
-            )
-        tenant.save(update_fields=["status", "error", "updated_at"])
+    if background:
+        execution = launch(execution)
+    tenant.refresh_from_db()
+    return tenant, execution
+
+
+def provisioning_finish(*, execution: MigrationExecution) -> None:
+    """After a provisioning execution ends: activate its tenant, or keep it provisioning with the error."""
+    slug = execution.metadata.get("provision")
+    tenant = Tenant.objects.filter(slug=slug, status=TenantStatus.PROVISIONING).first()
+    if tenant is None:
+        return
+    run = execution.targets.first()
+    if execution.status == ExecutionStatus.COMPLETED and run is not None and run.status == TargetStatus.SUCCEEDED:
+        tenant.status, tenant.error = TenantStatus.ACTIVE, ""
+    else:
+        error = (run.error if run is not None else None) or {}
+        tenant.error = f"version {error.get('version') or '?'}: {error.get('message', execution.error or 'failed')}" + (
+            f" [SQLSTATE {error['sqlstate']}]" if error.get("sqlstate") else ""
+        )
+    tenant.save(update_fields=["status", "error", "updated_at"])
     logger.info(
         "tenant provisioning finished",
-        extra={"tenant": slug, "status": tenant.status, "execution": str(execution.pk), "actor": actor},
+        extra={"tenant": slug, "status": tenant.status, "execution": str(execution.pk)},
     )
-    return tenant, execution

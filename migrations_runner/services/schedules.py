@@ -12,7 +12,7 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from migrations_runner.exceptions import InvalidSchedule
-from migrations_runner.models import MigrationSchedule, OnFailure, Scope
+from migrations_runner.models import MigrationSchedule, OnFailure, Origin, Scope
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def schedule_fire(*, schedule_id: int) -> str:
         on_failure=schedule.on_failure,
         batch_size=schedule.batch_size,
         executed_by=f"schedule:{schedule.name}",
+        origin=Origin.SCHEDULE,
     )
     schedule.last_execution, schedule.last_fired_at = execution, timezone.now()
     update = ["last_execution", "last_fired_at"]

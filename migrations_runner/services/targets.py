@@ -16,11 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]) -> engine.ApplyOptions:
+    """The engine's options for a target of ``execution``: its own timeouts, else the settings'."""
+    options = execution.metadata.get("options", {})
     return engine.ApplyOptions(
         installed_by=execution.executed_by[:100],
         execution_id=str(execution.pk),
-        statement_timeout_s=settings.MIGRATION_TIMEOUT,
-        lock_timeout_s=settings.MIGRATION_LOCK_TIMEOUT,
+        statement_timeout_s=options.get("statement_timeout_s", settings.MIGRATION_TIMEOUT),
+        lock_timeout_s=options.get("lock_timeout_s", settings.MIGRATION_LOCK_TIMEOUT),
         lock_wait_s=settings.MIGRATION_LOCK_WAIT,
         retry_attempts=settings.MIGRATION_RETRY_ATTEMPTS,
         should_stop=should_stop,
@@ -121,6 +123,10 @@ def finish_execution(execution: MigrationExecution) -> MigrationExecution:
         MigrationExecution.objects.filter(pk=execution.metadata.get("rollback_of")).update(
             status=ExecutionStatus.ROLLED_BACK
         )
+    if execution.metadata.get("provision"):
+        from migrations_runner.services.provisioning import provisioning_finish
+
+        provisioning_finish(execution=execution)
     logger.info(
         "execution finished",
         extra={"execution": str(execution.pk), "kind": execution.kind, "status": status, "scope": execution.scope},

@@ -29,6 +29,7 @@ class Command(BaseCommand):
         with application_errors():
             connection = registry.connection_get_by_name(name=options["connection"])
             tenant, execution = services.tenant_provision(
+                origin="command",
                 slug=slug,
                 name=options["name"] or slug,
                 connection=connection,

@@ -35,12 +35,13 @@ class Command(BaseCommand):
         with application_errors():
             if execution_id:
                 original = selectors.execution_get(execution_id=execution_id)
-                rollback = services.execution_rollback(execution=original, executed_by=cli_actor())
+                rollback = services.execution_rollback(execution=original, executed_by=cli_actor(), origin="command")
             else:
                 if not all(single):
                     raise CommandError("--connection, --schema and --to-version go together.")
                 connection = registry.connection_get_by_name(name=options["connection"])
                 rollback = services.target_rollback(
+                    origin="command",
                     connection=connection,
                     schema=options["schema"],
                     to_version=options["to_version"],

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import ProgressBar, application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Scope
+from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Origin, Scope
 
 
 def summary(execution) -> dict:
@@ -103,6 +103,7 @@ class Command(BaseCommand):
             "on_failure": options["on_failure"],
             "batch_size": options["batch_size"],
             "executed_by": cli_actor(),
+            "origin": Origin.COMMAND,
         }
         with application_errors():
             if options["dry_run"]:

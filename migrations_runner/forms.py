@@ -1,0 +1,85 @@
+"""Admin forms of the migrations app: the Run migrations form (scope, filters, options)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.admin.widgets import AutocompleteSelectMultiple
+
+from connections import selectors as registry
+from connections.models import Tenant
+from migrations_runner.models import OnFailure, Scope, TargetRun
+
+
+class RunForm(forms.Form):
+    """What to migrate and how: the same parameters as the API's execute endpoint and ``run_migrations``."""
+
+    scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.ALL)
+    regions = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+    connections = forms.MultipleChoiceField(required=False, widget=forms.SelectMultiple(attrs={"size": 6}))
+    tenants = forms.ModelMultipleChoiceField(
+        queryset=Tenant.objects.none(),
+        required=False,
+        help_text="Type to search tenants by slug or name.",
+    )
+    dry_run = forms.BooleanField(required=False, help_text="Record the plan per target and change nothing.")
+    on_failure = forms.ChoiceField(choices=OnFailure.choices, initial=OnFailure.CONTINUE)
+    batch_size = forms.IntegerField(min_value=1, max_value=500, help_text="Targets in flight at once.")
+    statement_timeout_s = forms.IntegerField(
+        required=False, min_value=1, max_value=86400, label="Statement timeout (s)"
+    )
+    lock_timeout_s = forms.FloatField(required=False, min_value=0.1, max_value=3600, label="Lock timeout (s)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        live = registry.connection_list()
+        self.fields["regions"].choices = [
+            (r, r) for r in live.exclude(region="").order_by("region").values_list("region", flat=True).distinct()
+        ]
+        self.fields["connections"].choices = [(n, n) for n in live.order_by("name").values_list("name", flat=True)]
+        tenants = self.fields["tenants"]
+        # The admin's autocomplete (select2), through a relation to Tenant that the autocomplete view can resolve.
+        tenants.widget = AutocompleteSelectMultiple(TargetRun._meta.get_field("tenant"), admin.site)
+        tenants.queryset = registry.tenant_list()  # also hands the widget its choices
+        self.fields["batch_size"].initial = settings.MIGRATION_BATCH_SIZE
+        self.fields["statement_timeout_s"].help_text = f"Default {settings.MIGRATION_TIMEOUT} s."
+        self.fields["lock_timeout_s"].help_text = f"Default {settings.MIGRATION_LOCK_TIMEOUT} s."
+
+    @classmethod
+    def initial_from_query(cls, query) -> dict[str, Any]:
+        """Initial values from a pre-filled link (``?scope=tenant&tenants=acme&regions=eu-west``)."""
+        initial: dict[str, Any] = {}
+        if query.get("scope") in Scope.values:
+            initial["scope"] = query["scope"]
+        for name in ("regions", "connections"):
+            if query.getlist(name):
+                initial[name] = query.getlist(name)
+        if query.getlist("tenants"):
+            initial["tenants"] = list(
+                Tenant.objects.filter(slug__in=query.getlist("tenants")).values_list("pk", flat=True)
+            )
+        return initial
+
+    def selection(self) -> dict[str, Any]:
+        """The target selection of a valid form: scope and filters, tenants as slugs."""
+        data = self.cleaned_data
+        return {
+            "scope": data["scope"],
+            "regions": list(data["regions"]),
+            "connections": list(data["connections"]),
+            "tenants": [tenant.slug for tenant in data["tenants"]],
+        }
+
+    def options(self) -> dict[str, Any]:
+        """The execution options of a valid form."""
+        data = self.cleaned_data
+        return {
+            "dry_run": data["dry_run"],
+            "on_failure": data["on_failure"],
+            "batch_size": data["batch_size"],
+            "statement_timeout_s": data["statement_timeout_s"],
+            "lock_timeout_s": data["lock_timeout_s"],
+        }

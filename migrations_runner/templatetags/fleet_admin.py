@@ -1,0 +1,77 @@
+"""Template tags of the operator console: status badges and progress bars (no query: counters only)."""
+
+from __future__ import annotations
+
+from django import template
+from django.utils.html import format_html, format_html_join
+
+from migrations_runner.models import MigrationExecution
+
+register = template.Library()
+
+BADGE_CLASSES = {
+    "pending": "infra-badge-muted",
+    "in_progress": "infra-badge-info",
+    "running": "infra-badge-info",
+    "completed": "infra-badge-ok",
+    "succeeded": "infra-badge-ok",
+    "failed": "infra-badge-bad",
+    "cancelled": "infra-badge-warn",
+    "skipped": "infra-badge-muted",
+    "rolled_back": "infra-badge-warn",
+    "waiting_for_worker": "infra-badge-bad",
+    "behind": "infra-badge-warn",
+    "drifted": "infra-badge-bad",
+    "up_to_date": "infra-badge-ok",
+    "unknown": "infra-badge-muted",
+}
+
+
+@register.simple_tag
+def status_badge(status: str, label: str = "") -> str:
+    """A coloured badge for an execution, target or fleet status."""
+    css = BADGE_CLASSES.get(status, "infra-badge-muted")
+    return format_html('<span class="infra-badge {}">{}</span>', css, label or status.replace("_", " "))
+
+
+def counts_of(execution: MigrationExecution, running: int = 0) -> dict[str, int]:
+    """The finished counts of an execution, from its counters."""
+    return {
+        "succeeded": execution.targets_succeeded,
+        "failed": execution.targets_failed,
+        "skipped": execution.targets_skipped,
+        "cancelled": execution.targets_cancelled,
+        "running": running,
+        "total": execution.targets_total,
+    }
+
+
+@register.simple_tag
+def progress_bar(execution: MigrationExecution, running: int = 0) -> str:
+    """A stacked bar: succeeded, failed, skipped, cancelled and running segments of the total, with counts."""
+    counts = counts_of(execution, running)
+    total = max(counts["total"], 1)
+    segments = [
+        (name, round(100.0 * counts[name] / total, 2), counts[name])
+        for name in ("succeeded", "failed", "skipped", "cancelled", "running")
+        if counts[name]
+    ]
+    finished = counts["succeeded"] + counts["failed"] + counts["skipped"] + counts["cancelled"]
+    bar = format_html_join(
+        "",
+        '<span class="infra-seg infra-seg-{}" style="width:{}%" title="{} {}"></span>',
+        ((name, width, count, name) for name, width, count in segments),
+    )
+    detail = " · ".join(
+        f"{counts[n]} {n}" for n in ("succeeded", "failed", "skipped", "cancelled", "running") if counts[n]
+    )
+    return format_html(
+        '<div class="infra-progress" role="progressbar" aria-valuemin="0" aria-valuemax="{}" aria-valuenow="{}">'
+        '<div class="infra-bar">{}</div><div class="infra-progress-text">{}/{}{}</div></div>',
+        counts["total"],
+        finished,
+        bar,
+        finished,
+        counts["total"],
+        f" — {detail}" if detail else "",
+    )
