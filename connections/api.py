@@ -22,13 +22,15 @@ def _actor(request: Request) -> str:
 
 class ConnectionFilter(django_filters.FilterSet):
     database_type = django_filters.ChoiceFilter(choices=DatabaseType.choices)
+    # The seed's name for the same filter.
+    connection_type = django_filters.ChoiceFilter(field_name="database_type", choices=DatabaseType.choices)
     region = django_filters.CharFilter()
     is_active = django_filters.BooleanFilter()
     is_healthy = django_filters.BooleanFilter()
 
     class Meta:
         model = DatabaseConnection
-        fields = ["database_type", "region", "is_active", "is_healthy"]
+        fields = ["database_type", "connection_type", "region", "is_active", "is_healthy"]
 
 
 class DatabaseConnectionViewSet(viewsets.ModelViewSet):

@@ -1,4 +1,4 @@
-"""Middleware of the project: the API refuses oversized request bodies before anything reads them."""
+"""Middleware of the project: API paths with or without their trailing slash, and oversized bodies refused."""
 
 from __future__ import annotations
 
@@ -30,4 +30,22 @@ class ApiBodyLimitMiddleware:
             if length > limit:
                 error = RequestTooLarge()
                 return JsonResponse(error.as_dict(), status=error.status_code)
+        return self.get_response(request)
+
+
+class ApiTrailingSlashMiddleware:
+    """Serve every ``/api/`` path with and without its trailing slash, without a redirect.
+
+    The documented paths end with ``/``; clients written from the paths without it (``POST
+    /api/v1/migrations/execute``) would otherwise get a redirect that drops their body. The path is completed
+    before URL resolution, so the schema keeps one form of each path.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info.startswith("/api/") and not request.path_info.endswith("/"):
+            request.path_info += "/"
+            request.path += "/"
         return self.get_response(request)

@@ -59,6 +59,14 @@ class ExecutionListView(generics.ListAPIView):
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
 
+    def list(self, request: Request, *args, **kwargs) -> Response:
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        context = {
+            **self.get_serializer_context(),
+            "running": selectors.executions_running(execution_ids=[e.pk for e in page]),
+        }
+        return self.get_paginated_response(ExecutionSerializer(page, many=True, context=context).data)
+
     def get_queryset(self):
         wanted = self.request.query_params.get("status")
         if wanted and wanted not in ExecutionStatus.values:
@@ -213,7 +221,10 @@ class ScheduleViewSet(viewsets.ModelViewSet):
 class ProvisionView(APIView):
     """Create a tenant, its schema, and run the tenant set on it; 201 when active, 400 with the error otherwise."""
 
-    permission_classes = [require_roles(read=roles.DATABASES_READ, write=roles.DATABASES_MANAGE)]
+    # Provisioning registers a tenant and runs migrations on it: it needs both roles.
+    permission_classes = [
+        require_roles(read=roles.DATABASES_READ, write=(roles.DATABASES_MANAGE, roles.MIGRATIONS_EXECUTE))
+    ]
 
     @extend_schema(request=ProvisionSerializer)
     def post(self, request: Request) -> Response:

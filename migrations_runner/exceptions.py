@@ -37,3 +37,7 @@ class ScheduleNotFound(NotFound):
 
 class ProvisioningFailed(ValidationFailed):
     code = "provisioning_failed"
+
+
+class ExecutionFinished(Conflict):
+    code = "execution_finished"

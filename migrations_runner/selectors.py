@@ -223,23 +223,32 @@ def execution_eta(*, execution: MigrationExecution):
     return timezone.now() + timedelta(milliseconds=mean_ms * remaining / parallel)
 
 
-def execution_progress(*, execution: MigrationExecution) -> dict:
+def executions_running(*, execution_ids: list) -> dict:
+    """The labels of the running targets of several executions, in one query: {execution id: [label, ...]}."""
+    running: dict = defaultdict(list)
+    rows = TargetRun.objects.filter(execution_id__in=execution_ids, status=TargetStatus.RUNNING).values_list(
+        "execution_id", "connection__name", "schema_name"
+    )
+    for execution_id, name, schema in rows:
+        running[execution_id].append(f"{name}/{schema}")
+    return running
+
+
+def execution_progress(*, execution: MigrationExecution, running_targets: list[str] | None = None) -> dict:
     """Totals (from the execution's counters), current targets, completion percentage, ETA, and whether the
-    execution waits for a worker. Reads only the running target runs, never all of them."""
+    execution waits for a worker. Reads only the running target runs (or takes them from ``running_targets``)."""
     from migrations_runner.services.runner import execution_waiting_for_worker
 
     finished = (
         execution.targets_succeeded + execution.targets_failed + execution.targets_skipped + execution.targets_cancelled
     )
     total = execution.targets_total
-    current = (
-        []
-        if execution.is_finished
-        else list(
-            execution.targets.filter(status=TargetStatus.RUNNING).values_list("connection__name", "schema_name")[:20]
-        )
-    )
-    running = len(current) if len(current) < 20 else execution.targets.filter(status=TargetStatus.RUNNING).count()
+    if running_targets is not None or execution.is_finished:
+        labels = running_targets or []
+    else:
+        labels = executions_running(execution_ids=[execution.pk]).get(execution.pk, [])
+    current = labels[:20]
+    running = len(labels)
     pending = max(0, total - finished - running)
     eta = execution_eta(execution=execution)
     no_worker = execution_waiting_for_worker(execution, running=running, pending=pending)
@@ -251,7 +260,7 @@ def execution_progress(*, execution: MigrationExecution) -> dict:
         "cancelled": execution.targets_cancelled,
         "running": running,
         "pending": pending,
-        "current_targets": [f"{name}/{schema}" for name, schema in current],
+        "current_targets": current,
         "completion_percentage": round(100.0 * finished / total, 1) if total else 100.0,
         "estimated_completion": eta,
         "no_worker": no_worker,

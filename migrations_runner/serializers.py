@@ -9,10 +9,9 @@ from connections import validators
 from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
 
 
-class ScopeSerializer(serializers.Serializer):
-    """What to migrate: a scope narrowed by regions, connections and tenants."""
+class FiltersSerializer(serializers.Serializer):
+    """What narrows a scope: regions, connections and tenants."""
 
-    scope = serializers.ChoiceField(choices=Scope.choices, default=Scope.ALL)
     regions = serializers.ListField(
         child=serializers.CharField(max_length=32, validators=[validators.validate_region]),
         required=False,
@@ -30,6 +29,12 @@ class ScopeSerializer(serializers.Serializer):
     )
 
 
+class ScopeSerializer(FiltersSerializer):
+    """What to migrate: a scope narrowed by regions, connections and tenants."""
+
+    scope = serializers.ChoiceField(choices=Scope.choices, default=Scope.ALL)
+
+
 class ExecuteSerializer(ScopeSerializer):
     dry_run = serializers.BooleanField(default=False)
     on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
@@ -45,6 +50,7 @@ class RollbackSerializer(serializers.Serializer):
 
 class ExecutionSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
+    error_message = serializers.CharField(source="error", read_only=True, help_text="The seed's name for `error`.")
 
     class Meta:
         model = MigrationExecution
@@ -58,9 +64,12 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "on_failure",
             "batch_size",
             "executed_by",
+            "origin",
+            "parent",
             "batch_id",
             "cancel_requested",
             "error",
+            "error_message",
             "created_at",
             "started_at",
             "completed_at",
@@ -71,7 +80,11 @@ class ExecutionSerializer(serializers.ModelSerializer):
     def get_progress(self, execution: MigrationExecution) -> dict:
         from migrations_runner.selectors import execution_progress
 
-        return execution_progress(execution=execution)
+        # A list view hands the running targets of the whole page in the context (one query per page).
+        running = self.context.get("running")
+        return execution_progress(
+            execution=execution, running_targets=None if running is None else running.get(execution.pk, [])
+        )
 
 
 class ExecutionDetailSerializer(ExecutionSerializer):
@@ -111,7 +124,7 @@ class TargetRunSerializer(serializers.ModelSerializer):
 
 
 class ScheduleSerializer(serializers.ModelSerializer):
-    filters = ScopeSerializer(required=False, help_text="regions, connections, tenants (the scope field is ignored).")
+    filters = FiltersSerializer(required=False, help_text="regions, connections and tenants that narrow the scope.")
 
     class Meta:
         model = MigrationSchedule
@@ -139,7 +152,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
     def to_internal_value(self, data):
         values = super().to_internal_value(data)
         if "filters" in values:
-            values["filters"] = {k: v for k, v in dict(values["filters"]).items() if k != "scope"}
+            values["filters"] = dict(values["filters"])
         return values
 
 

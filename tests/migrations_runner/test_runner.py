@@ -9,6 +9,7 @@ import pytest
 from django.db import connections as django_connections
 
 from migrations_runner import selectors, services
+from migrations_runner.exceptions import ExecutionFinished
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from tests.migrations_runner.conftest import create_owned_table
 
@@ -128,6 +129,8 @@ def test_a_dependency_failure_skips_the_next_phase_and_is_counted(small_fleet, s
 def test_a_finished_execution_cannot_be_cancelled_into_another_state(small_fleet):
     execution = services.execution_start(scope="tenant", executed_by="t")
     assert execution.status == ExecutionStatus.COMPLETED
-    again = services.execution_cancel(execution=execution, actor="t")
-    assert again.status == ExecutionStatus.COMPLETED
-    assert MigrationExecution.objects.get(pk=execution.pk).cancel_requested is False
+    with pytest.raises(ExecutionFinished, match="already completed"):
+        services.execution_cancel(execution=execution, actor="t")
+    stored = MigrationExecution.objects.get(pk=execution.pk)
+    assert stored.status == ExecutionStatus.COMPLETED
+    assert stored.cancel_requested is False
