@@ -332,6 +332,16 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "infra_site.schema.add_error_responses",
+    ],
+    # Status choices of different models share the name "status": give each its own component name.
+    "ENUM_NAME_OVERRIDES": {
+        "ExecutionStatusEnum": "migrations_runner.models.ExecutionStatus",
+        "TargetStatusEnum": "migrations_runner.models.TargetStatus",
+        "TenantStatusEnum": "connections.models.TenantStatus",
+    },
     # `check --deploy` generates the schema to report its flaws; they matter only where the docs are served.
     "ENABLE_DJANGO_DEPLOY_CHECK": API_DOCS_ENABLED,
 }

@@ -161,3 +161,66 @@ class ProvisionSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     connection = serializers.CharField(max_length=63, validators=[validators.validate_connection_name])
     schema_name = serializers.CharField(max_length=255, required=False, validators=[validators.validate_schema_name])
+
+
+class TargetPlanSerializer(serializers.Serializer):
+    """What a run would do on one target."""
+
+    target = serializers.CharField()
+    connection = serializers.CharField(required=False)
+    schema = serializers.CharField(required=False)
+    database_type = serializers.CharField(required=False)
+    region = serializers.CharField(required=False, allow_blank=True)
+    tenant = serializers.CharField(required=False, allow_null=True)
+    current_version = serializers.CharField(allow_null=True)
+    latest_version = serializers.CharField(required=False, allow_null=True)
+    pending = serializers.ListField(child=serializers.CharField())
+    drift = serializers.ListField(child=serializers.CharField())
+    schema_exists = serializers.BooleanField(required=False)
+    error = serializers.CharField(required=False, help_text="Why the target's history could not be read.")
+
+
+class PlanSerializer(serializers.Serializer):
+    targets = TargetPlanSerializer(many=True)
+    count = serializers.IntegerField()
+
+
+class FleetStatusSerializer(PlanSerializer):
+    behind = serializers.IntegerField()
+    drifted = serializers.IntegerField()
+    unreachable = serializers.IntegerField()
+
+
+class SetVersionSerializer(serializers.Serializer):
+    version = serializers.CharField()
+    description = serializers.CharField()
+    script = serializers.CharField()
+    checksum = serializers.CharField()
+    undo = serializers.BooleanField()
+    transactional = serializers.BooleanField()
+
+
+class MigrationSetSerializer(serializers.Serializer):
+    database_type = serializers.CharField()
+    versions = SetVersionSerializer(many=True)
+    repeatables = serializers.ListField(child=serializers.DictField())
+    latest = serializers.CharField(allow_null=True)
+    problems = serializers.ListField(child=serializers.CharField())
+
+
+class SetsSerializer(serializers.Serializer):
+    sets = MigrationSetSerializer(many=True)
+
+
+class MigrationsHealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    timestamp = serializers.DateTimeField()
+    sets = serializers.DictField(child=serializers.DictField(), help_text="Per database type: versions, latest.")
+    problems = serializers.ListField(child=serializers.CharField())
+    executions_in_progress = serializers.IntegerField()
+    executions_stuck = serializers.IntegerField()
+
+
+class ProvisionResultSerializer(serializers.Serializer):
+    tenant = serializers.DictField(help_text="The tenant, as in /api/v1/tenants/{slug}/.")
+    execution = ExecutionSerializer()
