@@ -98,3 +98,24 @@ def test_check_migration_sets_fails_listing_the_file(tmp_path):
         call_command("check_migration_sets", "--dir", str(tmp_path), stdout=StringIO())
     assert "tenant/V2_bad.sql: malformed file name" in str(raised.value)
     assert "tenant/V3__ph.sql: unknown placeholder(s) ${nope}" in str(raised.value)
+
+
+def test_commands_raise_command_error_and_import_no_other_command():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "migrations_runner" / "management" / "commands"
+    for command in folder.glob("*.py"):
+        text = command.read_text()
+        assert "sys.exit" not in text, command.name
+        assert "management.commands" not in text, command.name
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fleet_status_exits_1_with_the_reason_when_a_target_drifted(small_fleet, sets_dir):
+    run("run_migrations", "--scope", "tenant", "--tenant", "us000", "--sync", "--json")
+    script = sorted((sets_dir / "tenant").glob("V1__*.sql"))[0]
+    script.write_text(script.read_text() + "\n-- edited after it was applied\n")
+    with pytest.raises(CommandError) as raised:
+        call_command("fleet_status", "--connection", "shared-us", stdout=StringIO())
+    assert raised.value.returncode == 1
+    assert "drift" in str(raised.value)

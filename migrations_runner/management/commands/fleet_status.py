@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import application_errors, to_json
 from migrations_runner import selectors
@@ -46,4 +45,4 @@ class Command(BaseCommand):
                 f"{sum(1 for row in rows if row['drift'] or row.get('error'))} with drift or errors."
             )
         if any(row["drift"] or row.get("error") for row in rows):
-            sys.exit(1)
+            raise CommandError("Some targets have drift or could not be read.", returncode=1)

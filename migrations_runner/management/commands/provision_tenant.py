@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from connections import selectors as registry
 from infra_site.cli import application_errors, cli_actor, to_json
@@ -53,4 +52,4 @@ class Command(BaseCommand):
                 f"{run.to_version or '-'}" + (f"; error: {tenant.error}" if tenant.error else "")
             )
         if tenant.status != "active":
-            sys.exit(1)
+            raise CommandError(f"Tenant {tenant.slug} is {tenant.status}: {tenant.error}", returncode=1)

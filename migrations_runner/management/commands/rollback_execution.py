@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -10,7 +9,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from connections import selectors as registry
 from infra_site.cli import application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.management.commands.run_migrations import summary
 
 
 class Command(BaseCommand):
@@ -47,7 +45,7 @@ class Command(BaseCommand):
                     to_version=options["to_version"],
                     executed_by=cli_actor(),
                 )
-        data = summary(rollback)
+        data = selectors.execution_summary(execution=rollback)
         if options["json"]:
             self.stdout.write(to_json(data))
         else:
@@ -57,4 +55,4 @@ class Command(BaseCommand):
                 )
             self.stdout.write(f"Rollback {data['id']} {data['status']}.")
         if rollback.status != "completed":
-            sys.exit(1)
+            raise CommandError(f"Rollback {rollback.pk} {rollback.status}.", returncode=1)

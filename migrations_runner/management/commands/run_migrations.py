@@ -13,38 +13,6 @@ from migrations_runner import selectors, services
 from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Origin, Scope
 
 
-def summary(execution) -> dict:
-    """The JSON summary of an execution: status, progress and each target run."""
-    runs = selectors.execution_targets(execution=execution)
-    return {
-        "id": str(execution.pk),
-        "kind": execution.kind,
-        "status": execution.status,
-        "scope": execution.scope,
-        "dry_run": execution.dry_run,
-        "started_at": execution.started_at,
-        "completed_at": execution.completed_at,
-        "progress": selectors.execution_progress(execution=execution),
-        "targets": [
-            {
-                "target": run.label,
-                "database_type": run.database_type,
-                "region": run.region,
-                "phase": run.phase,
-                "status": run.status,
-                "from_version": run.from_version or None,
-                "to_version": run.to_version or None,
-                "pending": run.pending_versions,
-                "applied": [a["version"] or a["script"] for a in run.applied_versions],
-                "error": run.error,
-                "skip_reason": run.skip_reason or None,
-                "worker": run.worker or None,
-            }
-            for run in runs
-        ],
-    }
-
-
 class _Follower:
     """Reports the target runs of a running execution as they end, with a progress bar."""
 
@@ -117,7 +85,11 @@ class Command(BaseCommand):
             else:
                 execution = services.execution_submit(**params)
                 if not options["wait"]:
-                    self.stdout.write(to_json(summary(execution)) if as_json else f"Execution {execution.pk} queued.")
+                    self.stdout.write(
+                        to_json(selectors.execution_summary(execution=execution))
+                        if as_json
+                        else f"Execution {execution.pk} queued."
+                    )
                     return
                 follow = _Follower(self.stdout, execution, quiet=as_json)
                 while not execution.is_finished:
@@ -126,7 +98,7 @@ class Command(BaseCommand):
                     follow.step()
                 follow.step()
                 follow.close()
-        data = summary(execution)
+        data = selectors.execution_summary(execution=execution)
         if as_json:
             self.stdout.write(to_json(data))
         else:
