@@ -7,15 +7,20 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: venv run demo test lint format check clean bench
+.PHONY: venv run demo test system-deps lock lint format check clean bench
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Every package, transitive ones included, at the version and with the hashes of requirements.lock.
+$(STAMP): requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+## Re-lock after any change to requirements.txt or requirements-dev.txt (tests/infra_site/test_lock.py checks).
+lock: $(STAMP)
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" --output-file requirements.lock requirements-dev.txt
 
 # The test OpenID Connect provider (oidc-provider on the machine's Node.js), reinstalled when its lock changes.
 OIDC_PROVIDER := tests/oidc_provider
@@ -30,15 +35,30 @@ run: $(STAMP)
 	$(MANAGE) migrate --noinput
 	$(MANAGE) serve
 
-## The demo fleet comes with the migration engine; for now it is the same as `run`.
-demo: run
+## An embedded PostgreSQL (DEMO_DATA_DIR, default var/demo-pg/) with a migrated demo fleet, an operator, then `serve`.
+demo: $(STAMP)
+	$(MANAGE) migrate --noinput && $(MANAGE) demo
+
+# Debian packages some tests drive: installed when missing and run as root; else those tests skip (fail if CI=true).
+SYSTEM_TOOLS := chromium redis-server
+
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing$$missing with apt-get"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq$$missing) >/dev/null \
+			|| echo "Could not install$$missing: the tests that need them skip (fail under CI=true)"; \
+	else \
+		echo "Missing$$missing (installing needs root and apt-get): the tests that need them skip (fail under CI=true)"; \
+	fi
 
 ## Lint, format check and the whole test suite (an embedded PostgreSQL is started for it).
-test: $(STAMP) $(OIDC_STAMP)
+test: $(STAMP) $(OIDC_STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(MANAGE) check_migration_sets
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -55,3 +75,4 @@ clean:
 bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/fleet_migrate.py
 	$(BIN)/python bench/auth_overhead.py
+	$(BIN)/python bench/admin_render.py

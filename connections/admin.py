@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -13,9 +15,10 @@ from django.views.decorators.http import require_POST
 
 from connections import selectors, services
 from connections.forms import CONNECTION_FIELDS, DatabaseConnectionForm, TenantForm
-from connections.models import DatabaseConnection, Tenant
+from connections.models import DatabaseConnection, Tenant, TenantStatus
 from infra_site import roles
 from infra_site.admin_mixins import RoleAdminMixin
+from infra_site.admin_site import ForbiddenActionMixin
 from infra_site.errors import ApplicationError
 
 
@@ -62,6 +65,7 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
     actions = ["test_selected"]
     readonly_fields = [
         "health",
+        "health_trend",
         "response_time_ms",
         "server_version",
         "checked_at",
@@ -90,13 +94,19 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
                 ]
             },
         ),
-        ("Health", {"fields": ["health", "response_time_ms", "server_version", "checked_at", "error"]}),
+        ("Health", {"fields": ["health", "health_trend", "response_time_ms", "server_version", "checked_at", "error"]}),
         ("Audit", {"classes": ["collapse"], "fields": ["created_by", "created_at", "updated_by", "updated_at"]}),
     ]
 
     @admin.display(description="Health", ordering="is_healthy")
     def health(self, obj: DatabaseConnection) -> str:
         return health_badge(obj)
+
+    @admin.display(description="Last 24 h")
+    def health_trend(self, obj: DatabaseConnection) -> str:
+        from health.admin import connection_health_trend  # the health app builds on this one, not the reverse
+
+        return connection_health_trend(obj)
 
     @admin.display(description="Address", ordering="host")
     def address_display(self, obj: DatabaseConnection) -> str:
@@ -173,25 +183,110 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(Tenant)
-class TenantAdmin(RoleAdminMixin, admin.ModelAdmin):
+class TenantAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
+    """Tenants, with where their latest migration left them (from the control database: one annotation per page).
+
+    Migrating and provisioning are the migrations app's (imported where used: the registry does not depend on it).
+    """
+
     view_role = roles.DATABASES_READ
     manage_role = roles.DATABASES_MANAGE
     form = TenantForm
-    list_display = ["slug", "name", "connection", "schema_name", "region_display", "status", "updated_at"]
+    list_display = [
+        "slug",
+        "name",
+        "connection",
+        "schema_name",
+        "region_display",
+        "status",
+        "version_display",
+        "pending_display",
+        "updated_at",
+    ]
     list_filter = ["status", "connection__region", "connection"]
     search_fields = ["slug", "name", "schema_name", "connection__name"]
     list_select_related = ["connection"]
     readonly_fields = ["error", "created_by", "created_at", "updated_at"]
+    actions = ["migrate_selected", "suspend_selected", "activate_selected"]
 
     @admin.display(description="Region", ordering="connection__region")
     def region_display(self, obj: Tenant) -> str:
         return obj.connection.region
 
+    @admin.display(description="Version")
+    def version_display(self, obj: Tenant) -> str:
+        version = getattr(obj, "latest_version", None)
+        if version is None:
+            return "never"
+        return version or "none"
+
+    @admin.display(description="Pending")
+    def pending_display(self, obj: Tenant) -> str:
+        pending = getattr(obj, "pending_versions", None)
+        return "-" if pending is None else str(pending)
+
+    def has_manage_permission(self, request: HttpRequest) -> bool:
+        return roles.has_role(request.user, self.manage_role)
+
+    def has_migrate_permission(self, request: HttpRequest) -> bool:
+        return roles.has_role(request.user, roles.MIGRATIONS_EXECUTE)
+
+    @admin.action(description="Migrate selected tenants", permissions=["migrate"])
+    def migrate_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponseRedirect:
+        """Open the Run form with the selected tenants; nothing runs before it is confirmed there."""
+        query = urlencode({"scope": "tenant", "tenants": sorted(queryset.values_list("slug", flat=True))}, doseq=True)
+        return HttpResponseRedirect(f"{reverse('admin:migrations_runner_migrationexecution_run')}?{query}")
+
+    @admin.action(description="Suspend selected tenants", permissions=["manage"])
+    def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        self._set_status(request, queryset, TenantStatus.SUSPENDED, from_status=TenantStatus.ACTIVE)
+
+    @admin.action(description="Activate selected suspended tenants", permissions=["manage"])
+    def activate_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
+        self._set_status(request, queryset, TenantStatus.ACTIVE, from_status=TenantStatus.SUSPENDED)
+
+    def _set_status(self, request: HttpRequest, queryset: QuerySet[Tenant], status: str, *, from_status: str) -> None:
+        """Move the selected tenants in ``from_status`` to ``status`` (provisioning ones only finish provisioning)."""
+        changed, left = [], []
+        for tenant in queryset:
+            if tenant.status != from_status:
+                left.append(tenant.slug)
+                continue
+            try:
+                services.tenant_update(tenant=tenant, actor=_actor(request), status=status)
+            except ApplicationError as exc:
+                messages.error(request, f"{tenant.slug}: {exc.message}")
+                continue
+            self.log_change(request, tenant, f"Status {from_status} -> {status}.")
+            changed.append(tenant.slug)
+        if changed:
+            messages.success(request, f"{len(changed)} tenant(s) now {status}: {', '.join(changed)}.")
+        if left:
+            messages.warning(request, f"Left as they are (not {from_status}): {', '.join(left)}.")
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        from migrations_runner.admin.tenants import may_provision
+
+        extra = {"can_provision": may_provision(request), **(extra_context or {})}
+        return super().changelist_view(request, extra_context=extra)
+
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> list[str]:
         return [*self.readonly_fields, "slug"] if obj else list(self.readonly_fields)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        return selectors.tenant_list()
+        from migrations_runner import selectors as migrations
+
+        return migrations.tenants_with_version(tenants=selectors.tenant_list().defer("connection__password"))
+
+    def get_changelist_instance(self, request: HttpRequest):
+        """The list's page, each tenant with the number of tenant-set versions after its version (no query)."""
+        from migrations_runner import selectors as migrations
+
+        changelist = super().get_changelist_instance(request)
+        tenant_set = migrations.sets_load(strict=False).get("tenant")
+        for tenant in changelist.result_list:
+            tenant.pending_versions = migrations.version_pending_count(mset=tenant_set, version=tenant.latest_version)
+        return changelist
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "connection":

@@ -1,12 +1,26 @@
-"""The admin site: operators with any control-plane role may sign in."""
+"""The admin site: operators with any control-plane role may sign in; its index is the fleet's dashboard.
 
+Apps add pages that belong to no model (the fleet view, the migration sets) with ``register_view``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
-from django.core.exceptions import ValidationError
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path, reverse
 
 from infra_site import roles
+
+LATEST_EXECUTIONS = 10
+UNHEALTHY_SHOWN = 20
 
 
 class OperatorAuthenticationForm(AdminAuthenticationForm):
@@ -22,12 +36,120 @@ class OperatorAuthenticationForm(AdminAuthenticationForm):
             )
 
 
+class ForbiddenActionMixin:
+    """Answer 403 to a POST of an action the user may not run.
+
+    Django drops such an action from the list and answers the POST with "No action selected", which hides a
+    forged request; the role check of the action itself stays with ``@admin.action(permissions=[...])``.
+    """
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        name = request.POST.get("action", "") if request.method == "POST" else ""
+        if name and name not in self.get_actions(request) and self.get_action(name) is not None:
+            raise PermissionDenied(f"You may not run the action {name!r}.")
+        return super().changelist_view(request, extra_context)
+
+
+@dataclass(frozen=True)
+class ConsoleView:
+    """A page of the admin that belongs to no model, listed under an app for the holders of ``role``."""
+
+    route: str
+    view: Callable[..., HttpResponse]
+    name: str
+    title: str = ""
+    app_label: str = ""
+    role: str = ""
+
+
 class InfraAdminSite(admin.AdminSite):
     site_header = "Infrastructure control plane"
     site_title = "Infrastructure control plane"
-    index_title = "Fleet"
+    index_title = "Dashboard"
     login_form = OperatorAuthenticationForm
+
+    def __init__(self, name: str = "admin") -> None:
+        super().__init__(name)
+        self._console_views: list[ConsoleView] = []
 
     def has_permission(self, request: HttpRequest) -> bool:
         user = request.user
         return bool(user.is_active and (user.is_staff or roles.user_roles(user)))
+
+    def register_view(
+        self,
+        route: str,
+        view: Callable[..., HttpResponse],
+        *,
+        name: str,
+        title: str = "",
+        app_label: str = "",
+        role: str = "",
+    ) -> None:
+        """Serve ``view`` at ``<admin>/<route>`` as ``admin:<name>`` behind the admin's login (the view checks its
+        own role); with a ``title``, list it in the app list under ``app_label`` for the holders of ``role``."""
+        self._console_views.append(
+            ConsoleView(route=route, view=view, name=name, title=title, app_label=app_label, role=role)
+        )
+
+    def get_urls(self) -> list[URLPattern]:
+        # Before the models' URLs, whose catch-all would take them for object ids.
+        console = [path(v.route, self.admin_view(v.view), name=v.name) for v in self._console_views]
+        return console + super().get_urls()
+
+    def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
+        app_list = super().get_app_list(request, app_label)
+        by_label = {app["app_label"]: app for app in app_list}
+        for view in self._console_views:
+            if not view.title or app_label not in (None, view.app_label) or not roles.has_role(request.user, view.role):
+                continue
+            app = by_label.get(view.app_label)
+            if app is None:
+                config = apps.get_app_config(view.app_label)
+                app = by_label[view.app_label] = {
+                    "name": config.verbose_name,
+                    "app_label": view.app_label,
+                    "app_url": reverse("admin:app_list", kwargs={"app_label": view.app_label}, current_app=self.name),
+                    "has_module_perms": True,
+                    "models": [],
+                }
+                app_list.append(app)
+                app_list.sort(key=lambda entry: entry["name"].lower())
+            app["models"].append(
+                {
+                    "name": view.title,
+                    "object_name": view.name,
+                    "perms": {"view": True},
+                    "admin_url": reverse(f"admin:{view.name}", current_app=self.name),
+                    "add_url": None,
+                    "view_only": True,
+                }
+            )
+        return app_list
+
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        return super().index(request, {**self.dashboard_context(request), **(extra_context or {})})
+
+    def dashboard_context(self, request: HttpRequest) -> dict[str, Any]:
+        """What the index shows above the app list, each part for the role that may read it."""
+        # The apps' readers, imported here: the apps' admin modules import this module for its mixin.
+        from connections import selectors as registry
+        from migrations_runner import selectors as migrations
+
+        context: dict[str, Any] = {
+            "can_read_migrations": roles.has_role(request.user, roles.MIGRATIONS_READ),
+            "can_execute": roles.has_role(request.user, roles.MIGRATIONS_EXECUTE),
+            "can_read_databases": roles.has_role(request.user, roles.DATABASES_READ),
+        }
+        if context["can_read_migrations"]:
+            overview = migrations.executions_overview(latest=LATEST_EXECUTIONS)
+            context["fleet_counts"] = migrations.fleet_counts()
+            context["latest_executions"] = overview.latest
+            context["waiting_for_worker"] = overview.waiting_for_worker
+        if context["can_read_databases"]:
+            context["unhealthy_connections"] = list(
+                registry.connection_list(is_healthy=False)
+                .defer("password")
+                .order_by("database_type", "name")[:UNHEALTHY_SHOWN]
+            )
+        return context

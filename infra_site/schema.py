@@ -24,7 +24,10 @@ ERROR_DESCRIPTIONS = {
 
 
 def add_error_responses(result: dict, generator, request, public) -> dict:
-    """drf-spectacular post-processing hook: the error shape under every 4xx status an operation can answer."""
+    """drf-spectacular post-processing hook: the error shape under every 4xx status an operation can answer.
+
+    Every operation gets 400, 401, 403 and 429; those with a path parameter 404; writes 409 and 413.
+    """
     result.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_COMPONENT
     reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, operations in result.get("paths", {}).items():
@@ -38,4 +41,9 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
                 codes += ["409", "413"]
             for code in codes:
                 operation["responses"].setdefault(code, {"description": ERROR_DESCRIPTIONS[code], "content": reference})
+            # A view declares another error status by its description alone (an id in the body that names
+            # nothing: 404); its body is the same error shape.
+            for code, response in operation["responses"].items():
+                if code.startswith("4") and "content" not in response:
+                    response["content"] = reference
     return result

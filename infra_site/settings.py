@@ -46,6 +46,9 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if IS_PRODUCTION else ["*"]
 # directories (see connections/hosts.py). Empty: any TCP host (development, testing); required in production.
 CONNECTION_ALLOWED_HOSTS = env.list("CONNECTION_ALLOWED_HOSTS", default=[])
 
+# `manage.py demo` (`make demo`): where its embedded PostgreSQL keeps its data, port and the fleet's password.
+DEMO_DATA_DIR = Path(env.str("DEMO_DATA_DIR", default=str(VAR_DIR / "demo-pg")))
+
 HOST = env.str("HOST", default="127.0.0.1")
 PORT = env.int("PORT", default=8000)
 WORKERS = env.int("WORKERS", default=2)
@@ -130,6 +133,8 @@ MIGRATION_LEASE_SECONDS = env.float("MIGRATION_LEASE_SECONDS", default=15.0)
 MIGRATION_LANE_SECONDS = env.float("MIGRATION_LANE_SECONDS", default=10.0)
 # An execution whose work no worker has taken up for this many seconds reports that it waits for a worker.
 MIGRATION_WORKER_WAIT = env.float("MIGRATION_WORKER_WAIT", default=120.0)
+# How long a lane keeps trying to reach an unreachable control database (to record a target it applied).
+MIGRATION_CONTROL_DB_WAIT = env.float("MIGRATION_CONTROL_DB_WAIT", default=120.0)
 
 # HTTP edge.
 CORS_ALLOWED_ORIGINS_RAW = env.list("CORS_ALLOW_ORIGINS", default=[])
@@ -142,6 +147,23 @@ if "*" in CORS_ALLOWED_ORIGINS_RAW and CORS_ALLOW_CREDENTIALS:
 # Per client, per minute, counted in the shared cache (CACHES) so every worker process sees the same count.
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
+
+
+# Health and metrics (the health app). /health/detailed bounds every check by HEALTH_CHECK_TIMEOUT seconds;
+# a queue worker probes every active connection each HEALTH_CHECK_INTERVAL seconds (django-q2's scheduler
+# wakes about every 30 s) and keeps the snapshots HEALTH_SNAPSHOT_RETENTION_DAYS days.
+HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
+HEALTH_CHECK_INTERVAL = env.int("HEALTH_CHECK_INTERVAL", default=60)
+HEALTH_SNAPSHOT_RETENTION_DAYS = env.int("HEALTH_SNAPSHOT_RETENTION_DAYS", default=7)
+if HEALTH_CHECK_TIMEOUT <= 0 or HEALTH_CHECK_INTERVAL < 1 or HEALTH_SNAPSHOT_RETENTION_DAYS < 1:
+    raise ImproperlyConfigured(
+        "HEALTH_CHECK_TIMEOUT must be positive, HEALTH_CHECK_INTERVAL and HEALTH_SNAPSHOT_RETENTION_DAYS at least 1."
+    )
+# Bearer token Prometheus sends to /metrics. Unset: /metrics is open in development and testing, 403 elsewhere.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# prometheus-client reads it from the environment itself (this line documents it and feeds the system check):
+# set, the per-process HTTP metrics of every web worker are shared through files in this directory.
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR", default="")
 
 
 def _deployment_problems() -> list[str]:
@@ -199,6 +221,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts every response, the ones other middleware answer (redirects, 413, 429) included.
+    "health.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",

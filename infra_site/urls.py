@@ -19,6 +19,7 @@ urlpatterns = [
     path("api/v1/auth/me/", auth_views.MeView.as_view(), name="auth-me"),
     path("api/v1/", include("migrations_runner.urls")),  # first: tenants/provision/ before tenants/<slug>/
     path("api/v1/", include("connections.urls")),
+    path("", include("health.urls")),  # /health/... and /metrics
 ]
 
 if settings.API_DOCS_ENABLED:

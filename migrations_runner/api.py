@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -132,7 +132,10 @@ class RetryView(APIView):
 class RollbackView(APIView):
     permission_classes = [EXECUTE]
 
-    @extend_schema(request=RollbackSerializer, responses={202: ExecutionDetailSerializer})
+    @extend_schema(
+        request=RollbackSerializer,
+        responses={202: ExecutionDetailSerializer, 404: OpenApiResponse(description="No execution with this id.")},
+    )
     def post(self, request: Request) -> Response:
         params = RollbackSerializer(data=request.data)
         params.is_valid(raise_exception=True)
@@ -240,7 +243,10 @@ class ProvisionView(APIView):
         require_roles(read=roles.DATABASES_READ, write=(roles.DATABASES_MANAGE, roles.MIGRATIONS_EXECUTE))
     ]
 
-    @extend_schema(request=ProvisionSerializer, responses={201: ProvisionResultSerializer})
+    @extend_schema(
+        request=ProvisionSerializer,
+        responses={201: ProvisionResultSerializer, 404: OpenApiResponse(description="No connection with this name.")},
+    )
     def post(self, request: Request) -> Response:
         params = ProvisionSerializer(data=request.data)
         params.is_valid(raise_exception=True)

@@ -11,8 +11,14 @@ from migrations_runner.engine.targets import dependency_problems
 TAG = "migrations"
 
 
+def _ours(app_configs) -> bool:
+    return app_configs is None or any(config.name == "migrations_runner" for config in app_configs)
+
+
 def check_dependencies(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """MIGRATION_DEPENDENCIES must name known database types and have no cycle."""
+    if not _ours(app_configs):
+        return []
     deps = settings.MIGRATION_DEPENDENCIES
     if not isinstance(deps, dict) or not all(isinstance(v, list) for v in deps.values()):
         return [
@@ -32,11 +38,10 @@ def check_dependencies(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
 
 
 def check_sets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """Report problems of the migration sets under MIGRATIONS_DIR (runs refuse broken sets)."""
-    if not settings.MIGRATIONS_DIR.is_dir():
-        return [
-            checks.Warning(f"MIGRATIONS_DIR {settings.MIGRATIONS_DIR} does not exist.", id="migrations_runner.W001")
-        ]
+    """Report problems of the migration sets under MIGRATIONS_DIR (runs refuse broken sets); a missing
+    directory is the health app's check (health.E002)."""
+    if not _ours(app_configs) or not settings.MIGRATIONS_DIR.is_dir():
+        return []
     return [
         checks.Warning(f"Migration set {kind}: {problem}", id="migrations_runner.W002")
         for kind, mset in load_sets(settings.MIGRATIONS_DIR).items()

@@ -223,7 +223,9 @@ def execution_list(*, status: str | None = None) -> QuerySet[MigrationExecution]
 
 
 def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
-    return execution.targets.select_related("connection", "tenant").order_by("phase", "id")
+    return (
+        execution.targets.select_related("connection", "tenant").defer("connection__password").order_by("phase", "id")
+    )
 
 
 def execution_summary(*, execution: MigrationExecution) -> dict:

@@ -6,6 +6,7 @@ from django.conf import settings
 from rest_framework import serializers
 
 from connections import validators
+from connections.serializers import TenantSerializer
 from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
 
 
@@ -95,7 +96,9 @@ class ExecutionDetailSerializer(ExecutionSerializer):
 
 class TargetRunSerializer(serializers.ModelSerializer):
     connection = serializers.CharField(source="connection.name")
-    tenant = serializers.CharField(source="tenant.slug", default=None)
+    tenant = serializers.CharField(
+        source="tenant.slug", default=None, allow_null=True, help_text="Null for a target that is not a tenant's."
+    )
 
     class Meta:
         model = TargetRun
@@ -222,5 +225,5 @@ class MigrationsHealthSerializer(serializers.Serializer):
 
 
 class ProvisionResultSerializer(serializers.Serializer):
-    tenant = serializers.DictField(help_text="The tenant, as in /api/v1/tenants/{slug}/.")
+    tenant = TenantSerializer(help_text="The tenant, as in /api/v1/tenants/{slug}/.")
     execution = ExecutionSerializer()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import socket
 import tempfile
 import threading
@@ -28,6 +29,21 @@ REGISTRY_USER = "registry_user"
 # Child processes (qcluster workers, commands) of the session inherit it through the environment.
 REGISTRY_PASSWORD = os.environ.setdefault("TEST_REGISTRY_PASSWORD", "Reg1stry-" + secrets.token_hex(8))
 SECRETS = {REGISTRY_PASSWORD}
+
+
+def require_tool(name: str) -> str:
+    """Return the path of the command-line tool ``name``; skip the test without it, or fail it when ``CI=true``.
+
+    ``make test`` installs the tools (Debian packages) when missing and run as root; elsewhere the tests that
+    need one are skipped, with this one reason in the summary. Under CI nothing may be skipped for a missing tool.
+    """
+    path = shutil.which(name)
+    if path:
+        return path
+    reason = f"{name} is not installed (`make test` installs it with apt-get when run as root)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}; CI=true: a missing tool fails the tests that need it", pytrace=False)
+    pytest.skip(reason)
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,17 @@ class _RecordCollector(logging.Handler):
 def leaked_secrets(lines: list[str]) -> int:
     """Count the captured log lines that contain a test password."""
     return sum(1 for line in lines if any(secret in line for secret in SECRETS))
+
+
+@pytest.fixture(autouse=True)
+def fresh_content_types() -> Iterator[None]:
+    """Forget cached content types around each test: a transactional test's flush recreates them with new ids,
+    and a stale cache would point admin log entries and permissions at rows that no longer exist."""
+    from django.contrib.contenttypes.models import ContentType
+
+    ContentType.objects.clear_cache()
+    yield
+    ContentType.objects.clear_cache()
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,9 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import resolve_url
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
+from rest_framework import serializers
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -74,20 +74,33 @@ def provider_logout_url(request: HttpRequest) -> str:
     return f"{end_session}?{query}"
 
 
+class MeSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    email = serializers.CharField()
+    is_superuser = serializers.BooleanField()
+    roles = serializers.ListField(
+        child=serializers.ChoiceField(choices=roles.ALL_ROLES), help_text="Held directly or through the hierarchy."
+    )
+    authentication = serializers.ChoiceField(choices=[*AUTHENTICATION_NAMES.values(), "other"])
+    subject = serializers.CharField(allow_null=True, help_text="The Keycloak subject; null for a local account.")
+
+
 class MeView(APIView):
     """Who the caller is: username, the roles held (directly and through the hierarchy) and how they signed in."""
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses={200: MeSerializer})
     def get(self, request: Request) -> Response:
         user = request.user
         identity = OidcIdentity.objects.filter(user=user).first()
         return Response(
-            {
-                "username": user.get_username(),
-                "email": user.email,
-                "is_superuser": user.is_superuser,
-                "roles": sorted(roles.user_roles(user)),
-                "authentication": AUTHENTICATION_NAMES.get(type(request.successful_authenticator), "other"),
-                "subject": identity.subject if identity else None,
-            }
+            MeSerializer(
+                {
+                    "username": user.get_username(),
+                    "email": user.email,
+                    "is_superuser": user.is_superuser,
+                    "roles": sorted(roles.user_roles(user)),
+                    "authentication": AUTHENTICATION_NAMES.get(type(request.successful_authenticator), "other"),
+                    "subject": identity.subject if identity else None,
+                }
+            ).data
         )

@@ -317,6 +317,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         failures = list(
             execution.targets.filter(status=TargetStatus.FAILED)
             .select_related("connection")
+            .defer("connection__password")  # only the name is shown: never decrypt secrets for a page
             .order_by("-completed_at")[:LATEST_FAILURES]
         )
         return {"execution": execution, "progress": progress, "failures": failures}
@@ -377,7 +378,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 filters=filters,
                 statuses=TargetStatus.values,
                 types=["admin", "shared", "analytics", "tenant"],
-                regions=sorted(set(execution.targets.values_list("region", flat=True).distinct())),
+                regions=sorted(execution.targets.order_by().values_list("region", flat=True).distinct()),
                 spawned=list(execution.spawned.order_by("created_at")),
                 kind=kind_label(execution),
                 selection=selection_in_words(execution),

@@ -15,7 +15,7 @@ from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
 from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
 from migrations_runner.engine.targets import Target, dependency_problems, plan_phases
-from migrations_runner.exceptions import RetryRefused, RollbackRefused
+from migrations_runner.exceptions import ExecutionFinished, RetryRefused, RollbackRefused
 from migrations_runner.models import (
     ExecutionKind,
     MigrationExecution,
@@ -305,7 +305,10 @@ def execution_cancel(*, execution: MigrationExecution, actor: str) -> MigrationE
     """Cancel an execution in any state: what has not started is cancelled at once, running targets stop
     between scripts, and the execution ends as soon as nothing runs."""
     if execution.is_finished:
-        return execution
+        raise ExecutionFinished(
+            f"Execution {execution.pk} is already {execution.status}; there is nothing to cancel.",
+            details={"id": str(execution.pk), "status": execution.status},
+        )
     execution_cancel_now(execution=execution, actor=actor)
     logger.warning("execution cancelled", extra={"execution": str(execution.pk), "actor": actor})
     execution.refresh_from_db()

@@ -30,11 +30,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 import psycopg
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db import connection as control_db
-from django.db import connections, transaction
 from django.db.models import F, Min
 from django.utils import timezone
 from psycopg import sql
@@ -53,11 +55,14 @@ from migrations_runner.models import (
 from migrations_runner.services.targets import apply_outcome, finish_execution, target_run_apply
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LANE_TASK = "migrations_runner.tasks.run_lane"
 _CLAIM_LOCK = 0x1F0C  # PostgreSQL control database: claims are serialized so the caps hold exactly
 CAP_WAIT_MAX_S = 1.0  # longest pause of a lane waiting for a database server under its cap
 ACTIVE_TOUCH_S = 5.0  # how often a waiting lane shows it is alive
+
+CONTROL_RETRY_MAX_S = 5.0  # longest pause between attempts to reach the control database again
 
 COUNTER_OF = {
     TargetStatus.SUCCEEDED: "targets_succeeded",
@@ -71,6 +76,26 @@ OUTCOME_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error
 def worker_name() -> str:
     """The identity of this process in target runs: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _control(action: Callable[[], T]) -> T:
+    """Run a control-database step, retrying while the control database is unreachable.
+
+    A lane that has applied a target must not lose its outcome to a short outage of the control database
+    (a restart, a fail-over): it reconnects and tries again, up to ``MIGRATION_CONTROL_DB_WAIT`` seconds.
+    """
+    deadline = time.monotonic() + settings.MIGRATION_CONTROL_DB_WAIT
+    pause = 0.2
+    while True:
+        try:
+            return action()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() >= deadline:
+                raise
+            logger.warning("control database unreachable; retrying", extra={"error": str(exc)[:200]})
+            control_db.close()
+            time.sleep(pause)
+            pause = min(pause * 2, CONTROL_RETRY_MAX_S)
 
 
 # --- hosts ------------------------------------------------------------------------------------------------------
@@ -429,37 +454,45 @@ def _wait_state(execution: MigrationExecution) -> str:
     return "capped"  # a database server is at MIGRATION_MAX_PER_DATABASE: wait for a slot
 
 
+def _claim_atomic(execution: MigrationExecution, me: str) -> TargetRun | None:
+    with transaction.atomic():
+        return _claim(execution, me)
+
+
+def _record_and_claim(run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool) -> TargetRun | None:
+    with transaction.atomic():
+        _record(run, execution, me)
+        return _claim(execution, me) if claim else None
+
+
 def lane_work(*, execution_id, host) -> str:
     """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left."""
     me = worker_name()
-    execution = MigrationExecution.objects.get(pk=execution_id)
+    execution = _control(lambda: MigrationExecution.objects.get(pk=execution_id))
     deadline = time.monotonic() + host.lane_seconds if host.lane_seconds else None
-    done, handed_over = 0, False
+    done, handed_over, run = 0, False, None
     try:
-        with transaction.atomic():
-            run = _claim(execution, me)
+        run = _control(lambda: _claim_atomic(execution, me))
         pause, touched = 0.02, time.monotonic()
         while True:
             if run is not None:
                 if deadline is not None and not handed_over and time.monotonic() >= deadline:
                     # A queue task's time is bounded: a successor lane is queued now, while this one still works,
                     # so another cluster's idle worker can take it up before this cluster is free again.
-                    host.spawn(execution_id, 1)
+                    _control(lambda: host.spawn(execution_id, 1))
                     handed_over = True
                 _apply(run, execution)
                 done += 1
-                with transaction.atomic():
-                    _record(run, execution, me)
-                    run = None if handed_over else _claim(execution, me)
+                run = _control(partial(_record_and_claim, run, execution, me, claim=not handed_over))
                 if run is not None:
                     continue
                 if handed_over:
-                    if _wait_state(execution) == "advance":  # it may have ended the phase its successor saw running
-                        phase_advance(execution_id=execution_id, host=host, continuing=False)
+                    if _control(lambda: _wait_state(execution)) == "advance":  # it may have ended the phase
+                        _control(lambda: phase_advance(execution_id=execution_id, host=host, continuing=False))
                     return f"handed over after {done} target(s)"
-            state = _wait_state(execution)
+            state = _control(lambda: _wait_state(execution))
             if state == "advance":
-                if not phase_advance(execution_id=execution_id, host=host, continuing=True):
+                if not _control(lambda: phase_advance(execution_id=execution_id, host=host, continuing=True)):
                     return f"done after {done} target(s)"
             elif state in ("done", "full"):
                 return f"{state} after {done} target(s)"
@@ -468,11 +501,18 @@ def lane_work(*, execution_id, host) -> str:
                 pause = min(pause * 2, CAP_WAIT_MAX_S)
                 if time.monotonic() - touched >= ACTIVE_TOUCH_S:
                     touched = time.monotonic()
-                    MigrationExecution.objects.filter(pk=execution_id).update(active_at=timezone.now())
-            with transaction.atomic():
-                run = _claim(execution, me)
+                    _control(
+                        lambda: MigrationExecution.objects.filter(pk=execution_id).update(active_at=timezone.now())
+                    )
+            run = _control(lambda: _claim_atomic(execution, me))
             if run is not None:
                 pause = 0.02
+    except BaseException:
+        # This lane dies (the control database stayed unreachable, or worse): its target's lease must stop being
+        # renewed, so the recovery fails it as lost instead of it running forever.
+        if run is not None:
+            _Leases.release(run.pk)
+        raise
     finally:
         if not host.keeps_connections:
             _close_sources()

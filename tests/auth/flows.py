@@ -12,7 +12,7 @@ import requests
 from tests.oidc_provider.launcher import submit_login_form
 
 # The live server runs in a thread; its tests commit, and the role groups are restored after each.
-live = pytest.mark.django_db(transaction=True, serialized_rollback=True)
+live = pytest.mark.django_db(transaction=True)
 
 
 def keycloak_login(base_url: str, username: str, password: str) -> tuple[requests.Session, requests.Response]:

@@ -25,7 +25,7 @@ def test_keycloak_login_lands_on_the_admin_with_the_groups_of_the_users_roles(li
     _, landed = keycloak_login(live_server.url, "dora", "dora-pw")
     assert landed.status_code == 200
     assert landed.url == f"{live_server.url}/admin/"
-    assert ">Fleet</h1>" in landed.text
+    assert ">Dashboard</h1>" in landed.text
     assert 'id="logout-form"' in landed.text
     user = User.objects.get(username="dora")
     assert role_groups(user) == {roles.MIGRATIONS_EXECUTE, roles.DATABASES_READ}

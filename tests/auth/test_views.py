@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from urllib.parse import parse_qs, urljoin, urlparse
 
 import pytest
@@ -12,9 +11,9 @@ from rest_framework.test import APIClient
 
 from infra_site import roles
 from tests.auth.flows import keycloak_login, live
+from tests.conftest import require_tool
 from tests.oidc_provider.launcher import OidcProvider, form_action, hidden_inputs
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -67,9 +66,10 @@ def test_starting_a_keycloak_login_is_a_404_when_oidc_is_not_configured(client, 
 def test_a_browser_clicks_log_in_with_keycloak_signs_in_and_lands_on_the_admin_index(
     live_oidc: OidcProvider, live_server
 ):
+    chromium = require_tool("chromium")
     live_oidc.put_user("grace", "grace-pw", realm_roles=[roles.MIGRATIONS_READ])
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page()
             page.goto(f"{live_server.url}/admin/")
@@ -85,7 +85,7 @@ def test_a_browser_clicks_log_in_with_keycloak_signs_in_and_lands_on_the_admin_i
         finally:
             browser.close()
     # Django refuses ORM calls while Playwright's event loop runs, so the database is read afterwards.
-    assert heading == "Fleet"
+    assert heading == "Dashboard"
     assert "grace" in user_tools
     assert set(User.objects.get(username="grace").groups.values_list("name", flat=True)) == {roles.MIGRATIONS_READ}
 

@@ -64,7 +64,7 @@ def test_run_preview_confirm_runs_and_records_who_did_it(small_fleet, admin_as, 
     assert "run outside a transaction" in html  # tenant V9 builds an index concurrently
     assert MigrationExecution.objects.count() == 0  # nothing recorded before the confirmation
     fields = hidden_inputs(html)
-    response = client.post(CONFIRM, {k: v for k, v in fields.items()})
+    response = client.post(CONFIRM, fields)
     execution = MigrationExecution.objects.get()
     assert response.status_code == 302
     assert response["Location"] == url("progress", execution)

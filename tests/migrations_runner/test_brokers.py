@@ -7,7 +7,6 @@ deployment would: ``migrate``, fleet registration, two clusters, ``run_migration
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import uuid
@@ -15,6 +14,7 @@ import uuid
 import pytest
 from psycopg import sql
 
+from tests.conftest import require_tool
 from tests.qcluster import ROOT, Cluster, RedisServer, control_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -88,8 +88,8 @@ def test_two_clusters_share_the_orm_broker_on_a_postgresql_control_database(pg_s
     run_on_two_clusters(control_env(ADMIN_DATABASE_URL=pg_control, Q_BROKER_URL=""), pg_server)
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed on this machine")
 def test_two_clusters_share_a_redis_broker(pg_server, pg_control, sets_dir):
+    require_tool("redis-server")
     redis = RedisServer().start()
     try:
         run_on_two_clusters(control_env(ADMIN_DATABASE_URL=pg_control, Q_BROKER_URL=redis.url), pg_server)

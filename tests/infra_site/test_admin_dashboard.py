@@ -1,0 +1,132 @@
+"""The admin index as the fleet's dashboard: summary, latest executions, unhealthy connections, the no-worker
+banner, each for the roles that may read them, in a fixed number of queries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from connections.models import DatabaseConnection
+from infra_site import roles
+from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from tests.migrations_runner.test_admin_fleet import bulk_fleet, clear_bulk_fleet
+
+pytestmark = pytest.mark.django_db
+
+INDEX = reverse("admin:index")
+FLEET = reverse("admin:migrations_runner_fleet")
+SETS = reverse("admin:migrations_runner_sets")
+RUN = reverse("admin:migrations_runner_migrationexecution_run")
+
+
+@pytest.fixture
+def admin_as(client, make_user):
+    def login(*granted: str):
+        client.force_login(make_user(*granted))
+        return client
+
+    return login
+
+
+def in_progress(*, idle_for: timedelta, running: int = 0) -> MigrationExecution:
+    """An execution of three targets in progress, whose lanes last showed life ``idle_for`` ago."""
+    execution = MigrationExecution.objects.create(
+        scope="admin",
+        executed_by="tester",
+        status=ExecutionStatus.IN_PROGRESS,
+        targets_total=3,
+        started_at=timezone.now() - idle_for,
+        active_at=timezone.now() - idle_for,
+    )
+    connection = DatabaseConnection.objects.first()
+    TargetRun.objects.bulk_create(
+        TargetRun(
+            execution=execution,
+            connection=connection,
+            schema_name=f"s{i}",
+            database_type="admin",
+            status=TargetStatus.RUNNING if i < running else TargetStatus.PENDING,
+        )
+        for i in range(3)
+    )
+    return execution
+
+
+def test_a_reader_sees_the_fleet_summary_latest_executions_and_links_but_no_run_button(admin_as):
+    bulk_fleet(10)
+    response = admin_as(roles.MIGRATIONS_READ).get(INDEX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    summary = html.split('id="fleet-summary"')[1].split("</div>")[0]
+    assert '?state=behind"><strong>3<' in summary
+    assert '?state=up_to_date"><strong>5<' in summary
+    assert '?state=drifted"><strong>2<' in summary
+    assert '?state=failing"><strong>2<' in summary
+    assert '?state=unknown"><strong>2<' in summary
+    execution = MigrationExecution.objects.get()
+    assert reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk]) in html
+    assert 'class="infra-progress"' in html
+    assert "14/14" in html
+    assert f'href="{FLEET}"' in html
+    assert f'href="{SETS}"' in html
+    assert f'href="{RUN}"' not in html
+    assert 'id="unhealthy-connections"' not in html  # needs databases:read
+    assert 'id="no-worker-banner"' not in html
+    assert 'class="app-migrations_runner module"' in html  # the app list is still there, with the fleet in it
+    assert 'class="model-migrations_runner_fleet"' in html
+    assert 'class="model-migrations_runner_sets"' in html
+
+
+def test_an_executor_gets_the_run_button(admin_as):
+    html = admin_as(roles.MIGRATIONS_EXECUTE).get(INDEX).content.decode()
+    assert f'href="{RUN}"' in html
+
+
+def test_a_database_reader_sees_unhealthy_connections_only(admin_as):
+    bulk_fleet(1)
+    html = admin_as(roles.DATABASES_READ).get(INDEX).content.decode()
+    block = html.split('id="unhealthy-connections"')[1]
+    assert "shared-eu" in block
+    assert "shared-us" not in block.split("</table>")[0]
+    assert 'id="fleet-summary"' not in html
+    assert 'id="latest-executions"' not in html
+
+
+def test_a_red_banner_warns_when_in_progress_work_waits_for_a_worker(admin_as, settings):
+    bulk_fleet(1)
+    waiting = in_progress(idle_for=timedelta(seconds=settings.MIGRATION_WORKER_WAIT + 60))
+    html = admin_as(roles.MIGRATIONS_READ).get(INDEX).content.decode()
+    banner = html.split('id="no-worker-banner"')[1].split("</div>")[0]
+    assert "1 execution(s) in progress but no worker" in banner
+    assert reverse("admin:migrations_runner_migrationexecution_progress", args=[waiting.pk]) in banner
+
+
+def test_no_banner_while_a_worker_runs_a_target_or_before_the_wait_is_over(admin_as, settings):
+    bulk_fleet(1)
+    in_progress(idle_for=timedelta(seconds=settings.MIGRATION_WORKER_WAIT + 60), running=1)
+    in_progress(idle_for=timedelta(seconds=1))
+    html = admin_as(roles.MIGRATIONS_READ).get(INDEX).content.decode()
+    assert 'id="no-worker-banner"' not in html
+    assert "0/3 — 1 running" in html
+
+
+def test_the_dashboard_queries_do_not_grow_with_the_fleet(admin_as, django_assert_max_num_queries):
+    client = admin_as(roles.INFRASTRUCTURE_ADMIN)
+    bulk_fleet(10)
+    in_progress(idle_for=timedelta(hours=1))
+    with CaptureQueriesContext(db_connection) as small:
+        assert client.get(INDEX).status_code == 200
+    clear_bulk_fleet()
+    bulk_fleet(1000, history=12)
+    for _ in range(5):
+        in_progress(idle_for=timedelta(hours=1), running=1)
+    with django_assert_max_num_queries(len(small)):
+        assert client.get(INDEX).status_code == 200
+    # Session and roles 3, executions 3 (latest, unfinished, running counts grouped), fleet counts 4, unhealthy
+    # connections 1, the admin's permissions 2 and its recent actions 1.
+    assert len(small) <= 14

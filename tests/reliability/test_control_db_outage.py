@@ -1,0 +1,146 @@
+"""The control database (PostgreSQL) briefly unreachable during a queued execution: the lanes reconnect, the
+execution completes, and no target run is lost or applied twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from infra_site.embedded_postgres import EmbeddedPostgres
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.qcluster import ROOT, Cluster, control_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(300)]
+
+TENANTS = 40
+
+SETUP = textwrap.dedent(
+    """
+    import json, sys
+    import django
+    django.setup()
+    from django.core.management import call_command
+    call_command("migrate", verbosity=0)
+    from connections import services as registry
+    from migrations_runner import services
+    args = json.loads(sys.argv[1])
+    shared = registry.connection_create(
+        actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
+        host=args["host"], port=args["port"], database_name=args["database"], username=args["user"],
+        password=args["password"], ssl_mode="disable", connect_timeout=5,
+    )
+    for index in range(args["tenants"]):
+        registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
+    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=4)
+    print(execution.pk)
+    """
+)
+
+
+def control_query(server: EmbeddedPostgres, query: str, params=()) -> list[tuple]:
+    with psycopg.connect(**server.conninfo("control"), autocommit=True, connect_timeout=3) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+@pytest.mark.parametrize("wait", ["120", "0"], ids=["lanes-wait-for-the-database", "lanes-give-up"])
+def test_a_control_database_outage_mid_run_loses_no_target_and_applies_none_twice(pg_server, sets_dir, tmp_path, wait):
+    """With the default wait the execution completes; a lane that gives up at once releases its lease, so the
+    recovery fails its target as lost and the execution ends (failed) rather than hanging."""
+    slow = sets_dir / "tenant" / "V2__create_projects.sql"
+    slow.write_text("SELECT pg_sleep(0.5);\n" + slow.read_text())
+    control = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="infra-control-pg-"))).start()
+    fleet_db = f"outage_{int(time.time())}"
+    try:
+        with psycopg.connect(**control.conninfo(), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE control")
+        with pg_server.connect() as conn:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(fleet_db), sql.Identifier(REGISTRY_USER))
+            )
+        env = control_env(
+            ADMIN_DATABASE_URL=control.url("control"),
+            MIGRATIONS_DIR=str(sets_dir),
+            MIGRATION_LEASE_SECONDS="15",
+            MIGRATION_HEARTBEAT_SECONDS="1",
+            MIGRATION_MAX_PER_DATABASE="8",
+            MIGRATION_CONTROL_DB_WAIT=wait,
+        )
+        args = {
+            "host": pg_server.host,
+            "port": pg_server.port,
+            "database": fleet_db,
+            "user": REGISTRY_USER,
+            "password": REGISTRY_PASSWORD,
+            "tenants": TENANTS,
+        }
+        setup = subprocess.run(
+            [sys.executable, "-c", SETUP, json.dumps(args)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert setup.returncode == 0, setup.stderr[-3000:]
+        execution_id = setup.stdout.strip().splitlines()[-1]
+        cluster = Cluster(env, workers=2).start()
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                (succeeded,) = control_query(
+                    control,
+                    "SELECT count(*) FROM migrations_runner_targetrun WHERE execution_id = %s AND status = 'succeeded'",
+                    [execution_id],
+                )[0]
+                if succeeded >= 4:
+                    break
+                assert time.monotonic() < deadline, cluster.output()[-3000:]
+                time.sleep(0.1)
+            control.stop()  # every session to the control database ends now
+            time.sleep(4)
+            control.start()
+            deadline = time.monotonic() + 150
+            while True:
+                status = control_query(
+                    control, "SELECT status FROM migrations_runner_migrationexecution WHERE id = %s", [execution_id]
+                )[0][0]
+                if status not in ("pending", "in_progress"):
+                    break
+                assert time.monotonic() < deadline, f"still {status}:\n{cluster.output()[-4000:]}"
+                time.sleep(0.5)
+            runs = control_query(
+                control, "SELECT status, error FROM migrations_runner_targetrun WHERE execution_id = %s", [execution_id]
+            )
+            assert len(runs) == TENANTS
+            if wait == "0":
+                assert status == "failed"
+                lost = [error for state, error in runs if state == "failed"]
+                assert lost
+                assert all(error["kind"] == "worker_lost" for error in lost)
+                return
+            assert status == "completed", (runs, cluster.output()[-4000:])
+            assert {row[0] for row in runs} == {"succeeded"}
+        finally:
+            cluster.stop()
+        with pg_server.connect(fleet_db) as conn:
+            for index in range(TENANTS):
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT version, count(*) FROM {}.infra_schema_history WHERE type = 'SQL' GROUP BY 1"
+                    ).format(sql.Identifier(f"tenant_t{index:03d}"))
+                ).fetchall()
+                assert len(rows) == 9
+                assert all(count == 1 for _, count in rows)
+    finally:
+        control.destroy()
+        with pg_server.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(fleet_db)))

@@ -1,0 +1,129 @@
+"""Reliability under faults: a target database stopped mid-execution, five executions over the same tenants."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.db import connections as django_connections
+from psycopg import sql
+
+from connections import services as registry
+from infra_site.embedded_postgres import EmbeddedPostgres
+from migrations_runner import services
+from migrations_runner.models import ExecutionStatus, TargetStatus
+from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.migrations_runner.conftest import build_fleet, drop_fleet
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
+
+
+def slow_down(sets_dir: Path, seconds: float) -> None:
+    script = sets_dir / "tenant" / "V2__create_projects.sql"
+    script.write_text(f"SELECT pg_sleep({seconds});\n" + script.read_text())
+
+
+@pytest.fixture
+def second_server(tmp_path):
+    """A second PostgreSQL server holding one dedicated tenant database, which a test may stop and start."""
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="infra-second-pg-"))).start()
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(
+                sql.Identifier(REGISTRY_USER), sql.Literal(REGISTRY_PASSWORD)
+            )
+        )
+        conn.execute(sql.SQL("CREATE DATABASE dedicated OWNER {}").format(sql.Identifier(REGISTRY_USER)))
+    yield server
+    server.destroy()
+
+
+def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
+    small_fleet, sets_dir, second_server, settings
+):
+    settings.MIGRATION_RETRY_ATTEMPTS = 2
+    connection = registry.connection_create(
+        actor="test",
+        name="dedicated",
+        database_type="tenant",
+        region="us-east",
+        host=second_server.host,
+        port=second_server.port,
+        database_name="dedicated",
+        username=REGISTRY_USER,
+        password=REGISTRY_PASSWORD,
+        ssl_mode="disable",
+        connect_timeout=2,
+    )
+    registry.tenant_create(slug="dedicated", name="Dedicated", connection=connection, actor="test")
+    slow_down(sets_dir, 0.4)
+    execution = services.execution_start(scope="tenant", executed_by="test", batch_size=2, run=False)
+    result: dict = {}
+    worker = threading.Thread(
+        target=lambda: (result.update(done=services.execution_run(execution=execution)), django_connections.close_all())
+    )
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not execution.targets.filter(connection=connection, status=TargetStatus.RUNNING).exists():
+        assert time.monotonic() < deadline, "the dedicated database's target never started"
+        time.sleep(0.02)
+    second_server.stop()
+    worker.join(timeout=180)
+    done = result["done"]
+    runs = {run.label: run for run in done.targets.select_related("connection")}
+    failed = runs["dedicated/public"]
+    assert failed.status == TargetStatus.FAILED
+    assert failed.error["kind"] == "connection", failed.error
+    assert failed.attempts >= 2
+    others = [run for label, run in runs.items() if label != "dedicated/public"]
+    assert {run.status for run in others} == {TargetStatus.SUCCEEDED}
+    assert "dedicated/public" in done.error
+
+    second_server.start()
+    retry = services.execution_retry(execution=done, executed_by="test", run=True)
+    assert retry.status == ExecutionStatus.COMPLETED
+    assert [run.label for run in retry.targets.select_related("connection")] == ["dedicated/public"]
+    assert retry.targets.get().to_version == "9"
+
+
+def test_five_executions_over_the_same_100_tenants_apply_each_version_once(pg_server, sets_dir, settings):
+    settings.MIGRATION_LOCK_WAIT = 1
+    settings.MIGRATION_RETRY_ATTEMPTS = 60
+    fleet = build_fleet(pg_server, tenants_per_region=50)
+    try:
+        executions = [
+            services.execution_start(scope="tenant", executed_by=f"run-{n}", batch_size=4, run=False) for n in range(5)
+        ]
+        finished: list = []
+
+        def run(execution):
+            try:
+                finished.append(services.execution_run(execution=execution))
+            finally:
+                django_connections.close_all()
+
+        threads = [threading.Thread(target=run, args=(e,)) for e in executions]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=280)
+        assert len(finished) == 5
+        assert {e.status for e in finished} == {ExecutionStatus.COMPLETED}, [e.error for e in finished]
+        applied = sum(len(r.applied_versions) for e in finished for r in e.targets.all())
+        assert applied == 100 * 10  # 9 versions and one repeatable per tenant, each applied by one execution only
+        with fleet.connect("shared-us") as us, fleet.connect("shared-eu") as eu:
+            for tenant in fleet.tenants:
+                conn = us if tenant.connection.name == "shared-us" else eu
+                rows = conn.execute(
+                    sql.SQL(
+                        "SELECT version, count(*) FROM {}.infra_schema_history WHERE type = 'SQL' GROUP BY 1"
+                    ).format(sql.Identifier(tenant.schema_name))
+                ).fetchall()
+                assert len(rows) == 9, tenant.slug
+                assert all(count == 1 for _, count in rows), tenant.slug
+    finally:
+        drop_fleet(fleet)
