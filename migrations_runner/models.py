@@ -68,7 +68,6 @@ class MigrationExecution(models.Model):
     origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.API)
     # The execution this one retries or rolls back.
     parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="spawned")
-    batch_id = models.CharField(max_length=64, blank=True, default="")
     cancel_requested = models.BooleanField(default=False)
     error = models.TextField(blank=True, default="", help_text="Why the execution failed, halted or was cancelled.")
     metadata = models.JSONField(default=dict, blank=True)

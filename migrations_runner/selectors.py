@@ -97,7 +97,6 @@ def _target(connection: DatabaseConnection, set_type: str, schema: str, tenant=N
         database_type=set_type,
         region=connection.region,
         schema=schema,
-        database=f"{connection.host}:{connection.port}/{connection.database_name}",
         tenant_slug=tenant.slug if tenant else "",
         tenant_id=tenant.pk if tenant else None,
         create_schema=schema != "public",

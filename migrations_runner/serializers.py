@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from django.conf import settings
 from rest_framework import serializers
 
 from connections import validators
@@ -41,9 +40,6 @@ class ExecuteSerializer(ScopeSerializer):
     on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
     batch_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
 
-    def validate_batch_size(self, value: int | None) -> int:
-        return value or settings.MIGRATION_BATCH_SIZE
-
 
 class RollbackSerializer(serializers.Serializer):
     execution_id = serializers.UUIDField()
@@ -67,7 +63,6 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "executed_by",
             "origin",
             "parent",
-            "batch_id",
             "cancel_requested",
             "error",
             "error_message",

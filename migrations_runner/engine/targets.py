@@ -24,7 +24,6 @@ class Target:
     database_type: str  # the set applied: admin | shared | analytics | tenant
     region: str
     schema: str
-    database: str  # host:port/dbname, the identity used to share connections
     tenant_slug: str = ""
     tenant_id: int | None = None
     create_schema: bool = False

@@ -106,7 +106,6 @@ def execution_start(
             executed_by=executed_by,
             origin=origin,
             parent=parent,
-            batch_id=uuid.uuid4().hex[:12],
             metadata={
                 "sets": {t: sets[t].snapshot() for t in sorted({t.database_type for t in targets})},
                 "dependencies": settings.MIGRATION_DEPENDENCIES,
@@ -198,7 +197,6 @@ def execution_rollback(
             executed_by=executed_by,
             origin=origin,
             parent=execution,
-            batch_id=uuid.uuid4().hex[:12],
             metadata={
                 "rollback_of": str(execution.pk),
                 "sets": {t: sets[t].snapshot() for t in {r.database_type for r in originals}},
@@ -283,7 +281,6 @@ def target_rollback(
             batch_size=1,
             executed_by=executed_by,
             origin=origin,
-            batch_id=uuid.uuid4().hex[:12],
             metadata={"sets": {target.database_type: mset.snapshot()}, "to_version": to_version},
             started_at=timezone.now(),
         )
@@ -350,7 +347,6 @@ def execution_retry(
             database_type=r.database_type,
             region=r.region,
             schema=r.schema_name,
-            database=f"{r.connection.host}:{r.connection.port}/{r.connection.database_name}",
             tenant_slug=r.tenant.slug if r.tenant_id else "",
             tenant_id=r.tenant_id,
             create_schema=r.schema_name != "public",

@@ -52,7 +52,6 @@ def tenant_provision(
         database_type="tenant",
         region=tenant.connection.region,
         schema=tenant.schema_name,
-        database=tenant.connection.address,
         tenant_slug=tenant.slug,
         tenant_id=tenant.pk,
         create_schema=tenant.schema_name != "public",

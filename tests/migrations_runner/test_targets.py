@@ -14,9 +14,7 @@ TYPES = ("admin", "shared", "analytics", "tenant")
 
 def target(kind, region="", schema="public", name=None):
     name = name or f"{kind}-{region or 'global'}"
-    return Target(
-        connection_id=name, connection_name=name, database_type=kind, region=region, schema=schema, database=name
-    )
+    return Target(connection_id=name, connection_name=name, database_type=kind, region=region, schema=schema)
 
 
 def test_default_dependencies_give_three_phases():
