@@ -74,5 +74,7 @@ clean:
 ## Benchmarks (embedded PostgreSQL; figures printed and written to bench/results/).
 bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/fleet_migrate.py
+	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/api_latency.py
 	$(BIN)/python bench/auth_overhead.py
 	$(BIN)/python bench/admin_render.py

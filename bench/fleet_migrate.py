@@ -1,41 +1,70 @@
-"""Benchmark: migrating N tenant schemas of one database, ours against a single psql session.
+"""Benchmark: migrating N tenant schemas of one database with the lanes, against one psql session and a raw pool.
 
-Run: ``.venv/bin/python bench/fleet_migrate.py`` (or ``make bench``). Starts an embedded
-PostgreSQL 16, and for each N (default 200 and 1000) measures in the same run:
+Run: ``.venv/bin/python bench/fleet_migrate.py`` (or ``make bench``): N=1,000 and N=10,000, 40 to 50 minutes on 2 cores.
+A quick check: ``.venv/bin/python bench/fleet_migrate.py --sizes 200 --queued-sizes 200 --quick``.
 
-- baseline: one ``psql`` session executing the sample tenant set for every schema, each
-  script in its own transaction together with a history insert (what a Flyway loop or a
-  home-made script does at best);
-- ours, in-process and sequential (``batch_size=1``), and in-process with 4 threads;
-- a no-op run over the N up-to-date tenants (nothing pending), through the service and
-  through the ``run_migrations`` command in a fresh process;
-- the queued path (``--queued-sizes``, default 1000): real ``qcluster`` processes with 2 and
-  4 workers, on the ORM broker over the SQLite and over a PostgreSQL control database, and
-  on Redis when ``redis-server`` is installed, against a raw parallel baseline (a thread
-  pool of 4 psycopg connections applying the same scripts, no bookkeeping).
+Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
 
+- psql: one ``psql`` session running a file that applies the tenant set to every schema, each script in its own
+  transaction with its history row (what a Flyway loop or a home-made script does at best);
+- raw pool: 4 threads of this process, each with one psycopg connection, sending the same statements (no
+  bookkeeping at all);
+- in-process (``--sizes``): ``services.execution_start`` with its lanes as threads of this process
+  (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in alternating rounds with psql (the best of each
+  counts); the 1-lane run is broken down from its own records (before the execution row, until the first claim,
+  the targets' claim-to-outcome time, the lane's time between targets). Then a no-op run over the N up-to-date
+  tenants, through the service and through ``run_migrations --sync`` in a fresh process;
+- queued (``--queued-sizes``): lanes as django-q2 tasks of a real ``qcluster`` with 2 and 4 workers, on the ORM
+  broker over a SQLite and over a PostgreSQL control database, and on Redis (Debian's ``redis-server``), with
+  ``batch_size`` and ``MIGRATION_MAX_PER_DATABASE`` twice the workers. A child process submits the execution
+  through ``services.execution_submit`` (what ``run_migrations`` calls) and polls the execution's row every
+  0.25 s (``run_migrations --wait`` would add its own per-poll target query to the machine's load). The time is
+  the execution's ``started_at`` to ``completed_at``. Also the CPU time of the cluster's processes per target,
+  and the raw pool's client CPU per target. The raw pool runs before and after the variants (the best counts);
+  psql is the best of the in-process rounds of that N (run once here when there were none).
+
+The machine's 1-minute load average is recorded with each figure: the benchmark shares the machine.
+
+Every side applies the same work: the tenant set's versions and repeatable scripts, with the same history rows.
+From ``--small-set-from`` tenants on (default 5,000), every side applies only the tenant set's first
+``--small-set-versions`` versions (default 3) and no repeatable, so N=10,000 takes minutes, not hours.
+
+Overhead per target (queued), as in the earlier figures: ``(queued_s - raw_pool4_s) * min(workers, 4) / N`` in
+milliseconds, what each of the parallel lanes spends per target beyond the raw pool's work.
+
+``--quick``: one round, and only the 4-worker queued variants. Databases are dropped after each measurement; the
+embedded server, clusters, Redis and the work directory (control databases, scripts, logs) go at the end.
 Prints the figures and writes them to ``bench/results/fleet_migrate.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CONTROL_DB = Path(tempfile.mkdtemp(prefix="bench-control-")) / "control.sqlite3"
-# The bench's own control database; a ``register`` child gets its control database from its caller.
+CHILD_COMMANDS = ("register", "submit")
+IS_CHILD = len(sys.argv) > 1 and sys.argv[1] in CHILD_COMMANDS
+if not IS_CHILD:
+    # The bench's own control database, never one from the caller's environment; children get theirs from it.
+    WORKDIR = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    atexit.register(shutil.rmtree, WORKDIR, True)
+    os.environ["ADMIN_DATABASE_URL"] = f"sqlite:///{WORKDIR / 'control.sqlite3'}"
+    os.environ["LOG_LEVEL"] = "WARNING"
 for _name, _value in {
     "DJANGO_SETTINGS_MODULE": "infra_site.settings",
     "ENVIRONMENT": "testing",
-    "ADMIN_DATABASE_URL": f"sqlite:///{CONTROL_DB}",
     "LOG_LEVEL": "WARNING",
     "ENV_FILE": os.devnull,
 }.items():
@@ -46,27 +75,61 @@ import django  # noqa: E402
 django.setup()
 
 from django.core.management import call_command  # noqa: E402
+from django.test.utils import override_settings  # noqa: E402
+from django.utils import timezone  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from connections import services as registry  # noqa: E402
-from connections.models import DatabaseConnection, Tenant  # noqa: E402
+from bench.support import (  # noqa: E402
+    RESULTS_DIR,
+    create_database,
+    drop_database,
+    register_fleet,
+    sets_dir,
+    write_results,
+)
+from connections.models import DatabaseConnection  # noqa: E402
 from infra_site.embedded_postgres import _bin_dir, temporary_server  # noqa: E402
 from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import history  # noqa: E402
-from migrations_runner.engine.sets import load_set  # noqa: E402
+from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
 from migrations_runner.engine.sqltext import split_statements  # noqa: E402
+from migrations_runner.models import MigrationExecution  # noqa: E402
 
-TENANT_SET = load_set(ROOT / "migration_sets" / "tenant", "tenant")
-
-
-def psql_script(schemas: list[str]) -> str:
-    """The baseline as one psql file: every version for every schema, one transaction per script with its row."""
-    statements = (operation.rstrip().rstrip(";") + ";" for schema in schemas for operation in raw_operations(schema))
-    return "\n".join(["\\set ON_ERROR_STOP on", *statements]) + "\n"
+OVERHEAD_DEFINITION = "(queued_s - raw_pool4_s) * min(workers, 4) / N, in ms"
 
 
-def raw_operations(schema: str) -> list[str]:
-    """The baseline's work for one schema as client calls: one per transaction, one per non-transactional statement."""
+@dataclass(frozen=True)
+class Work:
+    """The tenant set every side applies at one size: ``migrations_dir`` for ours, ``tenant_set`` for the baselines."""
+
+    migrations_dir: Path
+    tenant_set: MigrationSet
+
+    @property
+    def label(self) -> str:
+        s = self.tenant_set
+        return f"{len(s.versions)} versions + {len(s.repeatables)} repeatable"
+
+
+def work_for(n: int, args: argparse.Namespace) -> Work:
+    if n < args.small_set_from:
+        directory = sets_dir(WORKDIR, tenant_versions=None)
+    else:
+        directory = WORKDIR / f"sets-first-{args.small_set_versions}"
+        if not directory.exists():
+            sets_dir(directory, tenant_versions=args.small_set_versions)
+    return Work(directory, load_set(directory / "tenant", "tenant"))
+
+
+# --- the baselines ------------------------------------------------------------------------------------------------
+
+
+def raw_operations(schema: str, mset: MigrationSet) -> list[str]:
+    """The baseline's work for one schema as client calls: one per transaction, one per non-transactional statement.
+
+    The same as the engine's: schema and history table, then every version and every repeatable script, each
+    with its history row.
+    """
     context = {
         "schema": schema,
         "tenant_slug": schema.removeprefix("tenant_"),
@@ -77,12 +140,12 @@ def raw_operations(schema: str) -> list[str]:
         f"CREATE SCHEMA IF NOT EXISTS {schema}",
         sql.SQL(history.CREATE_TABLE).format(table=history.table(schema)).as_string(None),
     ]
-    for script in TENANT_SET.versions:
+    for script in [*mset.versions, *mset.repeatables]:
         row = history.insert_row(
             schema=schema,
-            version=str(script.version),
+            version=str(script.version) if script.version else None,
             description=script.description,
-            kind="SQL",
+            kind="SQL" if script.version else "REPEATABLE",
             script=script.filename,
             checksum=script.checksum,
             installed_by="baseline",
@@ -99,340 +162,456 @@ def raw_operations(schema: str) -> list[str]:
     return operations
 
 
-def create_database(server, name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+def psql_script(schemas: list[str], mset: MigrationSet) -> str:
+    """The baseline as one psql file: every version for every schema, one transaction per script with its row."""
+    statements = (op.rstrip().rstrip(";") + ";" for schema in schemas for op in raw_operations(schema, mset))
+    return "\n".join(["\\set ON_ERROR_STOP on", *statements]) + "\n"
 
 
-def run_baseline(server, n: int) -> float:
+def run_psql(server, n: int, work: Work) -> float:
+    """Seconds one psql session takes to apply the work to N new schemas."""
     database = f"baseline_{n}"
     create_database(server, database)
-    script = Path(tempfile.mkdtemp()) / "baseline.sql"
-    script.write_text(psql_script([f"tenant_b{i:05d}" for i in range(n)]))
-    env = {**os.environ, "PGPASSWORD": server.password}
-    command = [
-        str(_bin_dir() / "psql"),
-        "-X",
-        "-q",
-        "-h",
-        server.host,
-        "-p",
-        str(server.port),
-        "-U",
-        "postgres",
-        "-d",
-        database,
-        "-f",
-        str(script),
-    ]
+    script = WORKDIR / f"baseline_{n}.sql"
+    script.write_text(psql_script([f"tenant_b{i:05d}" for i in range(n)], work.tenant_set))
+    command = [str(_bin_dir() / "psql"), "-X", "-q", "-h", server.host, "-p", str(server.port), "-U", "postgres"]
+    command += ["-d", database, "-f", str(script)]
     started = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env={**os.environ, "PGPASSWORD": server.password}, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
+    script.unlink()
+    drop_database(server, database)
     if result.returncode != 0:
         raise SystemExit(f"baseline psql failed: {result.stderr[-2000:]}")
     return elapsed
 
 
-def register(server, n: int, label: str) -> DatabaseConnection:
-    database = f"ours_{label}_{n}"
-    create_database(server, database)
-    connection = registry.connection_create(
-        actor="bench",
-        verify=False,
-        name=f"shared-{label}-{n}",
-        database_type="shared",
-        region=f"r{label}-{n}",
-        host=server.host,
-        port=server.port,
-        database_name=database,
-        username="postgres",
-        password=server.password,
-        ssl_mode="disable",
-    )
-    Tenant.objects.bulk_create(
-        Tenant(
-            slug=f"t{label}{n}x{i:05d}",
-            name=f"Tenant {i}",
-            connection=connection,
-            schema_name=f"tenant_t{label}{n}x{i:05d}",
-        )
-        for i in range(n)
-    )
-    return connection
+def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> tuple[float, float]:
+    """Seconds ``threads`` psycopg connections take to apply the work to N new schemas, and this process's CPU s."""
+    from concurrent.futures import ThreadPoolExecutor
 
-
-def timed_execution(connection: DatabaseConnection, batch_size: int) -> tuple[float, str]:
-    started = time.perf_counter()
-    execution = services.execution_start(
-        scope="tenant", connections=[connection.name], executed_by="bench", batch_size=batch_size
-    )
-    elapsed = time.perf_counter() - started
-    return elapsed, execution.status
-
-
-def noop_command(connection: DatabaseConnection) -> float:
-    env = {**os.environ}
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "manage.py"),
-            "run_migrations",
-            "--scope",
-            "tenant",
-            "--connection",
-            connection.name,
-            "--sync",
-            "--json",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"no-op command failed: {result.stderr[-2000:]}")
-    return elapsed
-
-
-def raw_parallel(server, n: int, threads: int = 4) -> float:
-    """The raw parallel baseline: ``threads`` psycopg connections applying the scripts, no bookkeeping."""
     import psycopg
 
     database = f"rawpool_{n}"
     create_database(server, database)
     schemas = [f"tenant_r{i:05d}" for i in range(n)]
 
-    def work(chunk: list[str]) -> None:
+    def apply(chunk: list[str]) -> None:
         with psycopg.connect(**server.conninfo(database), autocommit=True) as conn:
             for schema in chunk:
-                for operation in raw_operations(schema):
+                for operation in raw_operations(schema, work.tenant_set):
                     conn.execute(operation)
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    started = time.perf_counter()
+    cpu, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(work, [schemas[i::threads] for i in range(threads)]))
-    return time.perf_counter() - started
+        list(pool.map(apply, [schemas[i::threads] for i in range(threads)]))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    drop_database(server, database)
+    return elapsed, cpu
 
 
-def queued_run(server, n: int, workers: int, control: str, broker: str) -> dict:
-    """Register N tenants in a control database, start a qcluster, run ``run_migrations --wait``; time it."""
+# --- in-process lanes ---------------------------------------------------------------------------------------------
+
+
+def register(server, n: int, label: str) -> tuple[DatabaseConnection, str]:
+    database = f"ours_{label}_{n}"
+    create_database(server, database)
+    connection = register_fleet(
+        server=server,
+        database=database,
+        name=f"shared-{label}-{n}",
+        region=f"r{label}-{n}",
+        slugs=[f"t{label}{n}x{i:05d}" for i in range(n)],
+    )
+    return connection, database
+
+
+def lane_breakdown(execution: MigrationExecution, called_at: datetime, elapsed: float) -> dict:
+    """Where the time of a 1-lane execution went, per target in ms, from the timestamps of its own rows."""
+    rows = list(execution.targets.values_list("started_at", "completed_at", "applied_versions"))
+    n = len(rows)
+    first_claim = min(started for started, _, _ in rows)
+    last_outcome = max(completed for _, completed, _ in rows)
+    targets = sum((completed - started).total_seconds() for started, completed, _ in rows)
+    scripts_ms = sum(a["duration_ms"] for _, _, applied in rows for a in applied)
+    scripts = sum(len(applied) for _, _, applied in rows)
+    parts = {
+        "before_execution_row": (execution.created_at - called_at).total_seconds(),
+        "until_first_claim": (first_claim - execution.created_at).total_seconds(),
+        "targets_claim_to_outcome": targets,
+        "between_targets": (last_outcome - first_claim).total_seconds() - targets,
+        "after_last_outcome": elapsed
+        - (execution.created_at - called_at).total_seconds()
+        - (last_outcome - execution.created_at).total_seconds(),
+    }
+    return {
+        "ms_per_target": {name: round(seconds * 1000 / n, 3) for name, seconds in parts.items()},
+        # The engine records whole milliseconds per script (truncated), hence a range.
+        "scripts_ms_per_target_range": [round(scripts_ms / n, 3), round((scripts_ms + scripts) / n, 3)],
+        "explained": {
+            "before_execution_row": "resolve the targets, load the sets, read N histories",
+            "until_first_claim": "insert the N target runs, open the execution, start the lane",
+            "targets_claim_to_outcome": "per target from its claim to its outcome: load the run, the engine "
+            "(lock, history read, schema and history table, scripts, unlock)",
+            "between_targets": "record an outcome and claim the next (one transaction each)",
+            "after_last_outcome": "the last record, finishing the execution, the thread host's exit",
+        },
+    }
+
+
+def inprocess_run(server, n: int, work: Work, *, batch_size: int, label: str) -> tuple[dict, DatabaseConnection, str]:
+    connection, database = register(server, n, label)
+    with override_settings(MIGRATIONS_DIR=work.migrations_dir):
+        called_at, started = timezone.now(), time.perf_counter()
+        execution = services.execution_start(
+            scope="tenant", connections=[connection.name], executed_by="bench", batch_size=batch_size
+        )
+        elapsed = time.perf_counter() - started
+    if execution.status != "completed" or execution.targets_succeeded != n:
+        raise SystemExit(f"in-process run {label} ended {execution.status}: {execution.error}")
+    result = {"seconds": elapsed}
+    if batch_size == 1:
+        result["breakdown"] = lane_breakdown(execution, called_at, elapsed)
+    # Its tenants are no longer targets: later runs resolve only their own (targets_resolve reads all).
+    DatabaseConnection.objects.filter(pk=connection.pk).update(is_active=False)
+    return result, connection, database
+
+
+def noop_runs(server, connection: DatabaseConnection, database: str, work: Work) -> tuple[float, float]:
+    """Seconds of a run over N up-to-date tenants: the service, and ``run_migrations --sync`` in a fresh process."""
+    DatabaseConnection.objects.filter(pk=connection.pk).update(is_active=True)
+    with override_settings(MIGRATIONS_DIR=work.migrations_dir):
+        started = time.perf_counter()
+        execution = services.execution_start(
+            scope="tenant", connections=[connection.name], executed_by="bench", batch_size=1
+        )
+        service = time.perf_counter() - started
+    assert execution.status == "completed", execution.status
+    command = [sys.executable, str(ROOT / "manage.py"), "run_migrations", "--scope", "tenant"]
+    command += ["--connection", connection.name, "--sync", "--json"]
+    env = {**os.environ, "MIGRATIONS_DIR": str(work.migrations_dir)}
+    started = time.perf_counter()
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    cli = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"no-op command failed: {result.stderr[-2000:]}")
+    DatabaseConnection.objects.filter(pk=connection.pk).update(is_active=False)
+    drop_database(server, database)
+    return service, cli
+
+
+def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[float]) -> dict:
+    times: dict[str, list[float]] = {"psql": [], "lanes1": [], "lanes4": []}
+    loads: dict[str, list[float]] = {"psql": [], "lanes1": [], "lanes4": []}
+    breakdowns: list[dict] = []
+    keep = None  # the last 1-lane fleet, up to date: the no-op runs use it
+    for round_no in range(rounds):
+        # Alternate the order so checkpoints and cache state do not favour one side.
+        order = ["psql", "lanes1", "lanes4"] if round_no % 2 == 0 else ["lanes1", "lanes4", "psql"]
+        for kind in order:
+            if kind == "psql":
+                times["psql"].append(run_psql(server, n, work))
+                loads["psql"].append(round(os.getloadavg()[0], 2))
+                continue
+            result, connection, database = inprocess_run(
+                server, n, work, batch_size=1 if kind == "lanes1" else 4, label=f"{kind[-1]}r{round_no}"
+            )
+            times[kind].append(result["seconds"])
+            loads[kind].append(round(os.getloadavg()[0], 2))
+            if kind == "lanes1":
+                breakdowns.append({"seconds": result["seconds"], **result["breakdown"]})
+                if keep:
+                    drop_database(server, keep[1])
+                keep = (connection, database)
+            else:
+                drop_database(server, database)
+    noop, noop_cli = noop_runs(server, *keep, work)
+    psql_times.extend(times["psql"])
+    psql, lanes1, lanes4 = (min(times[k]) for k in ("psql", "lanes1", "lanes4"))
+    row = {
+        "tenants": n,
+        "work": work.label,
+        "psql_s": round(psql, 3),
+        "lanes1_s": round(lanes1, 3),
+        "lanes4_s": round(lanes4, 3),
+        "ratio_lanes1_vs_psql": round(lanes1 / psql, 3),
+        "goal_lanes1_vs_psql": 1.15,
+        "ratio_lanes4_vs_psql": round(lanes4 / psql, 3),
+        "psql_ms_per_target": round(psql * 1000 / n, 3),
+        "lanes1_ms_per_target": round(lanes1 * 1000 / n, 3),
+        "lanes4_ms_per_target": round(lanes4 * 1000 / n, 3),
+        "all_rounds_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
+        "load_average_1min_after_each_round": loads,
+        "lanes1_breakdown_of_best_round": min(breakdowns, key=lambda b: b["seconds"]),
+        "noop_service_s": round(noop, 3),
+        "noop_command_s": round(noop_cli, 3),
+    }
+    print(
+        f"in-process N={n:<6} ({work.label})  psql {psql:8.2f}s  1 lane {lanes1:8.2f}s "
+        f"(x{row['ratio_lanes1_vs_psql']}, goal <= 1.15)  4 lanes {lanes4:8.2f}s (x{row['ratio_lanes4_vs_psql']})  "
+        f"no-op {noop:.2f}s service / {noop_cli:.2f}s command",
+        flush=True,
+    )
+    parts = row["lanes1_breakdown_of_best_round"]
+    detail = "  ".join(f"{name} {ms:.3f}" for name, ms in parts["ms_per_target"].items())
+    low, high = parts["scripts_ms_per_target_range"]
+    print(
+        f"    1 lane, ms per target: {detail}  (scripts {low:.2f}..{high:.2f} of the claim-to-outcome time; "
+        f"psql {row['psql_ms_per_target']:.3f} per target in all)",
+        flush=True,
+    )
+    return row
+
+
+# --- queued lanes -------------------------------------------------------------------------------------------------
+
+
+def cluster_cpu_s(cluster) -> float:
+    """CPU seconds (user + system) used so far by the cluster's processes."""
+    import psutil
+
+    total = 0.0
+    for pid in cluster.pids():
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def queued_run(server, n: int, work: Work, *, workers: int, broker: str) -> dict:
+    """Register N tenants in a fresh control database, start a qcluster, submit the execution and time it."""
     from tests.qcluster import Cluster, RedisServer
 
+    label = f"q{workers}{broker.replace('orm-', '')[:2]}"
+    scratch = WORKDIR / f"queued-{label}-{n}"
+    scratch.mkdir()
+    pg_control = f"control_{label}_{n}"
+    if broker == "orm-postgresql":
+        create_database(server, pg_control)
+        control = server.url(pg_control)
+    else:
+        control = f"sqlite:///{scratch / 'control.sqlite3'}"
     env = {
         **os.environ,
         "ADMIN_DATABASE_URL": control,
+        "MIGRATIONS_DIR": str(work.migrations_dir),
         "MIGRATION_EXECUTOR": "queue",
         "MIGRATION_MAX_PER_DATABASE": str(workers * 2),
-        "Q_BROKER_URL": broker,
+        "Q_BROKER_URL": "",
         "LOG_LEVEL": "INFO",  # the cluster's "running." line tells it is up
         "PYTHONPATH": str(ROOT),
+        "BENCH_PG_PORT": str(server.port),
+        "BENCH_PG_PASSWORD": server.password,
     }
-    redis = None
-    if broker == "redis":
-        redis = RedisServer().start()
+    redis = RedisServer().start() if broker == "redis" else None
+    if redis:
         env["Q_BROKER_URL"] = redis.url
-    manage = [sys.executable, str(ROOT / "manage.py")]
-    subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True, cwd=ROOT)
-    label = f"q{workers}{broker[:1] or 'o'}{control[:2]}"
-    registered = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "register",
-            "--tenants",
-            str(n),
-            "--label",
-            label,
-            "--port",
-            str(server.port),
-            "--password",
-            server.password,
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    name = registered.stdout.strip().splitlines()[-1]
-    cluster = Cluster(env, workers=workers).start()
+    database = f"ours_{label}_{n}"
+    cluster = None
     try:
-        result = subprocess.run(
-            [
-                *manage,
-                "run_migrations",
-                "--scope",
-                "tenant",
-                "--connection",
-                name,
-                "--batch-size",
-                str(workers * 2),
-                "--wait",
-                "--poll",
-                "0.2",
-                "--json",
-            ],
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        subprocess.run([*manage, "migrate", "--noinput"], env=env, check=True, capture_output=True, cwd=ROOT)
+        create_database(server, database)
+        registered = subprocess.run(
+            [sys.executable, __file__, "register", "--tenants", str(n), "--label", label, "--database", database],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        name = registered.stdout.strip().splitlines()[-1]
+        cluster = Cluster(env, workers=workers).start()
+        cpu = cluster_cpu_s(cluster)
+        submitted = subprocess.run(
+            [sys.executable, __file__, "submit", "--connection", name, "--batch-size", str(workers * 2)],
             env=env,
             capture_output=True,
             text=True,
             cwd=ROOT,
-            timeout=1800,
+            timeout=3600,
         )
+        cpu = cluster_cpu_s(cluster) - cpu
+        load = os.getloadavg()[0]
     finally:
-        cluster.stop()
+        if cluster:
+            cluster.stop()
+            cluster.log.unlink(missing_ok=True)
         if redis:
             redis.stop()
-    if result.returncode != 0:
-        raise SystemExit(f"queued run failed: {result.stdout[-2000:]} {result.stderr[-2000:]}")
-    data = json.loads(result.stdout)
-    from datetime import datetime
-
-    elapsed = (
+        drop_database(server, database)
+        if broker == "orm-postgresql":
+            drop_database(server, pg_control)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if submitted.returncode != 0:
+        raise SystemExit(f"queued run failed: {submitted.stdout[-2000:]} {submitted.stderr[-2000:]}")
+    data = json.loads(submitted.stdout.strip().splitlines()[-1])
+    if data["status"] != "completed" or data["targets_succeeded"] != n:
+        raise SystemExit(f"queued run ended {data['status']}: {data}")
+    seconds = (
         datetime.fromisoformat(data["completed_at"]) - datetime.fromisoformat(data["started_at"])
     ).total_seconds()
-    return {"seconds": elapsed, "succeeded": data["progress"]["completed"]}
+    return {"seconds": seconds, "succeeded": data["targets_succeeded"], "cluster_cpu_s": cpu, "load": load}
+
+
+def queued_section(server, n: int, work: Work, *, quick: bool, psql_times: list[float]) -> list[dict]:
+    raw_first, raw_cpu = run_raw_pool(server, n, work)
+    if not psql_times:  # the in-process rounds of this N measured it already
+        psql_times.append(run_psql(server, n, work))
+    variants = [(broker, workers) for broker in ("orm-sqlite", "orm-postgresql", "redis") for workers in (2, 4)]
+    if quick:
+        variants = [(broker, workers) for broker, workers in variants if workers == 4]
+    if not shutil.which("redis-server"):
+        print("redis-server is not installed: no Redis figures", flush=True)
+        variants = [(broker, workers) for broker, workers in variants if broker != "redis"]
+    outcomes = [
+        (broker, workers, queued_run(server, n, work, workers=workers, broker=broker)) for broker, workers in variants
+    ]
+    raw_last, raw_cpu_last = run_raw_pool(server, n, work)  # the raw pool again after, the best of both counts
+    raw = min(raw_first, raw_last)
+    raw_cpu = min(raw_cpu, raw_cpu_last)
+    psql = min(psql_times)
+    rows = []
+    for broker, workers, outcome in outcomes:
+        seconds = outcome["seconds"]
+        row = {
+            "tenants": n,
+            "work": work.label,
+            "broker": broker,
+            "workers": workers,
+            "lanes": workers * 2,
+            "queued_s": round(seconds, 3),
+            "targets_per_s": round(n / seconds, 1),
+            "succeeded": outcome["succeeded"],
+            "psql_s": round(psql, 3),
+            "raw_pool4_s": round(raw, 3),
+            "raw_pool4_rounds_s": [round(raw_first, 3), round(raw_last, 3)],
+            "ratio_vs_psql": round(seconds / psql, 3),
+            "ratio_vs_raw_pool4": round(seconds / raw, 3),
+            "overhead_ms_per_target": round((seconds - raw) * min(workers, 4) / n * 1000, 2),
+            "cluster_cpu_ms_per_target": round(outcome["cluster_cpu_s"] * 1000 / n, 2),
+            "raw_pool4_client_cpu_ms_per_target": round(raw_cpu * 1000 / n, 2),
+            "load_average_1min_at_end": round(outcome["load"], 2),
+        }
+        rows.append(row)
+        print(
+            f"queued N={n:<6} {broker:<15} {workers} workers {seconds:8.2f}s ({row['targets_per_s']:7.1f}/s)  "
+            f"psql {psql:7.2f}s (x{row['ratio_vs_psql']})  raw pool4 {raw:7.2f}s (x{row['ratio_vs_raw_pool4']})  "
+            f"overhead {row['overhead_ms_per_target']:6.2f} ms/target  cluster CPU "
+            f"{row['cluster_cpu_ms_per_target']:.2f} ms/target "
+            f"(raw pool client {row['raw_pool4_client_cpu_ms_per_target']:.2f})",
+            flush=True,
+        )
+    return rows
+
+
+def overhead_growth(rows: list[dict]) -> list[dict]:
+    """Overhead per target of each queued variant at each N, side by side."""
+    table: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        entry = table.setdefault((row["broker"], row["workers"]), {"broker": row["broker"], "workers": row["workers"]})
+        entry[f"N={row['tenants']}"] = {"overhead_ms_per_target": row["overhead_ms_per_target"], "work": row["work"]}
+    return list(table.values())
+
+
+# --- children -----------------------------------------------------------------------------------------------------
 
 
 def register_main(argv: list[str]) -> None:
-    """``fleet_migrate.py register``: register a database of N tenants in the configured control database."""
+    """``fleet_migrate.py register``: register a database of N tenants in the control database of the environment."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--tenants", type=int, required=True)
     parser.add_argument("--label", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--password", required=True)
+    parser.add_argument("--database", required=True)
     args = parser.parse_args(argv)
     from types import SimpleNamespace
 
-    call_command("migrate", verbosity=0)
     server = SimpleNamespace(
-        host="127.0.0.1",
-        port=args.port,
-        password=args.password,
-        conninfo=lambda db="postgres": {
-            "host": "127.0.0.1",
-            "port": args.port,
-            "user": "postgres",
-            "password": args.password,
-            "dbname": db,
-        },
+        host="127.0.0.1", port=int(os.environ["BENCH_PG_PORT"]), password=os.environ["BENCH_PG_PASSWORD"]
     )
-    print(register(server, args.tenants, args.label).name)
+    connection = register_fleet(
+        server=server,
+        database=args.database,
+        name=f"shared-{args.label}-{args.tenants}",
+        region=f"r{args.label}-{args.tenants}",
+        slugs=[f"t{args.label}{args.tenants}x{i:05d}" for i in range(args.tenants)],
+    )
+    print(connection.name)
 
 
-def queued_section(server, sizes: list[int]) -> list[dict]:
-    import shutil
+def submit_main(argv: list[str]) -> None:
+    """``fleet_migrate.py submit``: queue an execution over a connection's tenants, wait for it, print its row."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--connection", required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--timeout", type=float, default=3600)
+    args = parser.parse_args(argv)
+    execution = services.execution_submit(
+        scope="tenant", connections=[args.connection], executed_by="bench", batch_size=args.batch_size
+    )
+    fields = ["status", "started_at", "completed_at", "targets_total", "targets_succeeded", "targets_failed", "error"]
+    deadline = time.monotonic() + args.timeout
+    while True:
+        row = MigrationExecution.objects.filter(pk=execution.pk).values(*fields).get()
+        if row["status"] not in ("pending", "in_progress") or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    print(json.dumps(row, default=str))
 
-    rows = []
-    for n in sizes:
-        raw = raw_parallel(server, n)
-        baseline = run_baseline(server, n)
-        variants = []
-        for workers in (2, 4):
-            variants.append(("orm-sqlite", workers, f"sqlite:///{Path(tempfile.mkdtemp()) / 'q.sqlite3'}", ""))
-        pg_control = f"control_q_{n}"
-        create_database(server, pg_control)
-        pg_url = f"postgresql://postgres:{server.password}@127.0.0.1:{server.port}/{pg_control}"
-        variants.append(("orm-postgresql", 4, pg_url, ""))
-        if shutil.which("redis-server"):
-            variants.append(("redis", 4, f"sqlite:///{Path(tempfile.mkdtemp()) / 'r.sqlite3'}", "redis"))
-        for broker, workers, control, broker_url in variants:
-            outcome = queued_run(server, n, workers, control, broker_url)
-            seconds = outcome["seconds"]
-            row = {
-                "tenants": n,
-                "broker": broker,
-                "workers": workers,
-                "queued_s": round(seconds, 3),
-                "targets_per_s": round(n / seconds, 1),
-                "succeeded": outcome["succeeded"],
-                "baseline_psql_s": round(baseline, 3),
-                "raw_pool4_s": round(raw, 3),
-                "ratio_vs_psql": round(seconds / baseline, 3),
-                "ratio_vs_raw_pool4": round(seconds / raw, 3),
-                # What each of the parallel lanes spends per target beyond the raw pool's work.
-                "overhead_ms_per_target": round((seconds - raw) * min(workers, 4) / n * 1000, 2),
-            }
-            rows.append(row)
-            print(
-                f"queued N={n} {broker:<15} {workers} workers {seconds:7.2f}s ({row['targets_per_s']}/s)  "
-                f"psql {baseline:.2f}s (ratio {row['ratio_vs_psql']})  raw pool4 {raw:.2f}s "
-                f"(ratio {row['ratio_vs_raw_pool4']})  overhead {row['overhead_ms_per_target']} ms/target",
-                flush=True,
-            )
-    return rows
+
+# --- main ---------------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
-    parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds per size; the best of each counts.")
-    parser.add_argument("--queued-sizes", type=int, nargs="*", default=[1000])
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "fleet_migrate.json")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000], help="N of the in-process runs.")
+    parser.add_argument("--queued-sizes", type=int, nargs="*", default=[1000, 10000], help="N of the queued runs.")
+    parser.add_argument("--rounds", type=int, default=2, help="Alternating in-process rounds; the best counts.")
+    parser.add_argument("--quick", action="store_true", help="One round, and only the 4-worker queued variants.")
+    parser.add_argument("--small-set-from", type=int, default=5000, help="From this N on, the small tenant set.")
+    parser.add_argument("--small-set-versions", type=int, default=3, help="Versions of the small tenant set.")
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "fleet_migrate.json")
     args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
     call_command("migrate", verbosity=0)
-    results = {"tenant_set_versions": len(TENANT_SET.versions), "rounds": args.rounds, "runs": [], "queued": []}
+    results = {
+        "machine": {"cpus": os.cpu_count()},
+        "rounds": rounds,
+        "quick": args.quick,
+        "work_by_size": {},
+        "overhead_definition": OVERHEAD_DEFINITION,
+        "in_process": [],
+        "queued": [],
+    }
+    started = time.perf_counter()
     with temporary_server() as server:
-        for n in args.sizes:
-            times: dict[str, list[float]] = {"baseline": [], "sequential": [], "parallel4": []}
-            for round_no in range(args.rounds):
-                # Alternate the order so checkpoints and cache state do not favour one side.
-                order = (
-                    ["baseline", "sequential", "parallel4"]
-                    if round_no % 2 == 0
-                    else ["sequential", "parallel4", "baseline"]
-                )
-                for kind in order:
-                    if kind == "baseline":
-                        times[kind].append(run_baseline(server, n))
-                        continue
-                    connection = register(server, n, f"{kind[:3]}{round_no}")
-                    elapsed, status = timed_execution(connection, batch_size=1 if kind == "sequential" else 4)
-                    assert status == "completed", status
-                    times[kind].append(elapsed)
-                    if kind == "sequential":
-                        up_to_date = connection
-            noop, status = timed_execution(up_to_date, batch_size=1)
-            assert status == "completed", status
-            noop_cli = noop_command(up_to_date)
-            baseline, sequential, parallel = (min(times[k]) for k in ("baseline", "sequential", "parallel4"))
-            row = {
-                "tenants": n,
-                "baseline_psql_s": round(baseline, 3),
-                "ours_sequential_s": round(sequential, 3),
-                "ours_parallel4_s": round(parallel, 3),
-                "all_rounds_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
-                "ratio_sequential": round(sequential / baseline, 3),
-                "ratio_parallel4": round(parallel / baseline, 3),
-                "baseline_targets_per_s": round(n / baseline, 1),
-                "ours_sequential_targets_per_s": round(n / sequential, 1),
-                "ours_parallel4_targets_per_s": round(n / parallel, 1),
-                "noop_service_s": round(noop, 3),
-                "noop_command_s": round(noop_cli, 3),
-            }
-            results["runs"].append(row)
-            print(
-                f"N={n:5d}  psql {baseline:7.2f}s ({row['baseline_targets_per_s']}/s)  "
-                f"ours seq {sequential:7.2f}s ({row['ours_sequential_targets_per_s']}/s, "
-                f"ratio {row['ratio_sequential']})"
-                f"  ours x4 {parallel:7.2f}s (ratio {row['ratio_parallel4']})  "
-                f"no-op {noop:5.2f}s service / {noop_cli:5.2f}s command",
-                flush=True,
-            )
-        results["queued"] = queued_section(server, args.queued_sizes)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.output}")
+        for n in sorted(set(args.sizes) | set(args.queued_sizes)):
+            work = work_for(n, args)
+            results["work_by_size"][str(n)] = work.label
+            psql_times: list[float] = []
+            if n in args.sizes:
+                results["in_process"].append(inprocess_section(server, n, work, rounds, psql_times))
+            if n in args.queued_sizes:
+                results["queued"] += queued_section(server, n, work, quick=args.quick, psql_times=psql_times)
+    results["overhead_growth"] = overhead_growth(results["queued"])
+    results["bench_seconds"] = round(time.perf_counter() - started, 1)
+    print(f"queued overhead per target, {OVERHEAD_DEFINITION}:")
+    for entry in results["overhead_growth"]:
+        figures = "  ".join(
+            f"{key} {value['overhead_ms_per_target']:6.2f} ms ({value['work']})"
+            for key, value in entry.items()
+            if key.startswith("N=")
+        )
+        print(f"    {entry['broker']:<15} {entry['workers']} workers  {figures}")
+    write_results(args.output, results)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["register"]:
         register_main(sys.argv[2:])
+    elif sys.argv[1:2] == ["submit"]:
+        submit_main(sys.argv[2:])
     else:
         main()

@@ -1,0 +1,131 @@
+"""What the benchmarks share: a work directory removed at the end, databases on the embedded server, the tenant
+set a run applies, fleet registration in bulk, and percentiles.
+
+Nothing here configures Django; the functions that need it import it when called, after the script set it up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+SETS_DIR = ROOT / "migration_sets"
+
+
+@contextlib.contextmanager
+def workdir(prefix: str) -> Iterator[Path]:
+    """A temporary directory for a benchmark's files (control databases, logs, scripts), removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def create_database(server, name: str) -> None:
+    """(Re)create database ``name`` on the embedded server."""
+    import psycopg
+
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(server, name: str) -> None:
+    """Drop database ``name``, so the catalogs of the runs that follow stay as small as those before."""
+    import psycopg
+
+    with psycopg.connect(**server.conninfo(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def sets_dir(dest: Path, *, tenant_versions: int | None) -> Path:
+    """A ``MIGRATIONS_DIR``: the repository's own, or a copy whose tenant set keeps only its first
+    ``tenant_versions`` versions (their undo scripts with them, no repeatable)."""
+    if tenant_versions is None:
+        return SETS_DIR
+    from migrations_runner.engine.sets import load_set
+
+    for database_type in ("admin", "shared", "analytics"):
+        shutil.copytree(SETS_DIR / database_type, dest / database_type)
+    kept = {str(s.version) for s in load_set(SETS_DIR / "tenant", "tenant").versions[:tenant_versions]}
+    (dest / "tenant").mkdir(parents=True)
+    for path in (SETS_DIR / "tenant").glob("[VU]*__*.sql"):
+        version = path.name[1:].split("__", 1)[0].replace("_", ".")
+        if version in kept:
+            shutil.copy2(path, dest / "tenant" / path.name)
+    return dest
+
+
+def register_fleet(*, server, database: str, name: str, region: str, slugs: list[str]):
+    """Register ``database`` as a shared connection holding one tenant per slug (schema ``tenant_<slug>``).
+
+    The connection goes through ``connections.services.connection_create`` (not probed); the tenants are a
+    benchmark fixture inserted with ``bulk_create``, skipping the per-tenant validation and the two lookups
+    ``tenant_create`` makes for each one.
+    """
+    from connections import services as registry
+    from connections.models import Tenant
+
+    connection = registry.connection_create(
+        actor="bench",
+        verify=False,
+        name=name,
+        database_type="shared",
+        region=region,
+        host=server.host,
+        port=server.port,
+        database_name=database,
+        username="postgres",
+        password=server.password,
+        ssl_mode="disable",
+    )
+    Tenant.objects.bulk_create(
+        (
+            Tenant(slug=slug, name=f"Tenant {slug}", connection=connection, schema_name=f"tenant_{slug}")
+            for slug in slugs
+        ),
+        batch_size=1000,
+    )
+    return connection
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def code_state() -> dict:
+    """The commit measured, and how many files of the working tree differed from it (read-only git)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"), "changed_files": len(git("status", "--porcelain").splitlines())}
+
+
+def write_results(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON to ``path`` with the code state it was measured on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**data, "code": code_state()}, indent=2, default=str) + "\n")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", flush=True)
