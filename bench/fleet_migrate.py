@@ -81,6 +81,7 @@ from psycopg import sql  # noqa: E402
 
 from bench.support import (  # noqa: E402
     RESULTS_DIR,
+    SETS_DIR,
     create_database,
     drop_database,
     register_fleet,
@@ -113,7 +114,7 @@ class Work:
 
 def work_for(n: int, args: argparse.Namespace) -> Work:
     if n < args.small_set_from:
-        directory = sets_dir(WORKDIR, tenant_versions=None)
+        directory = SETS_DIR
     else:
         directory = WORKDIR / f"sets-first-{args.small_set_versions}"
         if not directory.exists():

@@ -55,11 +55,9 @@ def drop_database(server, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def sets_dir(dest: Path, *, tenant_versions: int | None) -> Path:
-    """A ``MIGRATIONS_DIR``: the repository's own, or a copy whose tenant set keeps only its first
-    ``tenant_versions`` versions (their undo scripts with them, no repeatable)."""
-    if tenant_versions is None:
-        return SETS_DIR
+def sets_dir(dest: Path, *, tenant_versions: int) -> Path:
+    """A ``MIGRATIONS_DIR`` at ``dest``: the repository's sets, the tenant set cut to its first ``tenant_versions``
+    versions (their undo scripts with them, no repeatable)."""
     from migrations_runner.engine.sets import load_set
 
     for database_type in ("admin", "shared", "analytics"):
