@@ -406,6 +406,19 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             ),
         )
 
+    def _spawn(self, request: HttpRequest, execution: MigrationExecution, submit, done: str, of: str) -> HttpResponse:
+        """Start the execution ``submit`` spawns from ``execution``, log both, and open its progress page."""
+        try:
+            spawned = submit()
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+            return HttpResponseRedirect(
+                reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk])
+            )
+        self.log_change(request, execution, f"{done} {spawned.pk}")
+        self.log_addition(request, spawned, f"{of} {execution.pk}")
+        return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_progress", args=[spawned.pk]))
+
     def cancel_view(self, request: HttpRequest, object_id) -> HttpResponse:
         self._require_execute(request)
         execution = self._execution(object_id)
@@ -426,16 +439,13 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         if request.method != "POST" or request.POST.get("post") != "yes":
             failed = list(execution.targets.filter(status=TargetStatus.FAILED).select_related("connection")[:200])
             return self._confirm(request, execution, "Retry failed", failed=failed)
-        try:
-            retry = services.execution_retry(execution=execution, executed_by=_actor(request), origin=Origin.ADMIN)
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-            return HttpResponseRedirect(
-                reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk])
-            )
-        self.log_change(request, execution, f"Retried failed targets as {retry.pk}")
-        self.log_addition(request, retry, f"Retry of {execution.pk}")
-        return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_progress", args=[retry.pk]))
+        return self._spawn(
+            request,
+            execution,
+            lambda: services.execution_retry(execution=execution, executed_by=_actor(request), origin=Origin.ADMIN),
+            "Retried failed targets as",
+            "Retry of",
+        )
 
     def rollback_view(self, request: HttpRequest, object_id) -> HttpResponse:
         self._require_execute(request)
@@ -444,13 +454,10 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             plan = selectors.rollback_plan(execution=execution)
             steps = [(run, plan.undo.get(run.pk, [])) for run in plan.runs]
             return self._confirm(request, execution, "Roll back", plan=plan, steps=steps)
-        try:
-            rollback = services.rollback_submit(execution=execution, executed_by=_actor(request), origin=Origin.ADMIN)
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-            return HttpResponseRedirect(
-                reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk])
-            )
-        self.log_change(request, execution, f"Rolled back as {rollback.pk}")
-        self.log_addition(request, rollback, f"Rollback of {execution.pk}")
-        return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_progress", args=[rollback.pk]))
+        return self._spawn(
+            request,
+            execution,
+            lambda: services.rollback_submit(execution=execution, executed_by=_actor(request), origin=Origin.ADMIN),
+            "Rolled back as",
+            "Rollback of",
+        )
