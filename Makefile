@@ -53,10 +53,11 @@ system-deps:
 		echo "Missing$$missing (installing needs root and apt-get): the tests that need them skip (fail under CI=true)"; \
 	fi
 
-## Lint, format check and the whole test suite (an embedded PostgreSQL is started for it).
+## Lint, format check, type check and the whole test suite (an embedded PostgreSQL is started for it).
 test: $(STAMP) $(OIDC_STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy connections health infra_site migrations_runner
 	$(MANAGE) check_migration_sets
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
@@ -75,6 +76,7 @@ clean:
 bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/fleet_migrate.py
 	$(BIN)/python bench/plan.py
+	$(BIN)/python bench/fingerprint.py
 	$(BIN)/python bench/api_latency.py
 	$(BIN)/python bench/auth_overhead.py
 	$(BIN)/python bench/admin_render.py

@@ -56,6 +56,7 @@ from bench.support import (  # noqa: E402
     workdir,
     write_results,
 )
+from migrations_runner.selection import TargetSelection  # noqa: E402
 
 USER = ("bench-api-reader", "bench-api-reader-password")
 CLIENTS = 16
@@ -109,7 +110,9 @@ def big_execution(server, n: int):
         server=server, database="api_big", name="big-fleet", region="big", slugs=[f"b{i:05d}" for i in range(n)]
     )
     with override_settings(MIGRATIONS_DIR=SETS_DIR):
-        execution = services.execution_start(scope="tenant", connections=[fleet.name], executed_by="bench", run=False)
+        execution = services.execution_start(
+            selection=TargetSelection(scope="tenant", connections=[fleet.name]), executed_by="bench", run=False
+        )
     tenant = load_set(SETS_DIR / "tenant", "tenant")
     applied = [
         {"version": str(s.version), "script": s.filename, "duration_ms": 4, "kind": "SQL"} for s in tenant.versions
@@ -183,7 +186,7 @@ def start_background(server, n: int, migrations_dir: Path):
     )
     with override_settings(MIGRATIONS_DIR=migrations_dir):
         execution = services.execution_submit(
-            scope="tenant", connections=[fleet.name], executed_by="bench", batch_size=2
+            selection=TargetSelection(scope="tenant", connections=[fleet.name]), executed_by="bench", batch_size=2
         )
     return execution.pk
 

@@ -95,6 +95,7 @@ from migrations_runner.engine import history  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
 from migrations_runner.engine.sqltext import split_statements  # noqa: E402
 from migrations_runner.models import MigrationExecution  # noqa: E402
+from migrations_runner.selection import TargetSelection  # noqa: E402
 
 OVERHEAD_DEFINITION = "(queued_s - raw_pool4_s) * min(workers, 4) / N, in ms"
 
@@ -265,7 +266,9 @@ def inprocess_run(server, n: int, work: Work, *, batch_size: int, label: str) ->
     with override_settings(MIGRATIONS_DIR=work.migrations_dir):
         called_at, started = timezone.now(), time.perf_counter()
         execution = services.execution_start(
-            scope="tenant", connections=[connection.name], executed_by="bench", batch_size=batch_size
+            selection=TargetSelection(scope="tenant", connections=[connection.name]),
+            executed_by="bench",
+            batch_size=batch_size,
         )
         elapsed = time.perf_counter() - started
     if execution.status != "completed" or execution.targets_succeeded != n:
@@ -284,7 +287,7 @@ def noop_runs(server, connection: DatabaseConnection, database: str, work: Work)
     with override_settings(MIGRATIONS_DIR=work.migrations_dir):
         started = time.perf_counter()
         execution = services.execution_start(
-            scope="tenant", connections=[connection.name], executed_by="bench", batch_size=1
+            selection=TargetSelection(scope="tenant", connections=[connection.name]), executed_by="bench", batch_size=1
         )
         service = time.perf_counter() - started
     assert execution.status == "completed", execution.status
@@ -550,7 +553,9 @@ def submit_main(argv: list[str]) -> None:
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)
     execution = services.execution_submit(
-        scope="tenant", connections=[args.connection], executed_by="bench", batch_size=args.batch_size
+        selection=TargetSelection(scope="tenant", connections=[args.connection]),
+        executed_by="bench",
+        batch_size=args.batch_size,
     )
     fields = ["status", "started_at", "completed_at", "targets_total", "targets_succeeded", "targets_failed", "error"]
     deadline = time.monotonic() + args.timeout

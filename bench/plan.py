@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from psycopg import sql  # noqa: E402
 
 from bench.support import RESULTS_DIR, create_database, workdir, write_results  # noqa: E402
+from migrations_runner.selection import TargetSelection  # noqa: E402
 
 MODES = ("selector", "dry_run", "api")
 CONNECTION = "plan-fleet"
@@ -175,9 +176,11 @@ def measure_main(argv: list[str]) -> None:
 
     def run():
         if args.mode == "selector":
-            return selectors.plan(scope="tenant", connections=[CONNECTION])
+            return selectors.plan(TargetSelection(scope="tenant", connections=[CONNECTION]))
         if args.mode == "dry_run":
-            return services.execution_start(scope="tenant", connections=[CONNECTION], dry_run=True, executed_by="bench")
+            return services.execution_start(
+                selection=TargetSelection(scope="tenant", connections=[CONNECTION]), dry_run=True, executed_by="bench"
+            )
         response = client.post(
             "/api/v1/migrations/dynamic/plan/", {"scope": "tenant", "connections": [CONNECTION]}, format="json"
         )

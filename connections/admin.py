@@ -26,6 +26,12 @@ def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
 
 
+def _console(view: str, **query: object) -> HttpResponseRedirect:
+    """Open a page of the migrations console with a selection in its address; nothing changes before it is
+    confirmed there."""
+    return HttpResponseRedirect(f"{reverse(view)}?{urlencode(query, doseq=True)}")
+
+
 def health_badge(connection: DatabaseConnection) -> str:
     """Return a coloured badge for the connection's latest health snapshot."""
     if connection.is_healthy is None:
@@ -62,7 +68,7 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
     list_filter = ["database_type", "region", "is_active", "is_healthy", "ssl_mode", "auth_methods"]
     search_fields = ["name", "host", "database_name", "region", "username"]
     ordering = ["database_type", "region", "name"]
-    actions = ["test_selected"]
+    actions = ["test_selected", "adopt_flyway_selected", "baseline_selected"]
     readonly_fields = [
         "health",
         "health_trend",
@@ -76,24 +82,8 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
         "updated_at",
     ]
     fieldsets = [
-        (None, {"fields": ["name", "database_type", "region", "is_active"]}),
-        (
-            "Connection",
-            {
-                "fields": [
-                    "host",
-                    "port",
-                    "database_name",
-                    "username",
-                    "password",
-                    "ssl_mode",
-                    "auth_methods",
-                    "connect_timeout",
-                    "default_schema",
-                    "verify",
-                ]
-            },
-        ),
+        (None, {"fields": list(services.PLACEMENT_FIELDS)}),
+        ("Connection", {"fields": [*services.ACCESS_FIELDS, "verify"]}),
         ("Health", {"fields": ["health", "health_trend", "response_time_ms", "server_version", "checked_at", "error"]}),
         ("Audit", {"classes": ["collapse"], "fields": ["created_by", "created_at", "updated_by", "updated_at"]}),
     ]
@@ -153,6 +143,24 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
         """Testing writes the health snapshot, so it needs the role that changes connections (as in the API)."""
         return roles.has_role(request.user, self.manage_role)
 
+    def has_migrations_manage_permission(self, request: HttpRequest) -> bool:
+        return roles.has_role(request.user, roles.MIGRATIONS_MANAGE)
+
+    @admin.action(description="Adopt Flyway history (with the tenants they host)", permissions=["migrations_manage"])
+    def adopt_flyway_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]):
+        """Open the dry-run report of adopting the Flyway history of these connections and their tenants."""
+        names = sorted(queryset.values_list("name", flat=True))
+        return _console("admin:migrations_runner_adopt_flyway", scope="all", connections=names)
+
+    @admin.action(description="Baseline at version…", permissions=["migrations_manage"])
+    def baseline_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]):
+        """Open the baseline page of one connection's own target (its default schema)."""
+        names = sorted(queryset.values_list("name", flat=True))
+        if len(names) != 1:
+            messages.error(request, "Baseline one connection at a time (its default schema).")
+            return None
+        return _console("admin:migrations_runner_baseline", connection=names[0])
+
     @admin.action(description="Test selected connections", permissions=["manage"])
     def test_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]) -> None:
         for connection, result in services.connection_test_many(connections=queryset):
@@ -207,7 +215,13 @@ class TenantAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
     search_fields = ["slug", "name", "schema_name", "connection__name"]
     list_select_related = ["connection"]
     readonly_fields = ["error", "created_by", "created_at", "updated_at"]
-    actions = ["migrate_selected", "suspend_selected", "activate_selected"]
+    actions = [
+        "migrate_selected",
+        "suspend_selected",
+        "activate_selected",
+        "adopt_flyway_selected",
+        "baseline_selected",
+    ]
 
     @admin.display(description="Region", ordering="connection__region")
     def region_display(self, obj: Tenant) -> str:
@@ -236,6 +250,20 @@ class TenantAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
         """Open the Run form with the selected tenants; nothing runs before it is confirmed there."""
         query = urlencode({"scope": "tenant", "tenants": sorted(queryset.values_list("slug", flat=True))}, doseq=True)
         return HttpResponseRedirect(f"{reverse('admin:migrations_runner_migrationexecution_run')}?{query}")
+
+    def has_migrations_manage_permission(self, request: HttpRequest) -> bool:
+        return roles.has_role(request.user, roles.MIGRATIONS_MANAGE)
+
+    @admin.action(description="Adopt Flyway history", permissions=["migrations_manage"])
+    def adopt_flyway_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponseRedirect:
+        """Open the dry-run report of adopting these tenants' Flyway history."""
+        slugs = sorted(queryset.values_list("slug", flat=True))
+        return _console("admin:migrations_runner_adopt_flyway", scope="tenant", tenants=slugs)
+
+    @admin.action(description="Baseline at version…", permissions=["migrations_manage"])
+    def baseline_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponseRedirect:
+        """Open the baseline page of these tenants: the version, its dry-run report, then the confirmation."""
+        return _console("admin:migrations_runner_baseline", tenants=sorted(queryset.values_list("slug", flat=True)))
 
     @admin.action(description="Suspend selected tenants", permissions=["manage"])
     def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from connections.probe import ProbeResult
 from infra_site.errors import Conflict, NotFound, ValidationFailed
+
+if TYPE_CHECKING:
+    from connections.services import RotationReport
 
 
 class ConnectionTestFailed(ValidationFailed):
@@ -37,3 +42,4 @@ class TenantConflict(Conflict):
 
 class EncryptionKeyError(ValidationFailed):
     code = "encryption_key_error"
+    report: RotationReport | None = None  # the key rotation that found passwords no known key decrypts

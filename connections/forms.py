@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 
 from connections import services
@@ -39,8 +41,9 @@ class DatabaseConnectionForm(forms.ModelForm):
         self.initial.pop("password", None)
         self.probe_result: ProbeResult | None = None
 
-    def clean(self) -> dict:
-        cleaned = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()  # a ModelForm's clean() returns cleaned_data
+        cleaned = self.cleaned_data
         if self.errors:
             return cleaned
         if self.instance._state.adding:
@@ -56,7 +59,7 @@ class DatabaseConnectionForm(forms.ModelForm):
     def _post_clean(self) -> None:
         # The model's rules (allowed host, auth methods against TLS, default schema) run in the base
         # _post_clean; the pre-save test comes after them, so it never connects where they forbid.
-        super()._post_clean()
+        super()._post_clean()  # type: ignore[misc]  # django-stubs leave out the private hook _post_clean
         if not self.errors and self.cleaned_data.get("verify"):
             self._test()
 

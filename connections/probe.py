@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -110,7 +111,7 @@ class ConnectionParams:
     require_auth: str = "scram-sha-256"
     allowed_hosts: tuple[str, ...] = ()
 
-    def kwargs(self, **extra: object) -> dict[str, object]:
+    def kwargs(self, **extra: object) -> dict[str, Any]:
         """Return psycopg ``connect()`` keyword arguments; raise ``HostNotAllowed`` for a host outside the policy.
 
         ``extra`` adds options (``autocommit``); it cannot override the ones set here.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from rest_framework import serializers
 
 from connections import validators
 from connections.models import DatabaseConnection, Tenant
+from connections.services import EDITABLE_FIELDS
 
 
 class DatabaseConnectionSerializer(serializers.ModelSerializer):
@@ -28,33 +31,6 @@ class DatabaseConnectionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DatabaseConnection
-        fields = [
-            "id",
-            "name",
-            "database_type",
-            "region",
-            "host",
-            "port",
-            "database_name",
-            "username",
-            "password",
-            "verify",
-            "ssl_mode",
-            "auth_methods",
-            "connect_timeout",
-            "default_schema",
-            "is_active",
-            "is_healthy",
-            "response_time_ms",
-            "server_version",
-            "checked_at",
-            "error",
-            "error_cause",
-            "created_by",
-            "updated_by",
-            "created_at",
-            "updated_at",
-        ]
         read_only_fields = [
             "id",
             "is_healthy",
@@ -68,6 +44,8 @@ class DatabaseConnectionSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         ]
+        # The editable fields are the services' one list; ``verify`` is an instruction, not a field.
+        fields = ["id", *EDITABLE_FIELDS, "verify", *read_only_fields[1:]]
         extra_kwargs = {
             "port": {"min_value": 1, "max_value": 65535},
             "connect_timeout": {"min_value": 1, "max_value": 120},
@@ -110,4 +88,4 @@ class TenantSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["error", "created_by", "created_at", "updated_at"]
         # Uniqueness is the service's to check (a 409), not a required-field rule of the serializer.
-        validators = []
+        validators: list[Callable[..., None]] = []

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -24,6 +24,7 @@ from connections.models import DatabaseConnection, DatabaseType, Tenant, TenantS
 from connections.probe import ConnectionParams, ProbeResult, probe, redact
 from infra_site import crypto
 from infra_site.errors import ValidationFailed
+from infra_site.updates import model_update
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +42,13 @@ DETAIL_FIELDS = (
 # Where the stored password goes: changing any of these needs the password given again, or a user who may
 # edit connections could point one at a server of theirs and receive the stored password on the re-test.
 PASSWORD_BOUND_FIELDS = ("host", "port", "database_name", "username", "ssl_mode")
-EDITABLE_FIELDS = (
-    "name",
-    "database_type",
-    "region",
-    *DETAIL_FIELDS,
-    "default_schema",
-    "is_active",
-)
+# What a person sets on a connection: the one declaration that the services, the API's serializer, the admin's
+# form and fieldsets and ``add_connection`` take their fields from. Placement says what the database is and
+# where; access says how to reach it.
+PLACEMENT_FIELDS = ("name", "database_type", "region", "is_active")
+ACCESS_FIELDS = (*DETAIL_FIELDS, "default_schema")
+EDITABLE_FIELDS = (*PLACEMENT_FIELDS, *ACCESS_FIELDS)
+TENANT_EDITABLE_FIELDS = ("name", "status", "connection", "schema_name")
 HEALTH_FIELDS = ("is_healthy", "response_time_ms", "server_version", "checked_at", "error", "error_cause")
 
 
@@ -139,10 +139,8 @@ def connection_create(
     ``probe_result`` lets an interface that already ran the check (the admin form) pass it on.
     When the check fails, ``ConnectionTestFailed`` is raised and nothing is stored.
     """
-    unknown = set(values) - set(EDITABLE_FIELDS)
-    if unknown:
-        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
-    connection = DatabaseConnection(**values, created_by=actor, updated_by=actor)
+    connection = DatabaseConnection(created_by=actor, updated_by=actor)
+    model_update(connection, fields=EDITABLE_FIELDS, changes=values)
     _full_clean(connection)
     _ensure_name_free(connection.name)
     if verify:
@@ -183,15 +181,10 @@ def connection_candidate(
     A blank or missing password keeps the stored one, unless the change moves it (``connection_check_password``).
     Raises ``ValidationFailed`` or ``ConnectionNameTaken`` before anything connects anywhere.
     """
-    unknown = set(changes) - set(EDITABLE_FIELDS)
-    if unknown:
-        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
     stored = DatabaseConnection.all_objects.get(pk=connection.pk)
     connection_check_password(connection=stored, changes=changes)
     changes = {key: value for key, value in changes.items() if key != "password" or value}
-    changed = [key for key, value in changes.items() if getattr(stored, key) != value]
-    for key in changed:
-        setattr(stored, key, changes[key])
+    changed = model_update(stored, fields=EDITABLE_FIELDS, changes=changes)
     if changed:
         _full_clean(stored)
     if "name" in changed:
@@ -317,15 +310,9 @@ def tenant_create(
 
 def tenant_update(*, tenant: Tenant, actor: str, **changes: Any) -> Tenant:
     """Change a tenant's name, status or placement."""
-    allowed = {"name", "status", "connection", "schema_name"}
-    unknown = set(changes) - allowed
-    if unknown:
-        raise ValidationFailed(f"Unknown fields: {', '.join(sorted(unknown))}.", details={"fields": sorted(unknown)})
-    changed = [key for key, value in changes.items() if getattr(tenant, key) != value]
+    changed = model_update(tenant, fields=TENANT_EDITABLE_FIELDS, changes=changes)
     if not changed:
         return tenant
-    for key in changed:
-        setattr(tenant, key, changes[key])
     _tenant_clean(tenant)
     try:
         with transaction.atomic():
@@ -334,6 +321,14 @@ def tenant_update(*, tenant: Tenant, actor: str, **changes: Any) -> Tenant:
         raise TenantConflict("The change conflicts with another tenant.", details={"slug": tenant.slug}) from exc
     logger.info("tenant updated", extra={"tenant": tenant.slug, "actor": actor, "fields": ",".join(changed)})
     return tenant
+
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class _StoredToken(TypedDict):
+    token: bytes | None  # the stored ciphertext of the password
 
 
 @dataclass
@@ -401,7 +396,9 @@ def encryption_key_rotate(
     return report
 
 
-def _rotate_row(row: DatabaseConnection, *, current: str, old_keys: list[str], dry_run: bool) -> str:
+def _rotate_row(
+    row: WithAnnotations[DatabaseConnection, _StoredToken], *, current: str, old_keys: list[str], dry_run: bool
+) -> str:
     if row.token is None:
         return "current"
     try:

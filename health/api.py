@@ -26,6 +26,7 @@ from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from health import probes, selectors
@@ -43,14 +44,14 @@ from infra_site import roles
 logger = logging.getLogger(__name__)
 
 
-class FailOpenThrottle:
+class FailOpenThrottle(BaseThrottle):
     """A configured throttle whose store failing lets the request through.
 
     The rate-limit counters live in the shared cache (a table of the control database, or Redis): when it is
     down, the health endpoints must still answer, and say so.
     """
 
-    def __init__(self, throttle) -> None:
+    def __init__(self, throttle: BaseThrottle) -> None:
         self.throttle = throttle
 
     def allow_request(self, request: Request, view: APIView) -> bool:
@@ -84,7 +85,7 @@ class HealthView(APIView):
     def perform_authentication(self, request: Request) -> None:
         """Authenticate on first use of ``request.user`` (the throttles, ``may_see_details``), not up front."""
 
-    def get_throttles(self) -> list[FailOpenThrottle]:
+    def get_throttles(self) -> list[BaseThrottle]:
         return [FailOpenThrottle(throttle) for throttle in super().get_throttles()]
 
 

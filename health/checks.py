@@ -96,7 +96,7 @@ def check_sqlite_processes(app_configs=None, **kwargs) -> list[checks.CheckMessa
     """A SQLite control database serves one machine and one writer at a time."""
     if not _ours(app_configs) or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
         return []
-    messages = []
+    messages: list[checks.CheckMessage] = []
     processes = settings.WORKERS + settings.Q_WORKERS
     if processes > SQLITE_MAX_PROCESSES:
         messages.append(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db import models as db_models
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgreSQLWrapper
 from django.db.models import Min
 from django.utils import timezone
 
@@ -184,7 +186,8 @@ def _control_database() -> _Outcome:
         with database.cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
-        version = database.pg_version if database.vendor == "postgresql" else database.Database.sqlite_version
+        # Django's SQLite backend is the sqlite3 module, so the library's version is that backend's.
+        version = database.pg_version if isinstance(database, PostgreSQLWrapper) else sqlite3.sqlite_version
     except DatabaseError as exc:
         message = redact(str(exc).strip(), database.settings_dict.get("PASSWORD") or "")
         return _Outcome(False, {**_control_address(), "error": message})
@@ -208,7 +211,8 @@ def _control_address() -> dict[str, Any]:
 
 
 def _redis_url() -> str:
-    return settings.Q_CLUSTER.get("redis") if isinstance(settings.Q_CLUSTER.get("redis"), str) else ""
+    url = settings.Q_CLUSTER.get("redis")
+    return url if isinstance(url, str) else ""
 
 
 def _redis_state(timeout: float) -> Callable[[], _Outcome]:

@@ -104,6 +104,14 @@ class ControlPlaneCollector(Collector):
             family.add_metric([row["kind"], row["status"]], row["count"])
         yield finished
         yield running
+        waiting = GaugeMetricFamily(
+            "infra_migration_executions_waiting",
+            "Executions held between two canary waves, by what they wait for (soak time or a person's approval).",
+            labels=["waiting"],
+        )
+        for reason, count in selectors.executions_waiting().items():
+            waiting.add_metric([reason], count)
+        yield waiting
 
     def _execution_durations(self) -> Metric:
         family = HistogramMetricFamily(

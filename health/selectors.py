@@ -11,8 +11,9 @@ import importlib.metadata
 import math
 import time
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from django.conf import settings
@@ -41,12 +42,26 @@ def package_version() -> str:
             return tomllib.load(pyproject)["project"]["version"]
 
 
-def executions_by_status() -> list[dict[str, Any]]:
+def executions_by_status() -> list[Mapping[str, Any]]:
     """Executions counted by kind and current status."""
     return list(MigrationExecution.objects.order_by().values("kind", "status").annotate(count=Count("id")))
 
 
-def target_runs_by_status(*, since=None) -> list[dict[str, Any]]:
+def executions_waiting() -> dict[str, int]:
+    """Unfinished executions held between two canary waves, by what they wait for (``soak``, ``approval``)."""
+    rows = (
+        MigrationExecution.objects.filter(status__in=["pending", "in_progress"])
+        .exclude(waiting="")
+        .order_by()
+        .values("waiting")
+        .annotate(count=Count("id"))
+    )
+    counts = {"soak": 0, "approval": 0}
+    counts.update({row["waiting"]: row["count"] for row in rows})
+    return counts
+
+
+def target_runs_by_status(*, since=None) -> list[Mapping[str, Any]]:
     """Target runs counted by status, database type and region (of executions created ``since``, if given)."""
     runs = TargetRun.objects.order_by()
     if since is not None:
@@ -54,7 +69,7 @@ def target_runs_by_status(*, since=None) -> list[dict[str, Any]]:
     return list(runs.values("status", "database_type", "region").annotate(count=Count("id")))
 
 
-def execution_duration_buckets() -> list[dict[str, Any]]:
+def execution_duration_buckets() -> list[Mapping[str, Any]]:
     """Per kind and final status: finished executions, their total duration, and how many took at most each
     bound of ``EXECUTION_BUCKETS`` (keys ``le_0``, ``le_1``...): one aggregate query."""
     duration = ExpressionWrapper(F("completed_at") - F("started_at"), output_field=DurationField())
@@ -71,7 +86,7 @@ def execution_duration_buckets() -> list[dict[str, Any]]:
     )
 
 
-def target_run_duration_buckets() -> list[dict[str, Any]]:
+def target_run_duration_buckets() -> list[Mapping[str, Any]]:
     """Per database type and region: finished runs with a duration, their total (ms), and how many took at
     most each bound of ``TARGET_RUN_BUCKETS`` (keys ``le_0``, ``le_1``...): one aggregate query."""
     bounds = {
@@ -118,7 +133,7 @@ def script_duration_buckets() -> list[tuple[str, int, float, list[int]]]:
         return [(row[0], row[1], float(row[2]), [int(n) for n in row[3:]]) for row in cursor.fetchall()]
 
 
-def connections_by_state() -> list[dict[str, Any]]:
+def connections_by_state() -> list[Mapping[str, Any]]:
     """Active connections counted by database type, region and latest health (True, False, None: unchecked)."""
     return list(
         DatabaseConnection.objects.order_by()
@@ -130,11 +145,12 @@ def connections_by_state() -> list[dict[str, Any]]:
 
 def connection_latencies() -> list[tuple[str, str, float]]:
     """Database type, region and latest response time (ms) of every active connection whose check passed."""
-    return list(
+    rows = (
         DatabaseConnection.objects.order_by()
         .filter(is_active=True, is_healthy=True, response_time_ms__isnull=False)
         .values_list("database_type", "region", "response_time_ms")
     )
+    return cast("list[tuple[str, str, float]]", list(rows))  # the filter leaves out a null response_time_ms
 
 
 def orm_waiting_tasks(*, now=None) -> QuerySet:

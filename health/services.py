@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import cast
 
 from django.conf import settings
 from django.utils import timezone
@@ -44,7 +45,7 @@ def connections_check() -> CheckRun:
     ConnectionSnapshot.objects.bulk_create(
         ConnectionSnapshot(
             connection=connection,
-            checked_at=connection.checked_at,
+            checked_at=cast(datetime, connection.checked_at),  # connection_test_many() has just set it
             is_healthy=result.ok,
             response_time_ms=result.response_time_ms,
             error_cause=result.cause,

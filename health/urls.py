@@ -4,6 +4,8 @@ Each health path also answers in its other form (with or without the trailing sl
 balancer), without a redirect and without a second entry in the schema.
 """
 
+from typing import cast
+
 from django.urls import path
 from rest_framework.views import APIView
 
@@ -12,7 +14,8 @@ from health import api
 
 def unlisted(view: type[APIView]):
     """The view for a second form of its path, left out of the OpenAPI schema."""
-    return type(view.__name__, (view,), {"schema": None}).as_view()
+    subclass = cast(type[APIView], type(view.__name__, (view,), {"schema": None}))
+    return subclass.as_view()
 
 
 urlpatterns = [

@@ -15,7 +15,8 @@ from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path, reverse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, URLResolver, path, reverse
 
 from infra_site import roles
 
@@ -36,7 +37,7 @@ class OperatorAuthenticationForm(AdminAuthenticationForm):
             )
 
 
-class ForbiddenActionMixin:
+class ForbiddenActionMixin(admin.ModelAdmin):
     """Answer 403 to a POST of an action the user may not run.
 
     Django drops such an action from the list and answers the POST with "No action selected", which hides a
@@ -92,9 +93,11 @@ class InfraAdminSite(admin.AdminSite):
             ConsoleView(route=route, view=view, name=name, title=title, app_label=app_label, role=role)
         )
 
-    def get_urls(self) -> list[URLPattern]:
+    def get_urls(self) -> list[URLResolver | URLPattern]:
         # Before the models' URLs, whose catch-all would take them for object ids.
-        console = [path(v.route, self.admin_view(v.view), name=v.name) for v in self._console_views]
+        console: list[URLResolver | URLPattern] = [
+            path(v.route, self.admin_view(v.view), name=v.name) for v in self._console_views
+        ]
         return console + super().get_urls()
 
     def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[dict[str, Any]]:
@@ -127,7 +130,7 @@ class InfraAdminSite(admin.AdminSite):
             )
         return app_list
 
-    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         return super().index(request, {**self.dashboard_context(request), **(extra_context or {})})
 
     def dashboard_context(self, request: HttpRequest) -> dict[str, Any]:
@@ -153,3 +156,10 @@ class InfraAdminSite(admin.AdminSite):
                 .order_by("database_type", "name")[:UNHEALTHY_SHOWN]
             )
         return context
+
+
+def project_site() -> InfraAdminSite:
+    """``admin.site``, typed as the project's site (``infra_site.apps`` makes it the default site)."""
+    site = admin.site
+    assert isinstance(site, InfraAdminSite)
+    return site

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
@@ -35,7 +36,8 @@ from migrations_runner import selectors as migrations
 from migrations_runner import services as runner
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ExecutionFinished
-from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, Origin, Scope
+from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, Origin
+from migrations_runner.selection import TargetSelection
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +189,7 @@ class FleetReport:
 def _connection_ensure(
     spec: DatabaseSpec, *, server: EmbeddedPostgres, password: str, actor: str
 ) -> tuple[DatabaseConnection, bool]:
-    values = {
+    values: dict[str, Any] = {
         "host": server.host,
         "port": server.port,
         "database_name": spec.database,
@@ -286,16 +288,12 @@ def fleet_migrate(
     true, the execution is cancelled (running targets end between scripts) and returned as it ends.
     """
     late = {slug for _, slug, _ in _late_tenants()}
-    targets = [
-        target
-        for target in migrations.targets_resolve(scope=Scope.ALL, connections=list(connections))
-        if target.tenant_slug not in late
-    ]
+    selection = TargetSelection(connections=list(connections))
+    targets = [target for target in migrations.targets_resolve(selection) if target.tenant_slug not in late]
     if not _pending_anywhere(targets):
         return None
     execution = runner.execution_start(
-        scope=Scope.ALL,
-        connections=list(connections),
+        selection=selection,
         targets=targets,
         executed_by=actor,
         origin=Origin.COMMAND,

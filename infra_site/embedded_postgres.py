@@ -51,6 +51,8 @@ def _run_as_owner() -> dict:
     from pgserver.utils import ensure_user_exists
 
     entry = ensure_user_exists(SYSTEM_USER)
+    # Annotated Optional, but on POSIX it returns the user's entry, creating the user if needed, or raises.
+    assert entry is not None
     return {"user": entry.pw_uid, "group": entry.pw_gid, "env": {**os.environ, "HOME": entry.pw_dir}}
 
 

@@ -26,7 +26,7 @@ class ApplicationError(Exception):
     """An error the product reports to its callers, with a code and an HTTP status."""
 
     code = "application_error"
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -112,8 +112,11 @@ def _drf_body(exc: exceptions.APIException) -> dict[str, Any]:
         details = {k: v for k, v in detail.items() if k != "message"}
     elif detail:
         message = str(detail)
-    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        details = {"retry_after_seconds": int(exc.wait)}
+    if isinstance(exc, exceptions.Throttled):
+        # djangorestframework-stubs leave out Throttled.wait, which its __init__ sets.
+        wait = exc.wait  # type: ignore[attr-defined]
+        if wait is not None:
+            details = {"retry_after_seconds": int(wait)}
     return {"error": code, "message": message, "details": details}
 
 
@@ -145,10 +148,13 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.PermissionDenied()
     if isinstance(exc, exceptions.APIException):
         headers = {}
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))
+        # DRF's views set auth_header on the exception; only Throttled has a wait.
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
+        wait = getattr(exc, "wait", None)
+        if wait:
+            headers["Retry-After"] = str(int(wait))
         return Response(_drf_body(exc), status=exc.status_code, headers=headers)
     view = context.get("view")
     logger.exception("unhandled error in API view", extra={"view": type(view).__name__ if view else None})

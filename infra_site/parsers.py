@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework import parsers
@@ -14,7 +15,7 @@ class JSONParser(parsers.JSONParser):
     ``json`` raises ``RecursionError`` (not the ``ValueError`` DRF turns into a ParseError) at about 1,000 levels.
     """
 
-    def parse(self, stream, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(self, stream, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         try:
             return super().parse(stream, media_type, parser_context)
         except RecursionError:

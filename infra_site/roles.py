@@ -54,8 +54,13 @@ def user_roles(user) -> frozenset[str]:
     cached = getattr(user, "_infra_roles", None)
     if cached is None:
         cached = expand(set(user.groups.filter(name__in=ALL_ROLES).values_list("name", flat=True)))
-        user._infra_roles = cached
+        cache_user_roles(user, cached)
     return cached
+
+
+def cache_user_roles(user, roles: frozenset[str]) -> None:
+    """Cache ``roles`` on the user object as its effective roles (``user_roles`` then returns them)."""
+    user._infra_roles = roles
 
 
 def has_role(user, role: str) -> bool:

@@ -1,4 +1,5 @@
-"""REST endpoints under ``/api/v1/migrations/``: execute, list, status, targets, cancel, rollback, plans, sets."""
+"""REST endpoints under ``/api/v1/migrations/``: execute, list, status, targets, cancel, rollback, plans, sets,
+adopting Flyway history and baselines."""
 
 from __future__ import annotations
 
@@ -14,12 +15,19 @@ from infra_site import roles
 from infra_site.errors import ValidationFailed
 from infra_site.pagination import LimitOffsetPagination
 from infra_site.permissions import require_roles
-from migrations_runner import selectors, services
-from migrations_runner.models import ExecutionStatus, TargetRun
+from migrations_runner import fingerprint_selectors, selectors, services
+from migrations_runner.models import ExecutionStatus, Scope, TargetRun
+from migrations_runner.selection import TargetSelection
 from migrations_runner.serializers import (
+    AdoptionReportSerializer,
+    AdoptSerializer,
+    BaselineReportSerializer,
+    BaselineSerializer,
     ExecuteSerializer,
     ExecutionDetailSerializer,
     ExecutionSerializer,
+    FingerprintReportSerializer,
+    FingerprintScanReportSerializer,
     FleetStatusSerializer,
     MigrationsHealthSerializer,
     PlanSerializer,
@@ -34,6 +42,7 @@ from migrations_runner.serializers import (
 
 READ = require_roles(read=roles.MIGRATIONS_READ)
 EXECUTE = require_roles(read=roles.MIGRATIONS_READ, write=roles.MIGRATIONS_EXECUTE)
+MANAGE = require_roles(read=roles.MIGRATIONS_READ, write=roles.MIGRATIONS_MANAGE)
 
 
 def _actor(request: Request) -> str:
@@ -65,7 +74,7 @@ class ExecutionListView(generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
     def list(self, request: Request, *args, **kwargs) -> Response:
-        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset())) or []
         context = {
             **self.get_serializer_context(),
             "running": selectors.executions_running(execution_ids=[e.pk for e in page]),
@@ -117,6 +126,32 @@ class CancelView(APIView):
         return Response(ExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
 
 
+class ContinueView(APIView):
+    """Approve the next canary wave of an execution that is awaiting approval; 409 when it is not waiting."""
+
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
+    def post(self, request: Request, execution_id) -> Response:
+        execution = services.execution_continue(
+            execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
+        )
+        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AbortView(APIView):
+    """Stop an execution that is awaiting approval between two waves: the waves not started are cancelled."""
+
+    permission_classes = [EXECUTE]
+
+    @extend_schema(request=None, responses={200: ExecutionDetailSerializer})
+    def post(self, request: Request, execution_id) -> Response:
+        execution = services.execution_abort(
+            execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
+        )
+        return Response(ExecutionDetailSerializer(execution).data)
+
+
 class RetryView(APIView):
     """Start a new execution over just the failed targets of this one."""
 
@@ -153,7 +188,7 @@ class PlanView(APIView):
     def post(self, request: Request) -> Response:
         params = ScopeSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        targets = selectors.plan(**params.validated_data)
+        targets = selectors.plan(params.validated_data["selection"])
         return Response({"targets": targets, "count": len(targets)})
 
 
@@ -167,8 +202,9 @@ class FleetStatusView(APIView):
         responses=FleetStatusSerializer,
     )
     def get(self, request: Request) -> Response:
+        query = request.query_params
         rows = selectors.fleet_status(
-            regions=request.query_params.getlist("region"), connections=request.query_params.getlist("connection")
+            TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
         )
         return Response(
             {
@@ -277,5 +313,111 @@ class TenantMigrateView(APIView):
     @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
     def post(self, request: Request, slug: str) -> Response:
         tenant = registry.tenant_get(slug=slug)
-        execution = services.execution_submit(scope="single", tenants=[tenant.slug], executed_by=_actor(request))
+        execution = services.execution_submit(
+            selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]), executed_by=_actor(request)
+        )
         return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+class AdoptView(APIView):
+    """Adopt Flyway-managed targets: import each selected target's flyway_schema_history into infra_schema_history,
+    so the next run applies only what Flyway had not. A target with drift is refused (its report says why) unless
+    ``accept_drift``; ``dry_run`` previews. Answers 200 with a report per target."""
+
+    permission_classes = [MANAGE]
+
+    @extend_schema(
+        request=AdoptSerializer,
+        responses={
+            200: AdoptionReportSerializer,
+            400: OpenApiResponse(
+                description="Invalid input (details name the fields), no target matches, or the sets are invalid."
+            ),
+            404: OpenApiResponse(description="A tenant or connection named in the selection does not exist."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        params = AdoptSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        return Response(services.flyway_adopt(actor=_actor(request), **params.validated_data))
+
+
+class BaselineView(APIView):
+    """Mark a target migrated by hand (a tenant's schema, or a connection's default schema) as being at a version,
+    without running anything: runs then apply only the versions above it."""
+
+    permission_classes = [MANAGE]
+
+    @extend_schema(
+        request=BaselineSerializer,
+        responses={
+            200: BaselineReportSerializer,
+            400: OpenApiResponse(
+                description="Invalid input (details name the fields: version, tenant or connection), or the target "
+                "could not be read."
+            ),
+            404: OpenApiResponse(description="No tenant or connection with this name."),
+            409: OpenApiResponse(
+                description="The target already has history at or above the version, or its schema does not exist; "
+                "nothing was written."
+            ),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        params = BaselineSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        selection = services.baseline_selection(tenant=data.get("tenant"), connection=data.get("connection"))
+        report = services.target_baseline(
+            selection=selection, version=data["version"], actor=_actor(request), dry_run=data["dry_run"]
+        )
+        return Response(report)
+
+
+class FingerprintsView(APIView):
+    """The recorded schema fingerprints: each (set, version)'s majority fingerprint over the whole fleet, and the
+    selected targets that differ from it (outliers), each with its diff. Reads only the control database."""
+
+    permission_classes = [READ]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("region", many=True, description="Narrow the outliers listed to these regions."),
+            OpenApiParameter("connection", many=True, description="Narrow the outliers listed to these databases."),
+            OpenApiParameter("tenant", many=True, description="Narrow the outliers listed to these tenants."),
+        ],
+        responses=FingerprintReportSerializer,
+    )
+    def get(self, request: Request) -> Response:
+        query = request.query_params
+        selection = TargetSelection(
+            regions=query.getlist("region"), connections=query.getlist("connection"), tenants=query.getlist("tenant")
+        )
+        report = fingerprint_selectors.fingerprint_report(selection)
+        return Response(FingerprintReportSerializer(report.as_dict()).data)
+
+
+class FingerprintScanView(APIView):
+    """Fingerprint the selected targets now and record them, then answer the report with what the scan did.
+
+    Like ``dynamic/status/``, it reads every selected database (read-only sessions, at most
+    ``MIGRATION_MAX_PER_DATABASE`` per server) and changes nothing on them, so ``migrations:read`` suffices; what
+    it writes is only the record of what it read.
+    """
+
+    permission_classes = [READ]
+
+    @extend_schema(
+        request=ScopeSerializer,
+        responses={
+            200: FingerprintScanReportSerializer,
+            400: OpenApiResponse(description="Invalid input, or no target matches the selection."),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        params = ScopeSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        selection = params.validated_data["selection"]
+        scan = services.fleet_fingerprint_scan(selection=selection)
+        report = fingerprint_selectors.fingerprint_report(selection)
+        return Response(FingerprintScanReportSerializer({**report.as_dict(), "scan": scan.as_dict()}).data)

@@ -41,3 +41,15 @@ class ProvisioningFailed(ValidationFailed):
 
 class ExecutionFinished(Conflict):
     code = "execution_finished"
+
+
+class InvalidSelection(ValidationFailed):
+    code = "invalid_selection"
+
+
+class InvalidWaves(ValidationFailed):
+    code = "invalid_waves"
+
+
+class NotAwaitingApproval(Conflict):
+    code = "not_awaiting_approval"

@@ -11,7 +11,14 @@ from django.contrib.admin.widgets import AutocompleteSelectMultiple
 
 from connections import selectors as registry
 from connections.models import Tenant
+from migrations_runner.exceptions import InvalidSelection, InvalidWaves
 from migrations_runner.models import OnFailure, Scope, TargetRun
+from migrations_runner.selection import TargetSelection
+from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 class RunForm(forms.Form):
@@ -32,15 +39,37 @@ class RunForm(forms.Form):
         required=False, min_value=1, max_value=86400, label="Statement timeout (s)"
     )
     lock_timeout_s = forms.FloatField(required=False, min_value=0.1, max_value=3600, label="Lock timeout (s)")
+    waves = forms.CharField(
+        required=False,
+        max_length=200,
+        label="Canary waves",
+        help_text="Wave sizes or percentages of the tenants with work, e.g. 1, 10, 50%; the rest make a last wave. "
+        "Empty: no waves.",
+    )
+    canary = forms.CharField(
+        required=False,
+        max_length=2000,
+        label="Canary tenants",
+        help_text="Tenant slugs for the first wave, comma-separated; default: the smallest schemas.",
+    )
+    failure_budget = forms.CharField(
+        required=False, max_length=8, help_text="Failures a wave may have before the run halts: 0 (default), 2 or 5%."
+    )
+    wave_pause = forms.IntegerField(required=False, min_value=0, max_value=MAX_PAUSE_S, label="Soak between waves (s)")
+    wave_approval = forms.BooleanField(required=False, help_text="Wait for a person's Continue before each next wave.")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         live = registry.connection_list()
-        self.fields["regions"].choices = [
+        regions, connections = self.fields["regions"], self.fields["connections"]
+        assert isinstance(regions, forms.MultipleChoiceField)
+        assert isinstance(connections, forms.MultipleChoiceField)
+        regions.choices = [
             (r, r) for r in live.exclude(region="").order_by("region").values_list("region", flat=True).distinct()
         ]
-        self.fields["connections"].choices = [(n, n) for n in live.order_by("name").values_list("name", flat=True)]
+        connections.choices = [(n, n) for n in live.order_by("name").values_list("name", flat=True)]
         tenants = self.fields["tenants"]
+        assert isinstance(tenants, forms.ModelMultipleChoiceField)
         # The admin's autocomplete (select2), through a relation to Tenant that the autocomplete view can resolve.
         tenants.widget = AutocompleteSelectMultiple(TargetRun._meta.get_field("tenant"), admin.site)
         tenants.queryset = registry.tenant_list()  # also hands the widget its choices
@@ -63,15 +92,35 @@ class RunForm(forms.Form):
             )
         return initial
 
-    def selection(self) -> dict[str, Any]:
-        """The target selection of a valid form: scope and filters, tenants as slugs."""
-        data = self.cleaned_data
-        return {
-            "scope": data["scope"],
-            "regions": list(data["regions"]),
-            "connections": list(data["connections"]),
-            "tenants": [tenant.slug for tenant in data["tenants"]],
-        }
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if not self.errors:
+            try:
+                self._selection = TargetSelection(
+                    scope=data["scope"],
+                    regions=data["regions"],
+                    connections=data["connections"],
+                    tenants=[tenant.slug for tenant in data["tenants"]],
+                )
+            except InvalidSelection as exc:
+                for field, problems in (exc.details or {}).items():
+                    self.add_error(field if field in self.fields else None, problems)
+            try:
+                self._waves = WaveOptions.parse(
+                    waves=_csv(data.get("waves") or ""),
+                    failure_budget=data.get("failure_budget") or None,
+                    pause_s=data.get("wave_pause"),
+                    approval=bool(data.get("wave_approval")),
+                    canary=_csv(data.get("canary") or ""),
+                )
+            except InvalidWaves as exc:
+                for field, problems in (exc.details or {}).items():
+                    self.add_error(field if field in self.fields else None, problems)
+        return data
+
+    def selection(self) -> TargetSelection:
+        """The target selection of a valid form."""
+        return self._selection
 
     def options(self) -> dict[str, Any]:
         """The execution options of a valid form."""
@@ -82,4 +131,5 @@ class RunForm(forms.Form):
             "batch_size": data["batch_size"],
             "statement_timeout_s": data["statement_timeout_s"],
             "lock_timeout_s": data["lock_timeout_s"],
+            "waves": self._waves,
         }

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.db import models
+
+if TYPE_CHECKING:
+    from migrations_runner.selection import TargetSelection
 
 
 class ExecutionKind(models.TextChoices):
@@ -50,6 +54,14 @@ class TargetStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class Waiting(models.TextChoices):
+    """What an execution between two waves waits for (nothing runs meanwhile)."""
+
+    NOTHING = "", "Nothing"
+    SOAK = "soak", "Soak time"
+    APPROVAL = "approval", "Approval"
+
+
 FINISHED_TARGET_STATUSES = (TargetStatus.SUCCEEDED, TargetStatus.FAILED, TargetStatus.SKIPPED, TargetStatus.CANCELLED)
 
 
@@ -88,6 +100,15 @@ class MigrationExecution(models.Model):
     run_duration_ms = models.BigIntegerField(default=0)
     runs_timed = models.PositiveIntegerField(default=0)
 
+    # Canary waves (services/waves.py): [{"wave", "phase", "size"}] of the tenant targets; empty without waves.
+    waves = models.JSONField(default=list, blank=True)
+    failure_budget = models.CharField(max_length=16, blank=True, default="0", help_text="Per wave: 2, or 5%.")
+    wave_pause_s = models.PositiveIntegerField(default=0, help_text="Soak time between two waves.")
+    wave_approval = models.BooleanField(default=False, help_text="A person continues each next wave.")
+    approved_wave = models.PositiveSmallIntegerField(default=1, help_text="The highest wave allowed to start.")
+    waiting = models.CharField(max_length=16, choices=Waiting.choices, blank=True, default=Waiting.NOTHING)
+    wait_until = models.DateTimeField(null=True, blank=True, help_text="End of the soak time.")
+
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-created_at"]), models.Index(fields=["origin", "-created_at"])]
@@ -98,6 +119,13 @@ class MigrationExecution(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status not in (ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS)
+
+    @property
+    def selection(self) -> TargetSelection:
+        """The scope and filters this execution was started with."""
+        from migrations_runner.selection import TargetSelection
+
+        return TargetSelection.from_stored(self.scope, self.filters)
 
 
 class TargetRun(models.Model):
@@ -112,6 +140,7 @@ class TargetRun(models.Model):
     database_type = models.CharField(max_length=16)
     region = models.CharField(max_length=32, blank=True, default="")
     phase = models.PositiveSmallIntegerField(default=0)
+    wave = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Its canary wave (1-based), if any.")
     status = models.CharField(max_length=16, choices=TargetStatus.choices, default=TargetStatus.PENDING)
     from_version = models.CharField(max_length=64, blank=True, default="")
     to_version = models.CharField(max_length=64, blank=True, default="")
@@ -189,3 +218,64 @@ class MigrationSchedule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def selection(self) -> TargetSelection:
+        """The scope and filters each firing runs over."""
+        from migrations_runner.selection import TargetSelection
+
+        return TargetSelection.from_stored(self.scope, self.filters)
+
+
+class SchemaShape(models.Model):
+    """The catalog objects of a schema with a given fingerprint, stored once however many targets share it.
+
+    ``definitions`` maps an object key (``column:tasks.priority``) to its canonical definition; see
+    ``migrations_runner.engine.fingerprint``.
+    """
+
+    fingerprint = models.CharField(max_length=64, primary_key=True, help_text="SHA-256 of the definitions.")
+    definitions = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return self.fingerprint[:12]
+
+
+class SchemaFingerprint(models.Model):
+    """The latest fingerprint of one target's schema: recorded after each successful target run and by scans.
+
+    Targets of the same set at the same version should share one; those that do not drifted out of band.
+    """
+
+    connection = models.ForeignKey("connections.DatabaseConnection", on_delete=models.CASCADE, related_name="+")
+    schema_name = models.CharField(max_length=63)
+    tenant = models.ForeignKey("connections.Tenant", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    database_type = models.CharField(max_length=16, help_text="The set the target gets.")
+    version = models.CharField(max_length=64, blank=True, default="", help_text="Its set version when taken.")
+    shape = models.ForeignKey(SchemaShape, on_delete=models.PROTECT, related_name="targets", db_column="fingerprint")
+    execution = models.ForeignKey(
+        MigrationExecution,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="The execution whose run recorded it; empty when a scan did.",
+    )
+    taken_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "schema_name"], name="schema_fingerprint_target"),
+        ]
+        indexes = [
+            # The majority of each (set, version): fingerprints counted per group.
+            models.Index(fields=["database_type", "version", "shape"], name="schema_fingerprint_group"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}/{self.schema_name} {self.shape_id[:12]}"
+
+    @property
+    def fingerprint(self) -> str:
+        return self.shape_id

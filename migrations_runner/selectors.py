@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import psycopg
 from django.conf import settings
@@ -47,7 +48,18 @@ from migrations_runner.models import (
     Scope,
     TargetRun,
     TargetStatus,
+    Waiting,
 )
+from migrations_runner.selection import TargetSelection
+
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+    class _LatestRun(TypedDict):
+        latest_run_id: int | None
+
+    # The targetable tenants, each annotated with the id of its latest target run.
+    TenantTargets = QuerySet[WithAnnotations[Tenant, _LatestRun]]
 
 SCOPE_TYPES = {
     Scope.ALL: ("admin", "shared", "analytics", "tenant"),
@@ -103,45 +115,40 @@ def _target(connection: DatabaseConnection, set_type: str, schema: str, tenant=N
     )
 
 
-def targets_resolve(
-    *,
-    scope: str,
-    regions: list[str] | None = None,
-    connections: list[str] | None = None,
-    tenants: list[str] | None = None,
-) -> list[Target]:
-    """Return the targets of a scope narrowed by filters; raise ``NoTargets`` when none match."""
-    types = SCOPE_TYPES[scope]
+def targets_resolve(selection: TargetSelection) -> list[Target]:
+    """Return the targets of a selection; raise ``NoTargets`` when none match."""
+    types = SCOPE_TYPES[Scope(selection.scope)]
     # The targets need no passwords: leave them encrypted (decrypting per tenant row costs).
     live = registry.connection_list(is_active=True).defer("password")
+    if selection.regions:
+        live = live.filter(region__in=selection.regions)
+    if selection.connections:
+        live = live.filter(name__in=selection.connections)
     targets: list[Target] = []
-    if not tenants:
+    if not selection.tenants:
         for connection in live.filter(database_type__in=[t for t in types if t != "tenant"]):
             targets.append(_target(connection, connection.database_type, connection.default_schema))
     if "tenant" in types:
         tenant_qs = registry.tenant_list_targetable().defer("connection__password")
-        if tenants:
-            tenant_qs = tenant_qs.filter(slug__in=tenants)
-        hosting = set()
+        if selection.tenants:
+            tenant_qs = tenant_qs.filter(slug__in=selection.tenants)
+        if selection.regions:
+            tenant_qs = tenant_qs.filter(connection__region__in=selection.regions)
+        if selection.connections:
+            tenant_qs = tenant_qs.filter(connection__name__in=selection.connections)
         for tenant in tenant_qs:
             targets.append(_target(tenant.connection, "tenant", tenant.schema_name, tenant))
-            hosting.add(tenant.connection_id)
-        if not tenants:
+        if not selection.tenants:
             # A dedicated tenant database that no tenant row describes still gets the tenant set.
-            bare = live.filter(database_type=DatabaseType.TENANT).exclude(pk__in=hosting)
-            bare = bare.exclude(tenants__isnull=False)
+            bare = live.filter(database_type=DatabaseType.TENANT).exclude(tenants__isnull=False)
             targets.extend(_target(c, "tenant", c.default_schema) for c in bare)
-    if regions:
-        targets = [t for t in targets if t.region in regions]
-    if connections:
-        targets = [t for t in targets if t.connection_name in connections]
-    filters = {"regions": regions or [], "connections": connections or [], "tenants": tenants or []}
+    details = selection.as_kwargs()
     if not targets:
-        raise NoTargets(f"No target matches scope {scope!r} with these filters.", details={"scope": scope, **filters})
-    if scope == Scope.SINGLE and len(targets) != 1:
+        raise NoTargets(f"No target matches {selection.describe()}.", details=details)
+    if selection.scope == Scope.SINGLE and len(targets) != 1:
         raise NoTargets(
-            f"Scope 'single' needs exactly one target; these filters match {len(targets)}.",
-            details={"scope": scope, "matched": [t.label for t in targets[:20]], **filters},
+            f"Scope 'single' needs exactly one target; {selection.describe()} matches {len(targets)}.",
+            details={**details, "matched": [t.label for t in targets[:20]]},
         )
     return targets
 
@@ -176,6 +183,40 @@ def schema_states(targets: list[Target]) -> dict[str, history.SchemaState | str]
     return result
 
 
+SCHEMA_BYTES_QUERY = """
+SELECT n.nspname, coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relkind IN ('r', 'm', 'p')), 0)::bigint
+FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid
+WHERE n.nspname = ANY(%s)
+GROUP BY n.nspname
+"""
+
+
+def schema_sizes(targets: list[Target]) -> dict[str, int]:
+    """Each target's schema size in bytes (tables with their indexes and TOAST; 0 when the schema does not exist
+    or the database is unreachable): one catalog query per database, databases in parallel."""
+    by_connection: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        by_connection[target.connection_id].append(target)
+    connections = DatabaseConnection.objects.in_bulk(list(by_connection))
+
+    def read(connection_id: str) -> tuple[list[Target], dict[str, int]]:
+        group = by_connection[connection_id]
+        params = connection_params(connections[uuid.UUID(connection_id)])
+        try:
+            with psycopg.connect(**params.kwargs(autocommit=True)) as conn:
+                rows = conn.execute(SCHEMA_BYTES_QUERY, [[t.schema for t in group]]).fetchall()
+        except psycopg.Error:
+            return group, {}
+        return group, {schema: int(size) for schema, size in rows}
+
+    sizes: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=min(8, len(by_connection)) or 1) as pool:
+        for group, by_schema in pool.map(read, list(by_connection)):
+            for target in group:
+                sizes[target.key] = by_schema.get(target.schema, 0)
+    return sizes
+
+
 def target_plan(target: Target, state: history.SchemaState | str, mset: MigrationSet) -> dict:
     """Describe what a run would do on one target."""
     if isinstance(state, str):
@@ -196,10 +237,10 @@ def target_plan(target: Target, state: history.SchemaState | str, mset: Migratio
     }
 
 
-def fleet_status(*, regions: list[str] | None = None, connections: list[str] | None = None) -> list[dict]:
+def fleet_status(selection: TargetSelection | None = None) -> list[dict]:
     """Return each target's current version, pending versions and drift."""
     try:
-        targets = targets_resolve(scope=Scope.ALL, regions=regions, connections=connections)
+        targets = targets_resolve(selection or TargetSelection())
     except NoTargets:
         return []
     sets = sets_load(strict=False)
@@ -313,8 +354,77 @@ def execution_progress(*, execution: MigrationExecution, running_targets: list[s
         "completion_percentage": round(100.0 * finished / total, 1) if total else 100.0,
         "estimated_completion": eta,
         "no_worker": no_worker,
-        "state": "waiting_for_worker" if no_worker else ("running" if not execution.is_finished else "finished"),
+        "state": _progress_state(execution, no_worker),
     }
+
+
+def _progress_state(execution: MigrationExecution, no_worker: bool) -> str:
+    if execution.is_finished:
+        return "finished"
+    if execution.waiting == Waiting.APPROVAL:
+        return "awaiting_approval"
+    if execution.waiting == Waiting.SOAK:
+        return "soaking"
+    return "waiting_for_worker" if no_worker else "running"
+
+
+def execution_waves(*, execution: MigrationExecution) -> list[dict]:
+    """Per canary wave: its size, counts per status, and state (``pending``, ``soaking``, ``awaiting_approval``,
+    ``running``, ``done``, ``halted`` for the wave that broke its budget, ``skipped`` when none of it ran) with
+    the gate's times. One aggregate query; [] without waves."""
+    if not execution.waves:
+        return []
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = (
+        TargetRun.objects.filter(execution=execution, wave__isnull=False)
+        .order_by()
+        .values("wave", "status")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        if row["wave"] is not None:
+            counts[row["wave"]][row["status"]] = row["n"]
+    halted = execution.error.startswith("halted: wave")
+    result = []
+    for wave in execution.waves:
+        by_status = counts.get(wave["wave"], {})
+        running, pending = by_status.get(TargetStatus.RUNNING, 0), by_status.get(TargetStatus.PENDING, 0)
+        worked = by_status.get(TargetStatus.SUCCEEDED, 0) + by_status.get(TargetStatus.FAILED, 0)
+        if running:
+            state = "running"
+        elif not pending:
+            state = "done" if worked else "skipped"
+        elif execution.waiting and wave["phase"] == _next_wave_phase(execution):
+            state = "awaiting_approval" if execution.waiting == Waiting.APPROVAL else "soaking"
+        elif wave["phase"] == execution.current_phase and not execution.is_finished:
+            state = "running"
+        else:
+            state = "pending"
+        skipped = by_status.get(TargetStatus.SKIPPED, 0)
+        if halted and skipped and f"wave {wave['wave']} " in execution.error:
+            state = "halted"
+        result.append(
+            {
+                "wave": wave["wave"],
+                "size": wave["size"],
+                "succeeded": by_status.get(TargetStatus.SUCCEEDED, 0),
+                "failed": by_status.get(TargetStatus.FAILED, 0),
+                "skipped": skipped,
+                "cancelled": by_status.get(TargetStatus.CANCELLED, 0),
+                "running": running,
+                "pending": pending,
+                "state": state,
+                "opened_at": wave.get("opened_at"),
+                "soak_until": wave.get("soak_until"),
+                "approved_by": wave.get("approved_by"),
+            }
+        )
+    return result
+
+
+def _next_wave_phase(execution: MigrationExecution) -> int | None:
+    """The phase of the first wave not yet opened (the one a gate holds)."""
+    return next((w["phase"] for w in execution.waves if "opened_at" not in w and w["wave"] > 1), None)
 
 
 @dataclass
@@ -362,15 +472,9 @@ def rollback_plan(*, execution: MigrationExecution) -> RollbackPlan:
     return plan
 
 
-def plan(
-    *,
-    scope: str,
-    regions: list[str] | None = None,
-    connections: list[str] | None = None,
-    tenants: list[str] | None = None,
-) -> list[dict]:
-    """What a run of this scope would do per target; records and changes nothing."""
-    targets = targets_resolve(scope=scope, regions=regions, connections=connections, tenants=tenants)
+def plan(selection: TargetSelection) -> list[dict]:
+    """What a run of this selection would do per target; records and changes nothing."""
+    targets = targets_resolve(selection)
     sets = sets_load(types={t.database_type for t in targets})
     states = schema_states(targets)
     return [target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
@@ -389,19 +493,13 @@ class PlanPreview:
     pending_total: int
 
 
-def plan_preview(
-    *,
-    scope: str,
-    regions: list[str] | None = None,
-    connections: list[str] | None = None,
-    tenants: list[str] | None = None,
-) -> PlanPreview:
-    """Plan a run of this scope (reads each database's history, changes nothing) and summarise it."""
+def plan_preview(selection: TargetSelection) -> PlanPreview:
+    """Plan a run of this selection (reads each database's history, changes nothing) and summarise it."""
     import hashlib
 
     from migrations_runner.engine.targets import plan_phases
 
-    targets = targets_resolve(scope=scope, regions=regions, connections=connections, tenants=tenants)
+    targets = targets_resolve(selection)
     sets = sets_load(types={t.database_type for t in targets})
     states = schema_states(targets)
     phases = plan_phases(targets, settings.MIGRATION_DEPENDENCIES).phases
@@ -413,14 +511,15 @@ def plan_preview(
         row.setdefault("database_type", target.database_type)
         row.setdefault("region", target.region)
         rows.append(row)
-    by_phase: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    by_type_region: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    by_phase: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
+    by_type_region: dict[tuple[str, str], tuple[int, int]] = defaultdict(lambda: (0, 0))
     for row in rows:
         busy = int(bool(row["pending"]))
-        by_phase[row["phase"]][0] += 1
-        by_phase[row["phase"]][1] += busy
-        by_type_region[(row["database_type"], row["region"])][0] += 1
-        by_type_region[(row["database_type"], row["region"])][1] += busy
+        seen, with_work = by_phase[row["phase"]]
+        by_phase[row["phase"]] = (seen + 1, with_work + busy)
+        key = (row["database_type"], row["region"])
+        seen, with_work = by_type_region[key]
+        by_type_region[key] = (seen + 1, with_work + busy)
     warnings = []
     drifted = [row["target"] for row in rows if row.get("drift")]
     if drifted:
@@ -447,8 +546,8 @@ def plan_preview(
         digest.update(repr([v["checksum"] for v in sets[kind].snapshot()["versions"]]).encode())
     return PlanPreview(
         targets=rows,
-        by_phase=[(phase, *counts) for phase, counts in sorted(by_phase.items())],
-        by_type_region=[(kind, region, *counts) for (kind, region), counts in sorted(by_type_region.items())],
+        by_phase=[(phase, n, busy) for phase, (n, busy) in sorted(by_phase.items())],
+        by_type_region=[(kind, region, n, busy) for (kind, region), (n, busy) in sorted(by_type_region.items())],
         warnings=warnings,
         fingerprint=digest.hexdigest()[:32],
         pending_total=sum(len(row["pending"]) for row in rows),
@@ -535,7 +634,7 @@ def version_pending_count(*, mset: MigrationSet | None, version: str | None) -> 
         current = Version.parse(version)
     except ValueError:
         return None
-    return sum(1 for script in mset.versions if script.version > current)
+    return sum(1 for script in mset.versions if script.require_version() > current)
 
 
 def _state(run_status: str | None, error_kind: str, pending: int | None) -> str:
@@ -588,7 +687,7 @@ class FleetPage:
         return max(1, math.ceil(self.total / self.per_page))
 
 
-def _runs_by_id(ids: list[int]) -> dict[int, dict]:
+def _runs_by_id(ids: list[int]) -> dict[int, Mapping[str, Any]]:
     """The fields of the given target runs (and of their executions) that the fleet shows, in one query."""
     if not ids:
         return {}
@@ -602,7 +701,9 @@ def _runs_by_id(ids: list[int]) -> dict[int, dict]:
     return {row["id"]: row for row in rows}
 
 
-def _fleet_target(values: dict, run: dict | None, sets: dict[str, MigrationSet]) -> FleetTarget:
+def _fleet_target(
+    values: Mapping[str, Any], run: Mapping[str, Any] | None, sets: dict[str, MigrationSet]
+) -> FleetTarget:
     version = run["version"] if run else None
     pending = version_pending_count(mset=sets.get(values["database_type"]), version=version)
     return FleetTarget(
@@ -644,7 +745,7 @@ def _database_targets(
     return sorted(targets, key=lambda t: (_TYPE_ORDER.get(t.database_type, 9), t.region, t.connection_name))
 
 
-def _tenant_targets(database_type: str | None, region: str | None) -> QuerySet[Tenant] | None:
+def _tenant_targets(database_type: str | None, region: str | None) -> TenantTargets | None:
     """The tenants that are targets (active, on an active connection), each with its latest run's id."""
     if database_type and database_type != DatabaseType.TENANT:
         return None
@@ -654,7 +755,7 @@ def _tenant_targets(database_type: str | None, region: str | None) -> QuerySet[T
     return qs.annotate(latest_run_id=_latest_run_id("connection_id", "schema_name"))
 
 
-def _tenant_run_groups(tenants: QuerySet[Tenant]) -> list[dict]:
+def _tenant_run_groups(tenants: TenantTargets) -> list[Mapping[str, Any]]:
     """The latest runs of ``tenants`` counted by (version, status, error kind): one aggregate query."""
     return list(
         TargetRun.objects.filter(pk__in=tenants.values("latest_run_id"))
@@ -678,7 +779,7 @@ class _Fleet:
         return _database_targets(self.database_type, self.region, self.sets)
 
     @cached_property
-    def tenants(self) -> QuerySet[Tenant] | None:
+    def tenants(self) -> TenantTargets | None:
         return _tenant_targets(self.database_type, self.region)
 
     @cached_property
@@ -692,7 +793,7 @@ class _Fleet:
             return []
         return [(self._group_state(group), group["n"], group["version"]) for group in _tenant_run_groups(self.tenants)]
 
-    def _group_state(self, group: dict) -> str:
+    def _group_state(self, group: Mapping[str, Any]) -> str:
         pending = version_pending_count(mset=self.tenant_set, version=group["version"])
         return _state(group["status"], group["kind"], pending)
 
@@ -707,25 +808,25 @@ class _Fleet:
         counts["total"] = sum(counts[state] for state in FLEET_STATES)
         return counts
 
-    def _tenants_in_state(self, state: str) -> QuerySet[Tenant]:
+    def _tenants_in_state(self, tenants: TenantTargets, state: str) -> TenantTargets:
         if state == "unknown":
-            return self.tenants.filter(latest_run_id__isnull=True)
+            return tenants.filter(latest_run_id__isnull=True)
         latest = TargetRun.objects.filter(pk=OuterRef("latest_run_id")).annotate(
             version=_run_version(), kind=_error_kind()
         )
         if state == "drifted":
-            return self.tenants.filter(Exists(latest.filter(status=TargetStatus.FAILED, kind="drift")))
+            return tenants.filter(Exists(latest.filter(status=TargetStatus.FAILED, kind="drift")))
         if state == "failing":
-            return self.tenants.filter(Exists(latest.filter(status=TargetStatus.FAILED).exclude(kind="drift")))
+            return tenants.filter(Exists(latest.filter(status=TargetStatus.FAILED).exclude(kind="drift")))
         # Which versions are behind needs the set: take the versions the latest runs hold, classified here.
         versions = [version for group_state, _, version in self.tenant_groups if group_state == state]
-        return self.tenants.filter(Exists(latest.exclude(status=TargetStatus.FAILED).filter(version__in=versions)))
+        return tenants.filter(Exists(latest.exclude(status=TargetStatus.FAILED).filter(version__in=versions)))
 
     def page(self, state: str | None, number: int, per_page: int) -> FleetPage:
         databases = [t for t in self.databases if state in (None, t.state)]
         tenants = self.tenants
         if tenants is not None and state:
-            tenants = self._tenants_in_state(state)
+            tenants = self._tenants_in_state(tenants, state)
         tenant_total = self.tenant_total if not state else tenants.count() if tenants is not None else 0
         total = len(databases) + tenant_total
         number = min(max(1, number), max(1, math.ceil(total / per_page)))
@@ -745,7 +846,11 @@ class _Fleet:
             )
             runs = _runs_by_id([row["latest_run_id"] for row in rows if row["latest_run_id"]])
             targets += [
-                _fleet_target({**row, "database_type": DatabaseType.TENANT}, runs.get(row["latest_run_id"]), self.sets)
+                _fleet_target(
+                    {**row, "database_type": DatabaseType.TENANT},
+                    runs.get(row["latest_run_id"]) if row["latest_run_id"] else None,
+                    self.sets,
+                )
                 for row in rows
             ]
         return FleetPage(targets=targets, total=total, page=number, per_page=per_page)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from connections import validators
 from connections.serializers import TenantSerializer
+from migrations_runner.engine import flyway
+from migrations_runner.exceptions import InvalidSelection, InvalidWaves
 from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
+from migrations_runner.selection import FILTER_NAMES, TargetSelection
+from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
 
 class FiltersSerializer(serializers.Serializer):
@@ -29,16 +36,65 @@ class FiltersSerializer(serializers.Serializer):
     )
 
 
+def _selection(scope: str, filters: dict) -> TargetSelection:
+    try:
+        return TargetSelection(scope=scope, **{name: filters.get(name) or () for name in FILTER_NAMES})
+    except InvalidSelection as exc:
+        raise serializers.ValidationError(exc.details) from exc
+
+
 class ScopeSerializer(FiltersSerializer):
-    """What to migrate: a scope narrowed by regions, connections and tenants."""
+    """What to migrate: a scope narrowed by regions, connections and tenants (``selection`` once valid)."""
 
     scope = serializers.ChoiceField(choices=Scope.choices, default=Scope.ALL)
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = dict(attrs)
+        scope = attrs.pop("scope")
+        attrs["selection"] = _selection(scope, {name: attrs.pop(name, ()) for name in FILTER_NAMES})
+        return attrs
 
 
 class ExecuteSerializer(ScopeSerializer):
     dry_run = serializers.BooleanField(default=False)
     on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
     batch_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
+    waves = serializers.ListField(
+        child=serializers.CharField(max_length=8),
+        required=False,
+        max_length=20,
+        help_text='Canary waves over the tenant targets with work: sizes ([1, 10, 100]) or percentages (["1%", '
+        '"10%"]); the rest make a last wave.',
+    )
+    failure_budget = serializers.CharField(
+        max_length=8, required=False, help_text="Failures a wave may have before the execution halts: 0, 2 or 5%."
+    )
+    wave_pause = serializers.IntegerField(
+        min_value=0, max_value=MAX_PAUSE_S, required=False, help_text="Soak seconds between two waves."
+    )
+    wave_approval = serializers.BooleanField(
+        default=False, help_text="Wait for a person's Continue (awaiting_approval) before each next wave."
+    )
+    canary = serializers.ListField(
+        child=serializers.CharField(max_length=48, validators=[validators.validate_tenant_slug]),
+        required=False,
+        max_length=100,
+        help_text="Tenants that make the first wave (default: the smallest schemas).",
+    )
+
+    def validate(self, attrs: dict) -> dict:
+        attrs = super().validate(attrs)
+        try:
+            attrs["waves"] = WaveOptions.parse(
+                waves=attrs.pop("waves", None),
+                failure_budget=attrs.pop("failure_budget", None),
+                pause_s=attrs.pop("wave_pause", None),
+                approval=attrs.pop("wave_approval", False),
+                canary=attrs.pop("canary", None),
+            )
+        except InvalidWaves as exc:
+            raise serializers.ValidationError(exc.details) from exc
+        return attrs
 
 
 class RollbackSerializer(serializers.Serializer):
@@ -69,6 +125,10 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "created_at",
             "started_at",
             "completed_at",
+            "failure_budget",
+            "wave_pause_s",
+            "wave_approval",
+            "waiting",
             "progress",
         ]
         read_only_fields = fields
@@ -83,10 +143,35 @@ class ExecutionSerializer(serializers.ModelSerializer):
         )
 
 
+class WaveProgressSerializer(serializers.Serializer):
+    wave = serializers.IntegerField()
+    size = serializers.IntegerField()
+    succeeded = serializers.IntegerField()
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    state = serializers.ChoiceField(
+        choices=["pending", "soaking", "awaiting_approval", "running", "done", "halted", "skipped"]
+    )
+    opened_at = serializers.DateTimeField(allow_null=True)
+    soak_until = serializers.DateTimeField(allow_null=True)
+    approved_by = serializers.CharField(allow_null=True)
+
+
 class ExecutionDetailSerializer(ExecutionSerializer):
+    waves = serializers.SerializerMethodField(help_text="Per canary wave: size, counts and state; [] without waves.")
+
     class Meta(ExecutionSerializer.Meta):
-        fields = [*ExecutionSerializer.Meta.fields, "metadata"]
+        fields = [*ExecutionSerializer.Meta.fields, "waves", "metadata"]
         read_only_fields = fields
+
+    @extend_schema_field(WaveProgressSerializer(many=True))
+    def get_waves(self, execution: MigrationExecution) -> list[dict]:
+        from migrations_runner.selectors import execution_waves
+
+        return execution_waves(execution=execution)
 
 
 class TargetRunSerializer(serializers.ModelSerializer):
@@ -145,13 +230,17 @@ class ScheduleSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["id", "last_execution", "last_fired_at", "created_by", "created_at", "updated_at"]
         extra_kwargs = {"batch_size": {"min_value": 1, "max_value": 500}}
-        validators = []
+        validators: list[Callable[..., None]] = []
 
-    def to_internal_value(self, data):
-        values = super().to_internal_value(data)
-        if "filters" in values:
-            values["filters"] = dict(values["filters"])
-        return values
+    def validate(self, attrs: dict) -> dict:
+        """Scope and filters become one ``selection``; a partial update keeps the stored half it does not send."""
+        attrs = dict(attrs)
+        if "scope" in attrs or "filters" in attrs:
+            stored = self.instance.selection if self.instance else TargetSelection()
+            scope = attrs.pop("scope", stored.scope)
+            filters = dict(attrs.pop("filters")) if "filters" in attrs else stored.as_filters()
+            attrs["selection"] = _selection(scope, filters)
+        return attrs
 
 
 class ProvisionSerializer(serializers.Serializer):
@@ -222,3 +311,176 @@ class MigrationsHealthSerializer(serializers.Serializer):
 class ProvisionResultSerializer(serializers.Serializer):
     tenant = TenantSerializer(help_text="The tenant, as in /api/v1/tenants/{slug}/.")
     execution = ExecutionSerializer()
+
+
+class AdoptSerializer(ScopeSerializer):
+    """Which targets to adopt from Flyway, and how."""
+
+    dry_run = serializers.BooleanField(default=False, help_text="Report what would be imported; change nothing.")
+    accept_drift = serializers.BooleanField(
+        default=False,
+        help_text="Import versions whose script changed since Flyway applied it, instead of refusing the target "
+        "(versions not in the set are still left out).",
+    )
+
+
+class BaselineSerializer(serializers.Serializer):
+    """The one target to baseline (a tenant, or a connection's default schema) and the version it is at."""
+
+    tenant = serializers.CharField(max_length=48, required=False, validators=[validators.validate_tenant_slug])
+    connection = serializers.CharField(max_length=63, required=False, validators=[validators.validate_connection_name])
+    version = serializers.CharField(max_length=50, help_text="Digits separated by '.' or '_', above 0 (5, 1.1).")
+    dry_run = serializers.BooleanField(default=False, help_text="Check and report; change nothing.")
+
+    def validate_version(self, value: str) -> str:
+        try:
+            return str(flyway.baseline_version(value))
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+    def validate(self, attrs: dict) -> dict:
+        if bool(attrs.get("tenant")) == bool(attrs.get("connection")):
+            message = "Name either a tenant or a connection."
+            raise serializers.ValidationError({"tenant": [message], "connection": [message]})
+        return attrs
+
+
+class FlywayFindingSerializer(serializers.Serializer):
+    """A row of flyway_schema_history that adoption did not import as it stands, and why."""
+
+    installed_rank = serializers.IntegerField()
+    type = serializers.CharField(help_text="Flyway's type: SQL, BASELINE, SCHEMA, JDBC, ...")
+    version = serializers.CharField(allow_null=True, help_text="Null for a repeatable.")
+    script = serializers.CharField(allow_blank=True)
+    reason = serializers.CharField()
+    flyway_checksum = serializers.IntegerField(allow_null=True, help_text="The checksum Flyway recorded.")
+    set_checksum = serializers.IntegerField(
+        allow_null=True, help_text="Flyway's checksum (CRC32) of the set's script, where the set has one."
+    )
+
+
+class AdoptedRowSerializer(serializers.Serializer):
+    kind = serializers.CharField(help_text="The row written into infra_schema_history: SQL, REPEATABLE or BASELINE.")
+    version = serializers.CharField(allow_null=True)
+    script = serializers.CharField()
+    installed_rank = serializers.IntegerField(help_text="The Flyway row it comes from.")
+    drift_accepted = serializers.BooleanField()
+
+
+class TargetAdoptionSerializer(serializers.Serializer):
+    target = serializers.CharField()
+    connection = serializers.CharField()
+    schema = serializers.CharField()
+    database_type = serializers.CharField()
+    tenant = serializers.CharField(allow_null=True)
+    status = serializers.CharField(help_text="adopted, up_to_date, refused, no_flyway_history or error.")
+    message = serializers.CharField()
+    flyway_version = serializers.CharField(allow_null=True, help_text="The highest version Flyway applied.")
+    imported = AdoptedRowSerializer(many=True, help_text="Written (in a dry run: to be written).")
+    already_recorded = serializers.ListField(child=serializers.CharField())
+    drift = FlywayFindingSerializer(many=True)
+    missing_from_set = FlywayFindingSerializer(many=True)
+    failed_rows = FlywayFindingSerializer(many=True)
+    skipped = FlywayFindingSerializer(many=True)
+    warnings = serializers.ListField(child=serializers.CharField())
+    pending_after = serializers.ListField(child=serializers.CharField(), help_text="What the next run applies.")
+
+
+class AdoptionReportSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    accept_drift = serializers.BooleanField()
+    count = serializers.IntegerField()
+    adopted = serializers.IntegerField()
+    refused = serializers.IntegerField()
+    unreadable = serializers.IntegerField(help_text="Targets whose history could not be read.")
+    drifted = serializers.IntegerField(help_text="Targets with drift or versions missing from the set.")
+    targets = TargetAdoptionSerializer(many=True)
+
+
+class TargetBaselineSerializer(serializers.Serializer):
+    target = serializers.CharField()
+    connection = serializers.CharField()
+    schema = serializers.CharField()
+    database_type = serializers.CharField()
+    tenant = serializers.CharField(allow_null=True)
+    status = serializers.CharField(help_text="baselined, refused (a run changed the target meanwhile) or error.")
+    message = serializers.CharField()
+    version = serializers.CharField()
+    from_version = serializers.CharField(allow_null=True)
+    pending_after = serializers.ListField(child=serializers.CharField(), help_text="What the next run applies.")
+    warnings = serializers.ListField(child=serializers.CharField())
+
+
+class BaselineReportSerializer(serializers.Serializer):
+    dry_run = serializers.BooleanField()
+    version = serializers.CharField()
+    count = serializers.IntegerField()
+    targets = TargetBaselineSerializer(many=True)
+
+
+# --- schema fingerprints ------------------------------------------------------------------------------------------
+
+
+class FingerprintDiffSerializer(serializers.Serializer):
+    change = serializers.ChoiceField(choices=["added", "missing", "changed"])
+    kind = serializers.CharField(help_text="table, column, constraint, index, trigger, view, sequence, function, ...")
+    name = serializers.CharField(help_text="e.g. tasks.priority")
+    detail = serializers.CharField(allow_blank=True, help_text="What an added object is, or how a changed one differs.")
+    text = serializers.CharField(help_text="The entry in words: 'column tasks.priority added (integer, nullable)'.")
+
+
+class FingerprintCountSerializer(serializers.Serializer):
+    fingerprint = serializers.CharField()
+    targets = serializers.IntegerField()
+
+
+class FingerprintGroupSerializer(serializers.Serializer):
+    database_type = serializers.CharField(help_text="The set the targets get.")
+    version = serializers.CharField(allow_blank=True, help_text="Their set version ('' for none applied).")
+    majority = serializers.CharField(help_text="The most common fingerprint of the group.")
+    targets = serializers.IntegerField()
+    outliers = serializers.IntegerField()
+    tied = serializers.BooleanField(help_text="Another fingerprint is as common as the majority.")
+    fingerprints = FingerprintCountSerializer(many=True)
+
+
+class TargetFingerprintSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    target = serializers.CharField()
+    connection = serializers.CharField()
+    schema = serializers.CharField()
+    tenant = serializers.CharField(allow_null=True)
+    database_type = serializers.CharField()
+    region = serializers.CharField(allow_blank=True)
+    version = serializers.CharField(allow_blank=True)
+    fingerprint = serializers.CharField()
+    majority = serializers.CharField()
+    majority_targets = serializers.IntegerField()
+    tied = serializers.BooleanField()
+    state = serializers.ChoiceField(choices=["match", "outlier"])
+    taken_at = serializers.DateTimeField()
+    execution = serializers.UUIDField(allow_null=True, help_text="The execution whose run recorded it; null: a scan.")
+    diff = FingerprintDiffSerializer(many=True, help_text="How the schema differs from the majority.")
+
+
+class FingerprintReportSerializer(serializers.Serializer):
+    targets = serializers.IntegerField(help_text="Selected targets with a recorded fingerprint.")
+    outlier_count = serializers.IntegerField()
+    groups = FingerprintGroupSerializer(many=True, help_text="Every (set, version) of the fleet.")
+    outliers = TargetFingerprintSerializer(many=True, help_text="The selected targets that differ from the majority.")
+
+
+class UnreachableDatabaseSerializer(serializers.Serializer):
+    connection = serializers.CharField()
+    targets = serializers.IntegerField()
+    error = serializers.CharField()
+
+
+class FingerprintScanSerializer(serializers.Serializer):
+    scanned = serializers.IntegerField()
+    unreachable = UnreachableDatabaseSerializer(many=True)
+    seconds = serializers.FloatField()
+
+
+class FingerprintScanReportSerializer(FingerprintReportSerializer):
+    scan = FingerprintScanSerializer()

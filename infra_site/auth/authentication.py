@@ -50,6 +50,8 @@ class LockoutBasicAuthentication(BasicAuthentication):
     """
 
     def authenticate_credentials(self, userid: str, password: str, request: Request | None = None):
+        assert request is not None  # BasicAuthentication.authenticate() always passes it
         http_request = request._request
         http_request.POST  # noqa: B018 (parsing is the point)
-        return super().authenticate_credentials(userid, password, http_request)
+        # The stubs say DRF's Request; DRF only hands it on to django.contrib.auth.authenticate(), which takes this.
+        return super().authenticate_credentials(userid, password, http_request)  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ def oidc_user_sync(*, issuer: str, claims: dict[str, Any], granted: frozenset[st
     user = identity.user if identity else _user_create(issuer=issuer, claims=claims)
     _profile_sync(user=user, claims=claims, granted=granted)
     _role_groups_sync(user=user, granted=granted)
-    user._infra_roles = roles.expand(granted) if user.is_active else frozenset()
+    roles.cache_user_roles(user, roles.expand(granted) if user.is_active else frozenset())
     return user
 
 

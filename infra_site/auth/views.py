@@ -22,7 +22,7 @@ from infra_site.auth import provider
 from infra_site.auth.authentication import KeycloakBearerAuthentication, LockoutBasicAuthentication
 from infra_site.models import OidcIdentity
 
-AUTHENTICATION_NAMES = {
+AUTHENTICATION_NAMES: dict[type[object], str] = {
     KeycloakBearerAuthentication: "bearer",
     SessionAuthentication: "session",
     LockoutBasicAuthentication: "basic",
@@ -91,6 +91,7 @@ class MeView(APIView):
     @extend_schema(responses={200: MeSerializer})
     def get(self, request: Request) -> Response:
         user = request.user
+        assert user.is_authenticated  # the default permission, IsAuthenticated, lets only a signed-in user in
         identity = OidcIdentity.objects.filter(user=user).first()
         return Response(
             MeSerializer(

@@ -13,7 +13,7 @@ from django.contrib.admin import SimpleListFilter
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import render
 from django.urls import path, reverse
 from django.utils import timezone
@@ -28,6 +28,7 @@ from migrations_runner.models import (
     Origin,
     TargetRun,
     TargetStatus,
+    Waiting,
 )
 from migrations_runner.templatetags.fleet_admin import progress_bar, status_badge
 
@@ -41,15 +42,8 @@ def _actor(request: HttpRequest) -> str:
 
 
 def selection_in_words(execution: MigrationExecution) -> str:
-    """``tenant scope, regions eu-west; tenants acme, globex``: the scope and its filters."""
-    parts = []
-    for name in ("regions", "connections", "tenants"):
-        values = execution.filters.get(name) or []
-        if values:
-            shown = ", ".join(values[:5]) + (f" and {len(values) - 5} more" if len(values) > 5 else "")
-            parts.append(f"{name} {shown}")
-    scope = execution.get_scope_display()
-    return f"{scope}; " + "; ".join(parts) if parts else scope
+    """``Tenants; regions eu-west; tenants acme, globex``: the scope and its filters."""
+    return execution.selection.describe()
 
 
 def kind_label(execution: MigrationExecution) -> str:
@@ -159,7 +153,10 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_display(self, obj: MigrationExecution) -> str:
-        return status_badge(obj.status, obj.get_status_display())
+        badge = status_badge(obj.status, obj.get_status_display())
+        if obj.waiting == Waiting.APPROVAL and not obj.is_finished:
+            return badge + status_badge("awaiting_approval")
+        return badge
 
     @admin.display(description="Progress")
     def progress_display(self, obj: MigrationExecution) -> str:
@@ -204,6 +201,8 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             view(("<uuid:object_id>/cancel/", self.cancel_view), "cancel"),
             view(("<uuid:object_id>/retry/", self.retry_view), "retry"),
             view(("<uuid:object_id>/rollback/", self.rollback_view), "rollback"),
+            view(("<uuid:object_id>/continue/", self.continue_view), "continue"),
+            view(("<uuid:object_id>/abort/", self.abort_view), "abort"),
             *super().get_urls(),
         ]
 
@@ -230,9 +229,13 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             self._context(request, "Run migrations", form=form, media=self.media + form.media),
         )
 
-    def _preview_page(self, request: HttpRequest, form: RunForm, *, stale: bool = False) -> HttpResponse:
+    def _preview_page(
+        self, request: HttpRequest, form: RunForm, *, query: QueryDict | None = None, stale: bool = False
+    ) -> HttpResponse:
+        """The plan preview; ``query`` (default: the request's) holds the page number and the form's values."""
+        source = request.GET if query is None else query
         try:
-            preview = selectors.plan_preview(**form.selection())
+            preview = selectors.plan_preview(form.selection())
         except ApplicationError as exc:
             form.add_error(None, exc.message)
             return render(
@@ -241,9 +244,9 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 self._context(request, "Run migrations", form=form, media=self.media + form.media),
                 status=400,
             )
-        page = Paginator(preview.targets, PREVIEW_PER_PAGE).get_page(request.GET.get("page"))
-        query = request.GET.copy()
-        query.pop("page", None)
+        page = Paginator(preview.targets, PREVIEW_PER_PAGE).get_page(source.get("page"))
+        links = source.copy()
+        links.pop("page", None)
         return render(
             request,
             "admin/migrations_runner/migrationexecution/preview.html",
@@ -253,7 +256,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 form=form,
                 preview=preview,
                 page=page,
-                query=query.urlencode(),
+                query=links.urlencode(),
                 stale=stale,
                 hidden=[(name, value) for name in form.data for value in form.data.getlist(name)]
                 if hasattr(form.data, "getlist")
@@ -292,17 +295,16 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 status=400,
             )
         try:
-            current = selectors.plan_preview(**form.selection()).fingerprint
+            current = selectors.plan_preview(form.selection()).fingerprint
         except ApplicationError as exc:
             messages.error(request, exc.message)
             return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_run"))
         if current != fingerprint:
             messages.warning(request, "The fleet changed since the preview: review the new plan before confirming.")
-            request.GET = data  # the preview page reads its paging and form values from the query
-            return self._preview_page(request, form, stale=True)
+            return self._preview_page(request, form, query=data, stale=True)
         try:
             execution = services.execution_submit(
-                **form.selection(), **form.options(), executed_by=_actor(request), origin=Origin.ADMIN
+                selection=form.selection(), **form.options(), executed_by=_actor(request), origin=Origin.ADMIN
             )
         except ApplicationError as exc:
             messages.error(request, exc.message)
@@ -320,7 +322,15 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             .defer("connection__password")  # only the name is shown: never decrypt secrets for a page
             .order_by("-completed_at")[:LATEST_FAILURES]
         )
-        return {"execution": execution, "progress": progress, "failures": failures}
+        waves = selectors.execution_waves(execution=execution)
+        waiting_wave = next((w for w in waves if w["state"] == "awaiting_approval"), None)
+        return {
+            "execution": execution,
+            "progress": progress,
+            "failures": failures,
+            "waves": waves,
+            "waiting_wave": waiting_wave,
+        }
 
     def progress_view(self, request: HttpRequest, object_id) -> HttpResponse:
         if not self.has_view_permission(request):
@@ -432,6 +442,29 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             self.log_change(request, execution, "Cancelled")
             messages.success(request, f"Execution {str(execution.pk)[:8]} cancelled.")
         return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_progress", args=[execution.pk]))
+
+    def _wave_gate_view(self, request: HttpRequest, object_id, action: str, act, done: str) -> HttpResponse:
+        """Continue or Abort at a wave gate: a confirmation page naming the wave, then the service."""
+        self._require_execute(request)
+        execution = self._execution(object_id)
+        if request.method != "POST" or request.POST.get("post") != "yes":
+            waves = selectors.execution_waves(execution=execution)
+            waiting = next((w for w in waves if w["state"] == "awaiting_approval"), None)
+            return self._confirm(request, execution, action, waves=waves, waiting_wave=waiting)
+        try:
+            execution = act(execution=execution, actor=_actor(request))
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            self.log_change(request, execution, done)
+            messages.success(request, f"Execution {str(execution.pk)[:8]}: {done.lower()}.")
+        return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_progress", args=[execution.pk]))
+
+    def continue_view(self, request: HttpRequest, object_id) -> HttpResponse:
+        return self._wave_gate_view(request, object_id, "Continue", services.execution_continue, "Next wave approved")
+
+    def abort_view(self, request: HttpRequest, object_id) -> HttpResponse:
+        return self._wave_gate_view(request, object_id, "Abort", services.execution_abort, "Waves aborted")
 
     def retry_view(self, request: HttpRequest, object_id) -> HttpResponse:
         self._require_execute(request)

@@ -13,16 +13,19 @@ from urllib.parse import urlencode
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 
 from connections import selectors as registry
 from connections.models import DatabaseType
 from infra_site import roles
-from migrations_runner import selectors
+from infra_site.admin_site import project_site
+from infra_site.errors import NotFound
+from migrations_runner import fingerprint_selectors, selectors
 from migrations_runner.checks import check_dependencies
 from migrations_runner.models import Scope
+from migrations_runner.selection import TargetSelection
 
 # The most targets "Migrate all behind" names one by one in the Run form's address; above, it passes the filter.
 EXPLICIT_SELECTION_LIMIT = 100
@@ -43,6 +46,8 @@ BADGES = {
     "unknown": "unknown",
 }
 # The scope that holds exactly the default-schema targets of these database types.
+site = project_site()  # where the fleet's pages are registered
+
 SCOPE_OF_DATABASES = {
     frozenset({DatabaseType.ADMIN}): Scope.ADMIN,
     frozenset({DatabaseType.SHARED}): Scope.REGIONAL,
@@ -75,7 +80,9 @@ class FleetFilterForm(forms.Form):
 
     def __init__(self, data, *, regions: list[str]) -> None:
         super().__init__(data)
-        self.fields["region"].choices = [("", "All regions"), *((r, r) for r in regions)]
+        region = self.fields["region"]
+        assert isinstance(region, forms.ChoiceField)
+        region.choices = [("", "All regions"), *((r, r) for r in regions)]
 
     def values(self) -> dict[str, str]:
         """The valid filters ('' where none or invalid)."""
@@ -107,12 +114,19 @@ def fleet_view(request: HttpRequest) -> HttpResponse:
         state=filters["state"] or None,
         page=page_number,
     )
+    schemas = fingerprint_selectors.fingerprint_states(targets=page.targets)
     groups = [
         (
             kind,
             region,
             [
-                (target, ROW_CLASSES.get(target.state, ""), BADGES[target.state], STATE_LABELS[target.state])
+                (
+                    target,
+                    ROW_CLASSES.get(target.state, ""),
+                    BADGES[target.state],
+                    STATE_LABELS[target.state],
+                    schemas.get((target.connection_name, target.schema_name)),
+                )
                 for target in targets
             ],
         )
@@ -158,19 +172,20 @@ def _page_numbers(current: int, last: int) -> list[int | None]:
     return numbers
 
 
-def _selection(tenants: list[str], databases: dict[str, str]) -> dict[str, Any] | None:
+def _selection(tenants: list[str], databases: dict[str, str]) -> TargetSelection | None:
     """The Run form's pre-fill for exactly these tenants (slugs) or these databases' default schemas (name ->
     database type); None when one scope cannot hold them (tenants with databases, or admin with regional)."""
     if tenants and databases:
         return None
     if tenants:
-        return {"scope": Scope.TENANT, "tenants": sorted(tenants)}
-    scope = SCOPE_OF_DATABASES.get(frozenset(databases.values()))
-    return {"scope": scope, "connections": sorted(databases)} if scope else None
+        return TargetSelection(scope=Scope.TENANT, tenants=sorted(tenants))
+    scope = SCOPE_OF_DATABASES.get(frozenset(DatabaseType(kind) for kind in databases.values()))
+    return TargetSelection(scope=scope, connections=sorted(databases)) if scope else None
 
 
-def _run_url(selection: dict[str, Any]) -> str:
-    return reverse("admin:migrations_runner_migrationexecution_run") + "?" + urlencode(selection, doseq=True)
+def _run_url(selection: TargetSelection) -> str:
+    query = urlencode(selection.as_kwargs(), doseq=True)
+    return reverse("admin:migrations_runner_migrationexecution_run") + "?" + query
 
 
 def fleet_migrate_view(request: HttpRequest) -> HttpResponse:
@@ -222,25 +237,22 @@ def fleet_migrate_view(request: HttpRequest) -> HttpResponse:
     return HttpResponseRedirect(_run_url(selection))
 
 
-def _filter_selection(filters: dict[str, str]) -> dict[str, Any]:
+def _filter_selection(filters: dict[str, str]) -> TargetSelection:
     """The Run form's pre-fill for every target of a fleet filter (database type, region)."""
     kind = filters["database_type"]
-    selection: dict[str, Any] = {"scope": SCOPE_OF_TYPE_FILTER[kind]}
-    if filters["region"]:
-        selection["regions"] = [filters["region"]]
+    connections: list[str] = []
     if kind in (DatabaseType.SHARED, DatabaseType.ANALYTICS):
         # The regional scope holds both types: name the databases of the one filtered on.
-        selection["connections"] = list(
-            registry.connection_list(is_active=True, database_type=kind).values_list("name", flat=True)
-        )
-    return selection
+        connections = list(registry.connection_list(is_active=True, database_type=kind).values_list("name", flat=True))
+    regions = [filters["region"]] if filters["region"] else []
+    return TargetSelection(scope=SCOPE_OF_TYPE_FILTER[kind], regions=regions, connections=connections)
 
 
 def sets_view(request: HttpRequest) -> HttpResponse:
     """The migration sets on disk: per database type, each version with its checksum, undo and transactionality,
     the repeatable scripts, and the problems ``check_migration_sets`` reports."""
     require_role(request, roles.MIGRATIONS_READ)
-    sets = []
+    sets: list[dict[str, Any]] = []
     for kind, mset in selectors.sets_load(strict=False).items():
         versions = [
             {
@@ -249,7 +261,7 @@ def sets_view(request: HttpRequest) -> HttpResponse:
                 "filename": script.filename,
                 "checksum": script.checksum,
                 "transactional": script.transactional,
-                "undo": mset.undo.get(script.version),
+                "undo": mset.undo.get(script.require_version()),
             }
             for script in mset.versions
         ]
@@ -268,7 +280,7 @@ def sets_view(request: HttpRequest) -> HttpResponse:
     )
 
 
-admin.site.register_view(
+site.register_view(
     "migrations_runner/fleet/",
     fleet_view,
     name="migrations_runner_fleet",
@@ -276,12 +288,50 @@ admin.site.register_view(
     app_label="migrations_runner",
     role=roles.MIGRATIONS_READ,
 )
-admin.site.register_view("migrations_runner/fleet/migrate/", fleet_migrate_view, name="migrations_runner_fleet_migrate")
-admin.site.register_view(
+site.register_view("migrations_runner/fleet/migrate/", fleet_migrate_view, name="migrations_runner_fleet_migrate")
+site.register_view(
     "migrations_runner/sets/",
     sets_view,
     name="migrations_runner_sets",
     title="Migration sets",
     app_label="migrations_runner",
     role=roles.MIGRATIONS_READ,
+)
+
+
+def fleet_schemas_view(request: HttpRequest) -> HttpResponse:
+    """The schema fingerprints: per set and version the majority fingerprint, and every outlier with its diff."""
+    require_role(request, roles.MIGRATIONS_READ)
+    report = fingerprint_selectors.fingerprint_report()
+    return render(
+        request,
+        "admin/migrations_runner/fleet/schemas.html",
+        page_context(request, "Schema fingerprints", report=report),
+    )
+
+
+def fleet_schema_view(request: HttpRequest, fingerprint_id: int) -> HttpResponse:
+    """One target's schema fingerprint against its set version's majority, with the diff when it differs."""
+    require_role(request, roles.MIGRATIONS_READ)
+    try:
+        target = fingerprint_selectors.fingerprint_target_get(fingerprint_id=fingerprint_id)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
+    return render(
+        request,
+        "admin/migrations_runner/fleet/schema.html",
+        page_context(request, f"Schema of {target.label}", target=target),
+    )
+
+
+site.register_view(
+    "migrations_runner/fleet/schemas/",
+    fleet_schemas_view,
+    name="migrations_runner_fleet_schemas",
+    title="Schema fingerprints",
+    app_label="migrations_runner",
+    role=roles.MIGRATIONS_READ,
+)
+site.register_view(
+    "migrations_runner/fleet/schemas/<int:fingerprint_id>/", fleet_schema_view, name="migrations_runner_fleet_schema"
 )

@@ -6,7 +6,7 @@ Reading needs ``migrations:read``; every change needs ``migrations:manage``.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from croniter import croniter
 from django import forms
@@ -22,11 +22,12 @@ from infra_site.admin_mixins import RoleAdminMixin
 from infra_site.admin_site import ForbiddenActionMixin
 from infra_site.errors import ApplicationError
 from migrations_runner import selectors, services
-from migrations_runner.exceptions import InvalidSchedule
+from migrations_runner.exceptions import InvalidSchedule, InvalidSelection
 from migrations_runner.models import MigrationExecution, MigrationSchedule
+from migrations_runner.selection import FILTER_NAMES, TargetSelection
 from migrations_runner.templatetags.fleet_admin import status_badge
 
-FILTER_NAMES = ("regions", "connections", "tenants")
+SCHEDULE_FIELDS = ("dry_run", "on_failure", "batch_size")
 NEXT_RUNS_SHOWN = 5
 EXECUTIONS_SHOWN = 20
 
@@ -70,7 +71,7 @@ class MigrationScheduleForm(forms.ModelForm):
 
     class Meta:
         model = MigrationSchedule
-        fields = ["name", "enabled", "cron_expression", "run_at", "scope", "dry_run", "on_failure", "batch_size"]
+        fields = ["name", "enabled", "cron_expression", "run_at", "scope", *SCHEDULE_FIELDS]
         help_texts = {
             "cron_expression": "minute hour day month weekday, e.g. 0 3 * * 1-5. Leave empty for a one-off run_at.",
             "run_at": "A one-off run; leave empty for a cron schedule.",
@@ -89,13 +90,14 @@ class MigrationScheduleForm(forms.ModelForm):
         return name
 
     def values(self) -> dict[str, Any]:
-        """The schedule's values for the services."""
+        """The schedule's values for the services, its scope and filters as one ``selection``."""
         data = self.cleaned_data
-        values = {name: data[name] for name in self._meta.fields if name in data}
+        values = {n: data[n] for n in ("name", "enabled", "cron_expression", "run_at", *SCHEDULE_FIELDS) if n in data}
         values["cron_expression"] = (values.get("cron_expression") or "").strip()
-        values["filters"] = {
+        filters = {
             name: [item.strip() for item in data.get(name, "").split(",") if item.strip()] for name in FILTER_NAMES
         }
+        values["selection"] = TargetSelection(scope=data["scope"], **filters)
         return values
 
     def _post_clean(self) -> None:
@@ -106,7 +108,7 @@ class MigrationScheduleForm(forms.ModelForm):
                 self.instance = services.schedule_update(schedule=self.instance, actor=self.actor, **self.values())
             else:
                 self.instance = services.schedule_create(actor=self.actor, **self.values())
-        except InvalidSchedule as exc:
+        except (InvalidSchedule, InvalidSelection) as exc:
             placed = False
             for field, problems in exc.details.items():
                 if field in self.fields and isinstance(problems, list):
@@ -152,11 +154,7 @@ class MigrationScheduleAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAd
 
     @admin.display(description="Scope")
     def selection(self, obj: MigrationSchedule) -> str:
-        parts = [obj.get_scope_display()]
-        parts += [f"{name}: {', '.join(obj.filters[name])}" for name in FILTER_NAMES if obj.filters.get(name)]
-        if obj.dry_run:
-            parts.append("dry run")
-        return "; ".join(parts)
+        return obj.selection.describe() + ("; dry run" if obj.dry_run else "")
 
     @admin.display(description="Last run", ordering="last_fired_at")
     def last_run(self, obj: MigrationSchedule) -> str:
@@ -198,8 +196,9 @@ class MigrationScheduleAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAd
     # --- writes, all through the services ---
 
     def get_form(self, request: HttpRequest, obj: MigrationSchedule | None = None, change: bool = False, **kwargs):
-        form = super().get_form(request, obj, change, **kwargs)
-        form.actor = _actor(request)  # a class made for this request by modelform_factory
+        # A class made for this request by modelform_factory from ``form``: the actor is set on it, not on ours.
+        form = cast(type[MigrationScheduleForm], super().get_form(request, obj, change, **kwargs))
+        form.actor = _actor(request)
         return form
 
     def save_model(self, request: HttpRequest, obj: MigrationSchedule, form: MigrationScheduleForm, change: bool):

@@ -28,9 +28,10 @@ so its leftover fails the target by name for an operator to drop.
 lock wait), ``drift`` (applied history differs from the set), ``invalid_index``
 (a non-transactional script left an invalid index in the schema), ``placeholder``
 (a placeholder value that cannot be put into SQL text safely), ``cancelled``,
-``undo_missing``; from the services around it: ``set_changed`` (the set on disk
-differs from the execution's snapshot), ``worker_lost`` (a lane's worker stopped
-renewing its lease), ``internal`` (an unexpected exception outside the engine).
+``undo_missing``, ``baseline`` (an undo of a version at or below the target's
+baseline); from the services around it: ``set_changed`` (the set on disk differs
+from the execution's snapshot), ``worker_lost`` (a lane's worker stopped renewing
+its lease), ``internal`` (an unexpected exception outside the engine).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 import psycopg
 from psycopg import sql
@@ -90,6 +92,13 @@ class TargetError:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+class _ScriptContext(TypedDict):
+    """The fields that every error and log line about one script carries."""
+
+    version: str
+    script: str
 
 
 @dataclass
@@ -281,7 +290,7 @@ def _run_script(
     options: ApplyOptions,
 ) -> AppliedVersion:
     """Run one script with its history row. Raises _Failed / TransientError (psycopg.Error outside statements)."""
-    context = {"version": str(script.version or ""), "script": script.filename}
+    context: _ScriptContext = {"version": str(script.version or ""), "script": script.filename}
     try:
         text = script.render(spec.context)
     except PlaceholderValueError as exc:
@@ -366,8 +375,12 @@ def drift_of(state: history.SchemaState, mset: MigrationSet) -> list[str]:
 
 
 def pending_of(state: history.SchemaState, mset: MigrationSet) -> list[Script]:
-    """Return the versioned scripts not yet applied, then the repeatables whose checksum changed."""
-    versions = [script for script in mset.versions if script.version not in state.applied]
+    """Return the versioned scripts not yet applied (nor covered by a baseline), then the changed repeatables."""
+    versions = [
+        script
+        for script in mset.versions
+        if script.version not in state.applied and not state.below_baseline(script.require_version())
+    ]
     repeatables = [s for s in mset.repeatables if state.repeatables.get(s.filename) != s.checksum]
     return versions + repeatables
 
@@ -496,9 +509,23 @@ def undo_target(
     versions: list[Version],
     options: ApplyOptions,
 ) -> TargetOutcome:
-    """Undo ``versions`` (newest first) with their undo scripts; versions not applied are passed over."""
+    """Undo ``versions`` (newest first) with their undo scripts; versions not applied are passed over.
+
+    Refused before any change when one of them is at or below the target's baseline: what led up to a baseline
+    was never run by this engine, so undoing a version under it would leave the schema in no known state.
+    """
 
     def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+        below = sorted(v for v in versions if v in state.applied and state.below_baseline(v))
+        if below:
+            raise _Failed(
+                TargetError(
+                    kind="baseline",
+                    message=f"the target is baselined at version {state.baseline}: version(s) "
+                    f"{', '.join(map(str, below))} at or below the baseline cannot be undone; nothing was undone",
+                    version=str(below[-1]),
+                )
+            )
         for version in sorted(versions, reverse=True):
             if version not in state.applied:
                 continue
@@ -533,5 +560,9 @@ def undo_target(
             outcome.applied.append(_run_script(conn, spec, script, "UNDO", row, options))
             state.applied.pop(version)
             outcome.to_version = str(state.current or "")
+        if outcome.applied and state.baseline is not None and state.current == state.baseline:
+            outcome.applied[-1].notes.append(
+                f"the target is now at its baseline {state.baseline}: versions up to it cannot be undone"
+            )
 
     return _run(source, spec, options, work)

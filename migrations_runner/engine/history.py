@@ -1,7 +1,9 @@
 """The ``infra_schema_history`` table of each target schema, read in bulk per database.
 
 Rows: ``SQL`` (a forward version), ``UNDO`` (audit of an undone version; the
-version's ``SQL`` row is deleted in the same transaction) and ``REPEATABLE``.
+version's ``SQL`` row is deleted in the same transaction), ``REPEATABLE`` and
+``BASELINE`` (the schema was declared to be at a version without running anything:
+every version up to it counts as applied, and none of them can be undone).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ CREATE TABLE IF NOT EXISTS {table} (
 
 @dataclass
 class SchemaState:
-    """What a schema holds: whether it exists, its applied versions and repeatable checksums."""
+    """What a schema holds: whether it exists, its applied versions, its baseline and repeatable checksums."""
 
     schema: str
     exists: bool = False
@@ -44,10 +46,16 @@ class SchemaState:
     applied: dict[Version, str] = field(default_factory=dict)  # version -> checksum
     applied_scripts: dict[Version, str] = field(default_factory=dict)  # version -> script file name
     repeatables: dict[str, str] = field(default_factory=dict)  # script -> latest checksum
+    baseline: Version | None = None  # the highest BASELINE row: versions up to it count as applied
 
     @property
     def current(self) -> Version | None:
-        return max(self.applied) if self.applied else None
+        versions = [*self.applied, *([self.baseline] if self.baseline is not None else [])]
+        return max(versions) if versions else None
+
+    def below_baseline(self, version: Version) -> bool:
+        """Tell whether ``version`` is covered by the baseline (at or below it)."""
+        return self.baseline is not None and version <= self.baseline
 
 
 def table(schema: str) -> sql.Composed:
@@ -102,6 +110,9 @@ def read_states(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, S
                 state.applied_scripts[parsed] = script
             elif kind == "REPEATABLE":
                 state.repeatables[script] = checksum
+            elif kind == "BASELINE":
+                parsed = Version.parse(version)
+                state.baseline = parsed if state.baseline is None else max(state.baseline, parsed)
     return states
 
 

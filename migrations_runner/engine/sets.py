@@ -94,6 +94,12 @@ class Script:
     transactional: bool
     version: Version | None = None
 
+    def require_version(self) -> Version:
+        """The version of a versioned or undo script; ``ValueError`` for a repeatable one, which has none."""
+        if self.version is None:
+            raise ValueError(f"{self.filename} is a repeatable script: it has no version")
+        return self.version
+
     def render(self, context: dict[str, str]) -> str:
         """Return the SQL with placeholders substituted (unknown ones were refused at load time).
 
@@ -126,7 +132,7 @@ class MigrationSet:
         return self.versions[-1].version if self.versions else None
 
     def by_version(self) -> dict[Version, Script]:
-        return {script.version: script for script in self.versions}
+        return {script.require_version(): script for script in self.versions}
 
     def snapshot(self) -> dict:
         """A JSON-able record of what the set held (stored on executions)."""
@@ -168,8 +174,8 @@ def load_set(directory: Path, database_type: str) -> MigrationSet:
             continue
         name = path.name
         versioned = _VERSIONED.match(name)
-        repeatable = _REPEATABLE.match(name)
-        if not versioned and not repeatable:
+        match = versioned or _REPEATABLE.match(name)
+        if match is None:
             result.problems.append(
                 f"{name}: malformed file name (expected V<version>__<description>.sql, "
                 "U<version>__<description>.sql or R__<description>.sql)"
@@ -185,20 +191,21 @@ def load_set(directory: Path, database_type: str) -> MigrationSet:
                 f"(known: {', '.join('${' + p + '}' for p in PLACEHOLDERS)})"
             )
             continue
-        description = (versioned or repeatable).group("description").replace("_", " ")
-        common = {
-            "filename": name,
-            "description": description,
-            "content": content,
-            "checksum": checksum_of(content),
-            "transactional": is_transactional(content),
-        }
-        if repeatable:
+        description = match.group("description").replace("_", " ")
+        script = functools.partial(
+            Script,
+            filename=name,
+            description=description,
+            content=content,
+            checksum=checksum_of(content),
+            transactional=is_transactional(content),
+        )
+        if versioned is None:
             if description in repeatable_names:
                 result.problems.append(f"{name}: duplicate repeatable script {description!r}")
                 continue
             repeatable_names.add(description)
-            result.repeatables.append(Script(kind="repeatable", **common))
+            result.repeatables.append(script(kind="repeatable"))
             continue
         version = Version.parse(versioned.group("version"))
         seen = forward_files if versioned.group("prefix") == "V" else undo_files
@@ -207,14 +214,14 @@ def load_set(directory: Path, database_type: str) -> MigrationSet:
             continue
         seen[version] = name
         if versioned.group("prefix") == "V":
-            result.versions.append(Script(kind="versioned", version=version, **common))
+            result.versions.append(script(kind="versioned", version=version))
         else:
-            result.undo[version] = Script(kind="undo", version=version, **common)
+            result.undo[version] = script(kind="undo", version=version)
     for version, name in sorted(undo_files.items()):
         if version not in forward_files:
             result.problems.append(f"{name}: undo script without a forward script V{version}")
             result.undo.pop(version, None)
-    result.versions.sort(key=lambda s: s.version)
+    result.versions.sort(key=Script.require_version)
     result.repeatables.sort(key=lambda s: s.filename)
     return result
 

@@ -1,7 +1,15 @@
 """Writes of the migrations app. Interfaces import from here; the modules are its parts."""
 
+from migrations_runner.services.adoption import (
+    adoption_needs_attention,
+    baseline_selection,
+    flyway_adopt,
+    target_baseline,
+)
 from migrations_runner.services.executions import (
+    execution_abort,
     execution_cancel,
+    execution_continue,
     execution_retry,
     execution_rollback,
     execution_start,
@@ -10,6 +18,7 @@ from migrations_runner.services.executions import (
     rollback_submit,
     target_rollback,
 )
+from migrations_runner.services.fingerprints import fingerprint_record, fleet_fingerprint_scan
 from migrations_runner.services.provisioning import provisioning_finish, tenant_provision
 from migrations_runner.services.runner import (
     QueueHost,
@@ -31,14 +40,21 @@ from migrations_runner.services.targets import target_run_apply
 __all__ = [
     "QueueHost",
     "ThreadHost",
+    "adoption_needs_attention",
+    "baseline_selection",
     "ensure_recovery_schedule",
+    "execution_abort",
     "execution_cancel",
+    "execution_continue",
     "execution_retry",
     "execution_rollback",
     "execution_run",
     "execution_start",
     "execution_submit",
     "execution_waiting_for_worker",
+    "fingerprint_record",
+    "fleet_fingerprint_scan",
+    "flyway_adopt",
     "lane_work",
     "launch",
     "provisioning_finish",
@@ -47,6 +63,7 @@ __all__ = [
     "schedule_delete",
     "schedule_fire",
     "schedule_update",
+    "target_baseline",
     "target_rollback",
     "target_run_apply",
     "targets_recover_lost",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from django.conf import settings
 from django.db import transaction
@@ -15,7 +15,13 @@ from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
 from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
 from migrations_runner.engine.targets import Target, dependency_problems, plan_phases
-from migrations_runner.exceptions import ExecutionFinished, RetryRefused, RollbackRefused
+from migrations_runner.exceptions import (
+    ExecutionFinished,
+    InvalidWaves,
+    NotAwaitingApproval,
+    RetryRefused,
+    RollbackRefused,
+)
 from migrations_runner.models import (
     ExecutionKind,
     MigrationExecution,
@@ -24,9 +30,12 @@ from migrations_runner.models import (
     Scope,
     TargetRun,
     TargetStatus,
+    Waiting,
 )
+from migrations_runner.selection import TargetSelection
 from migrations_runner.services.runner import COUNTER_OF, execution_cancel_now, execution_launch, execution_run
 from migrations_runner.services.targets import finish_execution
+from migrations_runner.services.waves import WaveOptions, canaries_missing, waves_assign
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +61,7 @@ def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: d
             rows[index].depends_on = [rows[d].pk for d in deps]
             changed.append(rows[index])
     TargetRun.objects.bulk_update(changed, ["depends_on"], batch_size=500)
-    counts = dict.fromkeys(COUNTER_OF, 0)
+    counts: dict[str, int] = dict.fromkeys(COUNTER_OF, 0)
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     execution.targets_total = len(rows)
@@ -63,11 +72,8 @@ def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: d
 
 def execution_start(
     *,
-    scope: str,
+    selection: TargetSelection,
     executed_by: str,
-    regions: list[str] | None = None,
-    connections: list[str] | None = None,
-    tenants: list[str] | None = None,
     dry_run: bool = False,
     on_failure: str = OnFailure.CONTINUE,
     batch_size: int | None = None,
@@ -78,28 +84,38 @@ def execution_start(
     parent: MigrationExecution | None = None,
     statement_timeout_s: int | None = None,
     lock_timeout_s: float | None = None,
+    waves: WaveOptions | None = None,
 ) -> MigrationExecution:
     """Plan an execution (targets, phases, pending versions), record it, and run it in-process unless told not to.
 
+    ``targets`` (a retry's) replaces the resolution of ``selection``, which is then only recorded.
+    ``waves`` splits the tenant targets that have work into canary waves (``services/waves.py``).
     A dry run records the plan and changes nothing on any target.
     """
     problems = dependency_problems(settings.MIGRATION_DEPENDENCIES, DATABASE_TYPES)
     if problems:
         raise ValidationFailed("MIGRATION_DEPENDENCIES is invalid: " + "; ".join(problems), code="invalid_dependencies")
     if targets is None:
-        targets = selectors.targets_resolve(scope=scope, regions=regions, connections=connections, tenants=tenants)
+        targets = selectors.targets_resolve(selection)
     sets = selectors.sets_load(types={t.database_type for t in targets})
     plan = plan_phases(targets, settings.MIGRATION_DEPENDENCIES)
     states = selectors.schema_states(targets)
     ordered = [t for phase in plan.phases for t in phase]
-    index_of = {t.key: i for i, t in enumerate(ordered)}
     phase_of = {t.key: n for n, phase in enumerate(plan.phases) for t in phase}
+    wave_of: dict[str, int] = {}
+    wave_plan: list[dict] = []
+    if waves is not None and waves.enabled:
+        wave_of, wave_plan = _plan_waves(waves, targets, states, sets, phase_of)
+        # Runs are claimed in id order within a phase: canaries first, then the smallest schemas.
+        position = {key: n for n, key in enumerate(wave_of)}
+        ordered.sort(key=lambda t: (phase_of[t.key], position.get(t.key, -1)))
+    index_of = {t.key: i for i, t in enumerate(ordered)}
     now = timezone.now()
     with transaction.atomic():
         execution = MigrationExecution.objects.create(
             kind=ExecutionKind.MIGRATE,
-            scope=scope,
-            filters={"regions": regions or [], "connections": connections or [], "tenants": tenants or []},
+            scope=selection.scope,
+            filters=selection.as_filters(),
             dry_run=dry_run,
             on_failure=on_failure,
             batch_size=batch_size or settings.MIGRATION_BATCH_SIZE,
@@ -116,18 +132,21 @@ def execution_start(
                 **(metadata or {}),
             },
             started_at=now,
+            **(_wave_fields(waves, wave_plan) if waves is not None and wave_plan else {}),
         )
         rows = [
             _planned_run(execution, t, states[t.key], sets[t.database_type], phase_of[t.key], dry_run, now)
             for t in ordered
         ]
+        for row, target in zip(rows, ordered, strict=True):
+            row.wave = wave_of.get(target.key)
         requires = {index_of[k]: [index_of[d] for d in deps] for k, deps in plan.requires.items()}
         _bulk_runs(execution, rows, requires)
     logger.info(
         "execution planned",
         extra={
             "execution": str(execution.pk),
-            "scope": scope,
+            "selection": selection.describe(),
             "targets": len(rows),
             "dry_run": dry_run,
             "executed_by": executed_by,
@@ -138,6 +157,51 @@ def execution_start(
     if run:
         return execution_run(execution=execution)
     return execution
+
+
+def _has_work(target: Target, state, mset: MigrationSet) -> bool:
+    """Whether a run would try something on the target: pending versions without drift, or unreachable now."""
+    if isinstance(state, str):
+        return True
+    plan = selectors.target_plan(target, state, mset)
+    return bool(plan["pending"]) and not plan["drift"]
+
+
+def _plan_waves(
+    options: WaveOptions, targets: list[Target], states: dict, sets: dict[str, MigrationSet], phase_of: dict[str, int]
+) -> tuple[dict[str, int], list[dict]]:
+    """Assign the tenant targets with work to waves and move each wave to a phase of its own (``phase_of`` is
+    updated); return the waves by target key and the plan ``[{"wave", "phase", "size"}]``."""
+    waved = [t for t in targets if t.database_type == "tenant" and _has_work(t, states[t.key], sets["tenant"])]
+    missing = canaries_missing(options, waved)
+    if missing:
+        raise InvalidWaves(
+            f"Canary tenants not among this run's tenants with work: {', '.join(missing)}.",
+            details={
+                "canary": [f"{slug!r} is not a tenant with pending versions in this selection." for slug in missing]
+            },
+        )
+    if not waved:
+        return {}, []
+    wave_of = waves_assign(options, waved, selectors.schema_sizes(waved))
+    count = max(wave_of.values())
+    base = max(phase_of[key] for key in wave_of)
+    for key, phase in phase_of.items():
+        if key in wave_of:
+            phase_of[key] = base + wave_of[key] - 1
+        elif phase > base:
+            phase_of[key] = phase + count - 1
+    sizes = Counter(wave_of.values())
+    return wave_of, [{"wave": w, "phase": base + w - 1, "size": sizes[w]} for w in range(1, count + 1)]
+
+
+def _wave_fields(options: WaveOptions, plan: list[dict]) -> dict:
+    return {
+        "waves": plan,
+        "failure_budget": str(options.failure_budget),
+        "wave_pause_s": options.pause_s,
+        "wave_approval": options.approval,
+    }
 
 
 def _planned_run(
@@ -249,10 +313,8 @@ def target_rollback(
     origin: str = Origin.API,
 ) -> MigrationExecution:
     """Undo the versions above ``to_version`` on one target (refused when an undo script is missing)."""
-    target = next(
-        (t for t in selectors.targets_resolve(scope=Scope.ALL, connections=[connection.name]) if t.schema == schema),
-        None,
-    )
+    on_connection = selectors.targets_resolve(TargetSelection(connections=[connection.name]))
+    target = next((t for t in on_connection if t.schema == schema), None)
     if target is None:
         raise RollbackRefused(f"{connection.name}/{schema} is not a migration target.")
     boundary = Version.parse(to_version) if to_version not in ("", "0") else None
@@ -261,7 +323,16 @@ def target_rollback(
     state = selectors.schema_states([target])[target.key]
     if isinstance(state, str):
         raise RollbackRefused(f"{target.label} is unreachable: {state}")
-    versions = sorted((v for v in state.applied if boundary is None or v > boundary), reverse=True)
+    # Versions at or below a baseline were never run here and cannot be undone: a rollback stops at it.
+    versions = sorted(
+        (v for v in state.applied if (boundary is None or v > boundary) and not state.below_baseline(v)), reverse=True
+    )
+    if not versions and state.baseline is not None and (boundary is None or boundary < state.baseline):
+        raise RollbackRefused(
+            f"{target.label} is baselined at version {state.baseline} with nothing above it to undo; versions at "
+            f"or below a baseline cannot be undone (asked for {to_version}).",
+            details={"baseline": str(state.baseline), "to_version": to_version},
+        )
     if not versions:
         raise RollbackRefused(f"{target.label} is already at or below version {to_version}.")
     missing = [
@@ -312,6 +383,43 @@ def execution_cancel(*, execution: MigrationExecution, actor: str) -> MigrationE
     return execution
 
 
+def _awaiting_approval(execution_id) -> MigrationExecution:
+    """The execution, locked, when it waits for approval between two waves; ``NotAwaitingApproval`` (409) else."""
+    execution = MigrationExecution.objects.select_for_update().get(pk=execution_id)
+    if execution.is_finished or execution.waiting != Waiting.APPROVAL:
+        state = execution.status if execution.is_finished else (execution.waiting or "running")
+        raise NotAwaitingApproval(
+            f"Execution {execution.pk} is not awaiting approval between two waves (it is {state}).",
+            details={"id": str(execution.pk), "status": execution.status, "waiting": execution.waiting},
+        )
+    return execution
+
+
+def execution_continue(*, execution: MigrationExecution, actor: str) -> MigrationExecution:
+    """Approve the next wave of an execution that waits for approval, and start its lanes."""
+    with transaction.atomic():
+        locked = _awaiting_approval(execution.pk)
+        wave = locked.approved_wave + 1
+        for entry in locked.waves:
+            if entry["wave"] == wave:
+                entry["approved_by"], entry["approved_at"] = actor, timezone.now().isoformat()
+        locked.approved_wave, locked.waiting = wave, Waiting.NOTHING
+        locked.save(update_fields=["approved_wave", "waiting", "waves"])
+    logger.warning("wave approved", extra={"execution": str(locked.pk), "wave": wave, "actor": actor})
+    return launch(locked)
+
+
+def execution_abort(*, execution: MigrationExecution, actor: str) -> MigrationExecution:
+    """Stop an execution that waits for approval: the waves not started are cancelled."""
+    with transaction.atomic():
+        locked = _awaiting_approval(execution.pk)
+    wave = locked.approved_wave + 1
+    execution_cancel_now(execution=locked, actor=actor, reason=f"aborted before wave {wave} by {actor}")
+    logger.warning("waves aborted", extra={"execution": str(locked.pk), "wave": wave, "actor": actor})
+    locked.refresh_from_db()
+    return locked
+
+
 def launch(execution: MigrationExecution) -> MigrationExecution:
     """Start a recorded execution: lanes on the queue workers, or threads here when MIGRATION_EXECUTOR is inline."""
     if execution.is_finished:
@@ -347,14 +455,14 @@ def execution_retry(
             database_type=r.database_type,
             region=r.region,
             schema=r.schema_name,
-            tenant_slug=r.tenant.slug if r.tenant_id else "",
+            tenant_slug=r.tenant.slug if r.tenant else "",
             tenant_id=r.tenant_id,
             create_schema=r.schema_name != "public",
         )
         for r in failed
     ]
     retry = execution_start(
-        scope=execution.scope,
+        selection=execution.selection,
         executed_by=executed_by,
         on_failure=execution.on_failure,
         batch_size=execution.batch_size,

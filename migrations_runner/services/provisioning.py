@@ -9,6 +9,7 @@ from connections.models import DatabaseConnection, Tenant, TenantStatus
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ProvisioningFailed
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, Scope, TargetStatus
+from migrations_runner.selection import TargetSelection
 from migrations_runner.services.executions import execution_start, launch
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def tenant_provision(
         create_schema=tenant.schema_name != "public",
     )
     execution = execution_start(
-        scope=Scope.SINGLE,
+        selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]),
         executed_by=actor,
         targets=[target],
         metadata={"provision": slug},

@@ -27,11 +27,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from django.conf import settings
@@ -51,8 +51,11 @@ from migrations_runner.models import (
     OnFailure,
     TargetRun,
     TargetStatus,
+    Waiting,
 )
+from migrations_runner.services.fingerprints import fingerprint_record
 from migrations_runner.services.targets import apply_outcome, finish_execution, target_run_apply
+from migrations_runner.services.waves import Size, budget_exceeded
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,7 +67,7 @@ ACTIVE_TOUCH_S = 5.0  # how often a waiting lane shows it is alive
 
 CONTROL_RETRY_MAX_S = 5.0  # longest pause between attempts to reach the control database again
 
-COUNTER_OF = {
+COUNTER_OF: dict[str, str] = {
     TargetStatus.SUCCEEDED: "targets_succeeded",
     TargetStatus.FAILED: "targets_failed",
     TargetStatus.SKIPPED: "targets_skipped",
@@ -153,9 +156,12 @@ class ThreadHost:
                 with self._lock:
                     running = [f for f in self._futures if not f.done()]
                     for future in self._futures:
-                        if future.done() and future.exception() is not None:
-                            raise future.exception()
+                        error = future.exception() if future.done() else None
+                        if error is not None:
+                            raise error
                 if not running:
+                    if self._soak(on_poll=on_poll, poll_s=poll_s):
+                        continue  # the soak between two waves is over: the next wave's lanes run here
                     break
                 wait(running, timeout=poll_s, return_when=FIRST_COMPLETED)
                 if on_poll:
@@ -168,6 +174,26 @@ class ThreadHost:
             phase_advance(execution_id=self.execution.pk, host=self, continuing=False)
             self.execution.refresh_from_db()
         return self.execution
+
+    def _soak(self, *, on_poll: Callable[[], None] | None, poll_s: float) -> bool:
+        """Wait out a soak time between two waves, then open the next wave; True when its lanes were spawned.
+
+        An execution that waits for approval returns from ``run`` unfinished: Continue starts its lanes again.
+        """
+        execution = MigrationExecution.objects.get(pk=self.execution.pk)
+        if execution.waiting != Waiting.SOAK or execution.wait_until is None:
+            return False
+        while not execution.cancel_requested and timezone.now() < execution.wait_until:
+            time.sleep(min(poll_s, max(0.0, (execution.wait_until - timezone.now()).total_seconds())))
+            if on_poll:
+                on_poll()
+            execution.refresh_from_db(fields=["cancel_requested", "wait_until", "waiting", "status"])
+            if execution.waiting != Waiting.SOAK or execution.is_finished:
+                break
+        before = len(self._futures)
+        phase_advance(execution_id=execution.pk, host=self, continuing=False)
+        with self._lock:
+            return len(self._futures) > before
 
 
 def execution_run(*, execution: MigrationExecution, on_poll: Callable[[], None] | None = None) -> MigrationExecution:
@@ -284,7 +310,8 @@ def _claim(execution: MigrationExecution, me: str) -> TargetRun | None:
         row = cursor.fetchone()
     if row is None:
         return None
-    run = TargetRun.objects.select_related("connection", "tenant").get(pk=row[0])
+    # The password stays encrypted: a lane's connection source is made once per connection (``_source_for``).
+    run = TargetRun.objects.select_related("connection", "tenant").defer("connection__password").get(pk=row[0])
     _Leases.hold(run.pk, execution.pk)
     return run
 
@@ -319,15 +346,86 @@ def _record(run: TargetRun, execution: MigrationExecution, me: str) -> None:
     if run.status == TargetStatus.SUCCEEDED and run.duration_ms is not None:
         timing = {"run_duration_ms": F("run_duration_ms") + run.duration_ms, "runs_timed": F("runs_timed") + 1}
     _count(execution.pk, run.status, 1, active_at=timezone.now(), **timing)
-    if run.status == TargetStatus.FAILED and execution.on_failure == OnFailure.HALT:
+    if run.status == TargetStatus.FAILED:
+        _after_failure(run, execution)
+
+
+def _after_failure(run: TargetRun, execution: MigrationExecution) -> None:
+    """A run failed: halt under ``on_failure=halt``, or when its wave's failures exceed the failure budget."""
+    if execution.on_failure == OnFailure.HALT:
         _halt(run)
+    elif run.wave and execution.waves:
+        _check_budget(run, execution)
 
 
 def _halt(run: TargetRun) -> None:
     """``on_failure=halt``: skip everything still pending, and say why on the execution."""
-    reason = f"halted after {run.label} failed"
-    if _close_pending(run.execution_id, TargetStatus.SKIPPED, reason):
-        MigrationExecution.objects.filter(pk=run.execution_id, error="").update(error=reason)
+    _halt_with(run.execution_id, f"halted after {run.label} failed")
+
+
+def _halt_with(execution_id, reason: str) -> None:
+    _close_pending(execution_id, TargetStatus.SKIPPED, reason)
+    MigrationExecution.objects.filter(pk=execution_id, error="").update(error=reason)
+
+
+def _check_budget(run: TargetRun, execution: MigrationExecution) -> None:
+    """Halt the execution when the failures of ``run``'s wave exceed the wave's failure budget."""
+    size = next((w["size"] for w in execution.waves if w["wave"] == run.wave), 0)
+    failed = TargetRun.objects.filter(execution_id=execution.pk, wave=run.wave, status=TargetStatus.FAILED)
+    count = failed.count()
+    budget = Size.parse(execution.failure_budget or "0", field_name="failure_budget")
+    if not budget_exceeded(budget, failed=count, size=size):
+        return
+    shown = [f"{name}/{schema}" for name, schema in failed.values_list("connection__name", "schema_name")[:10]]
+    more = f" and {count - len(shown)} more" if count > len(shown) else ""
+    reason = (
+        f"halted: wave {run.wave} exceeded its failure budget ({count} of {size} failed, budget {budget}): "
+        f"{', '.join(shown)}{more}"
+    )
+    _halt_with(execution.pk, reason)
+    logger.error(
+        "wave failure budget exceeded",
+        extra={"execution": str(execution.pk), "wave": run.wave, "failed": count, "size": size, "budget": str(budget)},
+    )
+
+
+# --- waves --------------------------------------------------------------------------------------------------------
+
+
+def _wave_gate(execution: MigrationExecution, phase: int) -> str:
+    """What opening ``phase`` waits for: ``Waiting.SOAK``, ``Waiting.APPROVAL`` or nothing (``""``).
+
+    Called with the execution row locked. The soak of a wave starts when the gate is first reached (the wave
+    before it is done); its end and each wave's opening are kept in ``execution.waves``.
+    """
+    wave = next((w for w in execution.waves if w["phase"] == phase), None)
+    if wave is None:
+        return Waiting.NOTHING
+    now, changed = timezone.now(), []
+    waiting, wait_until = Waiting.NOTHING, None
+    if wave["wave"] > 1 and execution.wave_pause_s:
+        if "soak_until" not in wave:
+            wave["soak_until"] = (now + timedelta(seconds=execution.wave_pause_s)).isoformat()
+            changed.append("waves")
+        soak_until = datetime.fromisoformat(wave["soak_until"])
+        if now < soak_until:
+            waiting, wait_until = Waiting.SOAK, soak_until
+    if not waiting and execution.wave_approval and wave["wave"] > execution.approved_wave:
+        waiting = Waiting.APPROVAL
+    if not waiting and "opened_at" not in wave:
+        wave["opened_at"] = now.isoformat()
+        changed.append("waves")
+    if (execution.waiting, execution.wait_until) != (waiting, wait_until):
+        if waiting:
+            logger.info(
+                "wave gate",
+                extra={"execution": str(execution.pk), "wave": wave["wave"], "waiting": waiting},
+            )
+        execution.waiting, execution.wait_until = waiting, wait_until
+        changed += ["waiting", "wait_until"]
+    if changed:
+        execution.save(update_fields=sorted(set(changed)))
+    return waiting
 
 
 # --- phases -------------------------------------------------------------------------------------------------------
@@ -341,13 +439,14 @@ def _skip_blocked(execution_id, phase: int) -> None:
         )
     )
     dep_ids = {dep for run in pending for dep in run.depends_on}
-    deps = {
+    deps: dict[int, Mapping[str, Any]] = {
         row["id"]: row
         for row in TargetRun.objects.filter(pk__in=dep_ids).values("id", "status", "connection__name", "schema_name")
     }
     now, skipped = timezone.now(), []
     for run in pending:
-        bad = next((deps[d] for d in run.depends_on if deps.get(d, {}).get("status") != TargetStatus.SUCCEEDED), None)
+        blocking = (deps[d] for d in run.depends_on if d in deps and deps[d]["status"] != TargetStatus.SUCCEEDED)
+        bad = next(blocking, None)
         if bad is not None:
             run.status, run.completed_at = TargetStatus.SKIPPED, now
             run.skip_reason = f"dependency {bad['connection__name']}/{bad['schema_name']} {bad['status']}"
@@ -389,6 +488,8 @@ def phase_advance(*, execution_id, host, continuing: bool) -> bool:
                 return False
             if phase == execution.current_phase:
                 break
+            if _wave_gate(execution, phase):
+                return False  # between two waves: a soak time or a person's Continue opens the next one
             _skip_blocked(execution_id, phase)
             execution.current_phase, opened = phase, True
             MigrationExecution.objects.filter(pk=execution_id).update(current_phase=phase)
@@ -437,6 +538,8 @@ def _apply(run: TargetRun, execution: MigrationExecution) -> None:
         logger.exception("target run crashed", extra={"target_run": run.pk, "target": run.label})
         outcome = engine.TargetOutcome(status="failed", error=engine.TargetError(kind="internal", message=str(exc)))
     apply_outcome(run, outcome)
+    if run.status == TargetStatus.SUCCEEDED and settings.MIGRATION_FINGERPRINT_AFTER_RUN:
+        fingerprint_record(run=run, source=_source_for(run))  # never raises
 
 
 def _wait_state(execution: MigrationExecution) -> str:
@@ -521,10 +624,12 @@ def lane_work(*, execution_id, host) -> str:
 # --- cancel and recovery ------------------------------------------------------------------------------------------
 
 
-def execution_cancel_now(*, execution: MigrationExecution, actor: str) -> None:
+def execution_cancel_now(*, execution: MigrationExecution, actor: str, reason: str = "") -> None:
     """Cancel what has not started at once; runs at work stop between scripts; finish when nothing runs."""
     with transaction.atomic():
-        MigrationExecution.objects.filter(pk=execution.pk).update(cancel_requested=True, error=f"cancelled by {actor}")
+        MigrationExecution.objects.filter(pk=execution.pk).update(
+            cancel_requested=True, error=reason or f"cancelled by {actor}", waiting=Waiting.NOTHING
+        )
         _close_pending(execution.pk, TargetStatus.CANCELLED, "execution cancelled")
     phase_advance(execution_id=execution.pk, host=QueueHost(), continuing=False)
 
@@ -549,6 +654,9 @@ def _applied_under(run: TargetRun) -> list[dict]:
 
 
 def _fail_lost(run: TargetRun, now: datetime) -> None:
+    # A running run always has both: the claim sets them.
+    assert run.heartbeat_at is not None
+    assert run.started_at is not None
     applied = _applied_under(run)
     run.status, run.completed_at = TargetStatus.FAILED, now
     run.applied_versions = applied
@@ -569,8 +677,7 @@ def _fail_lost(run: TargetRun, now: datetime) -> None:
             duration_ms=run.duration_ms,
         ):
             _count(run.execution_id, TargetStatus.FAILED, 1)
-            if run.execution.on_failure == OnFailure.HALT:
-                _halt(run)
+            _after_failure(run, run.execution)
     logger.error(
         "target run lost its worker",
         extra={"target_run": run.pk, "target": run.label, "worker": run.worker, "applied": len(applied)},
@@ -616,7 +723,7 @@ def targets_recover_lost() -> int:
 
 def execution_waiting_for_worker(execution: MigrationExecution, *, running: int, pending: int) -> bool:
     """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds."""
-    if execution.is_finished or running or not pending:
+    if execution.is_finished or execution.waiting or running or not pending:
         return False
     since = execution.active_at or execution.started_at or execution.created_at
     return timezone.now() - since > timedelta(seconds=settings.MIGRATION_WORKER_WAIT)

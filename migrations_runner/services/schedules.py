@@ -11,15 +11,17 @@ from django.db import transaction
 from django.utils import timezone
 from django_q.models import Schedule
 
+from infra_site.updates import model_update
 from migrations_runner.exceptions import InvalidSchedule
-from migrations_runner.models import MigrationSchedule, OnFailure, Origin, Scope
+from migrations_runner.models import MigrationSchedule, OnFailure, Origin
+from migrations_runner.selection import TargetSelection
 
 logger = logging.getLogger(__name__)
 
 FIRE_TASK = "migrations_runner.tasks.fire_schedule"
 RECOVERY_TASK = "migrations_runner.tasks.recover_lost_targets"
 RECOVERY_SCHEDULE = "infra: recover lost target runs"
-EDITABLE = ("name", "scope", "filters", "dry_run", "on_failure", "batch_size", "cron_expression", "run_at", "enabled")
+EDITABLE = ("name", "dry_run", "on_failure", "batch_size", "cron_expression", "run_at", "enabled")
 
 
 def _validate(schedule: MigrationSchedule) -> None:
@@ -32,8 +34,6 @@ def _validate(schedule: MigrationSchedule) -> None:
         ]
     elif schedule.run_at and schedule.run_at <= timezone.now():
         problems["run_at"] = [f"run_at {schedule.run_at.isoformat()} is in the past."]
-    if schedule.scope not in Scope.values:
-        problems["scope"] = [f"Unknown scope {schedule.scope!r}."]
     if schedule.on_failure not in OnFailure.values:
         problems["on_failure"] = [f"Unknown on_failure {schedule.on_failure!r}."]
     if problems:
@@ -71,9 +71,16 @@ def _sync(schedule: MigrationSchedule) -> None:
         schedule.save(update_fields=["q_schedule"])
 
 
-def schedule_create(*, actor: str, **values: Any) -> MigrationSchedule:
-    """Create a schedule (cron or one-off ``run_at``) and its django-q2 schedule."""
-    schedule = MigrationSchedule(created_by=actor, **{k: v for k, v in values.items() if k in EDITABLE})
+def _select(schedule: MigrationSchedule, selection: TargetSelection) -> None:
+    schedule.scope, schedule.filters = selection.scope, selection.as_filters()
+
+
+def schedule_create(*, actor: str, selection: TargetSelection | None = None, **values: Any) -> MigrationSchedule:
+    """Create a schedule (cron or one-off ``run_at``) over ``selection`` (default: the whole fleet) and its
+    django-q2 schedule."""
+    schedule = MigrationSchedule(created_by=actor)
+    model_update(schedule, fields=EDITABLE, changes=values)
+    _select(schedule, selection or TargetSelection())
     schedule.cron_expression = schedule.cron_expression or ""
     _validate(schedule)
     if MigrationSchedule.objects.filter(name=schedule.name).exists():
@@ -85,11 +92,15 @@ def schedule_create(*, actor: str, **values: Any) -> MigrationSchedule:
     return schedule
 
 
-def schedule_update(*, schedule: MigrationSchedule, actor: str, **changes: Any) -> MigrationSchedule:
-    """Change a schedule (including enabling or disabling it) and its django-q2 schedule."""
-    for key, value in changes.items():
-        if key in EDITABLE:
-            setattr(schedule, key, value if value is not None or key not in ("cron_expression",) else "")
+def schedule_update(
+    *, schedule: MigrationSchedule, actor: str, selection: TargetSelection | None = None, **changes: Any
+) -> MigrationSchedule:
+    """Change a schedule (its selection, timing, options, enabling or disabling) and its django-q2 schedule."""
+    if "cron_expression" in changes:
+        changes["cron_expression"] = changes["cron_expression"] or ""
+    model_update(schedule, fields=EDITABLE, changes=changes)
+    if selection is not None:
+        _select(schedule, selection)
     _validate(schedule)
     with transaction.atomic():
         schedule.save()
@@ -114,12 +125,8 @@ def schedule_fire(*, schedule_id: int) -> str:
     schedule = MigrationSchedule.objects.filter(pk=schedule_id, enabled=True).first()
     if schedule is None:
         return "disabled or deleted"
-    filters = schedule.filters or {}
     execution = execution_submit(
-        scope=schedule.scope,
-        regions=filters.get("regions") or [],
-        connections=filters.get("connections") or [],
-        tenants=filters.get("tenants") or [],
+        selection=schedule.selection,
         dry_run=schedule.dry_run,
         on_failure=schedule.on_failure,
         batch_size=schedule.batch_size,

@@ -35,7 +35,7 @@ def target_spec(run: TargetRun) -> engine.TargetSpec:
         create_schema=run.schema_name != "public",
         context={
             "schema": run.schema_name,
-            "tenant_slug": run.tenant.slug if run.tenant_id else "",
+            "tenant_slug": run.tenant.slug if run.tenant else "",
             "region": run.region,
             "database_type": run.database_type,
         },

@@ -20,6 +20,10 @@ BADGE_CLASSES = {
     "skipped": "infra-badge-muted",
     "rolled_back": "infra-badge-warn",
     "waiting_for_worker": "infra-badge-bad",
+    "awaiting_approval": "infra-badge-warn",
+    "soaking": "infra-badge-info",
+    "halted": "infra-badge-bad",
+    "done": "infra-badge-ok",
     "behind": "infra-badge-warn",
     "drifted": "infra-badge-bad",
     "up_to_date": "infra-badge-ok",
@@ -74,4 +78,40 @@ def progress_bar(execution: MigrationExecution, running: int = 0) -> str:
         finished,
         counts["total"],
         f" — {detail}" if detail else "",
+    )
+
+
+@register.simple_tag
+def wave_bar(waves: list[dict]) -> str:
+    """The canary waves as segments of one bar, each as wide as its share of the waved targets and filled by
+    its succeeded, failed, skipped, cancelled and running targets."""
+    total = max(sum(w["size"] for w in waves), 1)
+    segments = []
+    for wave in waves:
+        size = max(wave["size"], 1)
+        inner = format_html_join(
+            "",
+            '<span class="infra-seg infra-seg-{}" style="width:{}%"></span>',
+            (
+                (name, round(100.0 * wave[name] / size, 2))
+                for name in ("succeeded", "failed", "skipped", "cancelled", "running")
+                if wave[name]
+            ),
+        )
+        segments.append(
+            format_html(
+                '<div class="infra-wave infra-wave-{}" style="width:{}%" title="wave {}: {} target(s), {}">'
+                '<div class="infra-bar">{}</div><div class="infra-wave-label">{} · {}</div></div>',
+                wave["state"],
+                round(100.0 * wave["size"] / total, 2),
+                wave["wave"],
+                wave["size"],
+                wave["state"].replace("_", " "),
+                inner,
+                wave["wave"],
+                wave["state"].replace("_", " "),
+            )
+        )
+    return format_html(
+        '<div class="infra-waves" id="wave-bar">{}</div>', format_html_join("", "{}", ((s,) for s in segments))
     )

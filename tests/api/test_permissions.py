@@ -48,10 +48,18 @@ REQUIRED_ROLES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", "/api/v1/migrations/health/"): (roles.MIGRATIONS_READ,),
     ("GET", "/api/v1/migrations/dynamic/status/"): (roles.MIGRATIONS_READ,),
     ("POST", "/api/v1/migrations/dynamic/plan/"): (roles.MIGRATIONS_READ,),
+    # Schema fingerprints: the recorded report, and a scan (reads the fleet, changes nothing on it).
+    ("GET", "/api/v1/migrations/fingerprints/"): (roles.MIGRATIONS_READ,),
+    ("POST", "/api/v1/migrations/fingerprints/scan/"): (roles.MIGRATIONS_READ,),
     ("POST", "/api/v1/migrations/execute/"): (roles.MIGRATIONS_EXECUTE,),
     ("POST", "/api/v1/migrations/{execution_id}/cancel/"): (roles.MIGRATIONS_EXECUTE,),
     ("POST", "/api/v1/migrations/{execution_id}/retry/"): (roles.MIGRATIONS_EXECUTE,),
+    ("POST", "/api/v1/migrations/{execution_id}/continue/"): (roles.MIGRATIONS_EXECUTE,),
+    ("POST", "/api/v1/migrations/{execution_id}/abort/"): (roles.MIGRATIONS_EXECUTE,),
     ("POST", "/api/v1/migrations/rollback/"): (roles.MIGRATIONS_EXECUTE,),
+    # Taking over targets migrated elsewhere: Flyway adoption and baselines.
+    ("POST", "/api/v1/migrations/adopt/"): (roles.MIGRATIONS_MANAGE,),
+    ("POST", "/api/v1/migrations/baseline/"): (roles.MIGRATIONS_MANAGE,),
     # Schedules.
     ("GET", "/api/v1/schedules/"): (roles.MIGRATIONS_READ,),
     ("POST", "/api/v1/schedules/"): (roles.MIGRATIONS_MANAGE,),

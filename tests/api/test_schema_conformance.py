@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 
 from health import probes
 from migrations_runner import services
+from migrations_runner.selection import TargetSelection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -65,9 +66,13 @@ def local_only(settings) -> None:
 @pytest.fixture
 def real_ids(small_fleet, local_only) -> dict[str, list[str]]:
     """Path parameter name -> values that exist: connections, tenants, executions, a schedule, health services."""
-    tenant_run = services.execution_start(scope="tenant", tenants=["us000"], executed_by="fuzz", dry_run=True)
-    fleet_run = services.execution_start(scope="all", executed_by="fuzz", dry_run=True)
-    schedule = services.schedule_create(actor="fuzz", name="fuzz-nightly", scope="all", cron_expression="0 3 * * *")
+    tenant_run = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="fuzz", dry_run=True
+    )
+    fleet_run = services.execution_start(selection=TargetSelection(scope="all"), executed_by="fuzz", dry_run=True)
+    schedule = services.schedule_create(
+        actor="fuzz", name="fuzz-nightly", selection=TargetSelection(scope="all"), cron_expression="0 3 * * *"
+    )
     return {
         "id": [str(c.pk) for c in small_fleet.connections.values()] + [str(schedule.pk)],
         "slug": [t.slug for t in small_fleet.tenants],

@@ -16,6 +16,7 @@ from connections import services as registry
 from health import probes, selectors
 from health.models import CheckRun
 from migrations_runner import services as migrations
+from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_USER
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -206,7 +207,7 @@ def test_the_oidc_provider_is_checked_through_its_discovery_document(anonymous, 
 
 @pytest.mark.django_db(transaction=True)
 def test_json_metrics_count_executions_runs_durations_connections_and_the_process(anonymous, small_fleet):
-    migrations.execution_start(scope="tenant", executed_by="test")
+    migrations.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
     body = anonymous.get("/health/metrics").json()
     assert body["executions"] == {"by_status": {"completed": 1}, "total": 1}
     runs = body["target_runs_24h"]
@@ -225,7 +226,7 @@ def test_json_metrics_count_executions_runs_durations_connections_and_the_proces
 def test_the_p95_is_the_nearest_rank_of_the_last_day(small_fleet):
     from migrations_runner.models import TargetRun
 
-    migrations.execution_start(scope="tenant", executed_by="test")
+    migrations.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
     for index, run in enumerate(TargetRun.objects.order_by("id")):
         run.duration_ms = (index + 1) * 100  # 100 .. 600
         run.save(update_fields=["duration_ms"])

@@ -11,6 +11,8 @@ from rest_framework.test import APIClient
 from connections import services as registry
 from migrations_runner import services as migrations
 from migrations_runner.models import TargetStatus
+from migrations_runner.selection import TargetSelection
+from migrations_runner.services.waves import WaveOptions
 
 pytestmark = [pytest.mark.postgres]
 
@@ -42,7 +44,7 @@ def test_counters_and_histograms_follow_an_execution_run_by_a_real_qcluster(smal
     before = scrape()
     assert value(before, "infra_control_database_up") == 1
     cluster = clusters(workers=2)
-    execution = migrations.execution_submit(scope="tenant", executed_by="test")
+    execution = migrations.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
     deadline = time.monotonic() + 120
     while not execution.is_finished:
         assert time.monotonic() < deadline, cluster.output()[-3000:]
@@ -147,3 +149,16 @@ def test_without_a_token_metrics_are_closed_in_deployments(settings, environment
     settings.IS_DEPLOYED = False
     settings.ENVIRONMENT = "development"
     assert APIClient().get("/metrics").status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_executions_held_between_waves_are_counted_by_what_they_wait_for(small_fleet):
+    assert value(scrape(), "infra_migration_executions_waiting", waiting="approval") == 0
+    execution = migrations.execution_start(
+        selection=TargetSelection(scope="tenant"), executed_by="t", waves=WaveOptions.parse(waves=["2"], approval=True)
+    )
+    samples = scrape()
+    assert value(samples, "infra_migration_executions_waiting", waiting="approval") == 1
+    assert value(samples, "infra_migration_executions_waiting", waiting="soak") == 0
+    migrations.execution_abort(execution=execution, actor="t")
+    assert value(scrape(), "infra_migration_executions_waiting", waiting="approval") == 0

@@ -14,6 +14,7 @@ from django.utils import timezone
 from connections.models import DatabaseConnection
 from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import create_owned_table
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -83,7 +84,9 @@ def test_a_stale_preview_is_planned_again_not_executed(small_fleet, admin_as, in
     client = admin_as("migrations:execute")
     html = client.get(PREVIEW, {"scope": "tenant", "on_failure": "continue", "batch_size": 4}).content.decode()
     fields = hidden_inputs(html)
-    services.execution_start(scope="tenant", tenants=["us000"], executed_by="someone-else")  # the fleet moves on
+    services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="someone-else"
+    )  # the fleet moves on
     before = MigrationExecution.objects.count()
     response = client.post(CONFIRM, fields)
     assert response.status_code == 200
@@ -99,7 +102,7 @@ def test_a_failure_shows_sqlstate_and_statement_and_retry_runs_only_that_target(
     victim = small_fleet.tenants[0]
     with small_fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, "projects")
-    execution = services.execution_start(scope="tenant", executed_by="t")
+    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t")
     client = admin_as("migrations:execute")
     detail = client.get(url("change", execution)).content.decode()
     assert "SQLSTATE 42P07" in detail
@@ -120,7 +123,7 @@ def test_a_failure_shows_sqlstate_and_statement_and_retry_runs_only_that_target(
 
 
 def test_rollback_confirmation_lists_undo_scripts_then_undoes(small_fleet, admin_as, inline):
-    execution = services.execution_start(scope="tenant", tenants=["us000"], executed_by="t")
+    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
     client = admin_as("migrations:execute")
     page = client.get(url("rollback", execution)).content.decode()
     assert "U9__" in page
@@ -134,7 +137,7 @@ def test_rollback_confirmation_lists_undo_scripts_then_undoes(small_fleet, admin
 
 
 def test_rollback_without_an_undo_script_is_refused_on_the_confirmation_page(small_fleet, sets_dir, admin_as, inline):
-    execution = services.execution_start(scope="tenant", tenants=["us000"], executed_by="t")
+    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
     (sets_dir / "tenant" / "U9__index_open_tasks_by_due_date.sql").unlink(missing_ok=True)
     for undo in (sets_dir / "tenant").glob("U9__*.sql"):
         undo.unlink()
@@ -150,7 +153,7 @@ def test_rollback_without_an_undo_script_is_refused_on_the_confirmation_page(sma
 
 
 def test_a_reader_sees_executions_but_no_action_and_forged_posts_are_403(small_fleet, admin_as, inline):
-    execution = services.execution_start(scope="tenant", executed_by="t", run=False)
+    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t", run=False)
     client = admin_as("migrations:read")
     assert client.get(CHANGELIST).status_code == 200
     assert 'id="run-migrations"' not in client.get(CHANGELIST).content.decode()
@@ -170,7 +173,7 @@ def test_a_reader_sees_executions_but_no_action_and_forged_posts_are_403(small_f
 
 def test_cancel_goes_through_a_confirmation_page(small_fleet, admin_as, settings):
     settings.MIGRATION_EXECUTOR = "queue"  # no worker runs: the execution waits
-    execution = services.execution_submit(scope="tenant", executed_by="t")
+    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="t")
     client = admin_as("migrations:execute")
     page = client.get(url("cancel", execution)).content.decode()
     assert 'id="confirm-action"' in page
@@ -183,8 +186,8 @@ def test_cancel_goes_through_a_confirmation_page(small_fleet, admin_as, settings
 
 
 def test_search_finds_executions_by_tenant_and_by_id_prefix(small_fleet, admin_as, inline):
-    first = services.execution_start(scope="tenant", tenants=["us001"], executed_by="t")
-    services.execution_start(scope="tenant", tenants=["eu002"], executed_by="t")
+    first = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us001"]), executed_by="t")
+    services.execution_start(selection=TargetSelection(scope="tenant", tenants=["eu002"]), executed_by="t")
     client = admin_as("migrations:read")
     assert list(client.get(CHANGELIST, {"q": "us001"}).context["cl"].result_list) == [first]
     assert list(client.get(CHANGELIST, {"q": str(first.pk)[:8]}).context["cl"].result_list) == [first]
@@ -229,3 +232,34 @@ def test_query_counts_do_not_grow_with_target_runs(small_fleet, admin_as, django
         assert client.get(url("change", execution)).status_code == 200
     with django_assert_max_num_queries(8):
         assert client.get(url("progress_fragment", execution)).status_code == 200
+
+
+def test_waves_run_from_the_form_show_as_segments_and_continue_from_the_progress_page(small_fleet, admin_as, inline):
+    client = admin_as("migrations:execute")
+    wanted = {"scope": "tenant", "on_failure": "continue", "batch_size": 4, "waves": "2", "wave_approval": "on"}
+    refused = client.get(PREVIEW, {**wanted, "waves": "2, lots"})
+    assert refused.status_code == 400
+    assert "neither a count" in refused.content.decode()
+    fields = hidden_inputs(client.get(PREVIEW, wanted).content.decode())
+    response = client.post(CONFIRM, fields)
+    execution = MigrationExecution.objects.get()
+    assert response["Location"] == url("progress", execution)
+    progress = client.get(url("progress", execution)).content.decode()
+    assert 'id="wave-bar"' in progress
+    assert progress.count('class="infra-wave ') == 2
+    assert 'id="continue-wave"' in progress
+    assert "Wave 2 (4 target(s)) is awaiting approval" in progress
+    listing = client.get(CHANGELIST).content.decode()
+    assert "awaiting approval" in listing
+    reader = admin_as("migrations:read")
+    assert 'id="continue-wave"' not in reader.get(url("progress", execution)).content.decode()
+    assert reader.post(url("continue", execution), {"post": "yes"}).status_code == 403
+    client = admin_as("migrations:execute")
+    confirm = client.get(url("continue", execution)).content.decode()
+    assert "Start wave 2 of 2 (4 target(s))" in confirm
+    assert client.post(url("continue", execution), {"post": "yes"}).status_code == 302
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert LogEntry.objects.filter(object_id=str(execution.pk), change_message="Next wave approved").exists()
+    again = client.get(url("abort", execution)).content.decode()
+    assert 'id="not-waiting"' in again

@@ -14,6 +14,7 @@ from django_q.models import Schedule
 from infra_site import roles
 from migrations_runner import services
 from migrations_runner.models import MigrationExecution, MigrationSchedule, Origin
+from migrations_runner.selection import TargetSelection
 from migrations_runner.services.schedules import FIRE_TASK
 
 pytestmark = pytest.mark.django_db
@@ -42,7 +43,9 @@ def admin_as(client, make_user):
 
 @pytest.fixture
 def nightly() -> MigrationSchedule:
-    return services.schedule_create(actor="setup", name="nightly", scope="tenant", cron_expression="0 3 * * *")
+    return services.schedule_create(
+        actor="setup", name="nightly", selection=TargetSelection(scope="tenant"), cron_expression="0 3 * * *"
+    )
 
 
 def form_data(**overrides) -> dict:
@@ -69,7 +72,7 @@ def action(name: str, *schedules: MigrationSchedule) -> dict:
 
 def test_list_shows_timing_scope_last_run_and_next_run(admin_as, nightly):
     once = services.schedule_create(
-        actor="setup", name="once", scope="admin", run_at=timezone.now() + timedelta(days=2)
+        actor="setup", name="once", selection=TargetSelection(scope="admin"), run_at=timezone.now() + timedelta(days=2)
     )
     execution = MigrationExecution.objects.create(
         scope="tenant", executed_by="schedule:nightly", status="failed", origin=Origin.SCHEDULE
@@ -171,7 +174,9 @@ def test_the_change_page_shows_the_next_five_runs_and_edits_through_the_service(
 
 
 def test_renaming_onto_another_schedule_is_refused(admin_as, nightly):
-    services.schedule_create(actor="setup", name="other", scope="all", cron_expression="0 1 * * *")
+    services.schedule_create(
+        actor="setup", name="other", selection=TargetSelection(scope="all"), cron_expression="0 1 * * *"
+    )
     html = admin_as(roles.MIGRATIONS_MANAGE).post(change_url(nightly), form_data(name="other")).content.decode()
     assert "A schedule named &#x27;other&#x27; exists." in html
     nightly.refresh_from_db()
@@ -205,7 +210,9 @@ def test_deleting_removes_the_queue_schedule(admin_as, nightly):
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_run_now_starts_an_execution_listed_on_the_change_page(admin_as, small_fleet):
-    schedule = services.schedule_create(actor="setup", name="admin-now", scope="admin", cron_expression="0 3 * * *")
+    schedule = services.schedule_create(
+        actor="setup", name="admin-now", selection=TargetSelection(scope="admin"), cron_expression="0 3 * * *"
+    )
     client = admin_as(roles.MIGRATIONS_MANAGE)
     response = client.post(CHANGELIST, action("run_now", schedule), follow=True)
     assert response.status_code == 200

@@ -30,6 +30,7 @@ from migrations_runner.engine.apply import (
     created_indexes,
 )
 from migrations_runner.engine.sets import MigrationSet, load_set
+from migrations_runner.selection import TargetSelection
 from tests.conftest import PgDatabase
 
 pytestmark = [pytest.mark.postgres]
@@ -254,7 +255,9 @@ def test_a_qcluster_killed_during_a_concurrent_build_is_lost_and_its_retry_rebui
             with open_snapshot(lambda: small_fleet.connect("shared-us")):
                 cluster = Cluster(control_env(), workers=1).start()
                 clusters.append(cluster)
-                execution = services.execution_submit(scope="tenant", tenants=[tenant.slug], executed_by="test")
+                execution = services.execution_submit(
+                    selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="test"
+                )
                 pid = wait_for_old_snapshots(observer, index)
                 assert index_valid(observer, index) is False
                 os.killpg(cluster.process.pid, signal.SIGKILL)

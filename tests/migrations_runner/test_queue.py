@@ -14,6 +14,7 @@ from psycopg import sql
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSchedule
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
 from tests.qcluster import Cluster, control_env
 
@@ -80,7 +81,7 @@ def test_batch_size_caps_the_targets_in_flight_across_two_clusters(big_fleet, se
     slow = sets_dir / "tenant" / "V2__create_projects.sql"
     slow.write_text("SELECT pg_sleep(0.1);\n" + slow.read_text())
     first, second = clusters(count=2, workers=2)
-    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=5)
+    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=5)
     assert execution.status == ExecutionStatus.IN_PROGRESS
     peak = 0
     while not execution.is_finished:
@@ -100,7 +101,7 @@ def test_cancelling_mid_run_cancels_what_has_not_finished(small_fleet, sets_dir,
         "SELECT pg_sleep(0.6);\n" + (sets_dir / "tenant" / "V2__create_projects.sql").read_text()
     )
     clusters(workers=2)
-    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=1)
+    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=1)
     deadline = time.monotonic() + 60
     while not execution.targets.filter(status=TargetStatus.SUCCEEDED).exists():
         assert time.monotonic() < deadline
@@ -125,7 +126,9 @@ def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
     slow.write_text("SELECT pg_sleep(60);\n" + original)
     clusters(workers=1)
     tenant = small_fleet.tenants[0]
-    execution = services.execution_submit(scope="tenant", tenants=[tenant.slug], executed_by="test")
+    execution = services.execution_submit(
+        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="test"
+    )
     run = execution.targets.get()
     deadline = time.monotonic() + 60
     while not (run.worker and run.applied_versions == [] and run.started_at):
@@ -161,7 +164,11 @@ def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
 def test_a_cron_schedule_fires_and_creates_an_execution(small_fleet, queue_settings, clusters):
     clusters(workers=1)
     schedule = services.schedule_create(
-        actor="test", name="nightly-tenants", scope="tenant", dry_run=True, cron_expression="* * * * * */5"
+        actor="test",
+        name="nightly-tenants",
+        selection=TargetSelection(scope="tenant"),
+        dry_run=True,
+        cron_expression="* * * * * */5",
     )
     assert schedule.q_schedule.func == "migrations_runner.tasks.fire_schedule"
     deadline = time.monotonic() + 75  # django-q2's scheduler looks at schedules every 30 s
@@ -198,7 +205,9 @@ def test_the_embedded_sqlite_survives_200_targets_on_4_workers(pg_server, sets_d
     fleet = build_fleet(pg_server, tenants_per_region=100)
     try:
         (cluster,) = clusters(workers=4)
-        execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=8)
+        execution = services.execution_submit(
+            selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=8
+        )
         execution = wait_finished(execution, timeout=300)
         assert execution.status == ExecutionStatus.COMPLETED
         assert execution.targets.filter(status=TargetStatus.SUCCEEDED).count() == 200
@@ -210,8 +219,12 @@ def test_the_embedded_sqlite_survives_200_targets_on_4_workers(pg_server, sets_d
 def test_the_per_database_cap_holds_across_executions(big_fleet, queue_settings, clusters):
     queue_settings.MIGRATION_MAX_PER_DATABASE = 2
     clusters(count=2, workers=3, MIGRATION_MAX_PER_DATABASE="2")
-    first = services.execution_submit(scope="tenant", regions=["us-east"], executed_by="a", batch_size=5)
-    second = services.execution_submit(scope="tenant", regions=["eu-west"], executed_by="b", batch_size=5)
+    first = services.execution_submit(
+        selection=TargetSelection(scope="tenant", regions=["us-east"]), executed_by="a", batch_size=5
+    )
+    second = services.execution_submit(
+        selection=TargetSelection(scope="tenant", regions=["eu-west"]), executed_by="b", batch_size=5
+    )
     peak = 0
     while not (first.is_finished and second.is_finished):
         peak = max(peak, TargetRun.objects.filter(status=TargetStatus.RUNNING).count())
@@ -285,7 +298,9 @@ def test_two_clusters_share_200_targets_and_a_sigkill_half_way_loses_nothing(
     queue_settings.MIGRATION_LANE_SECONDS = 3  # lanes hand over often, so both clusters take turns
     try:
         first, _second = clusters(count=2, workers=2)
-        execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=6)
+        execution = services.execution_submit(
+            selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=6
+        )
         deadline = time.monotonic() + 120
         while execution.targets.filter(status=TargetStatus.SUCCEEDED).count() < 80:
             assert time.monotonic() < deadline, "the clusters made no progress"
@@ -322,7 +337,7 @@ def test_a_cluster_killed_holding_queued_lanes_is_recovered_within_the_bound(
     slow.write_text("SELECT pg_sleep(2);\n" + slow.read_text())
     # One worker with a queue limit of one: it runs one lane and holds the other, unstarted, in its own queue.
     (doomed,) = clusters(workers=1)
-    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=2)
+    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=2)
     deadline = time.monotonic() + 60
     while not execution.targets.filter(status=TargetStatus.RUNNING).exists():
         assert time.monotonic() < deadline
@@ -344,7 +359,7 @@ def test_without_a_worker_the_execution_says_so_and_cancel_ends_it(small_fleet, 
     from rest_framework.test import APIClient
 
     queue_settings.MIGRATION_WORKER_WAIT = 1
-    execution = services.execution_submit(scope="tenant", executed_by="test")
+    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
     assert execution.status == ExecutionStatus.IN_PROGRESS
     assert not selectors.execution_progress(execution=execution)["no_worker"]
     time.sleep(1.5)

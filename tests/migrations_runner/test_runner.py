@@ -11,6 +11,7 @@ from django.db import connections as django_connections
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import ExecutionFinished
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import create_owned_table
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -49,21 +50,27 @@ def test_threads_honour_the_per_server_cap_and_the_batch_size(fleet, sets_dir, s
     settings.MIGRATION_MAX_PER_DATABASE = 2
     slow_down(sets_dir, 0.05)
     with PeakRunning() as sampler:
-        execution = services.execution_start(scope="tenant", regions=["us-east"], executed_by="t", batch_size=6)
+        execution = services.execution_start(
+            selection=TargetSelection(scope="tenant", regions=["us-east"]), executed_by="t", batch_size=6
+        )
     assert execution.status == ExecutionStatus.COMPLETED
     assert execution.targets_succeeded == 20
     assert 1 <= sampler.peak <= 2  # one database server, capped at 2 although 6 lanes were allowed
 
     settings.MIGRATION_MAX_PER_DATABASE = 50
     with PeakRunning() as sampler:
-        execution = services.execution_start(scope="tenant", regions=["eu-west"], executed_by="t", batch_size=3)
+        execution = services.execution_start(
+            selection=TargetSelection(scope="tenant", regions=["eu-west"]), executed_by="t", batch_size=3
+        )
     assert execution.status == ExecutionStatus.COMPLETED
     assert 2 <= sampler.peak <= 3
 
 
 def test_cancel_stops_a_threaded_execution_between_targets(fleet, sets_dir):
     slow_down(sets_dir, 0.3)
-    execution = services.execution_start(scope="tenant", executed_by="t", batch_size=2, run=False)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), executed_by="t", batch_size=2, run=False
+    )
     done: dict = {}
     worker = threading.Thread(
         target=lambda: (done.update(result=services.execution_run(execution=execution)), django_connections.close_all())
@@ -88,7 +95,7 @@ def test_counters_match_the_target_runs_and_progress_reads_no_run_rows(fleet, se
     victim = fleet.tenants[1]
     with fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, table)
-    execution = services.execution_start(scope="all", executed_by="t", batch_size=4)
+    execution = services.execution_start(selection=TargetSelection(scope="all"), executed_by="t", batch_size=4)
     assert execution.status == ExecutionStatus.FAILED
     actual = {status: execution.targets.filter(status=status).count() for status in TargetStatus.values}
     assert execution.targets_total == sum(actual.values()) == 44
@@ -108,7 +115,9 @@ def test_halt_records_the_reason_on_the_execution(small_fleet, sets_dir):
     victim = small_fleet.tenants[0]
     with small_fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, "projects")
-    execution = services.execution_start(scope="tenant", executed_by="t", batch_size=1, on_failure="halt")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), executed_by="t", batch_size=1, on_failure="halt"
+    )
     assert execution.status == ExecutionStatus.FAILED
     assert execution.error.startswith(f"halted after shared-us/{victim.schema_name} failed")
     assert execution.targets_skipped == execution.targets.filter(status=TargetStatus.SKIPPED).count() > 0
@@ -117,7 +126,9 @@ def test_halt_records_the_reason_on_the_execution(small_fleet, sets_dir):
 def test_a_dependency_failure_skips_the_next_phase_and_is_counted(small_fleet, sets_dir):
     shared_v2 = sorted((sets_dir / "shared").glob("V2__*.sql"))[0]
     shared_v2.write_text(shared_v2.read_text() + "\nSELECT no_such_column FROM no_such_table;\n")
-    execution = services.execution_start(scope="all", executed_by="t", regions=["us-east"], batch_size=4)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all", regions=["us-east"]), executed_by="t", batch_size=4
+    )
     runs = {run.label: run for run in selectors.execution_targets(execution=execution)}
     assert runs["shared-us/public"].status == TargetStatus.FAILED
     skipped = [run for run in runs.values() if run.status == TargetStatus.SKIPPED]
@@ -127,7 +138,7 @@ def test_a_dependency_failure_skips_the_next_phase_and_is_counted(small_fleet, s
 
 
 def test_a_finished_execution_cannot_be_cancelled_into_another_state(small_fleet):
-    execution = services.execution_start(scope="tenant", executed_by="t")
+    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t")
     assert execution.status == ExecutionStatus.COMPLETED
     with pytest.raises(ExecutionFinished, match="already completed"):
         services.execution_cancel(execution=execution, actor="t")

@@ -16,6 +16,7 @@ from connections import services as registry
 from infra_site.embedded_postgres import EmbeddedPostgres
 from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, TargetStatus
+from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
 
@@ -61,7 +62,9 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     )
     registry.tenant_create(slug="dedicated", name="Dedicated", connection=connection, actor="test")
     slow_down(sets_dir, 0.4)
-    execution = services.execution_start(scope="tenant", executed_by="test", batch_size=2, run=False)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=2, run=False
+    )
     result: dict = {}
     worker = threading.Thread(
         target=lambda: (result.update(done=services.execution_run(execution=execution)), django_connections.close_all())
@@ -96,7 +99,10 @@ def test_five_executions_over_the_same_100_tenants_apply_each_version_once(pg_se
     fleet = build_fleet(pg_server, tenants_per_region=50)
     try:
         executions = [
-            services.execution_start(scope="tenant", executed_by=f"run-{n}", batch_size=4, run=False) for n in range(5)
+            services.execution_start(
+                selection=TargetSelection(scope="tenant"), executed_by=f"run-{n}", batch_size=4, run=False
+            )
+            for n in range(5)
         ]
         finished: list = []
 

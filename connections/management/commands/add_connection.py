@@ -14,20 +14,9 @@ from connections.models import AuthMethods, DatabaseConnection, DatabaseType, Ss
 from connections.serializers import DatabaseConnectionSerializer
 from infra_site.cli import application_errors, cli_actor, to_json
 
-# Options whose destinations are DatabaseConnection fields, passed to the service as they are.
-CONNECTION_OPTIONS = (
-    "name",
-    "database_type",
-    "host",
-    "port",
-    "database_name",
-    "username",
-    "region",
-    "ssl_mode",
-    "auth_methods",
-    "connect_timeout",
-    "default_schema",
-)
+# Options whose destinations are the connection's editable fields, passed to the service as they are: all of
+# them but the password (read from its own sources below) and is_active (a new connection is active).
+CONNECTION_OPTIONS = tuple(name for name in services.EDITABLE_FIELDS if name not in ("password", "is_active"))
 
 
 class Command(BaseCommand):

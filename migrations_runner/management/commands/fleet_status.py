@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import application_errors, to_json
 from migrations_runner import selectors
+from migrations_runner.selection import TargetSelection
 
 
 class Command(BaseCommand):
@@ -20,7 +21,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with application_errors():
-            rows = selectors.fleet_status(regions=options["region"], connections=options["connection"])
+            rows = selectors.fleet_status(TargetSelection(regions=options["region"], connections=options["connection"]))
         if options["json"]:
             self.stdout.write(to_json(rows))
         else:

@@ -10,7 +10,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import ProgressBar, application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.models import FINISHED_TARGET_STATUSES, OnFailure, Origin, Scope
+from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, OnFailure, Origin, Scope, Waiting
+from migrations_runner.selection import TargetSelection
+from migrations_runner.services.waves import WaveOptions
 
 
 class _Follower:
@@ -40,6 +42,18 @@ class _Follower:
             self.bar.close()
 
 
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _approval_hint(execution: MigrationExecution) -> str:
+    wave = execution.approved_wave + 1
+    return (
+        f"Execution {execution.pk} is awaiting approval before wave {wave}: "
+        f"manage.py continue_execution {execution.pk} (or --abort)."
+    )
+
+
 class Command(BaseCommand):
     # Only this app's checks (dependency DAG, sets): the URL, admin and model checks add start-up time.
     requires_system_checks = ["migrations"]
@@ -57,16 +71,39 @@ class Command(BaseCommand):
         parser.add_argument("--wait", action="store_true", help="Follow a queued execution until it ends.")
         parser.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
         parser.add_argument("--json", action="store_true", help="Print a JSON summary.")
+        waves = parser.add_argument_group("canary waves (tenant targets with work)")
+        waves.add_argument(
+            "--waves",
+            type=_csv,
+            default=[],
+            help="Wave sizes or percentages, e.g. 1,10,50%%; the rest is a last wave.",
+        )
+        waves.add_argument("--failure-budget", default=None, help="Failures a wave may have: 0 (default), 2 or 5%%.")
+        waves.add_argument("--wave-pause", type=int, default=None, help="Soak seconds between two waves.")
+        waves.add_argument("--wave-approval", action="store_true", help="Wait for continue_execution before each wave.")
+        waves.add_argument("--canary", action="append", default=[], help="A tenant of the first wave (repeatable).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["batch_size"] is not None and not 1 <= options["batch_size"] <= 500:
             raise CommandError("--batch-size must be between 1 and 500.")
         as_json = options["json"]
+        with application_errors():
+            selection = TargetSelection(
+                scope=options["scope"],
+                regions=options["region"],
+                connections=options["connection"],
+                tenants=options["tenant"],
+            )
+            waves = WaveOptions.parse(
+                waves=options["waves"],
+                failure_budget=options["failure_budget"],
+                pause_s=options["wave_pause"],
+                approval=options["wave_approval"],
+                canary=options["canary"],
+            )
         params = {
-            "scope": options["scope"],
-            "regions": options["region"],
-            "connections": options["connection"],
-            "tenants": options["tenant"],
+            "selection": selection,
+            "waves": waves,
             "dry_run": options["dry_run"],
             "on_failure": options["on_failure"],
             "batch_size": options["batch_size"],
@@ -92,10 +129,14 @@ class Command(BaseCommand):
                     )
                     return
                 follow = _Follower(self.stdout, execution, quiet=as_json)
+                told = False
                 while not execution.is_finished:
                     time.sleep(options["poll"])
                     execution.refresh_from_db()
                     follow.step()
+                    if execution.waiting == Waiting.APPROVAL and not told and not as_json:
+                        self.stderr.write(_approval_hint(execution))
+                    told = execution.waiting == Waiting.APPROVAL
                 follow.step()
                 follow.close()
         data = selectors.execution_summary(execution=execution)
@@ -103,6 +144,8 @@ class Command(BaseCommand):
             self.stdout.write(to_json(data))
         else:
             self._report(data)
+        if execution.waiting == Waiting.APPROVAL and not as_json:
+            self.stdout.write(_approval_hint(execution))
         if data["progress"]["failed"] or execution.status == "failed":
             raise CommandError(f"Execution {execution.pk} {execution.status}.", returncode=1)
 

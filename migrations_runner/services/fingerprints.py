@@ -1,0 +1,241 @@
+"""Recording schema fingerprints: after each successful target run, and by scans of the fleet.
+
+A scan reads each database's schemas in chunks of ``SCAN_CHUNK`` (one connection, the history and one catalog
+query per chunk), several chunks at once but at most ``MIGRATION_MAX_PER_DATABASE`` per database server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import psycopg
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef
+from django.utils import timezone
+
+from connections.models import DatabaseConnection
+from connections.services import connection_params
+from migrations_runner import selectors
+from migrations_runner.engine import fingerprint, history
+from migrations_runner.engine.apply import ConnectionSource
+from migrations_runner.engine.targets import Target
+from migrations_runner.models import SchemaFingerprint, SchemaShape, TargetRun
+from migrations_runner.selection import TargetSelection
+
+logger = logging.getLogger(__name__)
+
+SCAN_CHUNK = 100  # schemas per connection and catalog query (25 to 1,000 measured alike; smaller spreads better)
+SCAN_THREADS_MAX = 32
+ORPHAN_SHAPE_AGE = timedelta(hours=1)  # a shape no target references any more is deleted by the next scan after this
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """One target's fingerprint, as stored."""
+
+    connection_id: str
+    schema: str
+    tenant_id: int | None
+    database_type: str
+    version: str
+    fingerprint: str
+    execution_id: uuid.UUID | None = None  # the run's execution; None for a scan
+
+
+@dataclass
+class ScanResult:
+    """What a scan did: how many targets it fingerprinted, and the databases it could not read."""
+
+    scanned: int = 0
+    unreachable: list[dict] = field(default_factory=list)  # {"connection", "targets", "error"}
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"scanned": self.scanned, "unreachable": self.unreachable, "seconds": round(self.seconds, 3)}
+
+
+def _store(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: datetime) -> None:
+    """Upsert the targets' fingerprints, adding the shapes not stored yet; a few statements whatever the count."""
+    with transaction.atomic():
+        known = set(SchemaShape.objects.filter(pk__in=list(shapes)).values_list("pk", flat=True))
+        SchemaShape.objects.bulk_create(
+            [SchemaShape(fingerprint=h, definitions=objects) for h, objects in shapes.items() if h not in known],
+            ignore_conflicts=True,
+        )
+        SchemaFingerprint.objects.bulk_create(
+            [
+                SchemaFingerprint(
+                    connection_id=t.connection_id,
+                    schema_name=t.schema,
+                    tenant_id=t.tenant_id,
+                    database_type=t.database_type,
+                    version=t.version,
+                    shape_id=t.fingerprint,
+                    execution_id=t.execution_id,
+                    taken_at=at,
+                )
+                for t in taken
+            ],
+            update_conflicts=True,
+            unique_fields=["connection", "schema_name"],
+            update_fields=["tenant", "database_type", "version", "shape", "execution", "taken_at"],
+            batch_size=500,
+        )
+
+
+def fingerprint_record(*, run: TargetRun, source: ConnectionSource) -> None:
+    """Record the fingerprint of a target run's schema (one catalog query on the run's own connection).
+
+    Called after the run succeeded; a failure is logged as a warning and never raised, so it cannot fail the run.
+    """
+    try:
+        taken = fingerprint.read_fingerprints(source.get(), [run.schema_name])[run.schema_name]
+        _store(
+            [
+                _Taken(
+                    connection_id=str(run.connection_id),
+                    schema=run.schema_name,
+                    tenant_id=run.tenant_id,
+                    database_type=run.database_type,
+                    version=run.to_version,
+                    fingerprint=taken.hash,
+                    execution_id=run.execution_id,
+                )
+            ],
+            {taken.hash: taken.objects},
+            at=timezone.now(),
+        )
+    except Exception as exc:  # fingerprints are a report: the run's outcome stands whatever happens here
+        logger.warning(
+            "could not record the schema fingerprint of a target",
+            extra={"target_run": run.pk, "target": run.label, "error": str(exc)[:300]},
+        )
+
+
+def _server(connection: DatabaseConnection) -> str:
+    return f"{connection.host}:{connection.port}"
+
+
+def _chunks(targets: list[Target], connections: dict[str, DatabaseConnection]) -> list[list[Target]]:
+    """The targets in chunks of one database's schemas, interleaved by server so that no server waits its turn."""
+    by_connection: dict[str, list[Target]] = defaultdict(list)
+    for target in targets:
+        by_connection[target.connection_id].append(target)
+    by_server: dict[str, list[list[Target]]] = defaultdict(list)
+    for connection_id, group in by_connection.items():
+        for start in range(0, len(group), SCAN_CHUNK):
+            by_server[_server(connections[connection_id])].append(group[start : start + SCAN_CHUNK])
+    return [chunk for round_ in itertools.zip_longest(*by_server.values()) for chunk in round_ if chunk]
+
+
+def _read_chunk(
+    kwargs: dict, chunk: list[Target], gate: threading.Semaphore
+) -> tuple[dict[str, history.SchemaState], dict[str, fingerprint.Fingerprint]] | str:
+    """History and fingerprints of one chunk's schemas, or the error message when the database cannot be read."""
+    schemas = [t.schema for t in chunk]
+    with gate:
+        try:
+            with psycopg.connect(**kwargs) as conn:
+                return history.read_states(conn, schemas), fingerprint.read_fingerprints(conn, schemas)
+        except psycopg.Error as exc:
+            return (exc.diag.message_primary or str(exc)).strip() or type(exc).__name__
+        except Exception as exc:  # one database's surprise (a history it cannot parse) must not end the whole scan
+            logger.exception("could not fingerprint a chunk of schemas", extra={"schemas": len(schemas)})
+            return f"{type(exc).__name__}: {exc}"
+
+
+def _delete_orphan_shapes() -> None:
+    """Delete the shapes that no target references any more (and that are not brand new: a run may be adding one)."""
+    SchemaShape.objects.filter(created_at__lt=timezone.now() - ORPHAN_SHAPE_AGE).exclude(
+        Exists(SchemaFingerprint.objects.filter(shape=OuterRef("pk")))
+    ).delete()
+
+
+def fleet_fingerprint_scan(
+    *,
+    selection: TargetSelection | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_progress: Callable[[str, str], None] | None = None,
+) -> ScanResult:
+    """Fingerprint every target of ``selection`` (default: the whole fleet) now and record each; read-only on the
+    fleet. ``on_start(total)`` is called with the number of targets, ``on_progress(label, status)`` for each
+    target as its chunk ends (status ``scanned`` or ``unreachable``). Raises ``NoTargets`` when nothing matches."""
+    started = time.perf_counter()
+    targets = selectors.targets_resolve(selection or TargetSelection())
+    if on_start:
+        on_start(len(targets))
+    connections = {str(c.pk): c for c in DatabaseConnection.objects.filter(pk__in={t.connection_id for t in targets})}
+    cap = max(1, settings.MIGRATION_MAX_PER_DATABASE)
+    gates = {_server(c): threading.BoundedSemaphore(cap) for c in connections.values()}
+    options = f"-c default_transaction_read_only=on -c statement_timeout={int(settings.MIGRATION_TIMEOUT)}s"
+    params: dict[str, dict | str] = {}
+    for connection_id, connection in connections.items():
+        try:
+            params[connection_id] = connection_params(connection).kwargs(autocommit=True, options=options)
+        except psycopg.Error as exc:  # a host outside CONNECTION_ALLOWED_HOSTS: nothing is attempted
+            params[connection_id] = str(exc)
+    result = ScanResult()
+    taken: list[_Taken] = []
+    shapes: dict[str, fingerprint.Objects] = {}
+    unreachable: dict[str, dict] = {}
+
+    def done(chunk: list[Target], outcome: tuple | str) -> None:
+        if isinstance(outcome, str):
+            entry = unreachable.setdefault(
+                chunk[0].connection_id, {"connection": chunk[0].connection_name, "targets": 0, "error": outcome}
+            )
+            entry["targets"] += len(chunk)
+        else:
+            states, prints = outcome
+            for target in chunk:
+                print_ = prints[target.schema]
+                shapes.setdefault(print_.hash, print_.objects)
+                current = states[target.schema].current
+                taken.append(
+                    _Taken(
+                        connection_id=target.connection_id,
+                        schema=target.schema,
+                        tenant_id=target.tenant_id,
+                        database_type=target.database_type,
+                        version=str(current) if current else "",
+                        fingerprint=print_.hash,
+                    )
+                )
+        if on_progress:
+            for target in chunk:
+                on_progress(target.label, "unreachable" if isinstance(outcome, str) else "scanned")
+
+    chunks = _chunks(targets, connections)
+    readable: list[tuple[list[Target], dict]] = []
+    for chunk in chunks:
+        kwargs = params[chunk[0].connection_id]
+        if isinstance(kwargs, str):
+            done(chunk, kwargs)
+        else:
+            readable.append((chunk, kwargs))
+    with ThreadPoolExecutor(max_workers=max(1, min(len(readable), cap * len(gates), SCAN_THREADS_MAX))) as pool:
+        futures = {
+            pool.submit(_read_chunk, kwargs, chunk, gates[_server(connections[chunk[0].connection_id])]): chunk
+            for chunk, kwargs in readable
+        }
+        for future in as_completed(futures):
+            done(futures[future], future.result())
+    _store(taken, shapes, at=timezone.now())
+    _delete_orphan_shapes()
+    result.scanned, result.unreachable = len(taken), list(unreachable.values())
+    result.seconds = time.perf_counter() - started
+    logger.info(
+        "fleet fingerprint scan finished",
+        extra={"scanned": result.scanned, "unreachable": len(result.unreachable), "seconds": round(result.seconds, 3)},
+    )
+    return result
