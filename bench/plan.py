@@ -12,7 +12,7 @@ database with ``bench.support.register_fleet``: the connection through ``connect
 Measured on a SQLite and on a PostgreSQL control database (the same embedded server), each operation in a fresh
 child process so that its peak memory is its own, in alternating rounds (the best time counts):
 
-- ``selector``: ``selectors.plan(scope="tenant", connections=[...])``;
+- ``selector``: ``selectors.plan(TargetSelection(scope="tenant", connections=[...]))``;
 - ``dry_run``: ``services.execution_start(dry_run=True, ...)``: plans, and records the execution and its N target
   runs (deleted again after the measurement, untimed);
 - ``api``: ``POST /api/v1/migrations/dynamic/plan/`` through DRF's ``APIClient`` in the child (the whole

@@ -24,6 +24,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from connections.models import DatabaseConnection
+from connections.probe import ConnectionParams
 from connections.services import connection_params
 from migrations_runner import selectors
 from migrations_runner.engine import fingerprint, history
@@ -139,13 +140,13 @@ def _chunks(targets: list[Target], connections: dict[str, DatabaseConnection]) -
 
 
 def _read_chunk(
-    kwargs: dict, chunk: list[Target], gate: threading.Semaphore
+    params: ConnectionParams, options: str, chunk: list[Target], gate: threading.Semaphore
 ) -> tuple[dict[str, history.SchemaState], dict[str, fingerprint.Fingerprint]] | str:
     """History and fingerprints of one chunk's schemas, or the error message when the database cannot be read."""
     schemas = [t.schema for t in chunk]
     with gate:
         try:
-            with psycopg.connect(**kwargs) as conn:
+            with psycopg.connect(**params.kwargs(autocommit=True, options=options)) as conn:
                 return history.read_states(conn, schemas), fingerprint.read_fingerprints(conn, schemas)
         except psycopg.Error as exc:
             return (exc.diag.message_primary or str(exc)).strip() or type(exc).__name__
@@ -178,10 +179,12 @@ def fleet_fingerprint_scan(
     cap = max(1, settings.MIGRATION_MAX_PER_DATABASE)
     gates = {_server(c): threading.BoundedSemaphore(cap) for c in connections.values()}
     options = f"-c default_transaction_read_only=on -c statement_timeout={int(settings.MIGRATION_TIMEOUT)}s"
-    params: dict[str, dict | str] = {}
+    params: dict[str, ConnectionParams | str] = {}
     for connection_id, connection in connections.items():
         try:
-            params[connection_id] = connection_params(connection).kwargs(autocommit=True, options=options)
+            found = connection_params(connection)
+            found.kwargs(autocommit=True, options=options)  # checks the host before anything is attempted
+            params[connection_id] = found
         except psycopg.Error as exc:  # a host outside CONNECTION_ALLOWED_HOSTS: nothing is attempted
             params[connection_id] = str(exc)
     result = ScanResult()
@@ -216,17 +219,17 @@ def fleet_fingerprint_scan(
                 on_progress(target.label, "unreachable" if isinstance(outcome, str) else "scanned")
 
     chunks = _chunks(targets, connections)
-    readable: list[tuple[list[Target], dict]] = []
+    readable: list[tuple[list[Target], ConnectionParams]] = []
     for chunk in chunks:
-        kwargs = params[chunk[0].connection_id]
-        if isinstance(kwargs, str):
-            done(chunk, kwargs)
+        where = params[chunk[0].connection_id]
+        if isinstance(where, str):
+            done(chunk, where)
         else:
-            readable.append((chunk, kwargs))
+            readable.append((chunk, where))
     with ThreadPoolExecutor(max_workers=max(1, min(len(readable), cap * len(gates), SCAN_THREADS_MAX))) as pool:
         futures = {
-            pool.submit(_read_chunk, kwargs, chunk, gates[_server(connections[chunk[0].connection_id])]): chunk
-            for chunk, kwargs in readable
+            pool.submit(_read_chunk, where, options, chunk, gates[_server(connections[chunk[0].connection_id])]): chunk
+            for chunk, where in readable
         }
         for future in as_completed(futures):
             done(futures[future], future.result())

@@ -32,6 +32,14 @@ class Fleet:
     def tenants_in(self, region: str) -> list[Tenant]:
         return [t for t in self.tenants if t.connection.region == region]
 
+    def applied(self, connection: str, schema: str) -> list[str]:
+        """The versions the schema's history holds as applied (``SQL`` rows), in the order they were applied."""
+        query = sql.SQL(
+            "SELECT version FROM {}.infra_schema_history WHERE type = 'SQL' ORDER BY installed_rank"
+        ).format(sql.Identifier(schema))
+        with self.connect(connection) as conn:
+            return [row[0] for row in conn.execute(query)]
+
 
 def create_owned_table(conn: psycopg.Connection, schema: str, table: str) -> None:
     """Create ``schema.table`` as the fleet's owner role (a conflicting object for a migration to trip on)."""
@@ -90,6 +98,17 @@ def drop_fleet(fleet: Fleet) -> None:
     with fleet.server.connect() as conn:
         for database in fleet.databases.values():
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+@pytest.fixture
+def queue_here(settings):
+    """Executions go to the queue (no worker): a test runs the queued lanes in its own thread, and the lanes'
+    target connections are closed after it."""
+    from migrations_runner.services import runner
+
+    settings.MIGRATION_EXECUTOR = "queue"
+    yield settings
+    runner._close_sources()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ SETUP = textwrap.dedent(
     call_command("migrate", verbosity=0)
     from connections import services as registry
     from migrations_runner import services
+    from migrations_runner.selection import TargetSelection
     args = json.loads(sys.argv[1])
     shared = registry.connection_create(
         actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
@@ -40,7 +41,7 @@ SETUP = textwrap.dedent(
     )
     for index in range(args["tenants"]):
         registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
-    execution = services.execution_submit(scope="tenant", executed_by="test", batch_size=4)
+    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=4)
     print(execution.pk)
     """
 )

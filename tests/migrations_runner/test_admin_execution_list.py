@@ -1,0 +1,67 @@
+"""The executions list in the admin: the kind filter (migrate, dry run, rollback) and the duration / ETA column."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from migrations_runner import services
+from migrations_runner.admin.executions import duration_or_eta, kind_label
+from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution
+from migrations_runner.selection import TargetSelection
+
+CHANGELIST = reverse("admin:migrations_runner_migrationexecution_changelist")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_kind_filter_separates_migrations_dry_runs_and_rollbacks(small_fleet, client, make_user):
+    us000 = TargetSelection(scope="tenant", tenants=["us000"])
+    migrate = services.execution_start(selection=us000, executed_by="test")
+    dry_run = services.execution_start(selection=us000, executed_by="test", dry_run=True)
+    rollback = services.execution_rollback(execution=migrate, executed_by="test")
+    client.force_login(make_user("migrations:read"))
+    listed = {}
+    for kind in ("migrate", "dry_run", "rollback", ""):
+        response = client.get(CHANGELIST, {"kind": kind} if kind else {})
+        assert response.status_code == 200
+        listed[kind] = {e.pk for e in response.context["cl"].result_list}
+    assert listed == {
+        "migrate": {migrate.pk},
+        "dry_run": {dry_run.pk},
+        "rollback": {rollback.pk},
+        "": {migrate.pk, dry_run.pk, rollback.pk},
+    }
+    assert [kind_label(e) for e in (migrate, dry_run, rollback)] == ["migrate", "dry run", "rollback"]
+
+
+def finished_after(seconds: float) -> MigrationExecution:
+    started = timezone.now() - timedelta(hours=3)
+    return MigrationExecution(
+        status=ExecutionStatus.COMPLETED, started_at=started, completed_at=started + timedelta(seconds=seconds)
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0.4, "0 s"), (45, "45 s"), (125, "2 min 5 s"), (3725, "1 h 2 min")],
+)
+def test_a_finished_execution_shows_its_duration_in_words(seconds, shown):
+    assert duration_or_eta(finished_after(seconds)) == shown
+
+
+def test_a_finished_execution_that_never_started_shows_a_dash():
+    assert duration_or_eta(MigrationExecution(status=ExecutionStatus.CANCELLED)) == "-"
+
+
+def test_a_running_execution_shows_its_eta_once_targets_were_timed():
+    running = MigrationExecution(
+        kind=ExecutionKind.MIGRATE, status=ExecutionStatus.IN_PROGRESS, batch_size=2, targets_total=10
+    )
+    assert duration_or_eta(running) == "running"  # nothing timed yet: no estimate
+    running.targets_succeeded, running.runs_timed, running.run_duration_ms = 2, 2, 60_000
+    # 8 targets left at 30 s each, 2 at a time: about 2 minutes.
+    assert duration_or_eta(running) in ("ETA 2 min 0 s", "ETA 1 min 59 s")

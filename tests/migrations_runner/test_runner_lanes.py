@@ -1,0 +1,140 @@
+"""Lanes in the situations a single host rarely shows: another worker holding the batch or the server's cap, a
+late outcome after a recovery, sets broken between planning and applying, an unreachable control database.
+
+The "other worker" is played in this process with the runner's own claim, apply and record steps.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import InterfaceError, OperationalError
+from django.db import connections as django_connections
+from django_q.models import OrmQ
+
+from migrations_runner import services, tasks
+from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetStatus
+from migrations_runner.selection import TargetSelection
+from migrations_runner.services import runner
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+US_TENANTS = TargetSelection(scope="tenant", regions=["us-east"])
+
+
+def submitted(batch_size: int) -> MigrationExecution:
+    """An execution of the us-east tenants on the queue_here, with the lanes it queued taken away (no worker yet)."""
+    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=batch_size)
+    OrmQ.objects.all().delete()
+    return execution
+
+
+def test_a_surplus_lane_leaves_when_the_batch_is_at_work_elsewhere(small_fleet, queue_here):
+    execution = submitted(batch_size=1)
+    other = runner._claim_atomic(execution, "other-host:9")
+    try:
+        assert tasks.run_lane(str(execution.pk)) == "full after 0 target(s)"
+        assert execution.targets.filter(status=TargetStatus.RUNNING).get().worker == "other-host:9"
+        assert execution.targets.filter(status=TargetStatus.PENDING).count() == 2
+    finally:
+        runner._Leases.release(other.pk)
+
+
+def test_a_lane_waits_for_a_slot_under_the_per_server_cap_then_works(small_fleet, queue_here):
+    queue_here.MIGRATION_MAX_PER_DATABASE = 1  # the whole fleet is one PostgreSQL server
+    execution = submitted(batch_size=2)
+    other = runner._claim_atomic(execution, "other-host:9")
+    finished_other = threading.Event()
+
+    def other_worker_finishes() -> None:
+        try:
+            time.sleep(0.5)
+            runner._apply(other, execution)
+            runner._record_and_claim(other, execution, "other-host:9", claim=False)
+            finished_other.set()
+        finally:
+            if not finished_other.is_set():
+                services.execution_cancel(execution=execution, actor="test")  # never leave the lane waiting
+            runner._close_sources()
+            django_connections.close_all()
+
+    thread = threading.Thread(target=other_worker_finishes)
+    started = time.monotonic()
+    thread.start()
+    result = tasks.run_lane(str(execution.pk))
+    waited = time.monotonic() - started
+    thread.join()
+    assert finished_other.is_set()
+    assert result == "done after 2 target(s)"
+    assert waited >= 0.5  # nothing was claimed while the other worker held the server's only slot
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+    workers = sorted(execution.targets.values_list("worker", flat=True))
+    assert workers == sorted(["other-host:9", runner.worker_name(), runner.worker_name()])
+
+
+def test_an_outcome_that_arrives_after_the_recovery_does_not_overwrite_it(small_fleet, queue_here, caplog):
+    queue_here.MIGRATION_LEASE_SECONDS = 1
+    execution = submitted(batch_size=1)
+    slow = runner._claim_atomic(execution, "slow-host:3")
+    runner._apply(slow, execution)
+    assert slow.status == TargetStatus.SUCCEEDED  # applied, not yet recorded
+    runner._Leases.release(slow.pk)  # its heartbeat stalls
+    time.sleep(1.3)
+    assert tasks.recover_lost_targets() == 1
+    assert runner._record_and_claim(slow, execution, "slow-host:3", claim=False) is None
+    assert "target run was recovered before its outcome was recorded" in caplog.text
+    slow.refresh_from_db()
+    assert slow.status == TargetStatus.FAILED
+    assert slow.error["kind"] == "worker_lost"
+    assert slow.to_version == "9"  # what the target's history showed the recovery
+    execution.refresh_from_db()
+    assert (execution.targets_succeeded, execution.targets_failed) == (0, 1)
+
+
+def test_sets_broken_between_planning_and_applying_fail_the_targets_instead_of_hanging(small_fleet, sets_dir):
+    execution = services.execution_start(selection=US_TENANTS, executed_by="test", run=False)
+    (sets_dir / "tenant" / "V10_no_separator.sql").write_text("SELECT 1;")
+    execution = services.execution_run(execution=execution)
+    assert execution.status == ExecutionStatus.FAILED
+    runs = list(execution.targets.all())
+    assert [r.status for r in runs] == [TargetStatus.FAILED] * 3
+    assert {r.error["kind"] for r in runs} == {"internal"}
+    assert all("problem(s); fix them before running" in r.error["message"] for r in runs)
+    with small_fleet.connect("shared-us") as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM pg_tables WHERE tablename = 'infra_schema_history'").fetchone()[0] == 0
+        )
+
+
+def test_a_control_database_step_is_retried_until_the_database_is_back(settings):
+    settings.MIGRATION_CONTROL_DB_WAIT = 30
+    attempts: list[float] = []
+
+    def record() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        if len(attempts) == 2:
+            raise InterfaceError("connection already closed")
+        return "recorded"
+
+    assert runner._control(record) == "recorded"
+    assert len(attempts) == 3
+    assert attempts[1] - attempts[0] >= 0.2  # it backs off between attempts
+    assert attempts[2] - attempts[1] >= 0.4
+
+
+def test_a_control_database_step_gives_up_after_the_configured_wait(settings):
+    settings.MIGRATION_CONTROL_DB_WAIT = 0
+    attempts: list[int] = []
+
+    def record() -> None:
+        attempts.append(1)
+        raise OperationalError("could not connect to server")
+
+    with pytest.raises(OperationalError, match="could not connect"):
+        runner._control(record)
+    assert len(attempts) == 1
