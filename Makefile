@@ -70,7 +70,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache staticfiles
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache .coverage .coverage.* staticfiles
 
 ## Benchmarks (embedded PostgreSQL; figures printed and written to bench/results/).
 bench: $(STAMP) $(OIDC_STAMP)

@@ -31,6 +31,13 @@ REGISTRY_PASSWORD = os.environ.setdefault("TEST_REGISTRY_PASSWORD", "Reg1stry-" 
 SECRETS = {REGISTRY_PASSWORD}
 
 
+def coverage_env() -> dict[str, str]:
+    """Coverage's settings for child processes (when the suite is measured), for a child's clean environment, so
+    the code only a child runs (``demo``, ``serve``, settings refusing to start) is measured. Queue workers and
+    gunicorn are left unmeasured: tracing would slow the timing-bound tests that run them."""
+    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
+
+
 def require_tool(name: str) -> str:
     """Return the path of the command-line tool ``name``; skip the test without it, or fail it when ``CI=true``.
 

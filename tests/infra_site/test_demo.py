@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from infra_site.embedded_postgres import free_port
+from tests.conftest import coverage_env
 from tests.qcluster import ROOT
 
 TENANTS_PER_REGION = 10
@@ -161,6 +162,7 @@ def test_the_demo_builds_migrates_and_serves_and_a_second_run_reuses_everything(
     control, data_dir = workdir / "control.sqlite3", workdir / "demo-pg"
     env = {
         "PATH": os.environ["PATH"],
+        **coverage_env(),
         "HOME": os.environ.get("HOME", "/tmp"),
         "DJANGO_SETTINGS_MODULE": "infra_site.settings",
         "ENV_FILE": os.devnull,

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import coverage_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 PRODUCTION_OK = {
@@ -28,6 +30,7 @@ def run_django(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedPro
     """Run ``code`` after django.setup() in a clean process with only ``env`` configured."""
     environment = {
         "PATH": os.environ["PATH"],
+        **coverage_env(),
         "DJANGO_SETTINGS_MODULE": "infra_site.settings",
         "ADMIN_DATABASE_URL": f"sqlite:///{tmp_path / 'control.sqlite3'}",
         "ENV_FILE": os.devnull,
@@ -185,6 +188,7 @@ def test_check_deploy_is_clean_with_the_production_example_of_env_example(tmp_pa
     assert example["ENVIRONMENT"] == "production"
     environment = {
         "PATH": os.environ["PATH"],
+        **coverage_env(),
         "HOME": os.environ.get("HOME", "/tmp"),
         "DJANGO_SETTINGS_MODULE": "infra_site.settings",
         "ENV_FILE": os.devnull,
@@ -237,6 +241,7 @@ WRITER = """
 def test_concurrent_writers_on_the_embedded_sqlite_do_not_fail_with_database_locked(tmp_path):
     env = {
         "PATH": os.environ["PATH"],
+        **coverage_env(),
         "DJANGO_SETTINGS_MODULE": "infra_site.settings",
         "ADMIN_DATABASE_URL": f"sqlite:///{tmp_path / 'control.sqlite3'}",
     }

@@ -178,6 +178,37 @@ def test_diff_of_a_long_definition_shows_where_it_changed():
     assert before.startswith("…")
 
 
+def test_diff_says_nullability_flags_lists_and_settings_in_words():
+    majority = {
+        "column:users.email": {"type": "text", "nullable": False},
+        "trigger:tasks.touch": {"enabled": True, "events": ["INSERT"], "options": {"fillfactor": 90}},
+        "sequence:users_id_seq": {"owned_by": "users.id", "increment": 1},
+        "table:users": {"kind": "table"},
+        "column:users.id": {"type": "bigint", "nullable": False},
+    }
+    outlier = {
+        "column:users.email": {"type": "text", "nullable": True},
+        "trigger:tasks.touch": {"enabled": False, "events": ["INSERT", "UPDATE"], "options": None},
+        "sequence:audit_seq": {"increment": 5, "cycle": True},
+        "column:users.id": {
+            "type": "bigint",
+            "nullable": False,
+            "default": None,
+            "identity": "always",
+            "collation": None,
+        },
+    }
+    outlier["table:users"] = {"kind": "table"}
+    texts = {entry.text for entry in fingerprint.diff(majority, outlier)}
+    assert "column users.email changed: not null -> nullable" in texts
+    assert "column users.id changed: identity none -> always" in texts
+    assert (
+        "trigger tasks.touch changed: enabled yes -> no; events INSERT -> INSERT, UPDATE; options fillfactor 90 -> none"
+    ) in texts
+    assert "sequence audit_seq added (cycle yes; increment 5)" in texts
+    assert "sequence users_id_seq missing" in texts
+
+
 def test_the_hash_is_of_canonical_json_whatever_the_order():
     first = {"table:a": {"kind": "table", "unlogged": False}, "column:a.x": {"type": "int", "nullable": True}}
     second = {"column:a.x": {"nullable": True, "type": "int"}, "table:a": {"unlogged": False, "kind": "table"}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -196,20 +197,29 @@ def test_approval_gates_each_wave_and_abort_cancels_the_rest(small_fleet, api_as
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_the_commands_run_waves_and_continue_them(small_fleet, capsys):
+def test_the_commands_run_waves_abort_and_continue_them(small_fleet, capsys):
     with pytest.raises(CommandError, match="waves"):
         call_command("run_migrations", "--scope", "tenant", "--sync", "--failure-budget", "1")
-    call_command("run_migrations", "--scope", "tenant", "--sync", "--waves", "50%", "--wave-approval")
-    execution = MigrationExecution.objects.get()
+    waves = ("run_migrations", "--scope", "tenant", "--sync", "--waves", "50%", "--wave-approval")
+    call_command(*waves)
+    first = MigrationExecution.objects.get()
     assert "awaiting approval before wave 2" in capsys.readouterr().out
-    call_command("continue_execution", str(execution.pk))
-    execution.refresh_from_db()
-    assert execution.status == ExecutionStatus.COMPLETED
+    call_command("continue_execution", str(first.pk), "--abort", "--json")
+    report = json.loads(capsys.readouterr().out)
+    assert report["status"] == ExecutionStatus.CANCELLED
+    assert [(w["wave"], w["state"], w["cancelled"]) for w in report["waves"]] == [(1, "done", 0), (2, "skipped", 3)]
+    call_command(*waves)  # the 3 tenants the first run did not reach: 2, then 1
+    second = MigrationExecution.objects.exclude(pk=first.pk).get()
+    assert [w["size"] for w in second.waves] == [2, 1]
+    capsys.readouterr()
+    call_command("continue_execution", str(second.pk))
+    second.refresh_from_db()
+    assert second.status == ExecutionStatus.COMPLETED
     assert "wave  2 done" in capsys.readouterr().out
     with pytest.raises(CommandError, match="not awaiting approval"):
-        call_command("continue_execution", str(execution.pk))
+        call_command("continue_execution", str(second.pk))
     with pytest.raises(NotAwaitingApproval):
-        services.execution_abort(execution=execution, actor="t")
+        services.execution_abort(execution=second, actor="t")
 
 
 @pytest.mark.postgres
