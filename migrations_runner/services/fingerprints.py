@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from django.conf import settings
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 SCAN_CHUNK = 100  # schemas per connection and catalog query (25 to 1,000 measured alike; smaller spreads better)
 SCAN_THREADS_MAX = 32
+RECORD_BATCH = 50  # fingerprints a lane stores in one control-database transaction
+RECORD_SECONDS = 2.0  # ... or after this long, whichever comes first
 ORPHAN_SHAPE_AGE = timedelta(hours=1)  # a shape no target references any more is deleted by the next scan after this
 
 
@@ -94,33 +97,72 @@ def _store(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: d
         )
 
 
-def fingerprint_record(*, run: TargetRun, source: ConnectionSource) -> None:
-    """Record the fingerprint of a target run's schema (one catalog query on the run's own connection).
+class FingerprintBuffer:
+    """The fingerprints a lane takes after its successful runs, in batches: once per ``size`` targets or
+    ``seconds``, and when the lane leaves (``flush``), one catalog query per database (on the lane's own
+    connections) reads the batch's schemas and one control-database transaction stores them. Nothing here
+    raises: a failure is logged as a warning, so it can never fail a run."""
 
-    Called after the run succeeded; a failure is logged as a warning and never raised, so it cannot fail the run.
-    """
-    try:
-        taken = fingerprint.read_fingerprints(source.get(), [run.schema_name])[run.schema_name]
-        _store(
-            [
-                _Taken(
-                    connection_id=str(run.connection_id),
-                    schema=run.schema_name,
-                    tenant_id=run.tenant_id,
-                    database_type=run.database_type,
-                    version=run.to_version,
-                    fingerprint=taken.hash,
-                    execution_id=run.execution_id,
+    def __init__(self, *, size: int = RECORD_BATCH, seconds: float = RECORD_SECONDS) -> None:
+        self.size, self.seconds = size, seconds
+        self._runs: list[tuple[TargetRun, ConnectionSource]] = []
+        self._since = time.monotonic()
+
+    def add(self, *, run: TargetRun, source: ConnectionSource) -> None:
+        """Fingerprint a succeeded target run's schema with the next batch."""
+        if not self._runs:
+            self._since = time.monotonic()
+        self._runs.append((run, source))
+        if len(self._runs) >= self.size or time.monotonic() - self._since >= self.seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read and store the batch."""
+        runs, self._runs = self._runs, []
+        by_source: dict[int, list[tuple[TargetRun, ConnectionSource]]] = defaultdict(list)
+        for run, source in runs:
+            by_source[id(source)].append((run, source))
+        taken: list[_Taken] = []
+        shapes: dict[str, fingerprint.Objects] = {}
+        for group in by_source.values():
+            source = group[0][1]
+            try:
+                prints = fingerprint.read_fingerprints(source.get(), [run.schema_name for run, _ in group])
+            except Exception as exc:  # fingerprints are a report: the runs' outcomes stand whatever happens here
+                self._warn(exc, targets=len(group), target=group[0][0].label)
+                continue
+            for run, _ in group:
+                found = prints[run.schema_name]
+                shapes[found.hash] = found.objects
+                taken.append(
+                    _Taken(
+                        connection_id=str(run.connection_id),
+                        schema=run.schema_name,
+                        tenant_id=run.tenant_id,
+                        database_type=run.database_type,
+                        version=run.to_version,
+                        fingerprint=found.hash,
+                        execution_id=run.execution_id,
+                    )
                 )
-            ],
-            {taken.hash: taken.objects},
-            at=timezone.now(),
-        )
-    except Exception as exc:  # fingerprints are a report: the run's outcome stands whatever happens here
+        if not taken:
+            return
+        try:
+            _store(taken, shapes, at=timezone.now())
+        except Exception as exc:
+            self._warn(exc, targets=len(taken))
+
+    @staticmethod
+    def _warn(exc: Exception, **context: Any) -> None:
         logger.warning(
-            "could not record the schema fingerprint of a target",
-            extra={"target_run": run.pk, "target": run.label, "error": str(exc)[:300]},
+            "could not record the schema fingerprint of a target", extra={**context, "error": str(exc)[:300]}
         )
+
+
+def fingerprint_record(*, run: TargetRun, source: ConnectionSource) -> None:
+    """Record the fingerprint of a target run's schema at once (one catalog query on the run's own connection)."""
+    buffer = FingerprintBuffer(size=1)
+    buffer.add(run=run, source=source)
 
 
 def _server(connection: DatabaseConnection) -> str:

@@ -53,7 +53,7 @@ from migrations_runner.models import (
     TargetStatus,
     Waiting,
 )
-from migrations_runner.services.fingerprints import fingerprint_record
+from migrations_runner.services.fingerprints import FingerprintBuffer
 from migrations_runner.services.targets import apply_outcome, finish_execution, target_run_apply
 from migrations_runner.services.waves import Size, budget_exceeded
 
@@ -268,8 +268,9 @@ def _table(model) -> str:
     return control_db.ops.quote_name(model._meta.db_table)
 
 
-def _claim(execution: MigrationExecution, me: str) -> TargetRun | None:
-    """Claim the next pending run of the execution's current phase within both caps; None when none can be."""
+def _claim(execution: MigrationExecution, me: str) -> int | None:
+    """Claim the next pending run of the execution's current phase within both caps: its id, or None when none
+    can be. The caller's transaction holds the claim lock until it commits: keep what follows it short."""
     runs, executions = _table(TargetRun), _table(MigrationExecution)
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
@@ -308,10 +309,15 @@ def _claim(execution: MigrationExecution, me: str) -> TargetRun | None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
         cursor.execute(statement, params)
         row = cursor.fetchone()
-    if row is None:
+    return None if row is None else row[0]
+
+
+def _claimed(run_id: int | None, execution: MigrationExecution) -> TargetRun | None:
+    """The run a committed claim took (read after the claim's transaction, outside its lock), now under lease."""
+    if run_id is None:
         return None
     # The password stays encrypted: a lane's connection source is made once per connection (``_source_for``).
-    run = TargetRun.objects.select_related("connection", "tenant").defer("connection__password").get(pk=row[0])
+    run = TargetRun.objects.select_related("connection", "tenant").defer("connection__password").get(pk=run_id)
     _Leases.hold(run.pk, execution.pk)
     return run
 
@@ -522,6 +528,11 @@ def _source_for(run: TargetRun) -> engine.ConnectionSource:
     return sources[key]
 
 
+def _fingerprints() -> FingerprintBuffer:
+    """This lane thread's fingerprints, stored in batches (flushed when the lane leaves)."""
+    return _local.__dict__.setdefault("fingerprints", FingerprintBuffer())
+
+
 def _close_sources() -> None:
     for source in _local.__dict__.pop("sources", {}).values():
         source.close()
@@ -539,7 +550,7 @@ def _apply(run: TargetRun, execution: MigrationExecution) -> None:
         outcome = engine.TargetOutcome(status="failed", error=engine.TargetError(kind="internal", message=str(exc)))
     apply_outcome(run, outcome)
     if run.status == TargetStatus.SUCCEEDED and settings.MIGRATION_FINGERPRINT_AFTER_RUN:
-        fingerprint_record(run=run, source=_source_for(run))  # never raises
+        _fingerprints().add(run=run, source=_source_for(run))  # never raises
 
 
 def _wait_state(execution: MigrationExecution) -> str:
@@ -557,15 +568,28 @@ def _wait_state(execution: MigrationExecution) -> str:
     return "capped"  # a database server is at MIGRATION_MAX_PER_DATABASE: wait for a slot
 
 
-def _claim_atomic(execution: MigrationExecution, me: str) -> TargetRun | None:
+def _claim_id(execution: MigrationExecution, me: str) -> int | None:
     with transaction.atomic():
         return _claim(execution, me)
 
 
-def _record_and_claim(run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool) -> TargetRun | None:
+def _record_and_claim_id(run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool) -> int | None:
+    """Record ``run``'s outcome and claim the next run in one transaction; the id of the claimed run."""
     with transaction.atomic():
         _record(run, execution, me)
         return _claim(execution, me) if claim else None
+
+
+def _claim_atomic(execution: MigrationExecution, me: str) -> TargetRun | None:
+    """Claim the next run and read it, each step retried while the control database is unreachable."""
+    run_id = _control(lambda: _claim_id(execution, me))
+    return _control(lambda: _claimed(run_id, execution))
+
+
+def _record_and_claim(run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool) -> TargetRun | None:
+    """Record and claim (one transaction, retried as a whole), then read the claimed run (retried alone)."""
+    run_id = _control(partial(_record_and_claim_id, run, execution, me, claim=claim))
+    return _control(lambda: _claimed(run_id, execution))
 
 
 def lane_work(*, execution_id, host) -> str:
@@ -575,7 +599,7 @@ def lane_work(*, execution_id, host) -> str:
     deadline = time.monotonic() + host.lane_seconds if host.lane_seconds else None
     done, handed_over, run = 0, False, None
     try:
-        run = _control(lambda: _claim_atomic(execution, me))
+        run = _claim_atomic(execution, me)
         pause, touched = 0.02, time.monotonic()
         while True:
             if run is not None:
@@ -586,7 +610,7 @@ def lane_work(*, execution_id, host) -> str:
                     handed_over = True
                 _apply(run, execution)
                 done += 1
-                run = _control(partial(_record_and_claim, run, execution, me, claim=not handed_over))
+                run = _record_and_claim(run, execution, me, claim=not handed_over)
                 if run is not None:
                     continue
                 if handed_over:
@@ -607,7 +631,7 @@ def lane_work(*, execution_id, host) -> str:
                     _control(
                         lambda: MigrationExecution.objects.filter(pk=execution_id).update(active_at=timezone.now())
                     )
-            run = _control(lambda: _claim_atomic(execution, me))
+            run = _claim_atomic(execution, me)
             if run is not None:
                 pause = 0.02
     except BaseException:
@@ -617,6 +641,7 @@ def lane_work(*, execution_id, host) -> str:
             _Leases.release(run.pk)
         raise
     finally:
+        _fingerprints().flush()
         if not host.keeps_connections:
             _close_sources()
 
