@@ -129,7 +129,8 @@ class FingerprintBuffer:
             try:
                 prints = fingerprint.read_fingerprints(source.get(), [run.schema_name for run, _ in group])
             except Exception as exc:  # fingerprints are a report: the runs' outcomes stand whatever happens here
-                self._warn(exc, targets=len(group), target=group[0][0].label)
+                run = group[0][0]
+                self._warn(exc, targets=len(group), target_run=run.pk, schema=run.schema_name)
                 continue
             for run, _ in group:
                 found = prints[run.schema_name]

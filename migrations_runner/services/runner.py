@@ -534,6 +534,10 @@ def _fingerprints() -> FingerprintBuffer:
 
 
 def _close_sources() -> None:
+    """Close this thread's connections to the targets, after storing the fingerprints taken on them."""
+    buffer = _local.__dict__.pop("fingerprints", None)
+    if buffer is not None:
+        buffer.flush()
     for source in _local.__dict__.pop("sources", {}).values():
         source.close()
 
@@ -641,9 +645,10 @@ def lane_work(*, execution_id, host) -> str:
             _Leases.release(run.pk)
         raise
     finally:
-        _fingerprints().flush()
-        if not host.keeps_connections:
-            _close_sources()
+        if host.keeps_connections:
+            _fingerprints().flush()
+        else:
+            _close_sources()  # stores the fingerprints first
 
 
 # --- cancel and recovery ------------------------------------------------------------------------------------------
