@@ -65,6 +65,7 @@ from bench.support import (  # noqa: E402
     SETS_DIR,
     create_database,
     drop_database,
+    history_statements,
     percentile,
     register_fleet,
     write_results,
@@ -72,12 +73,11 @@ from bench.support import (  # noqa: E402
 from connections.models import DatabaseConnection  # noqa: E402
 from infra_site.embedded_postgres import temporary_server  # noqa: E402
 from migrations_runner import fingerprint_selectors, services  # noqa: E402
-from migrations_runner.engine import fingerprint, history  # noqa: E402
+from migrations_runner.engine import fingerprint  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
 from migrations_runner.models import SchemaFingerprint, SchemaShape  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
 from migrations_runner.services import fingerprints as fingerprint_services  # noqa: E402
-from migrations_runner.services import runner  # noqa: E402
 
 GOAL_S = 10.0
 FLEET = "fp-fleet"
@@ -101,21 +101,7 @@ def migrated_schema_sql(schema: str, mset: MigrationSet) -> str:
     ]
     # In one implicit transaction of many statements, indexes cannot be built CONCURRENTLY: the same index.
     parts += [sql.SQL(s.render(context).replace("CONCURRENTLY", "")) for s in scripts]
-    parts.append(sql.SQL(history.CREATE_TABLE).format(table=history.table(schema)))
-    parts += [
-        history.insert_row(
-            schema=schema,
-            version=str(s.version) if s.version else None,
-            description=s.description,
-            kind="SQL" if s.version else "REPEATABLE",
-            script=s.filename,
-            checksum=s.checksum,
-            installed_by="bench",
-            execution_id=None,
-            execution_time_ms=1,
-        )
-        for s in scripts
-    ]
+    parts += history_statements(schema, scripts)
     parts.append(sql.SQL("RESET search_path"))
     return sql.SQL(";\n").join(parts).as_string(None)
 
@@ -211,39 +197,50 @@ def scan_section(server, n: int, rounds: int) -> dict:
 # --- recording after runs ------------------------------------------------------------------------------------------
 
 
-class _Timed:
-    """``fingerprint_record`` with each call timed: wall time, and this process's CPU time in the calling lane's
-    thread (the rest of the wall time is the server's work on the query, and waiting for the cores)."""
+class _TimedFlush:
+    """``FingerprintBuffer.flush`` with each call timed (wall time, and this process's CPU time in the lane's thread;
+    the rest is the server's work on the catalog query, the control database, and waiting for the cores)."""
 
     def __init__(self) -> None:
         self.ms: list[float] = []
         self.cpu_ms: list[float] = []
+        self.targets = 0
         self._lock = threading.Lock()
+        self._flush = fingerprint_services.FingerprintBuffer.flush
 
-    def __call__(self, **kwargs) -> None:
-        started, cpu = time.perf_counter(), time.thread_time()
-        fingerprint_services.fingerprint_record(**kwargs)
-        with self._lock:
-            self.ms.append((time.perf_counter() - started) * 1000)
-            self.cpu_ms.append((time.thread_time() - cpu) * 1000)
+    def __enter__(self) -> _TimedFlush:
+        timed, flush = self, self._flush
+
+        def timed_flush(buffer: fingerprint_services.FingerprintBuffer) -> None:
+            count = len(buffer._runs)
+            started, cpu = time.perf_counter(), time.thread_time()
+            flush(buffer)
+            if count:
+                with timed._lock:
+                    timed.ms.append((time.perf_counter() - started) * 1000)
+                    timed.cpu_ms.append((time.thread_time() - cpu) * 1000)
+                    timed.targets += count
+
+        fingerprint_services.FingerprintBuffer.flush = timed_flush
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fingerprint_services.FingerprintBuffer.flush = self._flush
 
 
-def migrate_run(server, label: str, m: int, lanes: int, record) -> float:
+def migrate_run(server, label: str, m: int, lanes: int, record: bool) -> float:
     database = f"fp_run_{label}"
     create_database(server, database)
     name = f"fp-run-{label}"
     register_fleet(
         server=server, database=database, name=name, region="run", slugs=[f"r{label}x{i:04d}" for i in range(m)]
     )
-    runner.fingerprint_record = record
-    try:
+    with override_settings(MIGRATION_FINGERPRINT_AFTER_RUN=record):
         started = time.perf_counter()
         execution = services.execution_start(
             selection=TargetSelection(scope="tenant", connections=[name]), executed_by="bench", batch_size=lanes
         )
         seconds = time.perf_counter() - started
-    finally:
-        runner.fingerprint_record = fingerprint_services.fingerprint_record
     if execution.status != "completed" or execution.targets_succeeded != m:
         raise SystemExit(f"run {label} ended {execution.status}: {execution.error}")
     DatabaseConnection.objects.filter(name=name).update(is_active=False)
@@ -252,28 +249,27 @@ def migrate_run(server, label: str, m: int, lanes: int, record) -> float:
 
 
 def recording_section(server, m: int, rounds: int, lanes: int = 4) -> dict:
-    timed = _Timed()
     with_s, without_s, loads = [], [], []
-    for number in range(rounds):
-        order = ("with", "without") if number % 2 == 0 else ("without", "with")
-        for variant in order:
-            record = timed if variant == "with" else (lambda **kwargs: None)
-            seconds = migrate_run(server, f"{variant}{number}", m, lanes, record)
-            (with_s if variant == "with" else without_s).append(seconds)
-            loads.append(load())
+    with _TimedFlush() as timed:
+        for number in range(rounds):
+            order = ("with", "without") if number % 2 == 0 else ("without", "with")
+            for variant in order:
+                seconds = migrate_run(server, f"{variant}{number}", m, lanes, variant == "with")
+                (with_s if variant == "with" else without_s).append(seconds)
+                loads.append(load())
     recorded = SchemaFingerprint.objects.filter(execution__isnull=False).count()
-    if recorded != m * rounds:
-        raise SystemExit(f"recording: {recorded} fingerprints recorded, expected {m * rounds}")
+    if recorded != m * rounds or timed.targets != m * rounds:
+        raise SystemExit(f"recording: {recorded} fingerprints recorded, {timed.targets} flushed, expected {m * rounds}")
     end_to_end = (min(with_s) - min(without_s)) * lanes / m * 1000
     figures = {
         "targets_per_run": m,
         "lanes": lanes,
         "rounds": rounds,
+        "batches": len(timed.ms),
         "record_ms_per_target": {
-            "p50": round(percentile(timed.ms, 50), 2),
-            "p95": round(percentile(timed.ms, 95), 2),
-            "mean": round(statistics.mean(timed.ms), 2),
-            "client_cpu_mean": round(statistics.mean(timed.cpu_ms), 2),
+            "wall": round(sum(timed.ms) / timed.targets, 2),
+            "client_cpu": round(sum(timed.cpu_ms) / timed.targets, 2),
+            "batch_p95_ms": round(percentile(timed.ms, 95), 2),
         },
         "run_with_recording_s": [round(s, 2) for s in with_s],
         "run_without_recording_s": [round(s, 2) for s in without_s],
@@ -284,8 +280,8 @@ def recording_section(server, m: int, rounds: int, lanes: int = 4) -> dict:
     }
     record = figures["record_ms_per_target"]
     print(
-        f"recording after a run ({m} targets, {lanes} lanes): {record['mean']:.2f} ms per target mean "
-        f"(p50 {record['p50']:.2f}, p95 {record['p95']:.2f}; client CPU {record['client_cpu_mean']:.2f}) against "
+        f"recording after a run ({m} targets, {lanes} lanes, {len(timed.ms)} batches): {record['wall']:.2f} ms per "
+        f"target (client CPU {record['client_cpu']:.2f}; batch p95 {record['batch_p95_ms']:.1f} ms) against "
         f"{figures['run_ms_per_target_and_lane']} ms per target and lane for the run itself; end to end "
         f"{end_to_end:+.2f} ms per target "
         f"(with {figures['run_with_recording_s']} s, without {figures['run_without_recording_s']} s)",

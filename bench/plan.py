@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from psycopg import sql  # noqa: E402
 
-from bench.support import RESULTS_DIR, create_database, workdir, write_results  # noqa: E402
+from bench.support import RESULTS_DIR, create_database, history_statements, workdir, write_results  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
 
 MODES = ("selector", "dry_run", "api")
@@ -56,7 +56,6 @@ def create_schemas(server, database: str, n: int, batch: int = 250) -> float:
     """Create N tenant schemas one version behind (history rows only); return the seconds it took."""
     import psycopg
 
-    from migrations_runner.engine import history
     from migrations_runner.engine.sets import load_set
 
     tenant = load_set(ROOT / "migration_sets" / "tenant", "tenant")
@@ -68,21 +67,7 @@ def create_schemas(server, database: str, n: int, batch: int = 250) -> float:
             for i in range(first, min(first + batch, n)):
                 schema = f"tenant_p{i:05d}"
                 statements.append(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-                statements.append(sql.SQL(history.CREATE_TABLE).format(table=history.table(schema)))
-                statements += [
-                    history.insert_row(
-                        schema=schema,
-                        version=str(script.version) if script.version else None,
-                        description=script.description,
-                        kind="SQL" if script.version else "REPEATABLE",
-                        script=script.filename,
-                        checksum=script.checksum,
-                        installed_by="bench",
-                        execution_id=None,
-                        execution_time_ms=1,
-                    )
-                    for script in applied
-                ]
+                statements += history_statements(schema, applied)
             # One simple-protocol round trip, one implicit transaction per batch.
             conn.execute(sql.SQL(";\n").join(statements))
     return time.perf_counter() - started

@@ -104,6 +104,28 @@ def register_fleet(*, server, database: str, name: str, region: str, slugs: list
     return connection
 
 
+def history_statements(schema: str, scripts) -> list[sql.Composable]:
+    """The engine's history table in ``schema`` and a row for each of ``scripts`` (versioned or repeatable), as a
+    fixture writes them without running anything."""
+    from migrations_runner.engine import history
+
+    rows = [
+        history.insert_row(
+            schema=schema,
+            version=str(script.version) if script.version else None,
+            description=script.description,
+            kind="SQL" if script.version else "REPEATABLE",
+            script=script.filename,
+            checksum=script.checksum,
+            installed_by="bench",
+            execution_id=None,
+            execution_time_ms=1,
+        )
+        for script in scripts
+    ]
+    return [sql.SQL(history.CREATE_TABLE).format(table=history.table(schema)), *rows]
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of ``values``, nearest rank."""
     ordered = sorted(values)
