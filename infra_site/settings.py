@@ -118,6 +118,12 @@ MIGRATIONS_DIR = Path(env.str("MIGRATIONS_DIR", default=str(BASE_DIR / "migratio
 MIGRATION_DEPENDENCIES = env.json(
     "MIGRATION_DEPENDENCIES", default={"shared": ["admin"], "analytics": ["admin"], "tenant": ["shared"]}
 )
+# User placeholders of every set (a JSON object of name -> value), over those of a set's flyway.conf/flyway.toml.
+MIGRATION_PLACEHOLDERS = env.json("MIGRATION_PLACEHOLDERS", default={})
+if not isinstance(MIGRATION_PLACEHOLDERS, dict) or not all(
+    isinstance(k, str) and isinstance(v, str) for k, v in MIGRATION_PLACEHOLDERS.items()
+):
+    raise ImproperlyConfigured('MIGRATION_PLACEHOLDERS must be a JSON object of strings, e.g. {"app_role": "app"}.')
 # lock_timeout of migration statements, and how long to wait for another run's lock on a target (seconds).
 MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=10.0)
 MIGRATION_LOCK_WAIT = env.float("MIGRATION_LOCK_WAIT", default=60.0)

@@ -30,6 +30,7 @@ from migrations_runner.serializers import (
     FingerprintScanReportSerializer,
     FleetStatusSerializer,
     MigrationsHealthSerializer,
+    PlanRequestSerializer,
     PlanSerializer,
     ProvisionResultSerializer,
     ProvisionSerializer,
@@ -184,11 +185,11 @@ class PlanView(APIView):
 
     permission_classes = [READ]
 
-    @extend_schema(request=ScopeSerializer, responses=PlanSerializer)
+    @extend_schema(request=PlanRequestSerializer, responses=PlanSerializer)
     def post(self, request: Request) -> Response:
-        params = ScopeSerializer(data=request.data)
+        params = PlanRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        targets = selectors.plan(params.validated_data["selection"])
+        targets = selectors.plan(params.validated_data["selection"], out_of_order=params.validated_data["out_of_order"])
         return Response({"targets": targets, "count": len(targets)})
 
 

@@ -44,6 +44,6 @@ def check_sets(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
         return []
     return [
         checks.Warning(f"Migration set {kind}: {problem}", id="migrations_runner.W002")
-        for kind, mset in load_sets(settings.MIGRATIONS_DIR).items()
+        for kind, mset in load_sets(settings.MIGRATIONS_DIR, placeholders=settings.MIGRATION_PLACEHOLDERS).items()
         for problem in mset.problems
     ]

@@ -39,6 +39,12 @@ class RunForm(forms.Form):
         required=False, min_value=1, max_value=86400, label="Statement timeout (s)"
     )
     lock_timeout_s = forms.FloatField(required=False, min_value=0.1, max_value=3600, label="Lock timeout (s)")
+    out_of_order = forms.BooleanField(
+        required=False,
+        label="Allow out of order",
+        help_text="Apply pending versions below a target's highest applied version (a late hotfix); else such a "
+        "target is refused.",
+    )
     waves = forms.CharField(
         required=False,
         max_length=200,
@@ -127,6 +133,7 @@ class RunForm(forms.Form):
         data = self.cleaned_data
         return {
             "dry_run": data["dry_run"],
+            "out_of_order": bool(data.get("out_of_order")),
             "on_failure": data["on_failure"],
             "batch_size": data["batch_size"],
             "statement_timeout_s": data["statement_timeout_s"],

@@ -192,6 +192,9 @@ class MigrationSchedule(models.Model):
     dry_run = models.BooleanField(default=False)
     on_failure = models.CharField(max_length=16, choices=OnFailure.choices, default=OnFailure.CONTINUE)
     batch_size = models.PositiveIntegerField(null=True, blank=True)
+    out_of_order = models.BooleanField(
+        default=False, help_text="Apply pending versions below a target's highest applied version."
+    )
     cron_expression = models.CharField(max_length=100, blank=True, default="")
     run_at = models.DateTimeField(null=True, blank=True)
     enabled = models.BooleanField(default=True)

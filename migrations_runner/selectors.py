@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
+import os
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -36,7 +38,7 @@ from connections import selectors as registry
 from connections.models import DatabaseConnection, DatabaseType, Tenant
 from connections.services import connection_params
 from migrations_runner.engine import history
-from migrations_runner.engine.apply import drift_of, pending_of
+from migrations_runner.engine.apply import drift_of, out_of_order_of, out_of_order_refusal, pending_of
 from migrations_runner.engine.sets import MigrationSet, Version, load_sets
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ExecutionNotFound, InvalidMigrationSets, NoTargets, ScheduleNotFound
@@ -74,13 +76,25 @@ _sets_cache: dict[str, tuple[tuple, dict[str, MigrationSet]]] = {}
 
 
 def _sets_signature(root) -> tuple:
-    """Names, sizes and modification times of every file of the sets: a change of any reloads them."""
+    """Names, sizes and modification times of every file and folder of the sets (subfolders included): a change
+    of any reloads them."""
     entries = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        for path in sorted(folder.iterdir()):
-            stat = path.stat()
-            entries.append((str(path), stat.st_size, stat.st_mtime_ns))
-    return tuple(entries)
+    for directory, folders, files in os.walk(root) if root.is_dir() else ():
+        folders.sort()
+        for name in sorted(files) + folders:
+            path = os.path.join(directory, name)
+            try:
+                stat = os.stat(path)
+            except OSError:
+                entries.append((path, -1, -1))
+                continue
+            entries.append((path, stat.st_size, stat.st_mtime_ns))
+    return (tuple(sorted(settings.MIGRATION_PLACEHOLDERS.items())), *entries)
+
+
+def sets_read(root) -> dict[str, MigrationSet]:
+    """Load the sets under ``root`` with the user placeholders of the settings (no cache)."""
+    return load_sets(root, placeholders=settings.MIGRATION_PLACEHOLDERS)
 
 
 def sets_load(*, types: Iterable[str] | None = None, strict: bool = True) -> dict[str, MigrationSet]:
@@ -89,7 +103,7 @@ def sets_load(*, types: Iterable[str] | None = None, strict: bool = True) -> dic
     signature = _sets_signature(root)
     cached = _sets_cache.get(str(root))
     if cached is None or cached[0] != signature:
-        cached = (signature, load_sets(root))
+        cached = (signature, sets_read(root))
         _sets_cache[str(root)] = cached
     sets = cached[1]
     if strict:
@@ -112,6 +126,8 @@ def _target(connection: DatabaseConnection, set_type: str, schema: str, tenant=N
         tenant_slug=tenant.slug if tenant else "",
         tenant_id=tenant.pk if tenant else None,
         create_schema=schema != "public",
+        database=connection.database_name,
+        user=connection.username,
     )
 
 
@@ -217,11 +233,27 @@ def schema_sizes(targets: list[Target]) -> dict[str, int]:
     return sizes
 
 
-def target_plan(target: Target, state: history.SchemaState | str, mset: MigrationSet) -> dict:
-    """Describe what a run would do on one target."""
+def plan_timestamp() -> str:
+    """``${flyway:timestamp}`` for a plan: now (UTC), as a run started now would have it."""
+    return timezone.now().astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def target_plan(
+    target: Target, state: history.SchemaState | str, mset: MigrationSet, *, out_of_order: bool = False
+) -> dict:
+    """Describe what a run would do on one target (``out_of_order``: the run allows out-of-order versions)."""
     if isinstance(state, str):
         return {"target": target.label, "error": state, "current_version": None, "pending": [], "drift": []}
-    pending = pending_of(state, mset)
+    context = target.placeholders(timestamp=plan_timestamp(), environment=settings.ENVIRONMENT)
+    pending = pending_of(state, mset, context)
+    late = out_of_order_of(state, pending)
+    refused = bool(late) and not (out_of_order or mset.out_of_order)
+    each = ("beforeEachMigrate", "afterEachMigrate")
+    callbacks = [
+        f"{c.event}: {c.filename}"
+        for c in mset.callbacks
+        if c.event in ("beforeMigrate", "afterMigrate") or (pending and c.event in each)
+    ]
     return {
         "target": target.label,
         "connection": target.connection_name,
@@ -233,6 +265,9 @@ def target_plan(target: Target, state: history.SchemaState | str, mset: Migratio
         "latest_version": str(mset.latest) if mset.latest else None,
         "pending": [str(s.version) if s.version else s.filename for s in pending],
         "drift": drift_of(state, mset),
+        "out_of_order": [str(s.version) for s in late],
+        "refusal": out_of_order_refusal(late, state) if refused else "",
+        "callbacks": callbacks,
         "schema_exists": state.exists,
     }
 
@@ -472,12 +507,12 @@ def rollback_plan(*, execution: MigrationExecution) -> RollbackPlan:
     return plan
 
 
-def plan(selection: TargetSelection) -> list[dict]:
+def plan(selection: TargetSelection, *, out_of_order: bool = False) -> list[dict]:
     """What a run of this selection would do per target; records and changes nothing."""
     targets = targets_resolve(selection)
     sets = sets_load(types={t.database_type for t in targets})
     states = schema_states(targets)
-    return [target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
+    return [target_plan(t, states[t.key], sets[t.database_type], out_of_order=out_of_order) for t in targets]
 
 
 @dataclass
@@ -493,7 +528,7 @@ class PlanPreview:
     pending_total: int
 
 
-def plan_preview(selection: TargetSelection) -> PlanPreview:
+def plan_preview(selection: TargetSelection, *, out_of_order: bool = False) -> PlanPreview:
     """Plan a run of this selection (reads each database's history, changes nothing) and summarise it."""
     import hashlib
 
@@ -506,7 +541,7 @@ def plan_preview(selection: TargetSelection) -> PlanPreview:
     phase_of = {t.key: n for n, phase in enumerate(phases) for t in phase}
     rows = []
     for target in sorted(targets, key=lambda t: (phase_of[t.key], t.database_type, t.region, t.label)):
-        row = target_plan(target, states[target.key], sets[target.database_type])
+        row = target_plan(target, states[target.key], sets[target.database_type], out_of_order=out_of_order)
         row["phase"] = phase_of[target.key]
         row.setdefault("database_type", target.database_type)
         row.setdefault("region", target.region)
@@ -524,6 +559,13 @@ def plan_preview(selection: TargetSelection) -> PlanPreview:
     drifted = [row["target"] for row in rows if row.get("drift")]
     if drifted:
         warnings.append(f"{len(drifted)} target(s) drifted and will fail before any change: {', '.join(drifted[:10])}")
+    late = [row for row in rows if row.get("out_of_order")]
+    if late:
+        what = "are refused (allow out-of-order to apply them)" if any(r["refusal"] for r in late) else "run anyway"
+        warnings.append(
+            f"{len(late)} target(s) have version(s) out of order (below their highest applied version) and {what}: "
+            + ", ".join(f"{row['target']} ({', '.join(row['out_of_order'])})" for row in late[:10])
+        )
     unreachable = [row["target"] for row in rows if row.get("error")]
     if unreachable:
         warnings.append(f"{len(unreachable)} target(s) could not be read: {', '.join(unreachable[:10])}")
@@ -561,7 +603,7 @@ def migrations_health() -> dict:
     """Whether migrations can run: valid sets, a sane dependency DAG, and no execution stuck for hours."""
     from migrations_runner.checks import check_dependencies
 
-    sets = load_sets(settings.MIGRATIONS_DIR)
+    sets = sets_read(settings.MIGRATIONS_DIR)
     problems = [f"{t}/{p}" for t, s in sets.items() for p in s.problems]
     problems += [error.msg for error in check_dependencies()]
     stuck = MigrationExecution.objects.filter(

@@ -55,7 +55,17 @@ class ScopeSerializer(FiltersSerializer):
         return attrs
 
 
-class ExecuteSerializer(ScopeSerializer):
+class PlanRequestSerializer(ScopeSerializer):
+    """What to plan: a selection, and whether the run would allow out-of-order versions."""
+
+    out_of_order = serializers.BooleanField(
+        default=False,
+        help_text="Apply pending versions below a target's highest applied version (a late hotfix); else such a "
+        "target is refused.",
+    )
+
+
+class ExecuteSerializer(PlanRequestSerializer):
     dry_run = serializers.BooleanField(default=False)
     on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
     batch_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
@@ -219,6 +229,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "dry_run",
             "on_failure",
             "batch_size",
+            "out_of_order",
             "cron_expression",
             "run_at",
             "enabled",
@@ -263,6 +274,17 @@ class TargetPlanSerializer(serializers.Serializer):
     latest_version = serializers.CharField(required=False, allow_null=True)
     pending = serializers.ListField(child=serializers.CharField())
     drift = serializers.ListField(child=serializers.CharField())
+    out_of_order = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Pending versions below the highest applied one."
+    )
+    refusal = serializers.CharField(
+        required=False, allow_blank=True, help_text="Why a run would refuse the target ('' when it would not)."
+    )
+    callbacks = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="The set's callbacks a run would run, as event: script.",
+    )
     schema_exists = serializers.BooleanField(required=False)
     error = serializers.CharField(required=False, help_text="Why the target's history could not be read.")
 
@@ -317,6 +339,13 @@ class AdoptSerializer(ScopeSerializer):
     """Which targets to adopt from Flyway, and how."""
 
     dry_run = serializers.BooleanField(default=False, help_text="Report what would be imported; change nothing.")
+    table = serializers.RegexField(
+        r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$",
+        required=False,
+        default="",
+        help_text="Flyway's history table (default: the set's configuration, else flyway_schema_history or, from "
+        "Flyway before 5, schema_version).",
+    )
     accept_drift = serializers.BooleanField(
         default=False,
         help_text="Import versions whose script changed since Flyway applied it, instead of refusing the target "

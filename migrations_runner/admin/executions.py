@@ -235,7 +235,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         """The plan preview; ``query`` (default: the request's) holds the page number and the form's values."""
         source = request.GET if query is None else query
         try:
-            preview = selectors.plan_preview(form.selection())
+            preview = selectors.plan_preview(form.selection(), out_of_order=form.options()["out_of_order"])
         except ApplicationError as exc:
             form.add_error(None, exc.message)
             return render(
@@ -295,7 +295,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 status=400,
             )
         try:
-            current = selectors.plan_preview(form.selection()).fingerprint
+            current = selectors.plan_preview(form.selection(), out_of_order=form.options()["out_of_order"]).fingerprint
         except ApplicationError as exc:
             messages.error(request, exc.message)
             return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_run"))

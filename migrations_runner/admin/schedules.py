@@ -27,7 +27,7 @@ from migrations_runner.models import MigrationExecution, MigrationSchedule
 from migrations_runner.selection import FILTER_NAMES, TargetSelection
 from migrations_runner.templatetags.fleet_admin import status_badge
 
-SCHEDULE_FIELDS = ("dry_run", "on_failure", "batch_size")
+SCHEDULE_FIELDS = ("dry_run", "on_failure", "batch_size", "out_of_order")
 NEXT_RUNS_SHOWN = 5
 EXECUTIONS_SHOWN = 20
 
@@ -132,7 +132,7 @@ class MigrationScheduleAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAd
     fieldsets = [
         (None, {"fields": ["name", "enabled"]}),
         ("When", {"fields": ["cron_expression", "run_at", "next_runs_display"]}),
-        ("What", {"fields": ["scope", *FILTER_NAMES, "dry_run", "on_failure", "batch_size"]}),
+        ("What", {"fields": ["scope", *FILTER_NAMES, "dry_run", "on_failure", "batch_size", "out_of_order"]}),
         ("Runs", {"fields": ["last_run", "last_fired_at", "started_executions", "created_by"]}),
     ]
 

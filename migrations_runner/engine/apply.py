@@ -37,9 +37,8 @@ its lease), ``internal`` (an unexpected exception outside the engine).
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TypedDict
 
@@ -48,20 +47,13 @@ from psycopg import sql
 
 from migrations_runner.engine import history
 from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
-from migrations_runner.engine.sqltext import split_statements, strip_comments
+from migrations_runner.engine.sqltext import SqlSyntaxError, created_concurrent_indexes, split_statements
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x1F0A  # first key of the two-int advisory lock; the second is hashtext(schema)
 TRANSIENT_SQLSTATES = {"55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"}
 NO_REPLAY_SQLSTATES = {"57014"}  # a statement that timed out would only time out again
-
-_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
-_CREATE_INDEX_CONCURRENTLY = re.compile(
-    rf"^\s*CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-    rf"(?P<name>{_IDENT}(?:\s*\.\s*{_IDENT})?)\s+ON\b",
-    re.IGNORECASE,
-)
 
 
 class TransientError(Exception):
@@ -119,6 +111,7 @@ class TargetOutcome:
     applied: list[AppliedVersion] = field(default_factory=list)
     attempts: int = 0
     error: TargetError | None = None
+    callbacks: list[str] = field(default_factory=list)  # the callbacks run, as "event: script"
 
 
 @dataclass
@@ -140,6 +133,7 @@ class ApplyOptions:
     lock_wait_s: float = 60.0
     retry_attempts: int = 3
     retry_backoff_s: float = 0.5
+    out_of_order: bool = False  # apply pending versions below the highest applied one (else refuse the target)
     should_stop: Callable[[], bool] = lambda: False
 
 
@@ -223,7 +217,10 @@ def _local_settings(schema: str, options: ApplyOptions) -> sql.Composed:
 
 def _locate_failure(conn: psycopg.Connection, spec: TargetSpec, text: str, options: ApplyOptions) -> tuple[int, str]:
     """Replay a failed transactional script statement by statement (rolled back) to find the failing one."""
-    statements = split_statements(text)
+    try:
+        statements = split_statements(text)
+    except SqlSyntaxError:
+        return -1, ""
     try:
         with conn.transaction(force_rollback=True):
             conn.execute(_local_settings(spec.schema, options))
@@ -235,29 +232,6 @@ def _locate_failure(conn: psycopg.Connection, spec: TargetSpec, text: str, optio
     except psycopg.Error:
         pass
     return -1, ""
-
-
-def _unquote(identifier: str) -> str:
-    """The name PostgreSQL stores for an identifier as written: quoted ones verbatim, others folded to lower case."""
-    if identifier.startswith('"'):
-        return identifier[1:-1].replace('""', '"')
-    return identifier.lower()
-
-
-def created_indexes(text: str, schema: str) -> list[str]:
-    """Return the names of the indexes ``text`` builds with ``CREATE [UNIQUE] INDEX CONCURRENTLY`` in ``schema``.
-
-    Unqualified names count as ``schema``'s (an index always lives in its table's schema); unnamed builds are
-    not listed.
-    """
-    names = []
-    for statement in split_statements(text):
-        match = _CREATE_INDEX_CONCURRENTLY.match(strip_comments(statement))
-        if match:
-            *qualifier, name = (_unquote(part) for part in re.findall(_IDENT, match.group("name")))
-            if not qualifier or qualifier[0] == schema:
-                names.append(name)
-    return list(dict.fromkeys(names))
 
 
 def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> list[str]:
@@ -281,6 +255,20 @@ def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | No
     return [name for (name,) in rows]
 
 
+def _render(script: Script, spec: TargetSpec, context: _ScriptContext) -> str:
+    try:
+        return script.render(spec.context)
+    except PlaceholderValueError as exc:
+        raise _Failed(TargetError(kind="placeholder", message=str(exc), **context)) from exc
+
+
+def _statements(text: str, context: _ScriptContext) -> list[str]:
+    try:
+        return split_statements(text)
+    except SqlSyntaxError as exc:
+        raise _Failed(TargetError(kind="sql", message=f"{context['script']}: {exc}", **context)) from exc
+
+
 def _run_script(
     conn: psycopg.Connection,
     spec: TargetSpec,
@@ -288,20 +276,27 @@ def _run_script(
     kind: str,
     row: Callable[[int | None], sql.Composed],
     options: ApplyOptions,
+    around: tuple[list[Script], list[Script]] = ([], []),
 ) -> AppliedVersion:
-    """Run one script with its history row. Raises _Failed / TransientError (psycopg.Error outside statements)."""
+    """Run one script with its history row, between its ``beforeEachMigrate`` and ``afterEachMigrate``
+    callbacks (``around``): in its transaction when it is transactional. Raises _Failed / TransientError
+    (psycopg.Error outside statements)."""
     context: _ScriptContext = {"version": str(script.version or ""), "script": script.filename}
-    try:
-        text = script.render(spec.context)
-    except PlaceholderValueError as exc:
-        raise _Failed(TargetError(kind="placeholder", message=str(exc), **context)) from exc
+    text = _render(script, spec, context)
+    before, after = ([_render(c, spec, context) for c in group] for group in around)
     started = time.perf_counter()
     applied = AppliedVersion(context["version"], script.description, script.filename, 0, kind)
     if script.transactional:
-        # One round trip: the transaction, its settings, the script and its history row. When a statement
-        # fails the server skips the rest (the INSERT and COMMIT included) and we roll back.
+        # One round trip: the transaction, its settings, the callbacks, the script and its history row. When a
+        # statement fails the server skips the rest (the INSERT and COMMIT included) and we roll back.
         body = sql.SQL(";\n").join(
-            [sql.SQL("BEGIN"), _local_settings(spec.schema, options), sql.SQL(text), row(None), sql.SQL("COMMIT")]
+            [
+                sql.SQL("BEGIN"),
+                _local_settings(spec.schema, options),
+                *(sql.SQL(part) for part in (*before, text, *after)),
+                row(None),
+                sql.SQL("COMMIT"),
+            ]
         )
         try:
             conn.execute(body)
@@ -327,20 +322,23 @@ def _run_script(
             error = _sql_error(exc, statement=shown, statement_index=index, **context)
             raise (TransientError(error) if _is_transient(exc) else _Failed(error)) from exc
 
+    statements = _statements(text, context)
     conn.execute(
         "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false)",
         [sql.Identifier(spec.schema).as_string(None) + ", public", f"{options.statement_timeout_s}s"],
     )
     try:
+        for callback in before:
+            execute(callback, None)
         # An interrupted build of an index this script creates left it INVALID; IF NOT EXISTS would keep it.
-        for name in invalid_indexes(conn, spec.schema, created_indexes(text, spec.schema)):
+        for name in invalid_indexes(conn, spec.schema, created_concurrent_indexes(text, spec.schema)):
             logger.warning(
                 "dropping an invalid index left by an interrupted build",
                 extra={"target": spec.label, "index": f"{spec.schema}.{name}", **context},
             )
             execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(spec.schema, name)), None)
             applied.notes.append(f"dropped invalid index {spec.schema}.{name} left by an interrupted build")
-        for index, statement in enumerate(split_statements(text)):
+        for index, statement in enumerate(statements):
             execute(statement, index)
         invalid = invalid_indexes(conn, spec.schema)
         if invalid:
@@ -353,12 +351,39 @@ def _run_script(
                     **context,
                 )
             )
+        for callback in after:
+            execute(callback, None)
         applied.duration_ms = int((time.perf_counter() - started) * 1000)
         conn.execute(row(applied.duration_ms))
     finally:
         if not conn.broken:
             conn.execute("RESET search_path; RESET statement_timeout")
     return applied
+
+
+def _run_callback(conn: psycopg.Connection, spec: TargetSpec, script: Script, options: ApplyOptions) -> None:
+    """Run one migrate-level callback (``beforeMigrate``, ``afterMigrate``...) on its own, recording nothing."""
+    context: _ScriptContext = {"version": "", "script": script.filename}
+    text = _render(script, spec, context)
+    statements = [text] if script.transactional else _statements(text, context)
+    try:
+        if script.transactional:
+            conn.execute(sql.SQL(";\n").join([sql.SQL("BEGIN"), _local_settings(spec.schema, options), sql.SQL(text)]))
+            conn.execute("COMMIT")
+            return
+        conn.execute("SELECT set_config('search_path', %s, false)", [sql.Identifier(spec.schema).as_string(None)])
+        for statement in statements:
+            conn.execute(statement)
+    except psycopg.Error as exc:
+        if not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            conn.execute("ROLLBACK")
+        error = _sql_error(exc, **context)
+        error.kind = "callback" if error.kind == "sql" else error.kind
+        error.message = f"{script.event} callback {script.filename}: {error.message}"
+        raise (TransientError(error) if _is_transient(exc) else _Failed(error)) from exc
+    finally:
+        if not script.transactional and not conn.broken:
+            conn.execute("RESET search_path")
 
 
 def drift_of(state: history.SchemaState, mset: MigrationSet) -> list[str]:
@@ -374,15 +399,24 @@ def drift_of(state: history.SchemaState, mset: MigrationSet) -> list[str]:
     return problems
 
 
-def pending_of(state: history.SchemaState, mset: MigrationSet) -> list[Script]:
-    """Return the versioned scripts not yet applied (nor covered by a baseline), then the changed repeatables."""
+def pending_of(
+    state: history.SchemaState, mset: MigrationSet, context: Mapping[str, str] | None = None
+) -> list[Script]:
+    """Return the versioned scripts not yet applied (nor covered by a baseline), then the repeatables whose
+    checksum for this target (``context``: its placeholder values) differs from the one recorded."""
     versions = [
         script
         for script in mset.versions
         if script.version not in state.applied and not state.below_baseline(script.require_version())
     ]
-    repeatables = [s for s in mset.repeatables if state.repeatables.get(s.filename) != s.checksum]
+    repeatables = [s for s in mset.repeatables if state.repeatables.get(s.filename) != s.checksum_for(context)]
     return versions + repeatables
+
+
+def out_of_order_of(state: history.SchemaState, pending: list[Script]) -> list[Script]:
+    """The pending versions below the highest applied one (added after later versions ran)."""
+    applied = max(state.applied, default=None)
+    return [s for s in pending if s.version is not None and applied is not None and s.version < applied]
 
 
 def _stop_point(options: ApplyOptions, script: Script) -> None:
@@ -466,40 +500,94 @@ def _finish(outcome: TargetOutcome, spec: TargetSpec) -> TargetOutcome:
     return outcome
 
 
+def out_of_order_refusal(scripts: list[Script], state: history.SchemaState) -> str:
+    """Why a target with these out-of-order versions is refused ('' when there are none)."""
+    if not scripts:
+        return ""
+    names = ", ".join(f"{s.version} ({s.filename})" for s in scripts)
+    return (
+        f"out of order: version(s) {names} are below the applied version {max(state.applied)}; nothing was "
+        "applied (allow out-of-order to apply them)"
+    )
+
+
 def apply_target(
     source: ConnectionSource, spec: TargetSpec, mset: MigrationSet, options: ApplyOptions
 ) -> TargetOutcome:
-    """Bring one target to the newest version of ``mset``; never raises for database errors."""
+    """Bring one target to the newest version of ``mset``, running the set's callbacks at their moments; never
+    raises for database errors."""
+    around = (mset.callbacks_for("beforeEachMigrate"), mset.callbacks_for("afterEachMigrate"))
 
-    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+    def callbacks(conn: psycopg.Connection, event: str, outcome: TargetOutcome) -> None:
+        for callback in mset.callbacks_for(event):
+            _run_callback(conn, spec, callback, options)
+            outcome.callbacks.append(f"{event}: {callback.filename}")
+
+    def migrate(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
         drift = drift_of(state, mset)
         if drift:
             raise _Failed(TargetError(kind="drift", message="Drift: " + "; ".join(drift)))
+        pending = pending_of(state, mset, spec.context)
+        late = out_of_order_of(state, pending)
+        if late and not (options.out_of_order or mset.out_of_order):
+            raise _Failed(
+                TargetError(
+                    kind="out_of_order", message=out_of_order_refusal(late, state), version=str(late[0].version)
+                )
+            )
         if not state.has_history:
             history.ensure(conn, spec.schema, create_schema=spec.create_schema)
-        for script in pending_of(state, mset):
+        callbacks(conn, "beforeMigrate", outcome)
+        for script in pending:
             _stop_point(options, script)
             kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
+            checksum = script.checksum_for(spec.context)
 
-            def row(duration: int | None, script=script, kind=kind) -> sql.Composed:
+            def row(duration: int | None, script=script, kind=kind, checksum=checksum) -> sql.Composed:
                 return history.insert_row(
                     schema=spec.schema,
                     version=str(script.version) if script.version else None,
                     description=script.description,
                     kind=kind,
                     script=script.filename,
-                    checksum=script.checksum,
+                    checksum=checksum,
                     installed_by=options.installed_by,
                     execution_id=options.execution_id,
                     execution_time_ms=duration,
                 )
 
-            outcome.applied.append(_run_script(conn, spec, script, kind, row, options))
+            outcome.applied.append(_run_script(conn, spec, script, kind, row, options, around))
             if script.version:
                 state.applied[script.version] = script.checksum
                 outcome.to_version = str(state.current)
+            else:
+                state.repeatables[script.filename] = checksum
+        callbacks(conn, "afterMigrate", outcome)
+
+    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+        try:
+            migrate(conn, state, outcome)
+        except _Failed as exc:
+            if exc.error.kind != "cancelled" and mset.callbacks_for("afterMigrateError"):
+                _after_error(conn, spec, mset, options, outcome)
+            raise
 
     return _run(source, spec, options, work)
+
+
+def _after_error(
+    conn: psycopg.Connection, spec: TargetSpec, mset: MigrationSet, options: ApplyOptions, outcome: TargetOutcome
+) -> None:
+    """Run the ``afterMigrateError`` callbacks; their own failure is logged and leaves the target's error as it is."""
+    for callback in mset.callbacks_for("afterMigrateError"):
+        try:
+            _run_callback(conn, spec, callback, options)
+            outcome.callbacks.append(f"afterMigrateError: {callback.filename}")
+        except (_Failed, TransientError, psycopg.Error) as exc:
+            logger.warning(
+                "afterMigrateError callback failed",
+                extra={"target": spec.label, "script": callback.filename, "error": str(exc)},
+            )
 
 
 def undo_target(

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
@@ -41,9 +41,10 @@ from psycopg import sql
 
 from migrations_runner.engine import history
 from migrations_runner.engine.apply import LOCK_NAMESPACE, pending_of
-from migrations_runner.engine.sets import MigrationSet, Script, Version
+from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
 
 TABLE = "flyway_schema_history"
+LEGACY_TABLE = "schema_version"  # Flyway's table before version 5
 ADOPTED_BY = "flyway-adopt"
 BASELINE_SCRIPT = "<< Baseline >>"
 _BOM = "\ufeff"
@@ -195,7 +196,7 @@ class _Applied:
     """What a Flyway history says is applied: the latest successful row per version and per repeatable."""
 
     versioned: dict[Version, FlywayRow] = field(default_factory=dict)
-    repeatable: dict[str, FlywayRow] = field(default_factory=dict)  # script file name -> row
+    repeatable: dict[str, FlywayRow] = field(default_factory=dict)  # script path (as Flyway wrote it) -> row
     baseline: FlywayRow | None = None
 
     @property
@@ -224,11 +225,10 @@ def _read_rows(rows: list[FlywayRow], plan: AdoptionPlan) -> _Applied:
         elif row.type == "SCHEMA":
             plan.skipped.append(_finding(row, "Flyway's record of creating the schema"))
         elif row.version is None and row.type not in _FLYWAY_BASELINE_TYPES:
-            name = row.script.rsplit("/", 1)[-1]
             if row.type == "DELETE":
-                applied.repeatable.pop(name, None)
+                applied.repeatable.pop(row.script, None)
             else:
-                applied.repeatable[name] = row
+                applied.repeatable[row.script] = row
         else:
             try:
                 version = Version.parse(row.version or "")
@@ -295,20 +295,49 @@ def _plan_versions(applied: _Applied, state: history.SchemaState, mset: Migratio
         )
 
 
-def _plan_repeatables(applied: _Applied, state: history.SchemaState, mset: MigrationSet, plan: AdoptionPlan) -> None:
-    by_name = {s.filename: s for s in mset.repeatables}
-    for name, row in sorted(applied.repeatable.items()):
-        script = by_name.get(name)
+def _repeatable_of(path: str, mset: MigrationSet) -> Script | None:
+    """Our repeatable for the script Flyway recorded: by its path in the set, else by a unique file name (Flyway
+    records the path relative to the location that held it, which may be a subfolder of our set folder)."""
+    by_path = {s.filename: s for s in mset.repeatables}
+    if path in by_path:
+        return by_path[path]
+    named = [s for s in mset.repeatables if s.name == path.rsplit("/", 1)[-1]]
+    return named[0] if len(named) == 1 else None
+
+
+def flyway_checksum_of(script: Script, context: Mapping[str, str] | None) -> int:
+    """What Flyway records for ``script`` on a target: a repeatable's checksum is taken after placeholder
+    replacement (with the target's values), any other's on the text as written."""
+    if script.kind == "repeatable" and context is not None and script.uses_placeholders:
+        try:
+            return checksum(script.render(context))
+        except PlaceholderValueError:
+            pass
+    return checksum(script.content)
+
+
+def _plan_repeatables(
+    applied: _Applied,
+    state: history.SchemaState,
+    mset: MigrationSet,
+    plan: AdoptionPlan,
+    context: Mapping[str, str] | None,
+) -> None:
+    for path, row in sorted(applied.repeatable.items()):
+        script = _repeatable_of(path, mset)
         if script is None:
             plan.skipped.append(_finding(row, f"repeatable not in the {mset.database_type} set"))
-        elif state.repeatables.get(name) == script.checksum:
-            plan.already_recorded.append(name)
-        elif row.checksum != checksum(script.content):
-            reason = "changed since Flyway applied it: the next run re-applies it"
-            plan.skipped.append(_finding(row, reason, checksum(script.content)))
+            continue
+        ours = script.checksum_for(context)
+        expected = flyway_checksum_of(script, context)
+        if state.repeatables.get(script.filename) == ours:
+            plan.already_recorded.append(script.filename)
+        elif row.checksum != expected:
+            reason = "changed since Flyway applied it (or its placeholder values differ): the next run re-applies it"
+            plan.skipped.append(_finding(row, reason, expected))
         else:
             plan.imports.append(
-                Import("REPEATABLE", None, name, script.description, script.checksum, row.execution_time, row)
+                Import("REPEATABLE", None, script.filename, script.description, ours, row.execution_time, row)
             )
 
 
@@ -327,20 +356,26 @@ def _state_after(state: history.SchemaState, imports: list[Import]) -> history.S
 
 
 def plan_adoption(
-    rows: list[FlywayRow], state: history.SchemaState, mset: MigrationSet, *, accept_drift: bool = False
+    rows: list[FlywayRow],
+    state: history.SchemaState,
+    mset: MigrationSet,
+    *,
+    accept_drift: bool = False,
+    context: Mapping[str, str] | None = None,
 ) -> AdoptionPlan:
-    """Decide what of a Flyway history to import into a schema whose own history is ``state`` (pure)."""
+    """Decide what of a Flyway history to import into a schema whose own history is ``state`` (pure);
+    ``context`` holds the target's placeholder values (for the checksums of repeatables)."""
     plan = AdoptionPlan()
     applied = _read_rows(rows, plan)
     baseline = applied.baseline_version
     versions = [*applied.versioned, *([baseline] if baseline is not None else [])]
     plan.flyway_version = max(versions) if versions else None
     _plan_versions(applied, state, mset, plan)
-    _plan_repeatables(applied, state, mset, plan)
+    _plan_repeatables(applied, state, mset, plan, context)
     if (plan.drift or plan.missing) and not accept_drift and plan.imports:
         plan.refused, plan.imports = True, []
     after = _state_after(state, plan.imports)
-    plan.pending = [str(s.version) if s.version else s.filename for s in pending_of(after, mset)]
+    plan.pending = [str(s.version) if s.version else s.filename for s in pending_of(after, mset, context)]
     current = after.current
     gaps = [
         str(version)
@@ -350,7 +385,7 @@ def plan_adoption(
     if gaps and plan.imports:
         plan.warnings.append(
             f"version(s) {', '.join(gaps)} of the set are below the adopted version {current} and were not applied "
-            "by Flyway: the next run applies them out of order"
+            "by Flyway: out of order, so the next run refuses the target unless out-of-order is allowed"
         )
     return plan
 
@@ -408,21 +443,26 @@ def adopt_schema(
     accept_drift: bool = False,
     dry_run: bool = False,
     lock_wait_s: float = 60.0,
-    table: str = TABLE,
+    table: str = "",
+    context: Mapping[str, str] | None = None,
 ) -> AdoptionResult:
     """Import ``schema``'s Flyway history into ours in one transaction under its migration lock.
 
-    ``conn`` is in autocommit mode. A dry run reads without the lock and writes nothing. Raises ``psycopg.Error``
-    (55P03 when another run held the lock past ``lock_wait_s``).
+    The history is read from ``table``, else the table the set's configuration names, else
+    ``flyway_schema_history`` or, failing that, Flyway's older ``schema_version``. ``conn`` is in autocommit
+    mode. A dry run reads without the lock and writes nothing. Raises ``psycopg.Error`` (55P03 when another run
+    held the lock past ``lock_wait_s``).
     """
+    candidates = [table] if table else [mset.flyway_table] if mset.flyway_table else [TABLE, LEGACY_TABLE]
     with conn.transaction(force_rollback=dry_run):
         if not dry_run:
             _lock(conn, schema, lock_wait_s)
-        if not history_exists(conn, schema, table):
-            return AdoptionResult("no_flyway_history", f"schema {schema} has no {table} table")
-        rows = read_history(conn, schema, table)
+        found = next((name for name in candidates if history_exists(conn, schema, name)), None)
+        if found is None:
+            return AdoptionResult("no_flyway_history", f"schema {schema} has no {' or '.join(candidates)} table")
+        rows = read_history(conn, schema, found)
         state = history.read_states(conn, [schema])[schema]
-        plan = plan_adoption(rows, state, mset, accept_drift=accept_drift)
+        plan = plan_adoption(rows, state, mset, accept_drift=accept_drift, context=context)
         if plan.imports and not dry_run:
             history.ensure(conn, schema, create_schema=False)
             for item in plan.imports:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from migrations_runner.engine.sets import Version
+from migrations_runner.engine.sets import HISTORY_TABLE, Version
 
-TABLE = "infra_schema_history"
+TABLE = HISTORY_TABLE
 _CHUNK = 100  # schemas per UNION ALL query (measured fastest between 25 and 1000)
 
 CREATE_TABLE = """

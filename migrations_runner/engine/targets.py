@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from migrations_runner.engine.sets import placeholder_context
+
 DEFAULT_DEPENDENCIES: dict[str, list[str]] = {"shared": ["admin"], "analytics": ["admin"], "tenant": ["shared"]}
 
 
@@ -27,6 +29,8 @@ class Target:
     tenant_slug: str = ""
     tenant_id: int | None = None
     create_schema: bool = False
+    database: str = ""  # the database's name and the role we connect as, for ${flyway:database} / ${flyway:user}
+    user: str = ""
 
     @property
     def key(self) -> str:
@@ -35,6 +39,19 @@ class Target:
     @property
     def label(self) -> str:
         return f"{self.connection_name}/{self.schema}"
+
+    def placeholders(self, *, timestamp: str, environment: str) -> dict[str, str]:
+        """This target's placeholder values for a run at ``timestamp`` (``YYYY-MM-DD HH:MM:SS``)."""
+        return placeholder_context(
+            schema=self.schema,
+            tenant_slug=self.tenant_slug,
+            region=self.region,
+            database_type=self.database_type,
+            user=self.user,
+            database=self.database,
+            timestamp=timestamp,
+            environment=environment,
+        )
 
 
 def dependency_problems(dependencies: Mapping[str, Iterable[str]], known: Iterable[str]) -> list[str]:

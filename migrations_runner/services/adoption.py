@@ -145,12 +145,13 @@ def _adoption_report(target: Target, result: flyway.AdoptionResult) -> dict[str,
 
 
 def flyway_adopt(
-    *, selection: TargetSelection, actor: str, dry_run: bool = False, accept_drift: bool = False
+    *, selection: TargetSelection, actor: str, dry_run: bool = False, accept_drift: bool = False, table: str = ""
 ) -> dict[str, Any]:
     """Import the Flyway history of every selected target that has one into our history; return the report.
 
     A target with drift or versions missing from the set is refused (nothing imported) unless ``accept_drift``.
-    Targets without a ``flyway_schema_history`` table are reported and left alone. Running it again imports
+    Flyway's history is read from ``table``, else the set's configured table, else ``flyway_schema_history`` or
+    Flyway's older ``schema_version``; targets without one are reported and left alone. Running it again imports
     nothing new.
     """
     _require_named(selection)
@@ -166,6 +167,8 @@ def flyway_adopt(
             accept_drift=accept_drift,
             dry_run=dry_run,
             lock_wait_s=settings.MIGRATION_LOCK_WAIT,
+            table=table,
+            context=target.placeholders(timestamp=selectors.plan_timestamp(), environment=settings.ENVIRONMENT),
         )
         return _adoption_report(target, result)
 

@@ -85,11 +85,13 @@ def execution_start(
     statement_timeout_s: int | None = None,
     lock_timeout_s: float | None = None,
     waves: WaveOptions | None = None,
+    out_of_order: bool = False,
 ) -> MigrationExecution:
     """Plan an execution (targets, phases, pending versions), record it, and run it in-process unless told not to.
 
     ``targets`` (a retry's) replaces the resolution of ``selection``, which is then only recorded.
     ``waves`` splits the tenant targets that have work into canary waves (``services/waves.py``).
+    ``out_of_order`` applies pending versions below a target's highest applied one (else it is refused).
     A dry run records the plan and changes nothing on any target.
     """
     problems = dependency_problems(settings.MIGRATION_DEPENDENCIES, DATABASE_TYPES)
@@ -128,6 +130,7 @@ def execution_start(
                 "options": {
                     "statement_timeout_s": statement_timeout_s or settings.MIGRATION_TIMEOUT,
                     "lock_timeout_s": lock_timeout_s or settings.MIGRATION_LOCK_TIMEOUT,
+                    "out_of_order": out_of_order,
                 },
                 **(metadata or {}),
             },
@@ -135,7 +138,9 @@ def execution_start(
             **(_wave_fields(waves, wave_plan) if waves is not None and wave_plan else {}),
         )
         rows = [
-            _planned_run(execution, t, states[t.key], sets[t.database_type], phase_of[t.key], dry_run, now)
+            _planned_run(
+                execution, t, states[t.key], sets[t.database_type], phase_of[t.key], dry_run, now, out_of_order
+            )
             for t in ordered
         ]
         for row, target in zip(rows, ordered, strict=True):
@@ -205,7 +210,14 @@ def _wave_fields(options: WaveOptions, plan: list[dict]) -> dict:
 
 
 def _planned_run(
-    execution: MigrationExecution, target: Target, state, mset: MigrationSet, phase: int, dry_run: bool, now
+    execution: MigrationExecution,
+    target: Target,
+    state,
+    mset: MigrationSet,
+    phase: int,
+    dry_run: bool,
+    now,
+    out_of_order: bool = False,
 ) -> TargetRun:
     run = TargetRun(
         execution=execution,
@@ -222,13 +234,18 @@ def _planned_run(
             run.status, run.completed_at = TargetStatus.FAILED, now
             run.error = {"kind": "connection", "message": state}
         return run
-    plan = selectors.target_plan(target, state, mset)
+    plan = selectors.target_plan(target, state, mset, out_of_order=out_of_order)
     run.from_version = plan["current_version"] or ""
     run.pending_versions = plan["pending"]
-    if plan["drift"]:
+    if plan["drift"] or plan["refusal"]:
+        # A real run leaves the refusal to the engine, which decides on the history it reads under the lock.
         if dry_run:
             run.status, run.completed_at = TargetStatus.FAILED, now
-            run.error = {"kind": "drift", "message": "Drift: " + "; ".join(plan["drift"])}
+            run.error = (
+                {"kind": "drift", "message": "Drift: " + "; ".join(plan["drift"])}
+                if plan["drift"]
+                else {"kind": "out_of_order", "message": plan["refusal"], "version": plan["out_of_order"][0]}
+            )
         return run
     if dry_run or not plan["pending"]:
         run.status, run.completed_at, run.to_version = TargetStatus.SUCCEEDED, now, run.from_version
@@ -458,6 +475,8 @@ def execution_retry(
             tenant_slug=r.tenant.slug if r.tenant else "",
             tenant_id=r.tenant_id,
             create_schema=r.schema_name != "public",
+            database=r.connection.database_name,
+            user=r.connection.username,
         )
         for r in failed
     ]
@@ -468,6 +487,7 @@ def execution_retry(
         batch_size=execution.batch_size,
         targets=targets,
         metadata={"retry_of": str(execution.pk)},
+        out_of_order=bool(execution.metadata.get("options", {}).get("out_of_order", False)),
         run=False,
         origin=origin,
         parent=execution,

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 FIRE_TASK = "migrations_runner.tasks.fire_schedule"
 RECOVERY_TASK = "migrations_runner.tasks.recover_lost_targets"
 RECOVERY_SCHEDULE = "infra: recover lost target runs"
-EDITABLE = ("name", "dry_run", "on_failure", "batch_size", "cron_expression", "run_at", "enabled")
+EDITABLE = ("name", "dry_run", "on_failure", "batch_size", "out_of_order", "cron_expression", "run_at", "enabled")
 
 
 def _validate(schedule: MigrationSchedule) -> None:
@@ -130,6 +130,7 @@ def schedule_fire(*, schedule_id: int) -> str:
         dry_run=schedule.dry_run,
         on_failure=schedule.on_failure,
         batch_size=schedule.batch_size,
+        out_of_order=schedule.out_of_order,
         executed_by=f"schedule:{schedule.name}",
         origin=Origin.SCHEDULE,
     )

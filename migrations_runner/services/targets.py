@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 
@@ -9,7 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from migrations_runner.engine import apply as engine
-from migrations_runner.engine.sets import MigrationSet, Version
+from migrations_runner.engine.sets import MigrationSet, Version, placeholder_context
 from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 
 logger = logging.getLogger(__name__)
@@ -25,20 +26,30 @@ def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]
         lock_timeout_s=options.get("lock_timeout_s", settings.MIGRATION_LOCK_TIMEOUT),
         lock_wait_s=settings.MIGRATION_LOCK_WAIT,
         retry_attempts=settings.MIGRATION_RETRY_ATTEMPTS,
+        out_of_order=bool(options.get("out_of_order", False)),
         should_stop=should_stop,
     )
 
 
-def target_spec(run: TargetRun) -> engine.TargetSpec:
+def run_timestamp(execution: MigrationExecution) -> str:
+    """``${flyway:timestamp}`` of an execution's targets: when it was created (UTC), the same for all of them."""
+    return execution.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def target_spec(run: TargetRun, execution: MigrationExecution) -> engine.TargetSpec:
     return engine.TargetSpec(
         schema=run.schema_name,
         create_schema=run.schema_name != "public",
-        context={
-            "schema": run.schema_name,
-            "tenant_slug": run.tenant.slug if run.tenant else "",
-            "region": run.region,
-            "database_type": run.database_type,
-        },
+        context=placeholder_context(
+            schema=run.schema_name,
+            tenant_slug=run.tenant.slug if run.tenant else "",
+            region=run.region,
+            database_type=run.database_type,
+            user=run.connection.username,
+            database=run.connection.database_name,
+            timestamp=run_timestamp(execution),
+            environment=settings.ENVIRONMENT,
+        ),
         label=f"{run.connection.name}/{run.schema_name}",
     )
 
@@ -49,7 +60,9 @@ def _check_snapshot(execution: MigrationExecution, mset: MigrationSet) -> str:
     if snapshot is None:
         return ""
     current = mset.snapshot()
-    if [v["checksum"] for v in snapshot["versions"]] != [v["checksum"] for v in current["versions"]]:
+    if [v["checksum"] for v in snapshot["versions"]] != [v["checksum"] for v in current["versions"]] or [
+        c["checksum"] for c in snapshot.get("callbacks", [])
+    ] != [c["checksum"] for c in current["callbacks"]]:
         return f"the {mset.database_type} set changed on disk since the execution started"
     return ""
 
@@ -70,8 +83,8 @@ def target_run_apply(
     options = apply_options(execution, should_stop)
     if execution.kind == ExecutionKind.ROLLBACK:
         versions = [Version.parse(v) for v in run.pending_versions]
-        return engine.undo_target(source, target_spec(run), mset, versions, options)
-    return engine.apply_target(source, target_spec(run), mset, options)
+        return engine.undo_target(source, target_spec(run, execution), mset, versions, options)
+    return engine.apply_target(source, target_spec(run, execution), mset, options)
 
 
 def apply_outcome(run: TargetRun, outcome: engine.TargetOutcome) -> None:

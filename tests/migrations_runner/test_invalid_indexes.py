@@ -27,9 +27,9 @@ from migrations_runner.engine.apply import (
     TargetOutcome,
     TargetSpec,
     apply_target,
-    created_indexes,
 )
 from migrations_runner.engine.sets import MigrationSet, load_set
+from migrations_runner.engine.sqltext import created_concurrent_indexes
 from migrations_runner.selection import TargetSelection
 from tests.conftest import PgDatabase
 
@@ -117,20 +117,21 @@ def wait_backend_gone(observer: psycopg.Connection, pid: int, timeout: float = 3
 
 
 def test_created_indexes_reads_names_as_postgresql_stores_them():
+    # The index lives in its table's schema: builds on another schema's table are not this target's.
     text = "\n".join(
         [
             "-- CREATE INDEX CONCURRENTLY commented_out ON t (x);",
             "CREATE INDEX CONCURRENTLY Plain_Name ON t (x);",
             'create unique index concurrently if not exists "Quoted ""Name""" on t (y);',
-            "CREATE INDEX CONCURRENTLY tenant_a.qualified ON t (z);",
-            "CREATE INDEX CONCURRENTLY other.elsewhere ON other.t (z);",
+            "CREATE INDEX CONCURRENTLY qualified ON tenant_a.t (z);",
+            "CREATE INDEX CONCURRENTLY elsewhere ON other.t (z);",
             "CREATE INDEX CONCURRENTLY ON t (w);",
             "CREATE INDEX not_concurrent ON t (v);",
-            '/* why */ CREATE INDEX CONCURRENTLY "tenant_a" . "Q2" ON ONLY t (u);',
+            '/* why */ CREATE INDEX CONCURRENTLY "Q2" ON ONLY "tenant_a" . t (u);',
             "SELECT 'CREATE INDEX CONCURRENTLY in_a_string ON t (x)';",
         ]
     )
-    assert created_indexes(text, SCHEMA) == ["plain_name", 'Quoted "Name"', "qualified", "Q2"]
+    assert created_concurrent_indexes(text, SCHEMA) == ["plain_name", 'Quoted "Name"', "qualified", "Q2"]
 
 
 def test_a_build_killed_mid_way_leaves_an_invalid_index_that_the_rerun_drops_and_rebuilds(pg, tmp_path, caplog):

@@ -34,6 +34,12 @@ class Command(BaseCommand):
             action="store_true",
             help="Import versions whose script changed since Flyway applied it (versions not in the set stay out).",
         )
+        parser.add_argument(
+            "--table",
+            default="",
+            help="Flyway's history table (default: the set's configuration, else flyway_schema_history or, from "
+            "Flyway before 5, schema_version).",
+        )
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -49,6 +55,7 @@ class Command(BaseCommand):
                 actor=cli_actor(),
                 dry_run=options["dry_run"],
                 accept_drift=options["accept_drift"],
+                table=options["table"],
             )
         if options["json"]:
             self.stdout.write(to_json(report))

@@ -67,6 +67,11 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Show the pending versions per target only.")
         parser.add_argument("--on-failure", choices=OnFailure.values, default=OnFailure.CONTINUE)
         parser.add_argument("--batch-size", type=int, default=None, help="Targets in flight at once.")
+        parser.add_argument(
+            "--out-of-order",
+            action="store_true",
+            help="Apply pending versions below a target's highest applied version (else such a target is refused).",
+        )
         parser.add_argument("--sync", action="store_true", help="Run in this process instead of on the queue workers.")
         parser.add_argument("--wait", action="store_true", help="Follow a queued execution until it ends.")
         parser.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -107,6 +112,7 @@ class Command(BaseCommand):
             "dry_run": options["dry_run"],
             "on_failure": options["on_failure"],
             "batch_size": options["batch_size"],
+            "out_of_order": options["out_of_order"],
             "executed_by": cli_actor(),
             "origin": Origin.COMMAND,
         }
