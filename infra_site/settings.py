@@ -118,6 +118,10 @@ MIGRATIONS_DIR = Path(env.str("MIGRATIONS_DIR", default=str(BASE_DIR / "migratio
 MIGRATION_DEPENDENCIES = env.json(
     "MIGRATION_DEPENDENCIES", default={"shared": ["admin"], "analytics": ["admin"], "tenant": ["shared"]}
 )
+# Lint of the scripts a run applies: off, warn (findings shown in plans) or block (a run with an error refuses).
+MIGRATION_LINT = env.str("MIGRATION_LINT", default="block" if IS_DEPLOYED else "warn")
+if MIGRATION_LINT not in ("off", "warn", "block"):
+    raise ImproperlyConfigured(f"MIGRATION_LINT must be off, warn or block; got {MIGRATION_LINT!r}.")
 # User placeholders of every set (a JSON object of name -> value), over those of a set's flyway.conf/flyway.toml.
 MIGRATION_PLACEHOLDERS = env.json("MIGRATION_PLACEHOLDERS", default={})
 if not isinstance(MIGRATION_PLACEHOLDERS, dict) or not all(

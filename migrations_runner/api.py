@@ -190,7 +190,15 @@ class PlanView(APIView):
         params = PlanRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         targets = selectors.plan(params.validated_data["selection"], out_of_order=params.validated_data["out_of_order"])
-        return Response({"targets": targets, "count": len(targets)})
+        lint = selectors.plan_lint(targets)
+        return Response(
+            {
+                "targets": targets,
+                "count": len(targets),
+                "lint": lint,
+                "lint_blocked": bool(selectors.lint_blocking(lint)),
+            }
+        )
 
 
 class FleetStatusView(APIView):

@@ -11,6 +11,12 @@ class InvalidMigrationSets(ValidationFailed):
     code = "invalid_migration_sets"
 
 
+class LintFailed(ValidationFailed):
+    """The scripts a run would apply hold lint errors and ``MIGRATION_LINT`` is ``block``."""
+
+    code = "lint_failed"
+
+
 class ExecutionNotFound(NotFound):
     code = "execution_not_found"
 

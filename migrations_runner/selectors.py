@@ -507,6 +507,41 @@ def rollback_plan(*, execution: MigrationExecution) -> RollbackPlan:
     return plan
 
 
+def lint_of(sets: Mapping[str, MigrationSet], pending: Mapping[str, Iterable[str]]) -> list[dict]:
+    """The lint findings of the scripts a run would apply (``pending``: database type -> versions and repeatable
+    script names, as plans list them), script by script; [] when ``MIGRATION_LINT`` is off."""
+    if settings.MIGRATION_LINT == "off":
+        return []
+    findings = []
+    for kind in sorted(pending):
+        mset = sets[kind]
+        scripts = {str(s.version): s for s in mset.versions} | {s.filename: s for s in mset.repeatables}
+        named = [scripts[name] for name in set(pending[kind]) if name in scripts]
+        named.sort(key=lambda s: (s.version is None, s.version or Version((0,)), s.filename))
+        for script in [*named, *(mset.callbacks if named else [])]:
+            findings += [
+                {"database_type": kind, "script": script.filename, "version": str(script.version or ""), **f.as_dict()}
+                for f in script.findings
+            ]
+    return findings
+
+
+def plan_lint(rows: list[dict]) -> list[dict]:
+    """The lint findings of the scripts a plan's rows would apply (see ``lint_of``)."""
+    pending: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row.get("database_type"):
+            pending[row["database_type"]].update(row["pending"])
+    return lint_of(sets_load(types=set(pending), strict=False), pending)
+
+
+def lint_blocking(findings: list[dict]) -> list[dict]:
+    """The findings that refuse a run under ``MIGRATION_LINT=block``: errors not ignored with a reason."""
+    if settings.MIGRATION_LINT != "block":
+        return []
+    return [f for f in findings if f["severity"] == "error" and not f["ignored"]]
+
+
 def plan(selection: TargetSelection, *, out_of_order: bool = False) -> list[dict]:
     """What a run of this selection would do per target; records and changes nothing."""
     targets = targets_resolve(selection)
@@ -526,6 +561,8 @@ class PlanPreview:
     warnings: list[str]
     fingerprint: str
     pending_total: int
+    lint: list[dict] = field(default_factory=list)  # findings of the scripts the run would apply
+    lint_blocked: bool = False  # MIGRATION_LINT=block and an error among them: the run would be refused
 
 
 def plan_preview(selection: TargetSelection, *, out_of_order: bool = False) -> PlanPreview:
@@ -581,6 +618,10 @@ def plan_preview(selection: TargetSelection, *, out_of_order: bool = False) -> P
         no_undo = sorted((v for v in versions if v in scripts and Version.parse(v) not in mset.undo), key=Version.parse)
         if no_undo:
             warnings.append(f"{kind}: version(s) {', '.join(no_undo)} have no undo script (cannot be rolled back)")
+    lint = lint_of(sets, pending_by_type)
+    blocked = bool(lint_blocking(lint))
+    if blocked:
+        warnings.append(f"{len(lint_blocking(lint))} lint error(s): the run would be refused (MIGRATION_LINT=block)")
     digest = hashlib.sha256()
     for row in rows:
         digest.update(repr((row["target"], row["pending"], row.get("drift"), row.get("error"))).encode())
@@ -593,6 +634,8 @@ def plan_preview(selection: TargetSelection, *, out_of_order: bool = False) -> P
         warnings=warnings,
         fingerprint=digest.hexdigest()[:32],
         pending_total=sum(len(row["pending"]) for row in rows),
+        lint=lint,
+        lint_blocked=blocked,
     )
 
 

@@ -289,9 +289,28 @@ class TargetPlanSerializer(serializers.Serializer):
     error = serializers.CharField(required=False, help_text="Why the target's history could not be read.")
 
 
+class LintFindingSerializer(serializers.Serializer):
+    """A locking or compatibility hazard of a script the run would apply."""
+
+    database_type = serializers.CharField()
+    script = serializers.CharField()
+    version = serializers.CharField(allow_blank=True)
+    rule = serializers.CharField(help_text="Stable rule id, e.g. index-not-concurrent.")
+    severity = serializers.ChoiceField(choices=["error", "warning"])
+    message = serializers.CharField()
+    fix = serializers.CharField()
+    line = serializers.IntegerField()
+    statement = serializers.CharField()
+    ignored = serializers.CharField(allow_blank=True, help_text="The reason of a lint ignore comment ('' if none).")
+
+
 class PlanSerializer(serializers.Serializer):
     targets = TargetPlanSerializer(many=True)
     count = serializers.IntegerField()
+    lint = LintFindingSerializer(many=True, required=False)
+    lint_blocked = serializers.BooleanField(
+        required=False, help_text="MIGRATION_LINT is block and an error is among the findings: a run is refused."
+    )
 
 
 class FleetStatusSerializer(PlanSerializer):

@@ -43,6 +43,7 @@ from functools import total_ordering
 from pathlib import Path
 
 from migrations_runner.engine import sqltext
+from migrations_runner.engine.lint import Finding, lint_statements
 
 DATABASE_TYPES = ("admin", "shared", "analytics", "tenant")
 PLACEHOLDERS = ("schema", "tenant_slug", "region", "database_type")
@@ -238,6 +239,7 @@ class Script:
     event: str = ""  # a callback's event
     placeholders: Placeholders = field(default_factory=Placeholders, compare=False, repr=False)
     replace_placeholders: bool = True
+    findings: tuple[Finding, ...] = field(default=(), compare=False, repr=False)  # lint, for forward scripts
 
     @property
     def name(self) -> str:
@@ -477,17 +479,13 @@ def _read(path: Path, relative: str, problems: list[str], encoding: str = "utf-8
     return None
 
 
-def _parse_problem(content: str, placeholders: Placeholders, replace: bool) -> tuple[str, bool]:
-    """Parse a script with stand-in placeholder values; return (problem or '', transactional)."""
+def _parse(content: str, placeholders: Placeholders, replace: bool) -> tuple[str, tuple[sqltext.Statement, ...]]:
+    """Parse a script with stand-in placeholder values; return (problem or '', its statements)."""
     text = placeholders.pattern.sub(lambda m: placeholders.sample(m.group(1)), content) if replace else content
-    forced = sqltext.directive(content)
     try:
-        statements = sqltext.parse_script(text)
+        return "", sqltext.parse_script(text)
     except sqltext.SqlSyntaxError as exc:
-        return str(exc), True
-    if forced is not None:
-        return "", forced
-    return "", not any(statement.non_transactional for statement in statements)
+        return str(exc), ()
 
 
 def load_set(directory: Path, database_type: str, *, placeholders: Mapping[str, str] | None = None) -> MigrationSet:
@@ -559,12 +557,19 @@ def load_set(directory: Path, database_type: str, *, placeholders: Mapping[str, 
                     "set's configuration)"
                 )
                 continue
-        problem, transactional = _parse_problem(content, mset_placeholders, replace)
+        problem, statements = _parse(content, mset_placeholders, replace)
         if problem:
             result.problems.append(f"{relative}: {problem}")
             continue
+        forced = sqltext.directive(content)
         if "executeInTransaction" in conf:
-            transactional = _truth(conf["executeInTransaction"]) is not False
+            forced = _truth(conf["executeInTransaction"]) is not False
+        transactional = forced if forced is not None else not any(st.non_transactional for st in statements)
+        findings = (
+            ()
+            if name.startswith("U") and versioned
+            else tuple(lint_statements(statements, forced_transaction=bool(forced)))
+        )
         match = versioned or repeatable or callback
         assert match is not None
         description = (match.group("description") or "").replace("_", " ")
@@ -577,6 +582,7 @@ def load_set(directory: Path, database_type: str, *, placeholders: Mapping[str, 
             transactional=transactional,
             placeholders=mset_placeholders,
             replace_placeholders=replace,
+            findings=findings,
         )
         if callback is not None:
             result.callbacks.append(script(kind="callback", event=event, description=description or event))

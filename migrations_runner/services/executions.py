@@ -18,6 +18,7 @@ from migrations_runner.engine.targets import Target, dependency_problems, plan_p
 from migrations_runner.exceptions import (
     ExecutionFinished,
     InvalidWaves,
+    LintFailed,
     NotAwaitingApproval,
     RetryRefused,
     RollbackRefused,
@@ -143,6 +144,8 @@ def execution_start(
             )
             for t in ordered
         ]
+        if not dry_run:
+            _refuse_lint_errors(sets, rows)
         for row, target in zip(rows, ordered, strict=True):
             row.wave = wave_of.get(target.key)
         requires = {index_of[k]: [index_of[d] for d in deps] for k, deps in plan.requires.items()}
@@ -162,6 +165,22 @@ def execution_start(
     if run:
         return execution_run(execution=execution)
     return execution
+
+
+def _refuse_lint_errors(sets: dict[str, MigrationSet], rows: list[TargetRun]) -> None:
+    """Raise ``LintFailed`` (nothing recorded: the caller's transaction rolls back) when the scripts the runs
+    would apply hold lint errors and ``MIGRATION_LINT`` is ``block``."""
+    pending: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row.status == TargetStatus.PENDING:
+            pending[row.database_type].update(row.pending_versions)
+    blocking = selectors.lint_blocking(selectors.lint_of(sets, pending))
+    if blocking:
+        named = "; ".join(f"{f['script']} line {f['line']}: {f['rule']}" for f in blocking[:20])
+        raise LintFailed(
+            f"The scripts this run would apply have {len(blocking)} lint error(s) (MIGRATION_LINT=block): {named}.",
+            details={"findings": blocking},
+        )
 
 
 def _has_work(target: Target, state, mset: MigrationSet) -> bool:

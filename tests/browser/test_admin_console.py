@@ -294,3 +294,33 @@ def test_rolling_back_lists_the_undo_scripts_and_returns_the_tenants_to_the_earl
     for tenant in small_fleet.tenants:
         assert history_versions(small_fleet, tenant) == {"1", "2", "3", "4", "5"}, tenant.slug
     assert {row["Version"] for row in tenants.values()} == {"5"}
+
+
+def test_the_plan_preview_shows_the_lint_findings_of_the_scripts_the_run_applies(
+    chromium, small_fleet, sets_dir, make_user, live_server, settings
+):
+    settings.MIGRATION_LINT = "warn"
+    (sets_dir / "tenant" / "V10__index_titles.sql").write_text(
+        "-- Titles are searched.\nCREATE INDEX tasks_title_idx ON tasks (title);\n"
+    )
+    operator = make_user(*OPERATOR_ROLES, password=PASSWORD)
+    with console(chromium, live_server.url, operator.username) as (page, failures):
+        page.click("#run-migrations")
+        page.wait_for_selector("#run-form")
+        page.select_option("#id_scope", "tenant")
+        page.click("#preview-plan")
+        page.wait_for_selector("#confirm-form")
+        caption = page.text_content("#plan-lint caption").strip()
+        rows = page.eval_on_selector_all(
+            "#plan-lint tbody tr", "rows => rows.map(r => Array.from(r.cells).map(c => c.innerText.trim()))"
+        )
+        confirm_enabled = page.is_enabled("#confirm-run")
+        screenshot(page, "plan-lint.png")
+        assert failures == []
+    assert caption == "Lint of the scripts this run applies"
+    assert len(rows) == 1
+    script, line, rule, severity, statement, fix = rows[0]
+    assert (script, line, rule, severity) == ("tenant/V10__index_titles.sql", "2", "index-not-concurrent", "error")
+    assert "CREATE INDEX tasks_title_idx ON tasks (title);" in statement
+    assert fix.startswith("Use CREATE INDEX CONCURRENTLY")
+    assert confirm_enabled  # under warn the run may go on

@@ -29,8 +29,12 @@ class Command(BaseCommand):
         sets = load_sets(root, placeholders=settings.MIGRATION_PLACEHOLDERS)
         problems = [f"{kind}/{problem}" for kind, mset in sets.items() for problem in mset.problems]
         warnings = [f"{kind}/{warning}" for kind, mset in sets.items() for warning in mset.warnings]
+        findings = _findings(sets)
+        blocking = [f for f in findings if f["severity"] == "error" and not f["ignored"]]
+        if settings.MIGRATION_LINT == "block":
+            problems += [f"{f['database_type']}/{f['script']}: line {f['line']}: lint {f['rule']}" for f in blocking]
         if json:
-            self.stdout.write(_json_report(sets, problems, warnings))
+            self.stdout.write(_json_report(sets, problems, warnings, findings))
         else:
             for kind, mset in sets.items():
                 undo = sum(1 for s in mset.versions if s.version in mset.undo)
@@ -42,18 +46,38 @@ class Command(BaseCommand):
                 )
             for warning in warnings:
                 self.stdout.write(f"warning: {warning}")
+            for f in findings:
+                what = f"ignored ({f['ignored']})" if f["ignored"] else f["severity"]
+                self.stdout.write(
+                    f"lint {what}: {f['database_type']}/{f['script']} line {f['line']}: {f['rule']}: {f['message']}\n"
+                    f"    {f['statement'][:160]}\n    fix: {f['fix']}"
+                )
         if problems:
             raise CommandError(f"{len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
         if not json:
             self.stdout.write("All migration sets are valid.")
 
 
-def _json_report(sets: dict, problems: list[str], warnings: list[str]) -> str:
+def _findings(sets: dict) -> list[dict]:
+    """The lint findings of every forward script, repeatable and callback (off: none)."""
+    if settings.MIGRATION_LINT == "off":
+        return []
+    return [
+        {"database_type": kind, "script": script.filename, **finding.as_dict()}
+        for kind, mset in sets.items()
+        for script in [*mset.versions, *mset.repeatables, *mset.callbacks]
+        for finding in script.findings
+    ]
+
+
+def _json_report(sets: dict, problems: list[str], warnings: list[str], findings: list[dict]) -> str:
     return json.dumps(
         {
             "valid": not problems,
             "problems": problems,
             "warnings": warnings,
+            "lint_policy": settings.MIGRATION_LINT,
+            "lint": findings,
             "sets": {
                 kind: {
                     "versions": len(mset.versions),
