@@ -16,6 +16,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from infra_site.version import __version__
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
@@ -355,7 +357,7 @@ API_DOCS_ENABLED = env.bool("API_DOCS_ENABLED", default=ENVIRONMENT in ("develop
 SPECTACULAR_SETTINGS = {
     "TITLE": "Infrastructure control plane API",
     "DESCRIPTION": "Connection registry and fleet-wide PostgreSQL migrations.",
-    "VERSION": "1.0.0",
+    "VERSION": __version__,
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
