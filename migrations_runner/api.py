@@ -59,7 +59,9 @@ class ExecuteView(APIView):
         params = ExecuteSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         execution = services.execution_submit(executed_by=_actor(request), **params.validated_data)
-        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class ExecutionListView(generics.ListAPIView):
@@ -95,7 +97,11 @@ class ExecutionStatusView(APIView):
 
     @extend_schema(responses=ExecutionDetailSerializer)
     def get(self, request: Request, execution_id) -> Response:
-        return Response(ExecutionDetailSerializer(selectors.execution_get(execution_id=execution_id)).data)
+        return Response(
+            ExecutionDetailSerializer(
+                selectors.execution_get(execution_id=execution_id), context={"request": request}
+            ).data
+        )
 
 
 class ExecutionTargetsView(generics.ListAPIView):
@@ -123,7 +129,9 @@ class CancelView(APIView):
         execution = services.execution_cancel(
             execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
         )
-        return Response(ExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class ContinueView(APIView):
@@ -136,7 +144,9 @@ class ContinueView(APIView):
         execution = services.execution_continue(
             execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
         )
-        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class AbortView(APIView):
@@ -149,7 +159,7 @@ class AbortView(APIView):
         execution = services.execution_abort(
             execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
         )
-        return Response(ExecutionDetailSerializer(execution).data)
+        return Response(ExecutionDetailSerializer(execution, context={"request": request}).data)
 
 
 class RetryView(APIView):
@@ -161,7 +171,9 @@ class RetryView(APIView):
     def post(self, request: Request, execution_id) -> Response:
         original = selectors.execution_get(execution_id=execution_id)
         retry = services.execution_retry(execution=original, executed_by=_actor(request))
-        return Response(ExecutionDetailSerializer(retry).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(retry, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class RollbackView(APIView):
@@ -176,7 +188,9 @@ class RollbackView(APIView):
         params.is_valid(raise_exception=True)
         original = selectors.execution_get(execution_id=params.validated_data["execution_id"])
         rollback = services.rollback_submit(execution=original, executed_by=_actor(request))
-        return Response(ExecutionDetailSerializer(rollback).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(rollback, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class PlanView(APIView):
@@ -188,7 +202,11 @@ class PlanView(APIView):
     def post(self, request: Request) -> Response:
         params = ScopeSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        targets = selectors.plan(params.validated_data["selection"])
+        redact = registry.error_redactor(user=request.user)
+        targets = [
+            {**row, "error": redact(row["error"])} if "error" in row else row
+            for row in selectors.plan(params.validated_data["selection"])
+        ]
         return Response({"targets": targets, "count": len(targets)})
 
 
@@ -203,9 +221,13 @@ class FleetStatusView(APIView):
     )
     def get(self, request: Request) -> Response:
         query = request.query_params
-        rows = selectors.fleet_status(
-            TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
-        )
+        redact = registry.error_redactor(user=request.user)
+        rows = [
+            {**row, "error": redact(row["error"])} if "error" in row else row
+            for row in selectors.fleet_status(
+                TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
+            )
+        ]
         return Response(
             {
                 "targets": rows,
@@ -291,7 +313,7 @@ class ProvisionView(APIView):
         tenant, execution = services.tenant_provision(connection=connection, actor=_actor(request), **data)
         body = {
             "tenant": TenantSerializer(tenant).data,
-            "execution": ExecutionSerializer(execution).data,
+            "execution": ExecutionSerializer(execution, context={"request": request}).data,
         }
         if tenant.status != "active":
             return Response(
@@ -316,7 +338,9 @@ class TenantMigrateView(APIView):
         execution = services.execution_submit(
             selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]), executed_by=_actor(request)
         )
-        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class AdoptView(APIView):
@@ -358,8 +382,8 @@ class BaselineView(APIView):
             ),
             404: OpenApiResponse(description="No tenant or connection with this name."),
             409: OpenApiResponse(
-                description="The target already has history at or above the version, or its schema does not exist; "
-                "nothing was written."
+                description="The target already has history at or above the version, its schema does not exist, "
+                "or its history shows versions up to it undone (without force); nothing was written."
             ),
         },
     )
@@ -369,7 +393,12 @@ class BaselineView(APIView):
         data = params.validated_data
         selection = services.baseline_selection(tenant=data.get("tenant"), connection=data.get("connection"))
         report = services.target_baseline(
-            selection=selection, version=data["version"], actor=_actor(request), dry_run=data["dry_run"]
+            selection=selection,
+            version=data["version"],
+            actor=_actor(request),
+            dry_run=data["dry_run"],
+            force=data["force"],
+            reason=data["reason"],
         )
         return Response(report)
 
@@ -394,7 +423,7 @@ class FingerprintsView(APIView):
             regions=query.getlist("region"), connections=query.getlist("connection"), tenants=query.getlist("tenant")
         )
         report = fingerprint_selectors.fingerprint_report(selection)
-        return Response(FingerprintReportSerializer(report.as_dict()).data)
+        return Response(FingerprintReportSerializer(report.as_dict(), context={"request": request}).data)
 
 
 class FingerprintScanView(APIView):
@@ -420,4 +449,8 @@ class FingerprintScanView(APIView):
         selection = params.validated_data["selection"]
         scan = services.fleet_fingerprint_scan(selection=selection)
         report = fingerprint_selectors.fingerprint_report(selection)
-        return Response(FingerprintScanReportSerializer({**report.as_dict(), "scan": scan.as_dict()}).data)
+        return Response(
+            FingerprintScanReportSerializer(
+                {**report.as_dict(), "scan": scan.as_dict()}, context={"request": request}
+            ).data
+        )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from connections import selectors as registry
 from connections import validators
 from connections.serializers import TenantSerializer
 from migrations_runner.engine import flyway
@@ -14,6 +15,28 @@ from migrations_runner.exceptions import InvalidSelection, InvalidWaves
 from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
 from migrations_runner.selection import FILTER_NAMES, TargetSelection
 from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
+
+
+class RedactedMixin(serializers.Field):
+    """A stored error, shown without hosts, ports and user names to callers without databases:read.
+
+    The view hands its request in the serializer's context; without one (no caller to trust) it is redacted too.
+    """
+
+    def to_representation(self, value):
+        context = self.context
+        if "error_redactor" not in context:
+            request = context.get("request")
+            context["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
+        return context["error_redactor"](super().to_representation(value))
+
+
+class RedactedCharField(RedactedMixin, serializers.CharField):
+    pass
+
+
+class RedactedJSONField(RedactedMixin, serializers.JSONField):
+    pass
 
 
 class FiltersSerializer(serializers.Serializer):
@@ -103,7 +126,8 @@ class RollbackSerializer(serializers.Serializer):
 
 class ExecutionSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
-    error_message = serializers.CharField(source="error", read_only=True, help_text="The seed's name for `error`.")
+    error = RedactedCharField(read_only=True)
+    error_message = RedactedCharField(source="error", read_only=True, help_text="The seed's name for `error`.")
 
     class Meta:
         model = MigrationExecution
@@ -179,6 +203,7 @@ class TargetRunSerializer(serializers.ModelSerializer):
     tenant = serializers.CharField(
         source="tenant.slug", default=None, allow_null=True, help_text="Null for a target that is not a tenant's."
     )
+    error = RedactedJSONField(read_only=True, allow_null=True)
 
     class Meta:
         model = TargetRun
@@ -264,7 +289,7 @@ class TargetPlanSerializer(serializers.Serializer):
     pending = serializers.ListField(child=serializers.CharField())
     drift = serializers.ListField(child=serializers.CharField())
     schema_exists = serializers.BooleanField(required=False)
-    error = serializers.CharField(required=False, help_text="Why the target's history could not be read.")
+    error = RedactedCharField(required=False, help_text="Why the target's history could not be read.")
 
 
 class PlanSerializer(serializers.Serializer):
@@ -331,6 +356,12 @@ class BaselineSerializer(serializers.Serializer):
     connection = serializers.CharField(max_length=63, required=False, validators=[validators.validate_connection_name])
     version = serializers.CharField(max_length=50, help_text="Digits separated by '.' or '_', above 0 (5, 1.1).")
     dry_run = serializers.BooleanField(default=False, help_text="Check and report; change nothing.")
+    force = serializers.BooleanField(
+        default=False, help_text="Baseline even over versions the target's history shows undone (needs a reason)."
+    )
+    reason = serializers.CharField(
+        max_length=500, required=False, default="", help_text="Why a forced baseline is right; recorded."
+    )
 
     def validate_version(self, value: str) -> str:
         try:
@@ -473,7 +504,7 @@ class FingerprintReportSerializer(serializers.Serializer):
 class UnreachableDatabaseSerializer(serializers.Serializer):
     connection = serializers.CharField()
     targets = serializers.IntegerField()
-    error = serializers.CharField()
+    error = RedactedCharField()
 
 
 class FingerprintScanSerializer(serializers.Serializer):

@@ -257,7 +257,9 @@ def test_the_endpoints_are_in_the_openapi_schema_with_their_shapes(api_as):
     assert "process" in components[response_schema("/health/metrics", "200")]["properties"]
     assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert response_schema("/health/services/{name}", "404") == "Error"
-    assert not {"/health", "/health/detailed/", "/health/metrics/", "/health/services/{name}/", "/metrics/"} & set(paths)
+    assert not {"/health", "/health/detailed/", "/health/metrics/", "/health/services/{name}/", "/metrics/"} & set(
+        paths
+    )
 
 
 def test_the_other_form_of_each_path_answers_too_without_a_redirect(anonymous):
