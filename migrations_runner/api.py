@@ -27,7 +27,7 @@ from migrations_runner.serializers import (
     ExecutionDetailSerializer,
     ExecutionSerializer,
     FingerprintReportSerializer,
-    FingerprintScanReportSerializer,
+    FingerprintScanSerializer,
     FleetStatusSerializer,
     MigrationsHealthSerializer,
     PlanSerializer,
@@ -427,30 +427,44 @@ class FingerprintsView(APIView):
 
 
 class FingerprintScanView(APIView):
-    """Fingerprint the selected targets now and record them, then answer the report with what the scan did.
+    """Start a fingerprint scan of the selected targets in the background (POST, 202), or show the latest scan and
+    its progress (GET).
 
-    Like ``dynamic/status/``, it reads every selected database (read-only sessions, at most
-    ``MIGRATION_MAX_PER_DATABASE`` per server) and changes nothing on them, so ``migrations:read`` suffices; what
-    it writes is only the record of what it read.
+    A scan reads every selected database (read-only sessions, at most ``MIGRATION_MAX_PER_DATABASE`` per server)
+    and changes nothing on them; as it loads the fleet, starting one needs ``migrations:execute`` and one runs at a
+    time. ``GET migrations/fingerprints/`` reports what it recorded.
     """
 
-    permission_classes = [READ]
+    permission_classes = [EXECUTE]
+
+    @extend_schema(responses={200: FingerprintScanSerializer, 404: OpenApiResponse(description="No scan yet.")})
+    def get(self, request: Request) -> Response:
+        scan = fingerprint_selectors.fingerprint_scan_latest()
+        return Response(FingerprintScanSerializer(scan, context={"request": request}).data)
 
     @extend_schema(
         request=ScopeSerializer,
         responses={
-            200: FingerprintScanReportSerializer,
+            202: FingerprintScanSerializer,
             400: OpenApiResponse(description="Invalid input, or no target matches the selection."),
+            409: OpenApiResponse(description="A scan is running (details name it); nothing was started."),
         },
     )
     def post(self, request: Request) -> Response:
         params = ScopeSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        selection = params.validated_data["selection"]
-        scan = services.fleet_fingerprint_scan(selection=selection)
-        report = fingerprint_selectors.fingerprint_report(selection)
+        scan = services.fingerprint_scan_start(selection=params.validated_data["selection"], started_by=_actor(request))
         return Response(
-            FingerprintScanReportSerializer(
-                {**report.as_dict(), "scan": scan.as_dict()}, context={"request": request}
-            ).data
+            FingerprintScanSerializer(scan, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
+
+
+class FingerprintScanDetailView(APIView):
+    """One fingerprint scan and its progress."""
+
+    permission_classes = [READ]
+
+    @extend_schema(responses=FingerprintScanSerializer)
+    def get(self, request: Request, scan_id) -> Response:
+        scan = fingerprint_selectors.fingerprint_scan_get(scan_id=scan_id)
+        return Response(FingerprintScanSerializer(scan, context={"request": request}).data)

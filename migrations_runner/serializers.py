@@ -12,7 +12,14 @@ from connections import validators
 from connections.serializers import TenantSerializer
 from migrations_runner.engine import flyway
 from migrations_runner.exceptions import InvalidSelection, InvalidWaves
-from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
+from migrations_runner.models import (
+    FingerprintScan,
+    MigrationExecution,
+    MigrationSchedule,
+    OnFailure,
+    Scope,
+    TargetRun,
+)
 from migrations_runner.selection import FILTER_NAMES, TargetSelection
 from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
@@ -507,11 +514,27 @@ class UnreachableDatabaseSerializer(serializers.Serializer):
     error = RedactedCharField()
 
 
-class FingerprintScanSerializer(serializers.Serializer):
-    scanned = serializers.IntegerField()
-    unreachable = UnreachableDatabaseSerializer(many=True)
-    seconds = serializers.FloatField()
+class FingerprintScanSerializer(serializers.ModelSerializer):
+    """A fingerprint scan and its progress: ``done`` of ``total`` targets read so far."""
 
+    unreachable = UnreachableDatabaseSerializer(many=True, read_only=True, help_text="Databases it could not read.")
+    error = RedactedCharField(read_only=True, help_text="Why a failed scan ended.")
 
-class FingerprintScanReportSerializer(FingerprintReportSerializer):
-    scan = FingerprintScanSerializer()
+    class Meta:
+        model = FingerprintScan
+        fields = [
+            "id",
+            "scope",
+            "filters",
+            "state",
+            "total",
+            "done",
+            "scanned",
+            "unreachable",
+            "error",
+            "started_by",
+            "started_at",
+            "active_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
