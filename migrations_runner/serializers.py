@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -31,7 +32,8 @@ class RedactedMixin(serializers.Field):
     """
 
     def to_representation(self, value):
-        context = self.context
+        # The root serializer's context dict, shared by every field: one read of the registry per response.
+        context = cast(dict[str, Any], self.context)
         if "error_redactor" not in context:
             request = context.get("request")
             context["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
