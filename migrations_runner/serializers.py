@@ -369,7 +369,11 @@ class BaselineSerializer(serializers.Serializer):
         default=False, help_text="Baseline even over versions the target's history shows undone (needs a reason)."
     )
     reason = serializers.CharField(
-        max_length=500, required=False, default="", help_text="Why a forced baseline is right; recorded."
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Why a forced baseline is right; recorded.",
     )
 
     def validate_version(self, value: str) -> str:
