@@ -50,7 +50,7 @@ def health_badge(connection: DatabaseConnection) -> str:
 
 
 @admin.register(DatabaseConnection)
-class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
+class DatabaseConnectionAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
     view_role = roles.DATABASES_READ
     manage_role = roles.DATABASES_MANAGE
     form = DatabaseConnectionForm
@@ -130,6 +130,13 @@ class DatabaseConnectionAdmin(RoleAdminMixin, admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]) -> None:
         for connection in queryset:
             services.connection_delete(connection=connection, actor=_actor(request))
+
+    def get_deleted_objects(self, objs, request: HttpRequest):
+        """What the confirmation page lists: the connections alone. Deleting is soft (as the API's DELETE): their
+        tenants and target runs stay, so nothing related is deleted or protects the connection."""
+        connections = list(objs)
+        count = {DatabaseConnection._meta.verbose_name_plural: len(connections)} if connections else {}
+        return [str(connection) for connection in connections], count, set(), []
 
     def _report(self, request: HttpRequest, connection: DatabaseConnection, result) -> None:
         if result.ok:

@@ -155,6 +155,28 @@ def redact(message: str, *secrets: str) -> str:
     return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1********@", message)
 
 
+ADDRESS_HIDDEN = "[hidden]"
+# Where libpq and the socket layer name a server's address, port or user: 'connection to server at "h" (1.2.3.4),
+# port 5432', 'on socket "/tmp/.s.PGSQL.5432"', 'for user "app"', 'role "app"', 'host "h"', "('h', 5432)".
+_ADDRESS_MENTIONS = (
+    (re.compile(r'(server (?:at|on socket) )"[^"]*"(?: \([^)]*\))?'), rf'\1"{ADDRESS_HIDDEN}"'),
+    (re.compile(r'\b((?:host|host name|user|role|hostaddr)\s*=?\s*)"[^"]*"', re.IGNORECASE), rf'\1"{ADDRESS_HIDDEN}"'),
+    (re.compile(r"\b(port\s*=?\s*)\d+", re.IGNORECASE), rf"\1{ADDRESS_HIDDEN}"),
+    (re.compile(r"\('[^']*', \d+\)"), f"({ADDRESS_HIDDEN})"),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"), ADDRESS_HIDDEN),
+)
+
+
+def redact_address(message: str, *known: str) -> str:
+    """Remove server addresses, ports and user names from an error message: libpq's usual mentions of them, and
+    every whole-word occurrence of the ``known`` values (the registered hosts, ports and users)."""
+    for pattern, replacement in _ADDRESS_MENTIONS:
+        message = pattern.sub(replacement, message)
+    for value in sorted({v for v in known if v}, key=len, reverse=True):
+        message = re.sub(rf"(?<![\w.-]){re.escape(value)}(?![\w-])", ADDRESS_HIDDEN, message)
+    return message
+
+
 def classify(message: str) -> str:
     """Return the cause of a libpq connection error message."""
     for cause, pattern in _PATTERNS:

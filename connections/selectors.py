@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from connections.exceptions import ConnectionNotFound, TenantNotFound
 from connections.models import DatabaseConnection, Tenant, TenantStatus
+from connections.probe import redact_address
+from infra_site import roles
 
 
 def connection_list(
@@ -75,3 +79,27 @@ def tenant_get(*, slug: str) -> Tenant:
 def tenant_list_targetable() -> QuerySet[Tenant]:
     """Return the tenants that migrations apply to: active, on a live and active connection."""
     return tenant_list(status=TenantStatus.ACTIVE).filter(connection__is_active=True)
+
+
+def error_redactor(*, user: Any) -> Callable[[Any], Any]:
+    """The function that shows stored errors to ``user``: unchanged for holders of databases:read (as /health
+    shows addresses to them alone), else with every host, port and user name of the registry hidden.
+
+    It takes a string, or a dict or list of them (a target run's error), and returns the same shape.
+    """
+    if roles.has_role(user, roles.DATABASES_READ):
+        return lambda value: value
+    known: list[str] = []
+    for host, port, username in DatabaseConnection.all_objects.values_list("host", "port", "username"):
+        known.extend((host, str(port), username))
+
+    def redact(value: Any) -> Any:
+        if isinstance(value, str):
+            return redact_address(value, *known)
+        if isinstance(value, dict):
+            return {key: redact(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [redact(item) for item in value]
+        return value
+
+    return redact

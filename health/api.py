@@ -40,6 +40,7 @@ from health.serializers import (
     ServiceHealthSerializer,
 )
 from infra_site import roles
+from infra_site.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class LivenessView(APIView):
                 {
                     "status": probes.Status.HEALTHY,
                     "timestamp": timezone.now(),
-                    "version": selectors.package_version(),
+                    "version": __version__,
                     "environment": settings.ENVIRONMENT,
                 }
             ).data

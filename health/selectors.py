@@ -6,11 +6,8 @@ process (web worker, queue worker on any machine) did the work.
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import math
 import time
-import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, cast
@@ -30,16 +27,6 @@ EXECUTION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7
 TARGET_RUN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 SCRIPT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-@functools.cache
-def package_version() -> str:
-    """The version of the ``infra-control-plane`` package: installed metadata, else the repository's pyproject."""
-    try:
-        return importlib.metadata.version("infra-control-plane")
-    except importlib.metadata.PackageNotFoundError:
-        with (settings.BASE_DIR / "pyproject.toml").open("rb") as pyproject:
-            return tomllib.load(pyproject)["project"]["version"]
 
 
 def executions_by_status() -> list[Mapping[str, Any]]:

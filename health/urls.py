@@ -1,6 +1,6 @@
 """The health endpoints (paths as the service guide gives them) and Prometheus' /metrics.
 
-Each health path also answers in its other form (with or without the trailing slash, ``/health`` for a load
+Each path also answers in its other form (with or without the trailing slash, ``/health`` for a load
 balancer), without a redirect and without a second entry in the schema.
 """
 
@@ -28,4 +28,5 @@ urlpatterns = [
     path("health/detailed/", unlisted(api.DetailedHealthView), name="health-detailed-alias"),
     path("health/services/<str:name>/", unlisted(api.ServiceHealthView), name="health-service-alias"),
     path("health/metrics/", unlisted(api.MetricsSummaryView), name="health-metrics-alias"),
+    path("metrics/", unlisted(api.PrometheusMetricsView), name="metrics-alias"),
 ]

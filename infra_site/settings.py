@@ -16,6 +16,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from infra_site.version import __version__
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 VAR_DIR.mkdir(exist_ok=True)
@@ -74,6 +76,15 @@ OIDC_CLOCK_LEEWAY = env.int("OIDC_CLOCK_LEEWAY", default=30)
 # and in any case once it is older than OIDC_JWKS_MAX_AGE (so a key the provider withdrew stops working).
 OIDC_JWKS_REFRESH_INTERVAL = env.float("OIDC_JWKS_REFRESH_INTERVAL", default=10.0)
 OIDC_JWKS_MAX_AGE = env.int("OIDC_JWKS_MAX_AGE", default=3600)
+# Token introspection (RFC 7662), so a token revoked at the provider stops working before it expires: unset (the
+# default), bearer tokens are validated locally only; a number of seconds, each token is also checked at the
+# provider's introspection endpoint and the answer cached that long (0: every request asks).
+_introspection_cache = env.str("OIDC_INTROSPECTION_CACHE_SECONDS", default="").strip()
+OIDC_INTROSPECTION_CACHE_SECONDS: int | None = int(_introspection_cache) if _introspection_cache else None
+if OIDC_INTROSPECTION_CACHE_SECONDS is not None and OIDC_INTROSPECTION_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured("OIDC_INTROSPECTION_CACHE_SECONDS must be 0 or more seconds, or unset (off).")
+# The introspection endpoint; empty: the one the realm's discovery document announces.
+OIDC_INTROSPECTION_ENDPOINT = env.str("OIDC_INTROSPECTION_ENDPOINT", default="")
 OIDC_OP_LOGOUT_URL_METHOD = "infra_site.auth.views.provider_logout_url"
 LOGIN_REDIRECT_URL = "admin:index"
 LOGIN_REDIRECT_URL_FAILURE = "/admin/login/?oidc_error=1"
@@ -310,6 +321,7 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
+FORMAT_MODULE_PATH = ["infra_site.formats"]
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
@@ -365,7 +377,7 @@ API_DOCS_ENABLED = env.bool("API_DOCS_ENABLED", default=ENVIRONMENT in ("develop
 SPECTACULAR_SETTINGS = {
     "TITLE": "Infrastructure control plane API",
     "DESCRIPTION": "Connection registry and fleet-wide PostgreSQL migrations.",
-    "VERSION": "1.0.0",
+    "VERSION": __version__,
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [

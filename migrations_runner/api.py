@@ -27,7 +27,7 @@ from migrations_runner.serializers import (
     ExecutionDetailSerializer,
     ExecutionSerializer,
     FingerprintReportSerializer,
-    FingerprintScanReportSerializer,
+    FingerprintScanSerializer,
     FleetStatusSerializer,
     MigrationsHealthSerializer,
     PlanRequestSerializer,
@@ -60,7 +60,9 @@ class ExecuteView(APIView):
         params = ExecuteSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         execution = services.execution_submit(executed_by=_actor(request), **params.validated_data)
-        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class ExecutionListView(generics.ListAPIView):
@@ -96,7 +98,11 @@ class ExecutionStatusView(APIView):
 
     @extend_schema(responses=ExecutionDetailSerializer)
     def get(self, request: Request, execution_id) -> Response:
-        return Response(ExecutionDetailSerializer(selectors.execution_get(execution_id=execution_id)).data)
+        return Response(
+            ExecutionDetailSerializer(
+                selectors.execution_get(execution_id=execution_id), context={"request": request}
+            ).data
+        )
 
 
 class ExecutionTargetsView(generics.ListAPIView):
@@ -124,7 +130,9 @@ class CancelView(APIView):
         execution = services.execution_cancel(
             execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
         )
-        return Response(ExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class ContinueView(APIView):
@@ -137,7 +145,9 @@ class ContinueView(APIView):
         execution = services.execution_continue(
             execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
         )
-        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class AbortView(APIView):
@@ -150,7 +160,7 @@ class AbortView(APIView):
         execution = services.execution_abort(
             execution=selectors.execution_get(execution_id=execution_id), actor=_actor(request)
         )
-        return Response(ExecutionDetailSerializer(execution).data)
+        return Response(ExecutionDetailSerializer(execution, context={"request": request}).data)
 
 
 class RetryView(APIView):
@@ -162,7 +172,9 @@ class RetryView(APIView):
     def post(self, request: Request, execution_id) -> Response:
         original = selectors.execution_get(execution_id=execution_id)
         retry = services.execution_retry(execution=original, executed_by=_actor(request))
-        return Response(ExecutionDetailSerializer(retry).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(retry, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class RollbackView(APIView):
@@ -177,7 +189,9 @@ class RollbackView(APIView):
         params.is_valid(raise_exception=True)
         original = selectors.execution_get(execution_id=params.validated_data["execution_id"])
         rollback = services.rollback_submit(execution=original, executed_by=_actor(request))
-        return Response(ExecutionDetailSerializer(rollback).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(rollback, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class PlanView(APIView):
@@ -189,7 +203,12 @@ class PlanView(APIView):
     def post(self, request: Request) -> Response:
         params = PlanRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        targets = selectors.plan(params.validated_data["selection"], out_of_order=params.validated_data["out_of_order"])
+        redact = registry.error_redactor(user=request.user)
+        data = params.validated_data
+        targets = [
+            {**row, "error": redact(row["error"])} if "error" in row else row
+            for row in selectors.plan(data["selection"], out_of_order=data["out_of_order"])
+        ]
         lint = selectors.plan_lint(targets)
         return Response(
             {
@@ -212,9 +231,13 @@ class FleetStatusView(APIView):
     )
     def get(self, request: Request) -> Response:
         query = request.query_params
-        rows = selectors.fleet_status(
-            TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
-        )
+        redact = registry.error_redactor(user=request.user)
+        rows = [
+            {**row, "error": redact(row["error"])} if "error" in row else row
+            for row in selectors.fleet_status(
+                TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
+            )
+        ]
         return Response(
             {
                 "targets": rows,
@@ -300,7 +323,7 @@ class ProvisionView(APIView):
         tenant, execution = services.tenant_provision(connection=connection, actor=_actor(request), **data)
         body = {
             "tenant": TenantSerializer(tenant).data,
-            "execution": ExecutionSerializer(execution).data,
+            "execution": ExecutionSerializer(execution, context={"request": request}).data,
         }
         if tenant.status != "active":
             return Response(
@@ -325,7 +348,9 @@ class TenantMigrateView(APIView):
         execution = services.execution_submit(
             selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]), executed_by=_actor(request)
         )
-        return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class AdoptView(APIView):
@@ -367,8 +392,8 @@ class BaselineView(APIView):
             ),
             404: OpenApiResponse(description="No tenant or connection with this name."),
             409: OpenApiResponse(
-                description="The target already has history at or above the version, or its schema does not exist; "
-                "nothing was written."
+                description="The target already has history at or above the version, its schema does not exist, "
+                "or its history shows versions up to it undone (without force); nothing was written."
             ),
         },
     )
@@ -378,7 +403,12 @@ class BaselineView(APIView):
         data = params.validated_data
         selection = services.baseline_selection(tenant=data.get("tenant"), connection=data.get("connection"))
         report = services.target_baseline(
-            selection=selection, version=data["version"], actor=_actor(request), dry_run=data["dry_run"]
+            selection=selection,
+            version=data["version"],
+            actor=_actor(request),
+            dry_run=data["dry_run"],
+            force=data["force"],
+            reason=data["reason"],
         )
         return Response(report)
 
@@ -403,30 +433,48 @@ class FingerprintsView(APIView):
             regions=query.getlist("region"), connections=query.getlist("connection"), tenants=query.getlist("tenant")
         )
         report = fingerprint_selectors.fingerprint_report(selection)
-        return Response(FingerprintReportSerializer(report.as_dict()).data)
+        return Response(FingerprintReportSerializer(report.as_dict(), context={"request": request}).data)
 
 
 class FingerprintScanView(APIView):
-    """Fingerprint the selected targets now and record them, then answer the report with what the scan did.
+    """Start a fingerprint scan of the selected targets in the background (POST, 202), or show the latest scan and
+    its progress (GET).
 
-    Like ``dynamic/status/``, it reads every selected database (read-only sessions, at most
-    ``MIGRATION_MAX_PER_DATABASE`` per server) and changes nothing on them, so ``migrations:read`` suffices; what
-    it writes is only the record of what it read.
+    A scan reads every selected database (read-only sessions, at most ``MIGRATION_MAX_PER_DATABASE`` per server)
+    and changes nothing on them; as it loads the fleet, starting one needs ``migrations:execute`` and one runs at a
+    time. ``GET migrations/fingerprints/`` reports what it recorded.
     """
 
-    permission_classes = [READ]
+    permission_classes = [EXECUTE]
+
+    @extend_schema(responses={200: FingerprintScanSerializer, 404: OpenApiResponse(description="No scan yet.")})
+    def get(self, request: Request) -> Response:
+        scan = fingerprint_selectors.fingerprint_scan_latest()
+        return Response(FingerprintScanSerializer(scan, context={"request": request}).data)
 
     @extend_schema(
         request=ScopeSerializer,
         responses={
-            200: FingerprintScanReportSerializer,
+            202: FingerprintScanSerializer,
             400: OpenApiResponse(description="Invalid input, or no target matches the selection."),
+            409: OpenApiResponse(description="A scan is running (details name it); nothing was started."),
         },
     )
     def post(self, request: Request) -> Response:
         params = ScopeSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        selection = params.validated_data["selection"]
-        scan = services.fleet_fingerprint_scan(selection=selection)
-        report = fingerprint_selectors.fingerprint_report(selection)
-        return Response(FingerprintScanReportSerializer({**report.as_dict(), "scan": scan.as_dict()}).data)
+        scan = services.fingerprint_scan_start(selection=params.validated_data["selection"], started_by=_actor(request))
+        return Response(
+            FingerprintScanSerializer(scan, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
+        )
+
+
+class FingerprintScanDetailView(APIView):
+    """One fingerprint scan and its progress."""
+
+    permission_classes = [READ]
+
+    @extend_schema(responses=FingerprintScanSerializer)
+    def get(self, request: Request, scan_id) -> Response:
+        scan = fingerprint_selectors.fingerprint_scan_get(scan_id=scan_id)
+        return Response(FingerprintScanSerializer(scan, context={"request": request}).data)

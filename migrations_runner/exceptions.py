@@ -59,3 +59,11 @@ class InvalidWaves(ValidationFailed):
 
 class NotAwaitingApproval(Conflict):
     code = "not_awaiting_approval"
+
+
+class FingerprintScanRunning(Conflict):
+    code = "fingerprint_scan_running"
+
+
+class FingerprintScanNotFound(NotFound):
+    code = "fingerprint_scan_not_found"

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db.models import Count, F, Q, QuerySet
 
 from connections.models import TenantStatus
 from infra_site.errors import NotFound
 from migrations_runner.engine.fingerprint import DiffEntry, diff
-from migrations_runner.models import SchemaFingerprint, SchemaShape, Scope
+from migrations_runner.exceptions import FingerprintScanNotFound
+from migrations_runner.models import FingerprintScan, SchemaFingerprint, SchemaShape, Scope
 from migrations_runner.selection import TargetSelection
 from migrations_runner.selectors import SCOPE_TYPES, FleetTarget
 
@@ -271,3 +273,19 @@ def fingerprint_states(*, targets: Iterable[FleetTarget]) -> dict[tuple[str, str
             continue
         states[(name, schema)] = FingerprintState(pk, MATCH if shape == group.majority else OUTLIER, group.tied)
     return states
+
+
+def fingerprint_scan_get(*, scan_id: uuid.UUID | str) -> FingerprintScan:
+    """Return a fingerprint scan by id; raise ``FingerprintScanNotFound``."""
+    try:
+        return FingerprintScan.objects.get(pk=scan_id)
+    except (FingerprintScan.DoesNotExist, ValidationError, ValueError) as exc:
+        raise FingerprintScanNotFound(f"No fingerprint scan with id {scan_id}.", details={"id": str(scan_id)}) from exc
+
+
+def fingerprint_scan_latest() -> FingerprintScan:
+    """Return the latest fingerprint scan (running or finished); raise ``FingerprintScanNotFound`` before the first."""
+    scan = FingerprintScan.objects.order_by("-started_at").first()
+    if scan is None:
+        raise FingerprintScanNotFound("No fingerprint scan has been started yet.")
+    return scan

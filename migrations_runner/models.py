@@ -282,3 +282,48 @@ class SchemaFingerprint(models.Model):
     @property
     def fingerprint(self) -> str:
         return self.shape_id
+
+
+class ScanState(models.TextChoices):
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+
+
+class FingerprintScan(models.Model):
+    """A scan of the fleet's schema fingerprints, run in the background (a queue task), and its progress.
+
+    One runs at a time: the constraint admits a single ``running`` row.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.ALL)
+    filters = models.JSONField(default=dict, blank=True)
+    state = models.CharField(max_length=16, choices=ScanState.choices, default=ScanState.RUNNING)
+    total = models.PositiveIntegerField(default=0, help_text="Targets selected.")
+    done = models.PositiveIntegerField(default=0, help_text="Targets read so far (scanned or unreachable).")
+    scanned = models.PositiveIntegerField(default=0, help_text="Targets whose fingerprint was recorded.")
+    unreachable = models.JSONField(default=list, blank=True, help_text="Databases it could not read.")
+    error = models.TextField(blank=True, default="")
+    started_by = models.CharField(max_length=150)
+    started_at = models.DateTimeField()
+    active_at = models.DateTimeField(help_text="Its last progress: a running scan silent for long was lost.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["state"], condition=models.Q(state="running"), name="fingerprint_scan_one_running"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"scan {str(self.id)[:8]} ({self.state})"
+
+    @property
+    def selection(self) -> TargetSelection:
+        """The scope and filters the scan reads."""
+        from migrations_runner.selection import TargetSelection
+
+        return TargetSelection.from_stored(self.scope, self.filters)

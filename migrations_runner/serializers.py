@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, cast
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from connections import selectors as registry
 from connections import validators
 from connections.serializers import TenantSerializer
 from migrations_runner.engine import flyway
 from migrations_runner.exceptions import InvalidSelection, InvalidWaves
-from migrations_runner.models import MigrationExecution, MigrationSchedule, OnFailure, Scope, TargetRun
+from migrations_runner.models import (
+    FingerprintScan,
+    MigrationExecution,
+    MigrationSchedule,
+    OnFailure,
+    Scope,
+    TargetRun,
+)
 from migrations_runner.selection import FILTER_NAMES, TargetSelection
 from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
+
+
+class RedactedMixin(serializers.Field):
+    """A stored error, shown without hosts, ports and user names to callers without databases:read.
+
+    The view hands its request in the serializer's context; without one (no caller to trust) it is redacted too.
+    """
+
+    def to_representation(self, value):
+        # The root serializer's context dict, shared by every field: one read of the registry per response.
+        context = cast(dict[str, Any], self.context)
+        if "error_redactor" not in context:
+            request = context.get("request")
+            context["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
+        return context["error_redactor"](super().to_representation(value))
+
+
+class RedactedCharField(RedactedMixin, serializers.CharField):
+    pass
+
+
+class RedactedJSONField(RedactedMixin, serializers.JSONField):
+    pass
 
 
 class FiltersSerializer(serializers.Serializer):
@@ -113,7 +145,8 @@ class RollbackSerializer(serializers.Serializer):
 
 class ExecutionSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
-    error_message = serializers.CharField(source="error", read_only=True, help_text="The seed's name for `error`.")
+    error = RedactedCharField(read_only=True)
+    error_message = RedactedCharField(source="error", read_only=True, help_text="The seed's name for `error`.")
 
     class Meta:
         model = MigrationExecution
@@ -189,6 +222,7 @@ class TargetRunSerializer(serializers.ModelSerializer):
     tenant = serializers.CharField(
         source="tenant.slug", default=None, allow_null=True, help_text="Null for a target that is not a tenant's."
     )
+    error = RedactedJSONField(read_only=True, allow_null=True)
 
     class Meta:
         model = TargetRun
@@ -286,7 +320,7 @@ class TargetPlanSerializer(serializers.Serializer):
         help_text="The set's callbacks a run would run, as event: script.",
     )
     schema_exists = serializers.BooleanField(required=False)
-    error = serializers.CharField(required=False, help_text="Why the target's history could not be read.")
+    error = RedactedCharField(required=False, help_text="Why the target's history could not be read.")
 
 
 class LintFindingSerializer(serializers.Serializer):
@@ -379,6 +413,16 @@ class BaselineSerializer(serializers.Serializer):
     connection = serializers.CharField(max_length=63, required=False, validators=[validators.validate_connection_name])
     version = serializers.CharField(max_length=50, help_text="Digits separated by '.' or '_', above 0 (5, 1.1).")
     dry_run = serializers.BooleanField(default=False, help_text="Check and report; change nothing.")
+    force = serializers.BooleanField(
+        default=False, help_text="Baseline even over versions the target's history shows undone (needs a reason)."
+    )
+    reason = serializers.CharField(
+        max_length=500,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Why a forced baseline is right; recorded.",
+    )
 
     def validate_version(self, value: str) -> str:
         try:
@@ -521,14 +565,30 @@ class FingerprintReportSerializer(serializers.Serializer):
 class UnreachableDatabaseSerializer(serializers.Serializer):
     connection = serializers.CharField()
     targets = serializers.IntegerField()
-    error = serializers.CharField()
+    error = RedactedCharField()
 
 
-class FingerprintScanSerializer(serializers.Serializer):
-    scanned = serializers.IntegerField()
-    unreachable = UnreachableDatabaseSerializer(many=True)
-    seconds = serializers.FloatField()
+class FingerprintScanSerializer(serializers.ModelSerializer):
+    """A fingerprint scan and its progress: ``done`` of ``total`` targets read so far."""
 
+    unreachable = UnreachableDatabaseSerializer(many=True, read_only=True, help_text="Databases it could not read.")
+    error = RedactedCharField(read_only=True, help_text="Why a failed scan ended.")
 
-class FingerprintScanReportSerializer(FingerprintReportSerializer):
-    scan = FingerprintScanSerializer()
+    class Meta:
+        model = FingerprintScan
+        fields = [
+            "id",
+            "scope",
+            "filters",
+            "state",
+            "total",
+            "done",
+            "scanned",
+            "unreachable",
+            "error",
+            "started_by",
+            "started_at",
+            "active_at",
+            "finished_at",
+        ]
+        read_only_fields = fields

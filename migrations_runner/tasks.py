@@ -18,3 +18,8 @@ def recover_lost_targets() -> int:
 def fire_schedule(schedule_id: int) -> str:
     """Start the execution of a migration schedule (called by its django-q2 schedule)."""
     return services.schedule_fire(schedule_id=schedule_id)
+
+
+def run_fingerprint_scan(scan_id: str) -> str:
+    """Run a recorded fingerprint scan of the fleet (started from the API)."""
+    return services.fingerprint_scan_run(scan_id=scan_id)

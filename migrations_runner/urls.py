@@ -22,6 +22,11 @@ urlpatterns: list[URLPattern | URLResolver] = [
     path("migrations/dynamic/status/", api.FleetStatusView.as_view(), name="migrations-fleet-status"),
     path("migrations/fingerprints/", api.FingerprintsView.as_view(), name="migrations-fingerprints"),
     path("migrations/fingerprints/scan/", api.FingerprintScanView.as_view(), name="migrations-fingerprints-scan"),
+    path(
+        "migrations/fingerprints/scans/<uuid:scan_id>/",
+        api.FingerprintScanDetailView.as_view(),
+        name="migrations-fingerprints-scan-detail",
+    ),
     path("migrations/status/<uuid:execution_id>/", api.ExecutionStatusView.as_view(), name="migrations-status"),
     path("migrations/<uuid:execution_id>/targets/", api.ExecutionTargetsView.as_view(), name="migrations-targets"),
     path("migrations/<uuid:execution_id>/cancel/", api.CancelView.as_view(), name="migrations-cancel"),

@@ -1,5 +1,6 @@
-"""DRF authentication: Keycloak bearer tokens (validated locally against the realm's cached keys), and HTTP Basic
-with local accounts under the failed-login lockout."""
+"""DRF authentication: Keycloak bearer tokens (validated locally against the realm's cached keys, and at the
+provider's introspection endpoint when ``OIDC_INTROSPECTION_CACHE_SECONDS`` is set), and HTTP Basic with local
+accounts under the failed-login lockout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, BasicAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from infra_site.auth import provider, services, tokens
+from infra_site.auth import introspection, provider, services, tokens
 
 
 class KeycloakBearerAuthentication(BaseAuthentication):
@@ -26,10 +27,13 @@ class KeycloakBearerAuthentication(BaseAuthentication):
             raise exceptions.AuthenticationFailed("Malformed Authorization header: expected 'Bearer <token>'.")
         if not provider.oidc_configured():
             raise exceptions.AuthenticationFailed("Bearer tokens are not accepted: OpenID Connect is not configured.")
+        token = parts[1].decode("latin-1")
         try:
-            claims = tokens.validate_access_token(parts[1].decode("latin-1"))
+            claims = tokens.validate_access_token(token)
         except tokens.InvalidToken as exc:
             raise exceptions.AuthenticationFailed(str(exc)) from exc
+        if introspection.introspection_enabled() and not introspection.token_active(token, claims=claims):
+            raise exceptions.AuthenticationFailed("The token is no longer active at the identity provider (revoked).")
         user = services.oidc_user_sync(issuer=provider.issuer(), claims=claims, granted=tokens.granted_roles(claims))
         if not user.is_active:
             raise exceptions.AuthenticationFailed("This user is deactivated.")

@@ -29,6 +29,7 @@ class Endpoints:
     userinfo_endpoint: str
     jwks_uri: str
     end_session_endpoint: str
+    introspection_endpoint: str
 
 
 _discovered: dict[str, Endpoints] = {}
@@ -79,6 +80,7 @@ def _discover(expected: str) -> Endpoints:
             userinfo_endpoint=document.get("userinfo_endpoint", ""),
             jwks_uri=document["jwks_uri"],
             end_session_endpoint=document.get("end_session_endpoint", ""),
+            introspection_endpoint=document.get("introspection_endpoint", ""),
         )
     except KeyError as exc:
         raise ProviderUnavailable(

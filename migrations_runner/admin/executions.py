@@ -26,6 +26,7 @@ from migrations_runner.models import (
     ExecutionKind,
     MigrationExecution,
     Origin,
+    Scope,
     TargetRun,
     TargetStatus,
     Waiting,
@@ -89,6 +90,19 @@ class KindFilter(SimpleListFilter):
         return queryset
 
 
+class ScopeFilter(SimpleListFilter):
+    """The scopes, the scope ``all`` named apart from the filter's own "All" (no filter)."""
+
+    title = "scope"
+    parameter_name = "scope"
+
+    def lookups(self, request, model_admin):
+        return [(value, "All targets" if value == Scope.ALL else label) for value, label in Scope.choices]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(scope=self.value()) if self.value() else queryset
+
+
 @admin.register(MigrationExecution)
 class MigrationExecutionAdmin(admin.ModelAdmin):
     """Executions are read-only here: they change only through Run, Cancel, Retry failed and Roll back."""
@@ -104,7 +118,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         "executed_by",
         "origin",
     ]
-    list_filter = ["status", KindFilter, "scope", "origin", "executed_by", "created_at"]
+    list_filter = ["status", KindFilter, ScopeFilter, "origin", "executed_by", "created_at"]
     search_fields = ["id"]
     date_hierarchy = "created_at"
     list_per_page = 50

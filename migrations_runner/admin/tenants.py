@@ -122,6 +122,12 @@ class BaselineForm(forms.Form):
     version = forms.CharField(
         max_length=50, help_text="The version the target is at: digits separated by '.' (5, 1.1)."
     )
+    force = forms.BooleanField(
+        required=False, help_text="Baseline even over versions the target's history shows undone (needs a reason)."
+    )
+    reason = forms.CharField(
+        max_length=500, required=False, help_text="Why a forced baseline is right; recorded in the history."
+    )
 
     def clean_version(self) -> str:
         try:
@@ -233,9 +239,14 @@ def baseline_view(request: HttpRequest) -> HttpResponse:
                 version=form.cleaned_data["version"],
                 actor=request.user.get_username(),
                 dry_run=not confirmed,
+                force=form.cleaned_data["force"],
+                reason=form.cleaned_data["reason"],
             )
         except ApplicationError as exc:
-            context.update(error=exc.message, refusals=sorted(exc.details.get("targets", {}).items()))
+            undone = {
+                target: f"undone: {', '.join(versions)}" for target, versions in exc.details.get("undone", {}).items()
+            }
+            context.update(error=exc.message, refusals=sorted({**exc.details.get("targets", {}), **undone}.items()))
             status = exc.status_code
         else:
             if confirmed:

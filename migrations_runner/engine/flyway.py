@@ -505,6 +505,19 @@ def baseline_conflict(state: history.SchemaState, version: Version) -> str:
     return ""
 
 
+def baseline_undone(state: history.SchemaState, version: Version) -> list[Version]:
+    """The versions a baseline at ``version`` would newly count as applied although the history shows them undone
+    (those at or below an earlier baseline were already forced)."""
+    return sorted(v for v in state.undone if v <= version and not state.below_baseline(v))
+
+
+def baseline_description(undone: list[Version], reason: str) -> str:
+    """The BASELINE row's description: Flyway's, or with the undone versions it covers and why it was forced."""
+    if not undone:
+        return "<< Baseline >>"
+    return f"<< Baseline >> forced over undone version(s) {', '.join(map(str, undone))}: {reason}"
+
+
 def baseline_schema(
     conn: psycopg.Connection,
     *,
@@ -513,15 +526,22 @@ def baseline_schema(
     installed_by: str,
     dry_run: bool = False,
     lock_wait_s: float = 60.0,
+    force_reason: str = "",
 ) -> str:
     """Record that ``schema`` is at ``version`` without running anything; return why it was refused, or ''.
 
-    One transaction under the schema's migration lock (a dry run takes no lock and writes nothing).
+    Versions the history shows undone at or below ``version`` refuse it unless a ``force_reason`` is given, which
+    the BASELINE row records. One transaction under the schema's migration lock (a dry run takes no lock and
+    writes nothing).
     """
     with conn.transaction(force_rollback=dry_run):
         if not dry_run:
             _lock(conn, schema, lock_wait_s)
-        conflict = baseline_conflict(history.read_states(conn, [schema])[schema], version)
+        state = history.read_states(conn, [schema])[schema]
+        conflict = baseline_conflict(state, version)
+        undone = baseline_undone(state, version)
+        if not conflict and undone and not force_reason:
+            conflict = f"version(s) {', '.join(map(str, undone))} were undone: the schema lacks them"
         if conflict or dry_run:
             return conflict
         history.ensure(conn, schema, create_schema=False)
@@ -529,7 +549,7 @@ def baseline_schema(
             history.insert_row(
                 schema=schema,
                 version=str(version),
-                description="<< Baseline >>",
+                description=baseline_description(undone, force_reason),
                 kind="BASELINE",
                 script=BASELINE_SCRIPT,
                 checksum="",

@@ -47,6 +47,7 @@ class SchemaState:
     applied_scripts: dict[Version, str] = field(default_factory=dict)  # version -> script file name
     repeatables: dict[str, str] = field(default_factory=dict)  # script -> latest checksum
     baseline: Version | None = None  # the highest BASELINE row: versions up to it count as applied
+    undone: set[Version] = field(default_factory=set)  # versions whose latest row is an UNDO (the schema lacks them)
 
     @property
     def current(self) -> Version | None:
@@ -108,6 +109,9 @@ def read_states(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, S
                 parsed = Version.parse(version)
                 state.applied[parsed] = checksum
                 state.applied_scripts[parsed] = script
+                state.undone.discard(parsed)
+            elif kind == "UNDO":
+                state.undone.add(Version.parse(version))
             elif kind == "REPEATABLE":
                 state.repeatables[script] = checksum
             elif kind == "BASELINE":

@@ -18,7 +18,12 @@ from migrations_runner.services.executions import (
     rollback_submit,
     target_rollback,
 )
-from migrations_runner.services.fingerprints import fingerprint_record, fleet_fingerprint_scan
+from migrations_runner.services.fingerprints import (
+    fingerprint_record,
+    fingerprint_scan_run,
+    fingerprint_scan_start,
+    fleet_fingerprint_scan,
+)
 from migrations_runner.services.provisioning import provisioning_finish, tenant_provision
 from migrations_runner.services.runner import (
     QueueHost,
@@ -53,6 +58,8 @@ __all__ = [
     "execution_submit",
     "execution_waiting_for_worker",
     "fingerprint_record",
+    "fingerprint_scan_run",
+    "fingerprint_scan_start",
     "fleet_fingerprint_scan",
     "flyway_adopt",
     "lane_work",

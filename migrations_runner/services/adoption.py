@@ -233,13 +233,29 @@ def _pending_after(state: SchemaState, version: Version, mset: MigrationSet) -> 
     return [str(s.version) if s.version else s.filename for s in pending_of(after, mset)]
 
 
-def target_baseline(*, selection: TargetSelection, version: str, actor: str, dry_run: bool = False) -> dict[str, Any]:
+def target_baseline(
+    *,
+    selection: TargetSelection,
+    version: str,
+    actor: str,
+    dry_run: bool = False,
+    force: bool = False,
+    reason: str = "",
+) -> dict[str, Any]:
     """Mark every selected target as being at ``version`` without running anything; return the report.
 
     Refused as a whole (``Conflict``, 409, nothing written) when a target already has history at or above the
-    version or its schema does not exist; ``TargetUnreachable`` (400) when a target cannot be read.
+    version or its schema does not exist, and when its history shows versions at or below it undone (the schema
+    lacks them) unless ``force`` with a ``reason``, which the BASELINE row and the log record;
+    ``TargetUnreachable`` (400) when a target cannot be read.
     """
     parsed = parse_baseline_version(version)
+    reason = reason.strip()
+    if force and not reason:
+        raise ValidationFailed(
+            "A forced baseline needs a reason (it is recorded in the history).",
+            details={"reason": ["Required with force."]},
+        )
     _require_named(selection)
     targets = selectors.targets_resolve(selection)
     read = selectors.schema_states(targets)
@@ -258,6 +274,16 @@ def target_baseline(*, selection: TargetSelection, version: str, actor: str, dry
             code="baseline_refused",
             details={"targets": conflicts},
         )
+    undone = {t.label: [str(v) for v in u] for t in targets if (u := flyway.baseline_undone(states[t.key], parsed))}
+    if undone and not force:
+        first, versions = next(iter(undone.items()))
+        raise Conflict(
+            f"Baseline at version {parsed} refused: {len(undone)} target(s) have undone versions it would count as "
+            f"applied (first: {first}: {', '.join(versions)}); nothing was baselined. Baseline with force and a "
+            "reason if the schema does hold them.",
+            code="baseline_over_undone",
+            details={"undone": undone},
+        )
     sets = selectors.sets_load(types={t.database_type for t in targets}, strict=False)
 
     def report(target: Target, status: str, message: str) -> dict[str, Any]:
@@ -265,6 +291,8 @@ def target_baseline(*, selection: TargetSelection, version: str, actor: str, dry
         warnings = []
         if mset.latest is not None and parsed > mset.latest:
             warnings.append(f"version {parsed} is above the latest version of the {mset.database_type} set")
+        if target.label in undone:
+            warnings.append(f"forced over undone version(s) {', '.join(undone[target.label])}: {reason}")
         return {
             **_describe(target),
             "status": status,
@@ -286,6 +314,7 @@ def target_baseline(*, selection: TargetSelection, version: str, actor: str, dry
                 version=parsed,
                 installed_by=actor[:100],
                 lock_wait_s=settings.MIGRATION_LOCK_WAIT,
+                force_reason=reason if force else "",
             )
             if refusal:  # a run changed the target since it was checked above
                 return report(target, "refused", refusal)
@@ -294,7 +323,8 @@ def target_baseline(*, selection: TargetSelection, version: str, actor: str, dry
         by_key = _on_each_database(targets, baseline, lambda t, message: report(t, "error", message))
     reports = [by_key[t.key] for t in targets]
     for entry in reports:
-        (logger.info if entry["status"] == "baselined" else logger.warning)(
+        quiet = entry["status"] == "baselined" and entry["target"] not in undone
+        (logger.info if quiet else logger.warning)(
             "target baseline",
             extra={
                 "target": entry["target"],
@@ -303,6 +333,11 @@ def target_baseline(*, selection: TargetSelection, version: str, actor: str, dry
                 "from_version": entry["from_version"],
                 "dry_run": dry_run,
                 "actor": actor,
+                **(
+                    {"forced_over_undone": undone[entry["target"]], "reason": reason}
+                    if entry["target"] in undone
+                    else {}
+                ),
                 **({"error": entry["message"]} if entry["status"] != "baselined" else {}),
             },
         )

@@ -1,7 +1,9 @@
 """Recording schema fingerprints: after each successful target run, and by scans of the fleet.
 
 A scan reads each database's schemas in chunks of ``SCAN_CHUNK`` (one connection, the history and one catalog
-query per chunk), several chunks at once but at most ``MIGRATION_MAX_PER_DATABASE`` per database server.
+query per chunk), several chunks at once but at most ``MIGRATION_MAX_PER_DATABASE`` per database server. Scans
+started from the API run in the background (a queue task, or here with ``MIGRATION_EXECUTOR=inline``), one at a
+time, their progress kept on a ``FingerprintScan`` row.
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from connections.models import DatabaseConnection
 from connections.probe import ConnectionParams
 from connections.services import connection_params
+from infra_site.errors import ApplicationError
 from migrations_runner import selectors
 from migrations_runner.engine import fingerprint, history
 from migrations_runner.engine.apply import ConnectionSource
 from migrations_runner.engine.targets import Target
-from migrations_runner.models import SchemaFingerprint, SchemaShape, TargetRun
+from migrations_runner.exceptions import FingerprintScanRunning
+from migrations_runner.models import FingerprintScan, ScanState, SchemaFingerprint, SchemaShape, TargetRun
 from migrations_runner.selection import TargetSelection
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,8 @@ SCAN_THREADS_MAX = 32
 RECORD_BATCH = 50  # fingerprints a lane stores in one control-database transaction
 RECORD_SECONDS = 2.0  # ... or after this long, whichever comes first
 ORPHAN_SHAPE_AGE = timedelta(hours=1)  # a shape no target references any more is deleted by the next scan after this
+SCAN_TASK = "migrations_runner.tasks.run_fingerprint_scan"
+SCAN_PROGRESS_SECONDS = 0.5  # a running scan writes its progress at most this often
 
 
 @dataclass(frozen=True)
@@ -285,3 +291,90 @@ def fleet_fingerprint_scan(
         extra={"scanned": result.scanned, "unreachable": len(result.unreachable), "seconds": round(result.seconds, 3)},
     )
     return result
+
+
+def _scan_lost_after() -> timedelta:
+    """How long a running scan may show no progress before it counts as lost: a chunk's two catalog statements
+    are each bounded by ``MIGRATION_TIMEOUT``, so a longer silence means its worker stopped."""
+    return timedelta(seconds=2 * settings.MIGRATION_TIMEOUT + 60)
+
+
+def _scan_update(scan_id: uuid.UUID, **changes: Any) -> bool:
+    """Write a running scan's progress or end; False when it is no longer running (declared lost meanwhile)."""
+    return bool(FingerprintScan.objects.filter(pk=scan_id, state=ScanState.RUNNING).update(**changes))
+
+
+def fingerprint_scan_start(*, selection: TargetSelection, started_by: str) -> FingerprintScan:
+    """Record a scan of ``selection`` and start it in the background; return it (finished already when
+    ``MIGRATION_EXECUTOR`` is inline). ``NoTargets`` (400) when nothing matches, ``FingerprintScanRunning``
+    (409, naming it) while another scan runs: one at a time, whatever their selections, as each reads the fleet."""
+    total = len(selectors.targets_resolve(selection))
+    now = timezone.now()
+    FingerprintScan.objects.filter(state=ScanState.RUNNING, active_at__lt=now - _scan_lost_after()).update(
+        state=ScanState.FAILED, error="lost: its worker stopped showing progress", finished_at=now
+    )
+    try:
+        with transaction.atomic():
+            scan = FingerprintScan.objects.create(
+                scope=selection.scope,
+                filters=selection.as_filters(),
+                total=total,
+                started_by=started_by[:150],
+                started_at=now,
+                active_at=now,
+            )
+    except IntegrityError as exc:
+        running = FingerprintScan.objects.filter(state=ScanState.RUNNING).first()
+        details = {"scan": str(running.pk), "started_at": running.started_at.isoformat()} if running else {}
+        raise FingerprintScanRunning(
+            "A fingerprint scan is running; start another once it has finished.", details=details
+        ) from exc
+    logger.info("fleet fingerprint scan started", extra={"scan": str(scan.pk), "targets": total, "actor": started_by})
+    if settings.MIGRATION_EXECUTOR == "inline":
+        transaction.on_commit(lambda: fingerprint_scan_run(scan_id=scan.pk))
+    else:
+        from django_q.tasks import async_task
+
+        transaction.on_commit(lambda: async_task(SCAN_TASK, str(scan.pk), task_name=f"fingerprint-scan-{scan.pk}"))
+    scan.refresh_from_db()
+    return scan
+
+
+def fingerprint_scan_run(*, scan_id: uuid.UUID | str) -> str:
+    """Run a recorded scan, writing its progress as it goes; return the state it ended in."""
+    scan = FingerprintScan.objects.get(pk=scan_id)
+    if scan.state != ScanState.RUNNING:
+        return scan.state
+    done = 0
+    written = time.monotonic()
+
+    def on_start(total: int) -> None:
+        _scan_update(scan.pk, total=total, active_at=timezone.now())
+
+    def on_progress(label: str, status: str) -> None:
+        nonlocal done, written
+        done += 1
+        if time.monotonic() - written >= SCAN_PROGRESS_SECONDS:
+            written = time.monotonic()
+            _scan_update(scan.pk, done=done, active_at=timezone.now())
+
+    try:
+        result = fleet_fingerprint_scan(selection=scan.selection, on_start=on_start, on_progress=on_progress)
+    except Exception as exc:  # the scan's row says how it ended, whatever ended it
+        if not isinstance(exc, ApplicationError):
+            logger.exception("fleet fingerprint scan failed", extra={"scan": str(scan.pk)})
+        message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
+        now = timezone.now()
+        _scan_update(scan.pk, state=ScanState.FAILED, done=done, error=message[:2000], active_at=now, finished_at=now)
+        return ScanState.FAILED
+    now = timezone.now()
+    _scan_update(
+        scan.pk,
+        state=ScanState.COMPLETED,
+        done=done,
+        scanned=result.scanned,
+        unreachable=result.unreachable,
+        active_at=now,
+        finished_at=now,
+    )
+    return ScanState.COMPLETED

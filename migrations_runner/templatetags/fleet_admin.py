@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import template
 from django.utils.html import format_html, format_html_join
 
+from connections import selectors as registry
 from migrations_runner.models import MigrationExecution
 
 register = template.Library()
@@ -29,6 +32,17 @@ BADGE_CLASSES = {
     "up_to_date": "infra-badge-ok",
     "unknown": "infra-badge-muted",
 }
+
+
+@register.simple_tag(takes_context=True)
+def redacted(context: template.Context, error: Any) -> Any:
+    """A stored error as the viewer may read it: without hosts, ports and user names unless they hold
+    databases:read (one read of the registry per page)."""
+    cache = context.render_context
+    if "error_redactor" not in cache:
+        request = context.get("request")
+        cache["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
+    return cache["error_redactor"](error)
 
 
 @register.simple_tag

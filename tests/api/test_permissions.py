@@ -48,9 +48,11 @@ REQUIRED_ROLES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("GET", "/api/v1/migrations/health/"): (roles.MIGRATIONS_READ,),
     ("GET", "/api/v1/migrations/dynamic/status/"): (roles.MIGRATIONS_READ,),
     ("POST", "/api/v1/migrations/dynamic/plan/"): (roles.MIGRATIONS_READ,),
-    # Schema fingerprints: the recorded report, and a scan (reads the fleet, changes nothing on it).
+    # Schema fingerprints: the recorded report, and scans (they read the fleet, change nothing on it, load it).
     ("GET", "/api/v1/migrations/fingerprints/"): (roles.MIGRATIONS_READ,),
-    ("POST", "/api/v1/migrations/fingerprints/scan/"): (roles.MIGRATIONS_READ,),
+    ("GET", "/api/v1/migrations/fingerprints/scan/"): (roles.MIGRATIONS_READ,),
+    ("POST", "/api/v1/migrations/fingerprints/scan/"): (roles.MIGRATIONS_EXECUTE,),
+    ("GET", "/api/v1/migrations/fingerprints/scans/{scan_id}/"): (roles.MIGRATIONS_READ,),
     ("POST", "/api/v1/migrations/execute/"): (roles.MIGRATIONS_EXECUTE,),
     ("POST", "/api/v1/migrations/{execution_id}/cancel/"): (roles.MIGRATIONS_EXECUTE,),
     ("POST", "/api/v1/migrations/{execution_id}/retry/"): (roles.MIGRATIONS_EXECUTE,),
@@ -70,7 +72,12 @@ REQUIRED_ROLES: dict[tuple[str, str], tuple[str, ...] | None] = {
 }
 
 # Ids that name nothing: a request that passes the permission check then gets a 404 (or a 400 for its body).
-PATH_VALUES = {"{id}": "123456789", "{slug}": "no-such-tenant", "{execution_id}": str(uuid.uuid4())}
+PATH_VALUES = {
+    "{id}": "123456789",
+    "{slug}": "no-such-tenant",
+    "{execution_id}": str(uuid.uuid4()),
+    "{scan_id}": str(uuid.uuid4()),
+}
 
 
 class _ApiViews(EndpointEnumerator):

@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from connections import services
 from connections.models import DatabaseConnection
+from migrations_runner.models import MigrationExecution, TargetRun
 from tests.conftest import REGISTRY_PASSWORD
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -129,6 +130,47 @@ def test_deleting_in_the_admin_is_soft(admin_as, stored):
     assert not DatabaseConnection.objects.filter(pk=stored.pk).exists()
     assert DatabaseConnection.all_objects.get(pk=stored.pk).deleted_at is not None
     assert client.get(CHANGELIST).context["cl"].result_count == 0
+
+
+def test_a_connection_with_tenants_and_target_runs_is_soft_deleted_in_the_admin(admin_as, stored):
+    tenant = services.tenant_create(slug="acme", name="Acme", connection=stored, actor="setup")
+    execution = MigrationExecution.objects.create(scope="tenant", executed_by="setup")
+    TargetRun.objects.create(execution=execution, connection=stored, tenant=tenant, schema_name="tenant_acme")
+    client = admin_as("databases:manage")
+    delete_url = reverse("admin:connections_databaseconnection_delete", args=[stored.pk])
+    confirmation = client.get(delete_url)
+    assert confirmation.status_code == 200
+    assert confirmation.context["protected"] == []
+    assert client.post(delete_url, {"post": "yes"}).status_code == 302
+    assert DatabaseConnection.all_objects.get(pk=stored.pk).deleted_at is not None
+    assert TargetRun.objects.filter(connection_id=stored.pk).count() == 1
+    tenant.refresh_from_db()
+    assert tenant.connection_id == stored.pk
+
+
+def test_the_delete_action_soft_deletes_connections_that_have_tenants(admin_as, stored):
+    services.tenant_create(slug="acme", name="Acme", connection=stored, actor="setup")
+    client = admin_as("databases:manage")
+    selected = {"action": "delete_selected", "_selected_action": [str(stored.pk)]}
+    assert client.post(CHANGELIST, selected).context["protected"] == []
+    assert client.post(CHANGELIST, {**selected, "post": "yes"}).status_code == 302
+    assert DatabaseConnection.all_objects.get(pk=stored.pk).deleted_at is not None
+
+
+@pytest.mark.parametrize(
+    ("granted", "action"),
+    [
+        ("databases:read", "test_selected"),
+        ("databases:read", "delete_selected"),
+        ("databases:manage", "adopt_flyway_selected"),
+        ("databases:manage", "baseline_selected"),
+    ],
+)
+def test_a_forged_action_without_its_role_is_forbidden(admin_as, stored, granted, action):
+    client = admin_as(granted)
+    response = client.post(CHANGELIST, {"action": action, "_selected_action": [str(stored.pk)], "post": "yes"})
+    assert response.status_code == 403
+    assert DatabaseConnection.objects.filter(pk=stored.pk).exists()
 
 
 def test_reader_cannot_add_or_change(admin_as, stored, pg):

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from connections.probe import ConnectionParams, ProbeCause, classify, probe, redact
+from connections.probe import ADDRESS_HIDDEN, ConnectionParams, ProbeCause, classify, probe, redact, redact_address
 
 pytestmark = pytest.mark.postgres
 
@@ -54,6 +54,33 @@ def test_redact_removes_secrets_and_dsn_passwords():
     cleaned = redact(text, "hunter2")
     assert "hunter2" not in cleaned
     assert "postgresql://bob:" in cleaned
+
+
+@pytest.mark.parametrize(
+    ("message", "hidden"),
+    [
+        (
+            'connection to server at "db.internal" (10.0.0.5), port 6543 failed: FATAL:  password authentication '
+            'failed for user "app_owner"',
+            ["db.internal", "10.0.0.5", "6543", "app_owner"],
+        ),
+        ('connection to server on socket "/run/pg/.s.PGSQL.5432" failed', ["/run/pg", "5432"]),
+        ('could not translate host name "db.internal" to address', ["db.internal"]),
+        ('no pg_hba.conf entry for host "10.1.2.3", user "bob", database "x"', ["10.1.2.3", "bob"]),
+        ("[Errno 111] Connect call failed ('127.0.0.1', 5432)", ["127.0.0.1", "5432"]),
+        ("lost db.internal:6543 while app_owner applied V3", ["db.internal", "6543", "app_owner"]),
+    ],
+)
+def test_redact_address_hides_hosts_ports_and_users(message, hidden):
+    cleaned = redact_address(message, "db.internal", "6543", "app_owner")
+    assert not [value for value in hidden if value in cleaned]
+    assert ADDRESS_HIDDEN in cleaned
+
+
+def test_redact_address_keeps_words_that_only_contain_a_known_value():
+    assert redact_address('relation "app_ownership" does not exist', "app_owner") == (
+        'relation "app_ownership" does not exist'
+    )
 
 
 def test_the_test_server_checks_passwords_over_tcp(pg):

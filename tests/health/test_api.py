@@ -257,7 +257,9 @@ def test_the_endpoints_are_in_the_openapi_schema_with_their_shapes(api_as):
     assert "process" in components[response_schema("/health/metrics", "200")]["properties"]
     assert "text/plain" in paths["/metrics"]["get"]["responses"]["200"]["content"]
     assert response_schema("/health/services/{name}", "404") == "Error"
-    assert not {"/health", "/health/detailed/", "/health/metrics/", "/health/services/{name}/"} & set(paths)
+    assert not {"/health", "/health/detailed/", "/health/metrics/", "/health/services/{name}/", "/metrics/"} & set(
+        paths
+    )
 
 
 def test_the_other_form_of_each_path_answers_too_without_a_redirect(anonymous):
@@ -265,3 +267,11 @@ def test_the_other_form_of_each_path_answers_too_without_a_redirect(anonymous):
     assert "overall_status" in anonymous.get("/health/detailed/").json()
     assert anonymous.get("/health/services/broker/").json()["name"] == "broker"
     assert anonymous.get("/health/metrics/").status_code == 200
+    scraped = anonymous.get("/metrics/")
+    assert scraped.status_code == 200
+    assert "infra_control_database_up" in scraped.content.decode()
+
+
+def test_the_schema_and_liveness_report_the_same_version(anonymous, api_as):
+    schema = api_as().get("/api/v1/schema/?format=json").json()
+    assert schema["info"]["version"] == anonymous.get("/health/").json()["version"] == "0.1.0"

@@ -130,3 +130,29 @@ def test_the_dashboard_queries_do_not_grow_with_the_fleet(admin_as, django_asser
     # Session and roles 3, executions 3 (latest, unfinished, running counts grouped), fleet counts 4, unhealthy
     # connections 1, the admin's permissions 2 and its recent actions 1.
     assert len(small) <= 14
+
+
+def test_the_login_records_come_last_under_a_security_heading(admin_as):
+    html = admin_as(roles.INFRASTRUCTURE_ADMIN).get(INDEX).content.decode()
+    app_list = html.split('id="content-main"')[1]
+    sections = [part.split('"')[0] for part in app_list.split('class="app-')[1:]]
+    assert sections[-1] == "axes module"
+    assert sections.index("axes module") > sections.index("migrations_runner module")
+    security = app_list.split('class="app-axes module')[1]
+    assert ">Security<" in security.split("</caption>")[0]
+    assert ">Axes<" not in html
+
+
+def test_the_dashboard_and_the_executions_list_show_dates_in_one_format(admin_as):
+    created = timezone.now().replace(year=2026, month=3, day=4, hour=5, minute=6)
+    MigrationExecution.objects.create(
+        scope="admin", executed_by="tester", status=ExecutionStatus.COMPLETED, started_at=created
+    )
+    MigrationExecution.objects.update(created_at=created)
+    client = admin_as(roles.MIGRATIONS_READ)
+    dashboard = client.get(INDEX).content.decode()
+    listed = client.get(reverse("admin:migrations_runner_migrationexecution_changelist")).content.decode()
+    assert "2026-03-04 05:06" in dashboard.split('id="latest-executions"')[1]
+    assert "2026-03-04 05:06" in listed.split('id="result_list"')[1]
+    assert "March 4, 2026" not in listed
+    assert "Mar. 4, 2026" not in listed

@@ -300,3 +300,12 @@ def test_env_file_is_honoured(tmp_path):
     env_file.write_text("MIGRATION_BATCH_SIZE=7\nRATE_LIMIT_RPM=99\n")
     result = run_django(code, tmp_path, RATE_LIMIT_RPM="42", ENV_FILE=str(env_file))
     assert result.stdout.split() == ["7", "42"]
+
+
+def test_token_introspection_is_off_unless_a_cache_period_is_given(tmp_path):
+    code = "from django.conf import settings; print(settings.OIDC_INTROSPECTION_CACHE_SECONDS)"
+    assert run_django(code, tmp_path).stdout.strip() == "None"
+    assert run_django(code, tmp_path, OIDC_INTROSPECTION_CACHE_SECONDS="30").stdout.strip() == "30"
+    refused = run_django(code, tmp_path, OIDC_INTROSPECTION_CACHE_SECONDS="-1")
+    assert refused.returncode != 0
+    assert "OIDC_INTROSPECTION_CACHE_SECONDS must be 0 or more" in refused.stderr

@@ -65,3 +65,17 @@ def test_a_running_execution_shows_its_eta_once_targets_were_timed():
     running.targets_succeeded, running.runs_timed, running.run_duration_ms = 2, 2, 60_000
     # 8 targets left at 30 s each, 2 at a time: about 2 minutes.
     assert duration_or_eta(running) in ("ETA 2 min 0 s", "ETA 1 min 59 s")
+
+
+@pytest.mark.django_db
+def test_the_scope_filter_names_no_choice_all_twice(client, make_user):
+    client.force_login(make_user("migrations:read"))
+    response = client.get(CHANGELIST)
+    scope = next(spec for spec in response.context["cl"].filter_specs if spec.title == "scope")
+    labels = [str(choice["display"]) for choice in scope.choices(response.context["cl"])]
+    assert labels.count("All") == 1
+    assert "All targets" in labels
+    MigrationExecution.objects.create(scope="admin", executed_by="tester")
+    MigrationExecution.objects.create(scope="all", executed_by="tester")
+    filtered = client.get(CHANGELIST, {"scope": "all"}).context["cl"].result_list
+    assert [e.scope for e in filtered] == ["all"]

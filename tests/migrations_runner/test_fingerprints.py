@@ -23,7 +23,7 @@ from migrations_runner import fingerprint_selectors, services
 from migrations_runner.engine import apply as engine
 from migrations_runner.engine import fingerprint
 from migrations_runner.engine.sets import load_set
-from migrations_runner.models import ExecutionStatus, SchemaFingerprint, SchemaShape
+from migrations_runner.models import ExecutionStatus, FingerprintScan, SchemaFingerprint, SchemaShape
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import fingerprints as fingerprint_services
 from tests.migrations_runner.conftest import SHIPPED_SETS, build_fleet, create_owned_table, drop_fleet
@@ -453,18 +453,27 @@ def test_the_command_lists_outliers_after_a_scan_and_exits_1(one_outlier):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_the_api_reports_recorded_outliers_and_a_reader_can_rescan(one_outlier, api_as):
+def test_the_api_reports_recorded_outliers_after_a_scan_an_executor_starts(one_outlier, api_as):
     _, victim = one_outlier
     api = api_as(roles.MIGRATIONS_READ)
     recorded = api.get("/api/v1/migrations/fingerprints/")
     assert recorded.status_code == 200
     assert (recorded.json()["targets"], recorded.json()["outlier_count"]) == (6, 0)
-    scanned = api.post("/api/v1/migrations/fingerprints/scan/", {"scope": "tenant"}, format="json")
-    assert scanned.status_code == 200, scanned.content
-    body = scanned.json()
-    assert body["scan"]["scanned"] == 6
-    assert body["scan"]["unreachable"] == []
-    (outlier,) = body["outliers"]
+    forbidden = api.post("/api/v1/migrations/fingerprints/scan/", {"scope": "tenant"}, format="json")
+    assert forbidden.status_code == 403
+    assert forbidden.json()["details"]["required_role"] == roles.MIGRATIONS_EXECUTE
+    assert api.get("/api/v1/migrations/fingerprints/scan/").status_code == 404  # none started yet
+
+    started = api_as(roles.MIGRATIONS_EXECUTE).post("/api/v1/migrations/fingerprints/scan/", {"scope": "tenant"})
+    assert started.status_code == 202, started.content
+    scan = started.json()
+    # MIGRATION_EXECUTOR=inline: the scan ran before the answer, as a queue worker runs it otherwise.
+    assert (scan["state"], scan["total"], scan["done"], scan["scanned"]) == ("completed", 6, 6, 6)
+    assert scan["unreachable"] == []
+    assert scan["finished_at"] >= scan["started_at"]
+    assert api.get("/api/v1/migrations/fingerprints/scan/").json() == scan
+    assert api.get(f"/api/v1/migrations/fingerprints/scans/{scan['id']}/").json() == scan
+    (outlier,) = api.get("/api/v1/migrations/fingerprints/").json()["outliers"]
     assert (outlier["target"], outlier["version"], outlier["state"], outlier["execution"]) == (
         f"shared-eu/{victim.schema_name}",
         TENANT_LATEST,
@@ -482,8 +491,13 @@ def test_the_api_reports_recorded_outliers_and_a_reader_can_rescan(one_outlier, 
     ]
     assert api.get("/api/v1/migrations/fingerprints/?region=eu-west").json()["outlier_count"] == 1
     assert api.get("/api/v1/migrations/fingerprints/?region=us-east").json()["outlier_count"] == 0
-    refused = api.post("/api/v1/migrations/fingerprints/scan/", {"connections": ["nowhere"]}, format="json")
+    refused = api_as(roles.MIGRATIONS_EXECUTE).post(
+        "/api/v1/migrations/fingerprints/scan/", {"connections": ["nowhere"]}, format="json"
+    )
     assert (refused.status_code, refused.json()["error"]) == (400, "no_targets")
+    assert FingerprintScan.objects.count() == 1
+    missing = api.get("/api/v1/migrations/fingerprints/scans/00000000-0000-0000-0000-000000000000/")
+    assert (missing.status_code, missing.json()["error"]) == (404, "fingerprint_scan_not_found")
     bad = api.get("/api/v1/migrations/fingerprints/?region=Not A Region")
     assert bad.status_code == 400
 

@@ -674,3 +674,96 @@ def test_the_admin_baselines_a_tenant_after_a_preview_and_shows_a_conflict(small
     conflict = client.get(page, {"tenants": tenant.slug, "version": "2"})
     assert conflict.status_code == 409
     assert "already baselined at version 3" in conflict.content.decode()
+
+
+# --- baselines over undone versions -------------------------------------------------------------------------------
+
+
+def rolled_back_to_3(fleet, tenant: Tenant) -> None:
+    """Migrate a tenant to the set's latest version (9), then roll it back to 3: the history shows 4-9 undone."""
+    selection = TargetSelection(scope="tenant", tenants=[tenant.slug])
+    assert services.execution_start(selection=selection, executed_by="t").status == ExecutionStatus.COMPLETED
+    rollback = services.target_rollback(
+        connection=tenant.connection, schema=tenant.schema_name, to_version="3", executed_by="t"
+    )
+    assert rollback.status == ExecutionStatus.COMPLETED, rollback.error
+
+
+def baseline_rows(fleet, tenant: Tenant) -> list[tuple[str, str]]:
+    with fleet.connect(tenant.connection.name) as conn:
+        return conn.execute(
+            sql.SQL("SELECT version, description FROM {} WHERE type = 'BASELINE'").format(
+                sql.Identifier(tenant.schema_name, "infra_schema_history")
+            )
+        ).fetchall()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_baseline_over_undone_versions_needs_force_and_a_reason_which_are_recorded(
+    small_fleet, sets_dir, api_as, caplog
+):
+    tenant = small_fleet.tenants_in("eu-west")[1]
+    rolled_back_to_3(small_fleet, tenant)
+    label = f"shared-eu/{tenant.schema_name}"
+    manager = api_as(roles.MIGRATIONS_MANAGE)
+
+    refused = manager.post(BASELINE_URL, {"tenant": tenant.slug, "version": "9"}, format="json")
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "baseline_over_undone"
+    assert refused.json()["details"]["undone"] == {label: ["4", "5", "6", "7", "8", "9"]}
+    below = manager.post(BASELINE_URL, {"tenant": tenant.slug, "version": "3", "dry_run": True}, format="json")
+    assert below.status_code == 409  # 3 is applied: the usual conflict, not the undone versions
+    assert below.json()["error"] == "baseline_refused"
+    no_reason = manager.post(BASELINE_URL, {"tenant": tenant.slug, "version": "9", "force": True}, format="json")
+    assert no_reason.status_code == 400
+    assert list(no_reason.json()["details"]) == ["reason"]
+    with pytest.raises(CommandError, match="undone versions"):
+        baseline_command("--tenant", tenant.slug, "--version", "5")
+    assert baseline_rows(small_fleet, tenant) == []
+
+    out = baseline_command("--tenant", tenant.slug, "--version", "5", "--force", "--reason", "restored 4-5 by hand")
+    assert "baselined at version 5" in out
+    assert "forced over undone version(s) 4, 5: restored 4-5 by hand" in out
+    assert baseline_rows(small_fleet, tenant) == [
+        ("5", "<< Baseline >> forced over undone version(s) 4, 5: restored 4-5 by hand")
+    ]
+    logged = [r for r in caplog.records if r.getMessage() == "target baseline"]
+    assert (logged[-1].levelname, logged[-1].forced_over_undone, logged[-1].reason) == (
+        "WARNING",
+        ["4", "5"],
+        "restored 4-5 by hand",
+    )
+    forced = manager.post(
+        BASELINE_URL, {"tenant": tenant.slug, "version": "9", "force": True, "reason": "restore"}, format="json"
+    )
+    assert forced.status_code == 200, forced.content
+    assert forced.json()["targets"][0]["warnings"] == ["forced over undone version(s) 6, 7, 8, 9: restore"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_baselines_over_undone_versions_only_when_forced_with_a_reason(
+    small_fleet, sets_dir, client, make_user
+):
+    tenant = small_fleet.tenants_in("us-east")[1]
+    rolled_back_to_3(small_fleet, tenant)
+    page = reverse("admin:migrations_runner_baseline")
+    client.force_login(make_user(roles.MIGRATIONS_MANAGE, roles.DATABASES_READ))
+
+    refused = client.get(page, {"tenants": tenant.slug, "version": "9"})
+    assert refused.status_code == 409
+    assert "undone: 4, 5, 6, 7, 8, 9" in refused.content.decode()
+    preview = client.get(page, {"tenants": tenant.slug, "version": "9", "force": "on", "reason": "schema restored"})
+    assert preview.status_code == 200
+    html = preview.content.decode()
+    assert 'id="confirm-baseline"' in html
+    assert '<input type="hidden" name="reason" value="schema restored">' in html
+    assert baseline_rows(small_fleet, tenant) == []
+    done = client.post(
+        page, {"tenants": tenant.slug, "version": "9", "force": "on", "reason": "schema restored", "post": "yes"}
+    )
+    assert done.status_code == 302
+    assert baseline_rows(small_fleet, tenant) == [
+        ("9", "<< Baseline >> forced over undone version(s) 4, 5, 6, 7, 8, 9: schema restored")
+    ]

@@ -1,8 +1,8 @@
 """The django-q2 task functions, called in this process as a qcluster worker would call them.
 
 Coverage does not follow qcluster children, so these tests take the tasks the services queued (django-q2's ORM
-broker, a table of the control database) and run each one here: lanes, the recovery of lost target runs, and
-the firing of schedules.
+broker, a table of the control database) and run each one here: lanes, the recovery of lost target runs, the
+firing of schedules, and fingerprint scans.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from django.utils import timezone
 from django_q.models import OrmQ
 from psycopg import sql
 
-from connections.models import DatabaseConnection
+from connections.models import DatabaseConnection, Tenant
+from infra_site import roles
 from migrations_runner import services, tasks
-from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetStatus
+from migrations_runner.models import (
+    ExecutionStatus,
+    FingerprintScan,
+    MigrationExecution,
+    Origin,
+    SchemaFingerprint,
+    TargetStatus,
+)
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
 
@@ -27,6 +35,7 @@ TASKS = {
     "migrations_runner.tasks.run_lane": tasks.run_lane,
     "migrations_runner.tasks.fire_schedule": tasks.fire_schedule,
     "migrations_runner.tasks.recover_lost_targets": tasks.recover_lost_targets,
+    "migrations_runner.tasks.run_fingerprint_scan": tasks.run_fingerprint_scan,
 }
 US_TENANTS = TargetSelection(scope="tenant", regions=["us-east"])
 
@@ -244,3 +253,56 @@ def tenant_count_with_history(fleet) -> int:
                 "SELECT count(*) FROM pg_tables WHERE tablename = 'infra_schema_history' AND schemaname LIKE 'tenant_%'"
             ).fetchone()[0]
     return count
+
+
+SCAN_URL = "/api/v1/migrations/fingerprints/scan/"
+
+
+def test_a_scan_started_from_the_api_runs_on_the_queue_one_at_a_time(small_fleet, queue_here, api_as):
+    executor, reader = api_as(roles.MIGRATIONS_EXECUTE), api_as(roles.MIGRATIONS_READ)
+    started = executor.post(SCAN_URL, {}, format="json")
+    assert started.status_code == 202, started.content
+    scan = started.json()
+    # Nothing was read in the request: the scan waits for a worker, its progress readable meanwhile.
+    assert (scan["state"], scan["done"], scan["total"], scan["finished_at"]) == ("running", 0, 10, None)
+    assert [(t["func"], t["args"]) for t in queued()] == [
+        ("migrations_runner.tasks.run_fingerprint_scan", (scan["id"],))
+    ]
+    assert not SchemaFingerprint.objects.exists()
+
+    second = executor.post(SCAN_URL, {"scope": "tenant"}, format="json")
+    assert second.status_code == 409
+    assert (second.json()["error"], second.json()["details"]["scan"]) == ("fingerprint_scan_running", scan["id"])
+    assert FingerprintScan.objects.count() == 1
+    assert reader.get(SCAN_URL).json()["state"] == "running"
+
+    assert work_queue() == ["completed"]
+    finished = reader.get(f"/api/v1/migrations/fingerprints/scans/{scan['id']}/").json()
+    assert (finished["state"], finished["done"], finished["total"], finished["scanned"]) == ("completed", 10, 10, 10)
+    assert finished["finished_at"] is not None
+    assert SchemaFingerprint.objects.count() == 10
+    assert executor.post(SCAN_URL, {"scope": "tenant"}, format="json").status_code == 202  # the next one may start
+
+
+def test_a_scan_whose_worker_stopped_showing_progress_gives_way_to_a_new_one(small_fleet, queue_here, api_as):
+    executor = api_as(roles.MIGRATIONS_EXECUTE)
+    lost = executor.post(SCAN_URL, {}, format="json").json()
+    OrmQ.objects.all().delete()  # its worker died with it
+    assert executor.post(SCAN_URL, {}, format="json").status_code == 409
+    silent_since = timezone.now() - timedelta(seconds=2 * queue_here.MIGRATION_TIMEOUT + 61)
+    FingerprintScan.objects.filter(pk=lost["id"]).update(active_at=silent_since)
+    assert executor.post(SCAN_URL, {}, format="json").status_code == 202
+    lost_scan = FingerprintScan.objects.get(pk=lost["id"])
+    assert (lost_scan.state, lost_scan.error) == ("failed", "lost: its worker stopped showing progress")
+    assert tasks.run_fingerprint_scan(lost["id"]) == "failed"  # a late worker does not revive it
+    assert work_queue() == ["completed"]
+
+
+def test_a_scan_whose_targets_are_gone_by_the_time_it_runs_ends_failed(small_fleet, queue_here, api_as):
+    scan = api_as(roles.MIGRATIONS_EXECUTE).post(SCAN_URL, {"tenants": ["us000"]}, format="json").json()
+    Tenant.objects.filter(slug="us000").update(status="suspended")
+    assert work_queue() == ["failed"]
+    failed = FingerprintScan.objects.get(pk=scan["id"])
+    assert failed.state == "failed"
+    assert failed.error.startswith("No target matches")
+    assert failed.finished_at is not None

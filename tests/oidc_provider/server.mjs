@@ -15,6 +15,9 @@
 //   POST /__test__/clients {client metadata, audience?, accessTokenTTL?, serviceAccount?}: add or replace a client
 //   POST /__test__/rotate  a new signing key, first in the JWKS (the old one stays published); answers {kid}
 //   GET  /__test__/stats   {"requests": {path: count}} for every request that reached a realm
+//
+// Introspection (RFC 7662) and revocation (RFC 7009) of access tokens are answered by the front server as
+// Keycloak answers them: oidc-provider refuses both for JWT access tokens, which Keycloak introspects and revokes.
 
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -242,6 +245,69 @@ async function handleLogin(provider, req, res) {
   await provider.interactionFinished(req, res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false });
 }
 
+const revoked = new Set(); // the jti of every revoked access token
+
+// The client a token request authenticates as (client_secret_basic or client_secret_post), if its secret matches.
+function authenticatedClient(req, form) {
+  let id = form.get('client_id');
+  let secret = form.get('client_secret');
+  const header = req.headers.authorization || '';
+  if (header.startsWith('Basic ')) {
+    const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    id = decodeURIComponent(decoded.slice(0, colon));
+    secret = decodeURIComponent(decoded.slice(colon + 1));
+  }
+  const client = config.clients.find((c) => c.client_id === id);
+  return client?.client_secret && secret === client.client_secret ? client : undefined;
+}
+
+// The claims of an access token this realm signed, or undefined.
+function verifiedClaims(token, issuer) {
+  const parts = String(token || '').split('.');
+  if (parts.length !== 3) {
+    return undefined;
+  }
+  let header;
+  let payload;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    payload = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  const jwk = signingKeys.find((key) => key.kid === header.kid);
+  if (!jwk || header.alg !== 'RS256') {
+    return undefined;
+  }
+  const { kty, n, e } = jwk;
+  const key = crypto.createPublicKey({ key: { kty, n, e }, format: 'jwk' });
+  const signed = Buffer.from(`${parts[0]}.${parts[1]}`);
+  const valid = crypto.verify('RSA-SHA256', signed, key, Buffer.from(parts[2], 'base64url'));
+  return valid && payload.iss === issuer ? payload : undefined;
+}
+
+async function handleTokenStatus(req, res, realm, action) {
+  const form = await readForm(req);
+  const client = authenticatedClient(req, form);
+  if (!client) {
+    return sendJson(res, 401, { error: 'invalid_client' });
+  }
+  const claims = verifiedClaims(form.get('token'), `http://127.0.0.1:${server.address().port}/realms/${realm}`);
+  if (action === 'revoke') {
+    if (claims && claims.client_id !== client.client_id && claims.azp !== client.client_id) {
+      return sendJson(res, 400, { error: 'unauthorized_client' });
+    }
+    if (claims?.jti) {
+      revoked.add(claims.jti);
+    }
+    res.writeHead(200);
+    return res.end();
+  }
+  const active = Boolean(claims && claims.exp > Date.now() / 1000 && !revoked.has(claims.jti));
+  return sendJson(res, 200, active ? { ...claims, active: true, token_type: 'Bearer' } : { active: false });
+}
+
 async function handleTest(req, res, path) {
   if (req.method === 'POST' && path === '/__test__/users') {
     putUser(await readJson(req));
@@ -279,6 +345,12 @@ async function handle(req, res) {
   req.url = match[2] || '/';
   if (req.url.startsWith('/login-actions/')) {
     return handleLogin(realm.provider, req, res);
+  }
+  if (req.method === 'POST' && req.url === '/protocol/openid-connect/token/introspect') {
+    return handleTokenStatus(req, res, match[1], 'introspect');
+  }
+  if (req.method === 'POST' && req.url === '/protocol/openid-connect/revoke') {
+    return handleTokenStatus(req, res, match[1], 'revoke');
   }
   return realm.callback(req, res);
 }

@@ -15,7 +15,8 @@ class Command(BaseCommand):
     requires_system_checks = ["migrations"]
     help = (
         "Record a baseline: the target (a tenant's schema, or a connection's default schema) is at --version, so "
-        "runs apply only the versions above it. Refused when the target has history at or above the version."
+        "runs apply only the versions above it. Refused when the target has history at or above the version, or "
+        "(without --force and a --reason) when its history shows versions up to it undone."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -28,6 +29,12 @@ class Command(BaseCommand):
         target.add_argument("--connection", help="The connection whose default schema is baselined.")
         parser.add_argument("--version", required=True, dest="baseline_version", help="The version, e.g. 5 or 1.1.")
         parser.add_argument("--dry-run", action="store_true", help="Check and report; change nothing.")
+        parser.add_argument(
+            "--force",
+            action="store_true",
+            help="Baseline even over versions the target's history shows undone (the schema lacks them).",
+        )
+        parser.add_argument("--reason", default="", help="Why a forced baseline is right; recorded in the history.")
         parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -38,6 +45,8 @@ class Command(BaseCommand):
                 version=options["baseline_version"],
                 actor=cli_actor(),
                 dry_run=options["dry_run"],
+                force=options["force"],
+                reason=options["reason"],
             )
         if options["json"]:
             self.stdout.write(to_json(report))

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('migrations_runner', '0007_canary_waves'),
+        ('migrations_runner', '0008_fingerprint_scans'),
     ]
 
     operations = [
