@@ -140,7 +140,11 @@ if not isinstance(MIGRATION_PLACEHOLDERS, dict) or not all(
 ):
     raise ImproperlyConfigured('MIGRATION_PLACEHOLDERS must be a JSON object of strings, e.g. {"app_role": "app"}.')
 # lock_timeout of migration statements, and how long to wait for another run's lock on a target (seconds).
-MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=10.0)
+MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=1.0)
+# A script whose table lock stayed held past MIGRATION_LOCK_TIMEOUT is retried after a backoff, up to this many
+# lock waits or this many seconds in all; then the target fails with lock_timeout.
+MIGRATION_LOCK_RETRIES = env.int("MIGRATION_LOCK_RETRIES", default=30)
+MIGRATION_LOCK_RETRY_FOR = env.float("MIGRATION_LOCK_RETRY_FOR", default=900.0)
 MIGRATION_LOCK_WAIT = env.float("MIGRATION_LOCK_WAIT", default=60.0)
 # At most this many targets of one database server run at once, across all workers and executions.
 MIGRATION_MAX_PER_DATABASE = env.int("MIGRATION_MAX_PER_DATABASE", default=4)

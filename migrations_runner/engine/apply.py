@@ -21,12 +21,20 @@ index. The advisory lock keeps our own runs from building in the schema
 meanwhile; an unnamed ``CREATE INDEX CONCURRENTLY ON ...`` cannot be matched,
 so its leftover fails the target by name for an operator to drop.
 
-``TargetOutcome.status``: ``succeeded``, ``failed``, ``cancelled``.
+Lock guard rails: each script runs with a short ``lock_timeout`` so that no application query waits behind a
+migration's lock request for longer than that. A statement that timed out waiting for a table lock rolls its
+script back; the target is retried after a backoff with jitter (the holder of the lock named in the log and
+on the outcome, from ``pg_locks`` and ``pg_stat_activity``), or handed back to the caller as ``deferred`` so
+that other targets run meanwhile, until ``lock_retries`` waits or ``lock_retry_for_s`` seconds are spent: the
+target then fails with kind ``lock_timeout`` (Retry failed runs it again once the holder is gone).
+
+``TargetOutcome.status``: ``succeeded``, ``failed``, ``cancelled``, ``deferred`` (a lock wait handed back).
 
 ``TargetError.kind``, from the engine: ``sql`` (a statement failed), ``connection``
 (no or lost connection), ``lock`` (another run held the migration lock past the
 lock wait), ``drift`` (applied history differs from the set), ``invalid_index``
-(a non-transactional script left an invalid index in the schema), ``placeholder``
+(a non-transactional script left an invalid index in the schema), ``lock_timeout`` (a table lock stayed
+held by another session past the lock guard rails' budget), ``placeholder``
 (a placeholder value that cannot be put into SQL text safely), ``cancelled``,
 ``undo_missing``, ``baseline`` (an undo of a version at or below the target's
 baseline); from the services around it: ``set_changed`` (the set on disk differs
@@ -37,6 +45,7 @@ its lease), ``internal`` (an unexpected exception outside the engine).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -52,6 +61,8 @@ from migrations_runner.engine.sqltext import SqlSyntaxError, created_concurrent_
 logger = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x1F0A  # first key of the two-int advisory lock; the second is hashtext(schema)
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout: the statement waited too long for a lock another session holds
+LOCK_BACKOFF_MAX_S = 30.0
 TRANSIENT_SQLSTATES = {"55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"}
 NO_REPLAY_SQLSTATES = {"57014"}  # a statement that timed out would only time out again
 
@@ -112,6 +123,9 @@ class TargetOutcome:
     attempts: int = 0
     error: TargetError | None = None
     callbacks: list[str] = field(default_factory=list)  # the callbacks run, as "event: script"
+    lock_attempts: int = 0  # lock waits of this target run so far (earlier claims included)
+    lock_wait: str = ""  # the latest: who held the lock
+    retry_after_s: float | None = None  # a deferred outcome: try again after this long
 
 
 @dataclass
@@ -135,6 +149,18 @@ class ApplyOptions:
     retry_backoff_s: float = 0.5
     out_of_order: bool = False  # apply pending versions below the highest applied one (else refuse the target)
     should_stop: Callable[[], bool] = lambda: False
+    # Lock guard rails: a statement waits at most lock_timeout_s for a table lock; the script is then retried
+    # after a backoff with jitter, up to lock_retries waits or lock_retry_for_s seconds in all (counting the
+    # waits of earlier claims of the same target run, lock_attempts_before since lock_blocked_since).
+    lock_retries: int = 30
+    lock_retry_for_s: float = 900.0
+    lock_backoff_s: float = 0.5
+    lock_attempts_before: int = 0
+    lock_blocked_since: float | None = None  # epoch seconds of the first wait
+    # Asked after a lock wait: True hands the target back (outcome "deferred") instead of sleeping here, so
+    # the caller can run other targets meanwhile.
+    defer_lock_wait: Callable[[], bool] = lambda: False
+    on_lock_wait: Callable[[str], None] = lambda message: None
 
 
 class ConnectionSource:
@@ -430,13 +456,18 @@ _Work = Callable[[psycopg.Connection, history.SchemaState, TargetOutcome], None]
 def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work: _Work) -> TargetOutcome:
     """Run ``work`` on the target under its migration lock, retrying transient failures with backoff.
 
-    Each attempt re-reads the history, so what an earlier attempt committed is not run again. Never raises
-    for database errors.
+    Each attempt re-reads the history, so what an earlier attempt committed is not run again. A statement that
+    waited ``lock_timeout`` for a table lock is retried apart (see ``_lock_wait``): after a backoff with jitter,
+    up to ``lock_retries`` attempts or ``lock_retry_for_s`` seconds, or handed back to the caller as
+    ``deferred`` when it has other work. Never raises for database errors.
     """
-    outcome = TargetOutcome(status="failed")
+    outcome = TargetOutcome(status="failed", lock_attempts=options.lock_attempts_before)
     state_read = False
-    for attempt in range(1, options.retry_attempts + 2):
+    attempt = 0
+    while True:
+        attempt += 1
         outcome.attempts = attempt
+        lock_wait = False
         try:
             conn = source.get()
             _lock(conn, spec.schema, options)
@@ -457,6 +488,17 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
             return _finish(outcome, spec)
         except TransientError as exc:
             outcome.error, retry = exc.error, True
+            lock_wait = exc.error.sqlstate == LOCK_NOT_AVAILABLE and exc.error.kind == "sql" and not source.broken
+            if lock_wait:
+                delay = _lock_wait(source.get(), spec, options, outcome)
+                if delay is None:
+                    return _finish(outcome, spec)
+                if options.defer_lock_wait():
+                    outcome.status, outcome.retry_after_s = "deferred", delay
+                    return _finish(outcome, spec)
+                attempt -= 1  # lock waits have their own budget
+                time.sleep(delay)
+                continue
             if exc.error.kind == "connection" or source.broken:
                 source.discard()
         except psycopg.Error as exc:  # outside a script: connecting, reading or creating the history
@@ -480,6 +522,69 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
         )
         time.sleep(delay)
     return _finish(outcome, spec)
+
+
+BLOCKERS_QUERY = """
+SELECT n.nspname || '.' || c.relname, a.pid, to_char(coalesce(a.xact_start, a.query_start), 'HH24:MI:SS'),
+       a.state, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 200)
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.pid <> pg_backend_pid() AND n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i')
+ORDER BY a.xact_start NULLS LAST, a.pid
+LIMIT 5
+"""
+
+
+def blockers(conn: psycopg.Connection, schema: str) -> str:
+    """Who holds locks on the tables of ``schema``, in a sentence ('' when nobody, or when it cannot be read)."""
+    try:
+        rows = conn.execute(BLOCKERS_QUERY, [schema]).fetchall()
+    except psycopg.Error:
+        return ""
+    parts = []
+    for relation, pid, since, state, query in rows:
+        what = "query hidden (the role may not read other sessions)" if query.startswith("<insufficient") else query
+        parts.append(f"{relation} held by pid {pid} since {since} ({state}), query: {what}")
+    return "waiting for a lock on " + "; ".join(parts) if parts else ""
+
+
+def _lock_wait(
+    conn: psycopg.Connection, spec: TargetSpec, options: ApplyOptions, outcome: TargetOutcome
+) -> float | None:
+    """Count one lock wait of the target and say who blocks it; return the pause before the next attempt, or
+    None when the budget is spent (the outcome is then the final ``lock_timeout`` failure)."""
+    now = time.time()
+    if options.lock_blocked_since is None:
+        options.lock_blocked_since = now
+    outcome.lock_attempts += 1
+    error = outcome.error
+    assert error is not None
+    holder = blockers(conn, spec.schema) or "the lock holder could not be read"
+    waited = now - options.lock_blocked_since
+    outcome.lock_wait = f"attempt {outcome.lock_attempts}: {holder}"
+    options.on_lock_wait(outcome.lock_wait)
+    if outcome.lock_attempts >= options.lock_retries or waited >= options.lock_retry_for_s:
+        error.kind = "lock_timeout"
+        error.message = (
+            f"gave up after {outcome.lock_attempts} lock wait(s) of {options.lock_timeout_s:g} s over {waited:.0f} s: "
+            f"{holder} (retry it with Retry failed once the lock holder is gone)"
+        )
+        return None
+    base = min(options.lock_backoff_s * 2 ** min(outcome.lock_attempts - 1, 10), LOCK_BACKOFF_MAX_S)
+    delay = min(base * random.uniform(0.5, 1.5), max(options.lock_retry_for_s - waited, 0.05))  # noqa: S311
+    logger.warning(
+        "waiting for a table lock, retrying",
+        extra={
+            "target": spec.label,
+            "lock_attempt": outcome.lock_attempts,
+            "delay_s": round(delay, 2),
+            "version": error.version,
+            "blocker": holder,
+        },
+    )
+    return delay
 
 
 def _finish(outcome: TargetOutcome, spec: TargetSpec) -> TargetOutcome:

@@ -28,6 +28,8 @@ def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]
         retry_attempts=settings.MIGRATION_RETRY_ATTEMPTS,
         out_of_order=bool(options.get("out_of_order", False)),
         should_stop=should_stop,
+        lock_retries=settings.MIGRATION_LOCK_RETRIES,
+        lock_retry_for_s=settings.MIGRATION_LOCK_RETRY_FOR,
     )
 
 
