@@ -18,7 +18,11 @@ from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
-VAR_DIR.mkdir(exist_ok=True)
+# The SQLite control database, the demo fleet's data and password: for this account only, created so and
+# tightened when an older start left them open (infra_site.apps keeps SQLite's files at 0600).
+VAR_DIR.mkdir(mode=0o700, exist_ok=True)
+if VAR_DIR.stat().st_uid == os.getuid():
+    VAR_DIR.chmod(0o700)
 
 env = environ.Env()
 environ.Env.read_env(env.str("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
@@ -422,9 +426,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"logfmt": {"()": "infra_site.logging.LogfmtFormatter"}},
+    "filters": {"client_errors_without_traceback": {"()": "infra_site.logging.ClientErrorsWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "logfmt"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        "django.request": {"filters": ["client_errors_without_traceback"]},
         "django.db.backends": {"level": "INFO"},
         "pgserver": {"level": "WARNING"},
     },

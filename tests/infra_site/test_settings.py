@@ -300,3 +300,22 @@ def test_env_file_is_honoured(tmp_path):
     env_file.write_text("MIGRATION_BATCH_SIZE=7\nRATE_LIMIT_RPM=99\n")
     result = run_django(code, tmp_path, RATE_LIMIT_RPM="42", ENV_FILE=str(env_file))
     assert result.stdout.split() == ["7", "42"]
+
+
+def test_var_and_the_sqlite_control_database_are_private_to_the_account(tmp_path):
+    code = """
+        import os, stat
+        from django.conf import settings
+        from django.db import connection
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TABLE probe (id integer)")
+        name = connection.settings_dict["NAME"]
+        modes = [stat.S_IMODE(os.stat(path).st_mode) for path in (settings.VAR_DIR, name, name + "-wal")]
+        print(" ".join(oct(mode) for mode in modes))
+    """
+    old_umask = os.umask(0o022)
+    try:
+        result = run_django(code, tmp_path)
+    finally:
+        os.umask(old_umask)
+    assert result.stdout.split() == ["0o700", "0o600", "0o600"], result.stderr
