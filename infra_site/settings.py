@@ -90,21 +90,33 @@ AUTHENTICATION_BACKENDS = [
 ]
 LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
 
-# Password guessing (admin form, HTTP Basic): django-axes counts failed password logins per user and client
-# address in the control database, shared by every worker process. LOGIN_FAILURE_LIMIT failures lock that
-# user out from that address (the right password too) until LOGIN_LOCKOUT_MINUTES pass without another
-# attempt; the API answers 429, the admin shows a lockout page. Operators unlock in the admin (Access attempts).
+# Password guessing (admin form, HTTP Basic), both limits checked before any password is hashed (see
+# infra_site.auth.lockout): django-axes counts failed password logins per user and client address in the control
+# database, shared by every worker process. LOGIN_FAILURE_LIMIT failures lock that user out from that address (the
+# right password too; from other addresses the user still logs in) for LOGIN_LOCKOUT_MINUTES after the last
+# counted failure; refused attempts are not counted. An address reaching LOGIN_ADDRESS_FAILURE_LIMIT failures,
+# whatever the usernames, is refused for the rest of a LOGIN_LOCKOUT_MINUTES window that its first failure opened
+# (a counter in the shared cache). The API answers 429, the admin shows a lockout page. Operators unlock a user
+# in the admin (Access attempts).
 LOGIN_LOCKOUT_ENABLED = env.bool("LOGIN_LOCKOUT_ENABLED", default=True)
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_ADDRESS_FAILURE_LIMIT = env.int("LOGIN_ADDRESS_FAILURE_LIMIT", default=20)
 LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
-if LOGIN_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
-    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.")
+if LOGIN_FAILURE_LIMIT < 1 or LOGIN_ADDRESS_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured(
+        "LOGIN_FAILURE_LIMIT, LOGIN_ADDRESS_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1."
+    )
 AXES_ENABLED = LOGIN_LOCKOUT_ENABLED
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
-AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_HANDLER = "infra_site.auth.lockout.LockoutHandler"
+# A stream of invented usernames is counted and stored under one name, not a row per name.
+AXES_USERNAME_CALLABLE = "infra_site.auth.lockout.lockout_username"
+# A refused attempt neither counts nor restarts the lockout: it ends LOGIN_LOCKOUT_MINUTES after the last failure.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_HTTP_RESPONSE_CODE = 429
+AXES_CLIENT_IP_CALLABLE = "infra_site.client_address.client_address"
 # Keycloak logins carry no password: they are neither counted nor refused.
 AXES_WHITELIST_CALLABLE = "infra_site.auth.lockout.is_not_password_login"
 AXES_LOCKOUT_CALLABLE = "infra_site.auth.lockout.lockout_response"
@@ -150,6 +162,12 @@ if "*" in CORS_ALLOWED_ORIGINS_RAW and CORS_ALLOW_CREDENTIALS:
         "CORS_ALLOW_ORIGINS=* together with CORS_ALLOW_CREDENTIALS=true would let any web site make requests "
         "with the user's cookies: list the origins in CORS_ALLOW_ORIGINS, or set CORS_ALLOW_CREDENTIALS=false."
     )
+# Reverse proxies in front of the app that append the address of their peer to X-Forwarded-For. 0: the header
+# is ignored and the client is the peer (a client could write any address there). Rate limits and login
+# lockouts count by this address (infra_site.client_address).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more.")
 # Per client, per minute, counted in the shared cache (CACHES) so every worker process sees the same count.
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
@@ -346,10 +364,12 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_THROTTLE_CLASSES": (
-        ["rest_framework.throttling.AnonRateThrottle", "rest_framework.throttling.UserRateThrottle"]
+        ["infra_site.throttling.AnonRateThrottle", "infra_site.throttling.UserRateThrottle"]
         if RATE_LIMIT_ENABLED
         else []
     ),
+    # For DRF's own throttles, should a view use one: unset, DRF would count by the whole X-Forwarded-For.
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_RATES": {"anon": f"{RATE_LIMIT_RPM}/min", "user": f"{RATE_LIMIT_RPM}/min"},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
