@@ -179,10 +179,15 @@ RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
 HEALTH_CHECK_INTERVAL = env.int("HEALTH_CHECK_INTERVAL", default=60)
 HEALTH_SNAPSHOT_RETENTION_DAYS = env.int("HEALTH_SNAPSHOT_RETENTION_DAYS", default=7)
+# Connections are probed during a request only for an authenticated caller, at most once per this many seconds
+# each; anonymous callers (and the others meanwhile) get the periodic check's stored results.
+HEALTH_LIVE_PROBE_INTERVAL = env.int("HEALTH_LIVE_PROBE_INTERVAL", default=10)
 if HEALTH_CHECK_TIMEOUT <= 0 or HEALTH_CHECK_INTERVAL < 1 or HEALTH_SNAPSHOT_RETENTION_DAYS < 1:
     raise ImproperlyConfigured(
         "HEALTH_CHECK_TIMEOUT must be positive, HEALTH_CHECK_INTERVAL and HEALTH_SNAPSHOT_RETENTION_DAYS at least 1."
     )
+if HEALTH_LIVE_PROBE_INTERVAL < 0:
+    raise ImproperlyConfigured("HEALTH_LIVE_PROBE_INTERVAL must be 0 or more.")
 # Bearer token Prometheus sends to /metrics. Unset: /metrics is open in development and testing, 403 elsewhere.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # prometheus-client reads it from the environment itself (this line documents it and feeds the system check):
