@@ -229,6 +229,8 @@ class Server:
                     "infra_site.wsgi:application",
                     f"--bind=127.0.0.1:{self.port}",
                     "--workers=1",
+                    # gunicorn's default control socket is one per account: two servers would share it.
+                    "--no-control-socket",
                 ],
                 cwd=ROOT,
                 env=env,
