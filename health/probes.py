@@ -4,9 +4,9 @@ Services: the control database (a round trip), the task queue (workers seen at w
 failures), the broker, the OpenID Connect provider, the migration sets, and every active registered
 connection as ``connection:<name>``: probed now, or (``live_connections=False``) as the periodic check last
 stored it, which costs a read of the control database whatever the peers do. Checks that touch the network
-run in a thread pool, each with at most
-``HEALTH_CHECK_TIMEOUT`` seconds; a check that has not answered by then is reported unhealthy and left to
-finish on its own (every one of them ends by its own timeout), so one silent peer cannot make a caller wait.
+run in a thread pool, each with at most ``HEALTH_CHECK_TIMEOUT`` seconds; a check that has not answered by
+then is reported unhealthy and left to finish on its own (every one of them ends by its own timeout), so one
+silent peer cannot make a caller wait longer than that.
 
 The control database is checked first: the checks of the queue, the migrations and the connections read it,
 and Django would wait for a pooled connection for its pool's whole timeout when the server is down.
