@@ -95,9 +95,9 @@ LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
 # database, shared by every worker process. LOGIN_FAILURE_LIMIT failures lock that user out from that address (the
 # right password too; from other addresses the user still logs in) for LOGIN_LOCKOUT_MINUTES after the last
 # counted failure; refused attempts are not counted. An address reaching LOGIN_ADDRESS_FAILURE_LIMIT failures,
-# whatever the usernames, is refused for the rest of a LOGIN_LOCKOUT_MINUTES window that its first failure opened
-# (a counter in the shared cache). The API answers 429, the admin shows a lockout page. Operators unlock a user
-# in the admin (Access attempts).
+# whatever the usernames (or LOGIN_FAILURE_LIMIT with usernames no account has), is refused for the rest of a
+# LOGIN_LOCKOUT_MINUTES window that its first failure opened (counters in the shared cache). The API answers
+# 429, the admin shows a lockout page. Operators unlock a user in the admin (Access attempts).
 LOGIN_LOCKOUT_ENABLED = env.bool("LOGIN_LOCKOUT_ENABLED", default=True)
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
 LOGIN_ADDRESS_FAILURE_LIMIT = env.int("LOGIN_ADDRESS_FAILURE_LIMIT", default=20)

@@ -5,17 +5,21 @@ Two limits, both checked before any password is hashed:
 
 - a username from one client address: ``LOGIN_FAILURE_LIMIT`` failures lock that pair (django-axes, rows in the
   control database), so the same user still logs in from elsewhere;
-- a client address, whatever usernames it tries: ``LOGIN_ADDRESS_FAILURE_LIMIT`` failures within
-  ``LOGIN_LOCKOUT_MINUTES`` lock the address until that window ends (a counter in the shared cache).
+- a client address, whatever usernames it tries: ``LOGIN_ADDRESS_FAILURE_LIMIT`` failures, or
+  ``LOGIN_FAILURE_LIMIT`` with usernames no account has, within ``LOGIN_LOCKOUT_MINUTES`` lock the address
+  until that window ends (counters in the shared cache).
 
 Usernames that no account has are recorded under one name, ``UNKNOWN_USERNAME``, so a stream of invented names
-adds no row per name. Attempts refused by a lockout are not recorded and do not prolong it.
+adds no row per name. They lock the whole address at the limit a username has: were only that one name locked,
+a name still answered 401 after it would be told to be an account's. Attempts refused by a lockout are not
+recorded and do not prolong it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from axes.handlers.database import AxesDatabaseHandler
@@ -35,7 +39,7 @@ from infra_site.errors import ApplicationError
 
 # Not a valid username (spaces, parentheses): never an account's.
 UNKNOWN_USERNAME = "(unknown user)"
-# Set on a request refused for its address: the seconds until the address may try again.
+# Set on a request refused for its address: its AddressLockout.
 ADDRESS_LOCKOUT_ATTRIBUTE = "login_address_retry_after"
 
 
@@ -58,32 +62,50 @@ def lockout_username(request: HttpRequest, credentials: dict[str, Any] | None) -
     return username if users.filter(**{get_user_model().USERNAME_FIELD: username}).exists() else UNKNOWN_USERNAME
 
 
+@dataclass(frozen=True)
+class AddressLockout:
+    """An address refused: the seconds until it may try again, and the limit it reached."""
+
+    retry_after: int
+    failure_limit: int
+
+
 def _address_key(address: str) -> str:
     return f"login-failures:{address}"
 
 
-def address_lockout_remaining(address: str | None) -> int:
-    """Seconds until ``address`` may try a password again; 0 when it may now."""
+def address_lockout(address: str | None) -> AddressLockout | None:
+    """The lockout of ``address`` (see the module's docstring), or None when it may try a password now."""
     if not address:
-        return 0
+        return None
     state = cache.get(_address_key(address))
     if not state:
-        return 0
-    failures, window_end = state
+        return None
+    failures, unknown, window_end = state
     remaining = window_end - time.time()
-    if failures < settings.LOGIN_ADDRESS_FAILURE_LIMIT or remaining <= 0:
-        return 0
-    return math.ceil(remaining)
+    if remaining <= 0:
+        return None
+    if failures >= settings.LOGIN_ADDRESS_FAILURE_LIMIT:
+        return AddressLockout(math.ceil(remaining), settings.LOGIN_ADDRESS_FAILURE_LIMIT)
+    if unknown >= settings.LOGIN_FAILURE_LIMIT:
+        return AddressLockout(math.ceil(remaining), settings.LOGIN_FAILURE_LIMIT)
+    return None
 
 
-def address_failure_record(address: str | None) -> None:
+def address_failure_record(address: str | None, *, unknown_username: bool) -> None:
     """Count a failed password login of ``address`` in its window (the first failure opens one)."""
     if not address:
         return
     now = time.time()
     state = cache.get(_address_key(address))
-    failures, window_end = state if state and state[1] > now else (0, now + settings.LOGIN_LOCKOUT_MINUTES * 60)
-    cache.set(_address_key(address), (failures + 1, window_end), timeout=math.ceil(window_end - now))
+    if not state or state[2] <= now:
+        state = (0, 0, now + settings.LOGIN_LOCKOUT_MINUTES * 60)
+    failures, unknown, window_end = state
+    cache.set(
+        _address_key(address),
+        (failures + 1, unknown + int(unknown_username), window_end),
+        timeout=math.ceil(window_end - now),
+    )
 
 
 class LockoutHandler(AxesDatabaseHandler):
@@ -92,16 +114,19 @@ class LockoutHandler(AxesDatabaseHandler):
     def is_allowed(self, request: HttpRequest, credentials: dict[str, Any] | None = None) -> bool:
         if self.is_whitelisted(request, credentials):
             return True
-        remaining = address_lockout_remaining(request.axes_ip_address)  # type: ignore[attr-defined]
-        if remaining:
-            setattr(request, ADDRESS_LOCKOUT_ATTRIBUTE, remaining)
+        lockout = address_lockout(request.axes_ip_address)  # type: ignore[attr-defined]
+        if lockout:
+            setattr(request, ADDRESS_LOCKOUT_ATTRIBUTE, lockout)
             return False
         return super().is_allowed(request, credentials)
 
     def user_login_failed(self, sender, credentials: dict, request: HttpRequest | None = None, **kwargs) -> None:
         # A refusal for a lockout (axes_locked_out already set) was no password check: not counted.
         if request is not None and not request.axes_locked_out and not self.is_whitelisted(request, credentials):  # type: ignore[attr-defined]
-            address_failure_record(request.axes_ip_address)  # type: ignore[attr-defined]
+            address_failure_record(
+                request.axes_ip_address,  # type: ignore[attr-defined]
+                unknown_username=lockout_username(request, credentials) == UNKNOWN_USERNAME,
+            )
         super().user_login_failed(sender, credentials, request, **kwargs)
 
 
@@ -122,11 +147,11 @@ def lockout_response(
 ) -> HttpResponse:
     """Answer a login refused for a lockout: the API's JSON error on /api/, else the admin's lockout page (429)."""
     username = (credentials or {}).get("username") or ""
-    address_wait = getattr(request, ADDRESS_LOCKOUT_ATTRIBUTE, 0)
-    if address_wait:
-        retry_after = address_wait
+    address = getattr(request, ADDRESS_LOCKOUT_ATTRIBUTE, None)
+    if address:
+        retry_after = address.retry_after
         message = "Too many failed logins from this address"
-        details = {"retry_after_seconds": retry_after, "failure_limit": settings.LOGIN_ADDRESS_FAILURE_LIMIT}
+        details = {"retry_after_seconds": retry_after, "failure_limit": address.failure_limit}
     else:
         retry_after = _pair_lockout_remaining(request, credentials)
         message = f"Too many failed logins for {username!r} from this address"
@@ -139,7 +164,7 @@ def lockout_response(
     context = {
         **admin.site.each_context(request),
         "title": "Too many failed logins",
-        "username": "" if address_wait else username,
+        "username": "" if address else username,
         "minutes": math.ceil(retry_after / 60),
     }
     return render(request, "infra_site/lockout.html", context, status=status.HTTP_429_TOO_MANY_REQUESTS)

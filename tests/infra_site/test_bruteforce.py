@@ -109,13 +109,16 @@ def counting_hasher(settings) -> type[CountingHasher]:
 
 
 @pytest.mark.django_db
-def test_a_stream_of_unknown_usernames_is_refused_before_hashing_and_stored_under_one_name(counting_hasher):
+def test_a_stream_of_unknown_usernames_is_refused_before_hashing_and_stored_under_one_name(operator, counting_hasher):
     statuses = [api_get(f"nobody-{uuid.uuid4().hex}", "guess", address="198.51.100.7").status_code for _ in range(30)]
     assert statuses == [401] * (LIMIT - 1) + [429] * (30 - LIMIT + 1)
     assert_locked_out_json(api_get(f"nobody-{uuid.uuid4().hex}", "guess", address="198.51.100.7"))
+    # The address is locked, not only the unknown names: a 401 here would tell that "operator" is an account.
+    assert_locked_out_json(api_get("operator", "guess", address="198.51.100.7"))
     assert counting_hasher.hashed == LIMIT
     assert list(AccessAttempt.objects.values_list("username", "failures_since_start")) == [(UNKNOWN_USERNAME, LIMIT)]
     assert AccessFailureLog.objects.count() == LIMIT
+    assert api_get("operator", "right-password", address="198.51.100.8").status_code == 200
 
 
 @pytest.mark.django_db
