@@ -19,10 +19,11 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
 # The SQLite control database, the demo fleet's data and password: for this account only, created so and
-# tightened when an older start left them open (infra_site.apps keeps SQLite's files at 0600).
+# tightened when an older start left it readable (infra_site.apps keeps SQLite's files at 0600). Search (x) bits
+# stay: run as root, the demo's embedded PostgreSQL runs as its own system user and must reach var/demo-pg/.
 VAR_DIR.mkdir(mode=0o700, exist_ok=True)
 if VAR_DIR.stat().st_uid == os.getuid():
-    VAR_DIR.chmod(0o700)
+    VAR_DIR.chmod(VAR_DIR.stat().st_mode & 0o7711)
 
 env = environ.Env()
 environ.Env.read_env(env.str("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
