@@ -1,8 +1,11 @@
 """Health endpoints: liveness, the detailed report, one service, JSON metrics, and Prometheus' ``/metrics``.
 
 Anyone may call them (load balancers, monitors); callers holding ``databases:read`` (``infrastructure:admin``
-implies it) also see addresses, users, server versions and errors. Authentication is the API's (bearer,
-basic, session) except on liveness, which touches nothing, and on ``/metrics``, which takes ``METRICS_TOKEN``.
+implies it) also see addresses, users, server versions and errors. Registered connections are probed during
+a request only for authenticated callers, once per ``HEALTH_LIVE_PROBE_INTERVAL`` each: everyone else gets the
+periodic check's stored results, so a silent database holds no web worker for an anonymous caller.
+Authentication is the API's (bearer, basic, session) except on liveness, which touches nothing, and on
+``/metrics``, which takes ``METRICS_TOKEN``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from health import probes, selectors
+from health import probes, selectors, services
 from health.exceptions import ControlDatabaseUnavailable, MetricsClosed
 from health.prometheus import exposition
 from health.serializers import (
@@ -78,6 +81,16 @@ def may_see_details(request: Request) -> bool:
         return False
 
 
+def may_probe_live(request: Request) -> bool:
+    """Tell whether the connections are probed for this request: an authenticated caller whose claim of
+    ``HEALTH_LIVE_PROBE_INTERVAL`` is free. Without the control database (or its cache) nobody is identified."""
+    try:
+        user_id = request.user.pk if request.user.is_authenticated else None
+        return user_id is not None and services.live_probe_claim(user_id=user_id)
+    except (DatabaseError, RedisError):
+        return False
+
+
 class HealthView(APIView):
     """Open to anyone; authenticated lazily, so that a report comes even while the control database is down."""
 
@@ -112,15 +125,16 @@ class LivenessView(APIView):
 
 
 class DetailedHealthView(HealthView):
-    """Every service, checked now within ``HEALTH_CHECK_TIMEOUT``; 503 (error shape, report in ``details``)
-    when the control database is unreachable, 200 otherwise (``degraded`` when any other service is not)."""
+    """Every service, checked now within ``HEALTH_CHECK_TIMEOUT`` (the connections as ``may_probe_live`` says);
+    503 (error shape, report in ``details``) when the control database is unreachable, 200 otherwise
+    (``degraded`` when any other service is not)."""
 
     @extend_schema(
         responses={200: DetailedHealthSerializer, 503: OpenApiResponse(ErrorSerializer, "Control database down.")},
         tags=["health"],
     )
     def get(self, request: Request) -> Response:
-        report = probes.system_health()
+        report = probes.system_health(live_connections=may_probe_live(request))
         data = DetailedHealthSerializer(report.as_dict(private=may_see_details(request))).data
         if report.overall_status == probes.OverallStatus.UNHEALTHY:
             raise ControlDatabaseUnavailable(details=data)
@@ -128,7 +142,7 @@ class DetailedHealthView(HealthView):
 
 
 class ServiceHealthView(HealthView):
-    """One service's entry, checked now: a fixed name or ``connection:<name>``."""
+    """One service's entry, checked now: a fixed name or ``connection:<name>`` (probed as ``may_probe_live`` says)."""
 
     @extend_schema(
         responses={
@@ -139,7 +153,8 @@ class ServiceHealthView(HealthView):
         tags=["health"],
     )
     def get(self, request: Request, name: str) -> Response:
-        (service,) = probes.system_health(only=name).services
+        live = not name.startswith(probes.CONNECTION_PREFIX) or may_probe_live(request)
+        (service,) = probes.system_health(only=name, live_connections=live).services
         return Response(ServiceHealthSerializer(service.as_dict(private=may_see_details(request))).data)
 
 

@@ -2,9 +2,11 @@
 
 Services: the control database (a round trip), the task queue (workers seen at work, queued tasks, recent
 failures), the broker, the OpenID Connect provider, the migration sets, and every active registered
-connection as ``connection:<name>``. Checks that touch the network run in a thread pool, each with at most
-``HEALTH_CHECK_TIMEOUT`` seconds; a check that has not answered by then is reported unhealthy and left to
-finish on its own (every one of them ends by its own timeout), so one silent peer cannot make a caller wait.
+connection as ``connection:<name>``: probed now, or (``live_connections=False``) as the periodic check last
+stored it, which costs a read of the control database whatever the peers do. Checks that touch the network
+run in a thread pool, each with at most ``HEALTH_CHECK_TIMEOUT`` seconds; a check that has not answered by
+then is reported unhealthy and left to finish on its own (every one of them ends by its own timeout), so one
+silent peer cannot make a caller wait longer than that.
 
 The control database is checked first: the checks of the queue, the migrations and the connections read it,
 and Django would wait for a pooled connection for its pool's whole timeout when the server is down.
@@ -33,6 +35,7 @@ from django.db.models import Min
 from django.utils import timezone
 
 from connections import selectors as registry
+from connections.models import DatabaseConnection
 from connections.probe import ConnectionParams, probe, redact
 from connections.services import connection_params
 from health import selectors
@@ -62,6 +65,8 @@ class Status(db_models.TextChoices):
     HEALTHY = "healthy", "Healthy"
     UNHEALTHY = "unhealthy", "Unhealthy"
     NOT_CONFIGURED = "not_configured", "Not configured"
+    # A connection the periodic check has not reached yet.
+    UNCHECKED = "unchecked", "Not checked yet"
 
 
 class OverallStatus(db_models.TextChoices):
@@ -72,14 +77,18 @@ class OverallStatus(db_models.TextChoices):
 
 @dataclasses.dataclass(frozen=True)
 class ServiceHealth:
-    """The outcome of one check. ``details`` holds addresses, versions and errors: for privileged callers only."""
+    """The outcome of one check. ``details`` holds addresses, versions and errors: for privileged callers only.
+
+    ``live`` is False for a connection's result as the periodic check stored it (``checked_at`` tells its age).
+    """
 
     name: str
     is_healthy: bool
     status: str
     response_time_ms: float | None
-    checked_at: datetime
+    checked_at: datetime | None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    live: bool = True
 
     def as_dict(self, *, private: bool) -> dict[str, Any]:
         return {
@@ -88,6 +97,7 @@ class ServiceHealth:
             "status": self.status,
             "response_time_ms": self.response_time_ms,
             "checked_at": self.checked_at,
+            "live": self.live,
             "details": self.details if private else {},
         }
 
@@ -356,6 +366,28 @@ def _connection_static(connection) -> dict[str, Any]:
     }
 
 
+def _stored(connection: DatabaseConnection) -> ServiceHealth:
+    """A connection's entry from the result the periodic check (or the last test) stored on it: no probe."""
+    details = _connection_static(connection)
+    if connection.checked_at is None:
+        status = Status.UNCHECKED
+    elif connection.is_healthy:
+        status = Status.HEALTHY
+        details["server_version"] = connection.server_version
+    else:
+        status = Status.UNHEALTHY
+        details.update(cause=connection.error_cause, error=connection.error)
+    return ServiceHealth(
+        CONNECTION_PREFIX + connection.name,
+        bool(connection.is_healthy),
+        status,
+        connection.response_time_ms,
+        connection.checked_at,
+        details,
+        live=False,
+    )
+
+
 def _probe(params: ConnectionParams, static: dict[str, Any], timeout: float) -> Callable[[], _Outcome]:
     # libpq's connect_timeout covers the handshake (2 s at least); the report's deadline covers the rest.
     bounded = dataclasses.replace(params, connect_timeout=max(1, min(params.connect_timeout, math.ceil(timeout))))
@@ -390,8 +422,9 @@ def control_database_check() -> ServiceHealth:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def system_health(*, only: str | None = None) -> HealthReport:
-    """Check every service (or ``only`` that one) within the time bounds and return the report.
+def system_health(*, only: str | None = None, live_connections: bool = True) -> HealthReport:
+    """Check every service (or ``only`` that one) within the time bounds and return the report; without
+    ``live_connections``, the connections' entries are their stored results (no connection is opened to them).
 
     Raises ``UnknownService`` for a name that is no service, and ``ControlDatabaseUnavailable`` when ``only``
     names a connection and the control database, which knows the connections, does not answer.
@@ -413,7 +446,12 @@ def system_health(*, only: str | None = None) -> HealthReport:
         up = database.is_healthy
         if not up and only is not None and only.startswith(CONNECTION_PREFIX):
             raise ControlDatabaseUnavailable()
-        connection_checks = _submit_probes(pool, only, timeout) if up else []
+        connection_checks: list[_Pending] = []
+        stored: list[ServiceHealth] = []
+        if up and live_connections:
+            connection_checks = _submit_probes(pool, only, timeout)
+        elif up:
+            stored = [_stored(connection) for connection in _active_connections(only)]
         redis_health = redis.result() if redis else None
         services: list[ServiceHealth] = [database] if wanted(CONTROL_DATABASE) else []
         if wanted(TASK_QUEUE):
@@ -425,25 +463,31 @@ def system_health(*, only: str | None = None) -> HealthReport:
             services.append(oidc.result())
         if wanted(MIGRATIONS):
             services.append(_run(MIGRATIONS, _migrations) if up else _unavailable(MIGRATIONS))
-        services += [pending.result() for pending in connection_checks]
+        services += [pending.result() for pending in connection_checks] + stored
     finally:
         # Checks past their deadline finish on their own (each has its own timeout); nobody waits for them.
         pool.shutdown(wait=False, cancel_futures=True)
     return HealthReport(timestamp=timezone.now(), services=services)
 
 
-def _submit_probes(pool: ThreadPoolExecutor, only: str | None, timeout: float) -> list[_Pending]:
-    """Start the probe of every active connection (or of the one ``only`` names); raise ``UnknownService``."""
+def _active_connections(only: str | None) -> list[DatabaseConnection]:
+    """Every active connection by name (or the one ``only`` names); raise ``UnknownService`` for none."""
     if only is not None and not only.startswith(CONNECTION_PREFIX):
         return []
     connections_qs = registry.connection_list(is_active=True).order_by("name")
     if only is not None:
         connections_qs = connections_qs.filter(name=only[len(CONNECTION_PREFIX) :])
+    found = list(connections_qs)
+    if only is not None and not found:
+        raise UnknownService(only)
+    return found
+
+
+def _submit_probes(pool: ThreadPoolExecutor, only: str | None, timeout: float) -> list[_Pending]:
+    """Start the probe of every active connection (or of the one ``only`` names); raise ``UnknownService``."""
     probes = []
-    for connection in connections_qs:
+    for connection in _active_connections(only):
         static = _connection_static(connection)
         check = _probe(connection_params(connection), static, timeout)
         probes.append(_Pending(pool, CONNECTION_PREFIX + connection.name, check, timeout, details=static))
-    if only is not None and not probes:
-        raise UnknownService(only)
     return probes

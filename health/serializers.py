@@ -28,7 +28,11 @@ class ServiceHealthSerializer(serializers.Serializer):
     is_healthy = serializers.BooleanField()
     status = serializers.ChoiceField(choices=Status.choices)
     response_time_ms = serializers.FloatField(allow_null=True)
-    checked_at = serializers.DateTimeField()
+    checked_at = serializers.DateTimeField(allow_null=True, help_text="Null for a connection not checked yet.")
+    live = serializers.BooleanField(
+        help_text="Checked during this request. False for a connection's result as the periodic check stored it "
+        "(anonymous callers, and authenticated ones past their HEALTH_LIVE_PROBE_INTERVAL)."
+    )
     details = serializers.DictField(
         help_text="Addresses, users, server versions and errors: only for the roles databases:read or "
         "infrastructure:admin; empty for everyone else."

@@ -1,4 +1,5 @@
-"""Writes of the health app: the periodic connection check, its snapshots, their pruning, and its schedule."""
+"""Writes of the health app: the periodic connection check, its snapshots, their pruning, its schedule, and
+the claims that bound the live probes of the health endpoints."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 from django_q.models import Schedule
 
@@ -22,6 +24,15 @@ CHECK_TASK = "health.tasks.check_connections"
 CHECK_SCHEDULE = "infra: connection health checks"
 # Connections probed at once by the periodic check; each probe is bounded by the connection's connect_timeout.
 CHECK_PARALLELISM = 16
+
+
+def live_probe_claim(*, user_id: int) -> bool:
+    """Take the live probe of the connections for this user: True at most once per
+    ``HEALTH_LIVE_PROBE_INTERVAL`` seconds (the shared cache keeps the claim, so every web process agrees)."""
+    interval = settings.HEALTH_LIVE_PROBE_INTERVAL
+    if interval == 0:
+        return True
+    return cache.add(f"health-live-probe:{user_id}", 1, timeout=interval)
 
 
 def snapshots_prune(*, now=None) -> int:

@@ -1,7 +1,29 @@
 """Application configs of the project package."""
 
+import contextlib
+import os
+
 from django.apps import AppConfig
 from django.contrib.admin import apps as admin_apps
+from django.db.backends.signals import connection_created
+
+# SQLite's files of one database: the database, its write-ahead log and its shared-memory index.
+SQLITE_SUFFIXES = ("", "-wal", "-shm")
+
+
+def keep_sqlite_files_private(sender, connection, **kwargs) -> None:
+    """Make a SQLite control database's files readable by this account only (SQLite creates them by the umask).
+
+    SQLite gives a new log and index the database file's mode, so they stay private once it is.
+    """
+    if connection.vendor != "sqlite":
+        return
+    name = str(connection.settings_dict["NAME"])
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    for suffix in SQLITE_SUFFIXES:
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            os.chmod(name + suffix, 0o600)
 
 
 class InfraSiteConfig(AppConfig):
@@ -13,6 +35,8 @@ class InfraSiteConfig(AppConfig):
 
     def ready(self) -> None:
         from infra_site.auth import schema  # noqa: F401 (registers the schema extensions)
+
+        connection_created.connect(keep_sqlite_files_private, dispatch_uid="infra_site.private_sqlite")
 
 
 class InfraAdminConfig(admin_apps.AdminConfig):

@@ -30,3 +30,15 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info:
             line += " exc=" + _quote(self.formatException(record.exc_info))
         return line
+
+
+class ClientErrorsWithoutTraceback(logging.Filter):
+    """Log a request answered 4xx (a 403, a 404) as its one line: the traceback of a refusal is no news, and
+    a client repeating forbidden requests would otherwise write one per request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        status = getattr(record, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500:
+            record.exc_info = None
+            record.exc_text = None
+        return True

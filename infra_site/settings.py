@@ -20,7 +20,12 @@ from infra_site.version import __version__
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"
-VAR_DIR.mkdir(exist_ok=True)
+# The SQLite control database, the demo fleet's data and password: for this account only, created so and
+# tightened when an older start left it readable (infra_site.apps keeps SQLite's files at 0600). Search (x) bits
+# stay: run as root, the demo's embedded PostgreSQL runs as its own system user and must reach var/demo-pg/.
+VAR_DIR.mkdir(mode=0o700, exist_ok=True)
+if VAR_DIR.stat().st_uid == os.getuid():
+    VAR_DIR.chmod(VAR_DIR.stat().st_mode & 0o7711)
 
 env = environ.Env()
 environ.Env.read_env(env.str("ENV_FILE", default=str(BASE_DIR / ".env")), overwrite=False)
@@ -97,21 +102,33 @@ AUTHENTICATION_BACKENDS = [
 ]
 LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
 
-# Password guessing (admin form, HTTP Basic): django-axes counts failed password logins per user and client
-# address in the control database, shared by every worker process. LOGIN_FAILURE_LIMIT failures lock that
-# user out from that address (the right password too) until LOGIN_LOCKOUT_MINUTES pass without another
-# attempt; the API answers 429, the admin shows a lockout page. Operators unlock in the admin (Access attempts).
+# Password guessing (admin form, HTTP Basic), both limits checked before any password is hashed (see
+# infra_site.auth.lockout): django-axes counts failed password logins per user and client address in the control
+# database, shared by every worker process. LOGIN_FAILURE_LIMIT failures lock that user out from that address (the
+# right password too; from other addresses the user still logs in) for LOGIN_LOCKOUT_MINUTES after the last
+# counted failure; refused attempts are not counted. An address reaching LOGIN_ADDRESS_FAILURE_LIMIT failures,
+# whatever the usernames (or LOGIN_FAILURE_LIMIT with usernames no account has), is refused for the rest of a
+# LOGIN_LOCKOUT_MINUTES window that its first failure opened (counters in the shared cache). The API answers
+# 429, the admin shows a lockout page. Operators unlock a user in the admin (Access attempts).
 LOGIN_LOCKOUT_ENABLED = env.bool("LOGIN_LOCKOUT_ENABLED", default=True)
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+LOGIN_ADDRESS_FAILURE_LIMIT = env.int("LOGIN_ADDRESS_FAILURE_LIMIT", default=20)
 LOGIN_LOCKOUT_MINUTES = env.int("LOGIN_LOCKOUT_MINUTES", default=15)
-if LOGIN_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
-    raise ImproperlyConfigured("LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.")
+if LOGIN_FAILURE_LIMIT < 1 or LOGIN_ADDRESS_FAILURE_LIMIT < 1 or LOGIN_LOCKOUT_MINUTES < 1:
+    raise ImproperlyConfigured(
+        "LOGIN_FAILURE_LIMIT, LOGIN_ADDRESS_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1."
+    )
 AXES_ENABLED = LOGIN_LOCKOUT_ENABLED
 AXES_FAILURE_LIMIT = LOGIN_FAILURE_LIMIT
 AXES_COOLOFF_TIME = timedelta(minutes=LOGIN_LOCKOUT_MINUTES)
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
-AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_HANDLER = "infra_site.auth.lockout.LockoutHandler"
+# A stream of invented usernames is counted and stored under one name, not a row per name.
+AXES_USERNAME_CALLABLE = "infra_site.auth.lockout.lockout_username"
+# A refused attempt neither counts nor restarts the lockout: it ends LOGIN_LOCKOUT_MINUTES after the last failure.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_HTTP_RESPONSE_CODE = 429
+AXES_CLIENT_IP_CALLABLE = "infra_site.client_address.client_address"
 # Keycloak logins carry no password: they are neither counted nor refused.
 AXES_WHITELIST_CALLABLE = "infra_site.auth.lockout.is_not_password_login"
 AXES_LOCKOUT_CALLABLE = "infra_site.auth.lockout.lockout_response"
@@ -171,6 +188,12 @@ if "*" in CORS_ALLOWED_ORIGINS_RAW and CORS_ALLOW_CREDENTIALS:
         "CORS_ALLOW_ORIGINS=* together with CORS_ALLOW_CREDENTIALS=true would let any web site make requests "
         "with the user's cookies: list the origins in CORS_ALLOW_ORIGINS, or set CORS_ALLOW_CREDENTIALS=false."
     )
+# Reverse proxies in front of the app that append the address of their peer to X-Forwarded-For. 0: the header
+# is ignored and the client is the peer (a client could write any address there). Rate limits and login
+# lockouts count by this address (infra_site.client_address).
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more.")
 # Per client, per minute, counted in the shared cache (CACHES) so every worker process sees the same count.
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
@@ -182,10 +205,15 @@ RATE_LIMIT_RPM = env.int("RATE_LIMIT_RPM", default=60)
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
 HEALTH_CHECK_INTERVAL = env.int("HEALTH_CHECK_INTERVAL", default=60)
 HEALTH_SNAPSHOT_RETENTION_DAYS = env.int("HEALTH_SNAPSHOT_RETENTION_DAYS", default=7)
+# Connections are probed during a request only for an authenticated caller, at most once per this many seconds
+# each; anonymous callers (and the others meanwhile) get the periodic check's stored results.
+HEALTH_LIVE_PROBE_INTERVAL = env.int("HEALTH_LIVE_PROBE_INTERVAL", default=10)
 if HEALTH_CHECK_TIMEOUT <= 0 or HEALTH_CHECK_INTERVAL < 1 or HEALTH_SNAPSHOT_RETENTION_DAYS < 1:
     raise ImproperlyConfigured(
         "HEALTH_CHECK_TIMEOUT must be positive, HEALTH_CHECK_INTERVAL and HEALTH_SNAPSHOT_RETENTION_DAYS at least 1."
     )
+if HEALTH_LIVE_PROBE_INTERVAL < 0:
+    raise ImproperlyConfigured("HEALTH_LIVE_PROBE_INTERVAL must be 0 or more.")
 # Bearer token Prometheus sends to /metrics. Unset: /metrics is open in development and testing, 403 elsewhere.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 # prometheus-client reads it from the environment itself (this line documents it and feeds the system check):
@@ -368,10 +396,12 @@ REST_FRAMEWORK = {
         "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_THROTTLE_CLASSES": (
-        ["rest_framework.throttling.AnonRateThrottle", "rest_framework.throttling.UserRateThrottle"]
+        ["infra_site.throttling.AnonRateThrottle", "infra_site.throttling.UserRateThrottle"]
         if RATE_LIMIT_ENABLED
         else []
     ),
+    # For DRF's own throttles, should a view use one: unset, DRF would count by the whole X-Forwarded-For.
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,
     "DEFAULT_THROTTLE_RATES": {"anon": f"{RATE_LIMIT_RPM}/min", "user": f"{RATE_LIMIT_RPM}/min"},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -448,9 +478,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"logfmt": {"()": "infra_site.logging.LogfmtFormatter"}},
+    "filters": {"client_errors_without_traceback": {"()": "infra_site.logging.ClientErrorsWithoutTraceback"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "logfmt"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
+        "django.request": {"filters": ["client_errors_without_traceback"]},
         "django.db.backends": {"level": "INFO"},
         "pgserver": {"level": "WARNING"},
     },

@@ -21,7 +21,7 @@ from tests.conftest import REGISTRY_USER
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
-SERVICE_FIELDS = {"name", "is_healthy", "status", "response_time_ms", "checked_at", "details"}
+SERVICE_FIELDS = {"name", "is_healthy", "status", "response_time_ms", "checked_at", "live", "details"}
 
 
 def service(body: dict, name: str) -> dict:
@@ -71,7 +71,9 @@ def test_a_recent_check_run_by_a_worker_makes_the_task_queue_healthy(anonymous):
     assert not service(anonymous.get("/health/detailed").json(), "task_queue")["is_healthy"]
 
 
-def test_a_stopped_database_makes_its_connection_unhealthy_and_the_system_degraded(anonymous, own_server, pg):
+def test_a_stopped_database_makes_its_connection_unhealthy_and_the_system_degraded(api_as, own_server, pg, settings):
+    settings.HEALTH_LIVE_PROBE_INTERVAL = 0
+    caller = api_as()
     registry.connection_create(actor="t", **pg.connection_values(name="alive"))
     registry.connection_create(
         actor="t",
@@ -85,9 +87,9 @@ def test_a_stopped_database_makes_its_connection_unhealthy_and_the_system_degrad
         ssl_mode="disable",
     )
     CheckRun.objects.create(started_at=timezone.now(), finished_at=timezone.now())
-    assert anonymous.get("/health/detailed").json()["overall_status"] == "healthy"
+    assert caller.get("/health/detailed").json()["overall_status"] == "healthy"
     own_server.stop()
-    response = anonymous.get("/health/detailed")
+    response = caller.get("/health/detailed")
     assert response.status_code == 200
     body = response.json()
     assert body["overall_status"] == "degraded"
@@ -118,6 +120,37 @@ def test_twenty_connections_with_five_silent_peers_answer_within_the_timeout(ano
     silent = [s for s in connections if s["name"].startswith("connection:silent-")]
     assert all(not s["is_healthy"] and s["details"]["cause"] == "timeout" for s in silent)
     assert all(s["is_healthy"] for s in connections if s not in silent)
+
+
+def test_anonymous_callers_get_the_stored_results_and_no_silent_database_is_probed(
+    anonymous, api_as, pg, silent_port, settings
+):
+    settings.HEALTH_CHECK_TIMEOUT = 1.0
+    stored = registry.connection_create(actor="t", **pg.connection_values(name="reachable"))
+    registry.connection_create(
+        actor="t", verify=False, **pg.connection_values(name="silent", port=silent_port, connect_timeout=30)
+    )
+    started = time.monotonic()
+    bodies = [anonymous.get("/health/detailed").json() for _ in range(3)]
+    bodies.append(anonymous.get("/health/services/connection:silent").json())
+    # One probe of the silent peer alone would hold the request for HEALTH_CHECK_TIMEOUT.
+    assert time.monotonic() - started < settings.HEALTH_CHECK_TIMEOUT
+    for body in bodies[:3]:
+        silent, reachable = service(body, "connection:silent"), service(body, "connection:reachable")
+        assert (silent["live"], silent["status"], silent["checked_at"]) == (False, "unchecked", None)
+        assert (reachable["live"], reachable["is_healthy"]) == (False, True)
+        assert reachable["checked_at"] == stored.checked_at.isoformat().replace("+00:00", "Z")
+        assert service(body, "control_database")["live"] is True
+    assert (bodies[3]["live"], bodies[3]["status"]) == (False, "unchecked")
+
+    caller = api_as()
+    live = service(caller.get("/health/detailed").json(), "connection:silent")
+    assert (live["live"], live["status"]) == (True, "unhealthy")
+    # The next live probe of this caller waits HEALTH_LIVE_PROBE_INTERVAL: until then, the stored results.
+    again = caller.get("/health/services/connection:silent").json()
+    assert (again["live"], again["status"]) == (False, "unchecked")
+    reader = api_as("databases:read").get("/health/services/connection:silent").json()
+    assert (reader["live"], reader["details"]["cause"]) == (True, "timeout")
 
 
 def test_anonymous_callers_get_no_addresses_versions_or_errors(anonymous, api_as, pg, closed_port):

@@ -11,17 +11,21 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import requests
 from axes.models import AccessAttempt, AccessFailureLog
 from django.conf import settings
+from django.contrib.auth.hashers import MD5PasswordHasher
+from django.db.models import F
 from rest_framework.test import APIClient
 
 from infra_site import roles
-from infra_site.auth.lockout import is_not_password_login
+from infra_site.auth.lockout import UNKNOWN_USERNAME, is_not_password_login
 
 ROOT = Path(__file__).resolve().parents[2]
 ME = "/api/v1/auth/me/"
@@ -41,8 +45,9 @@ def assert_locked_out_json(response) -> None:
     body = response.json()
     assert set(body) == {"error", "message", "details"}
     assert body["error"] == "login_locked_out"
-    assert body["details"]["retry_after_seconds"] == settings.LOGIN_LOCKOUT_MINUTES * 60
-    assert response["Retry-After"] == str(settings.LOGIN_LOCKOUT_MINUTES * 60)
+    retry_after = body["details"]["retry_after_seconds"]
+    assert 0 < retry_after <= settings.LOGIN_LOCKOUT_MINUTES * 60
+    assert response["Retry-After"] == str(retry_after)
 
 
 @pytest.fixture
@@ -55,7 +60,8 @@ def test_after_the_failure_limit_the_right_basic_password_is_refused_with_429(op
     statuses = [api_get("operator", f"guess-{n}").status_code for n in range(LIMIT)]
     assert statuses == [401] * (LIMIT - 1) + [429]
     assert_locked_out_json(api_get("operator", "right-password"))
-    assert AccessAttempt.objects.get(username="operator").failures_since_start > LIMIT
+    # The refused attempt was no password check: it is not counted.
+    assert AccessAttempt.objects.get(username="operator").failures_since_start == LIMIT
 
 
 @pytest.mark.django_db
@@ -85,8 +91,71 @@ def test_failed_basic_logins_with_an_unparsable_body_are_counted_too(operator):
     assert_locked_out_json(api_get("operator", "right-password"))
 
 
-def admin_login(client, username: str, password: str):
-    return client.post("/admin/login/?next=/admin/", {"username": username, "password": password})
+class CountingHasher(MD5PasswordHasher):
+    """The tests' hasher, counting the passwords it hashes: each is what a guess costs the server."""
+
+    hashed = 0
+
+    def encode(self, password, salt):
+        CountingHasher.hashed += 1
+        return super().encode(password, salt)
+
+
+@pytest.fixture
+def counting_hasher(settings) -> type[CountingHasher]:
+    settings.PASSWORD_HASHERS = [f"{__name__}.CountingHasher"]
+    CountingHasher.hashed = 0
+    return CountingHasher
+
+
+@pytest.mark.django_db
+def test_a_stream_of_unknown_usernames_is_refused_before_hashing_and_stored_under_one_name(operator, counting_hasher):
+    statuses = [api_get(f"nobody-{uuid.uuid4().hex}", "guess", address="198.51.100.7").status_code for _ in range(30)]
+    assert statuses == [401] * (LIMIT - 1) + [429] * (30 - LIMIT + 1)
+    assert_locked_out_json(api_get(f"nobody-{uuid.uuid4().hex}", "guess", address="198.51.100.7"))
+    # The address is locked, not only the unknown names: a 401 here would tell that "operator" is an account.
+    assert_locked_out_json(api_get("operator", "guess", address="198.51.100.7"))
+    assert counting_hasher.hashed == LIMIT
+    assert list(AccessAttempt.objects.values_list("username", "failures_since_start")) == [(UNKNOWN_USERNAME, LIMIT)]
+    assert AccessFailureLog.objects.count() == LIMIT
+    assert api_get("operator", "right-password", address="198.51.100.8").status_code == 200
+
+
+@pytest.mark.django_db
+def test_an_address_trying_many_usernames_is_locked_out_before_hashing(settings, operator, make_user, client):
+    settings.LOGIN_ADDRESS_FAILURE_LIMIT = 6
+    for n in range(3):
+        make_user(roles.MIGRATIONS_READ, username=f"member-{n}", password="member-password")
+    # Two failures per user: below the limit of each user, at the limit of the address.
+    statuses = [api_get(f"member-{n % 3}", "wrong", address="198.51.100.8").status_code for n in range(6)]
+    assert statuses == [401] * 6
+    settings.PASSWORD_HASHERS = [f"{__name__}.CountingHasher"]
+    CountingHasher.hashed = 0
+    refused = api_get("operator", "right-password", address="198.51.100.8")
+    assert_locked_out_json(refused)
+    assert refused.json()["details"]["failure_limit"] == 6
+    assert admin_login(client, "member-0", "member-password", address="198.51.100.8").status_code == 429
+    assert CountingHasher.hashed == 0
+    assert AccessAttempt.objects.filter(username="operator").count() == 0
+    assert api_get("operator", "right-password", address="198.51.100.9").status_code == 200
+
+
+@pytest.mark.django_db
+def test_attempts_during_a_lockout_do_not_prolong_it(operator):
+    for n in range(LIMIT):
+        api_get("operator", f"guess-{n}", address="192.0.2.10")
+    locked_at = AccessAttempt.objects.get(username="operator").attempt_time
+    for n in range(3):
+        assert_locked_out_json(api_get("operator", f"more-{n}", address="192.0.2.10"))
+    attempt = AccessAttempt.objects.get(username="operator")
+    assert (attempt.attempt_time, attempt.failures_since_start) == (locked_at, LIMIT)
+    # LOGIN_LOCKOUT_MINUTES after the last counted failure the lockout is over, whatever was tried meanwhile.
+    AccessAttempt.objects.update(attempt_time=F("attempt_time") - timedelta(minutes=settings.LOGIN_LOCKOUT_MINUTES))
+    assert api_get("operator", "right-password", address="192.0.2.10").status_code == 200
+
+
+def admin_login(client, username: str, password: str, address: str = "127.0.0.1"):
+    return client.post("/admin/login/?next=/admin/", {"username": username, "password": password}, REMOTE_ADDR=address)
 
 
 @pytest.mark.django_db
@@ -163,6 +232,8 @@ class Server:
                     "infra_site.wsgi:application",
                     f"--bind=127.0.0.1:{self.port}",
                     "--workers=1",
+                    # gunicorn's default control socket is one per account: two servers would share it.
+                    "--no-control-socket",
                 ],
                 cwd=ROOT,
                 env=env,
@@ -235,6 +306,18 @@ def test_the_rate_limit_is_counted_across_processes(two_servers):
     assert statuses == [200] * 10 + [429, 429]
     refused = requests.get(two_servers[0].url + ME, auth=auth, timeout=10)
     assert refused.json()["error"] == "rate_limited"
+
+
+def test_a_rotating_x_forwarded_for_does_not_escape_the_rate_limit(two_servers):
+    statuses = [
+        requests.get(
+            two_servers[n % 2].url + "/health/services/control_database",
+            headers={"X-Forwarded-For": f"203.0.113.{n}"},
+            timeout=10,
+        ).status_code
+        for n in range(12)
+    ]
+    assert statuses == [200] * 10 + [429, 429]
 
 
 def test_a_lockout_earned_on_one_process_holds_on_the_other(two_servers):

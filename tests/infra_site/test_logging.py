@@ -28,3 +28,18 @@ def test_the_log_guard_detects_a_password_in_a_record():
     finally:
         logger.removeHandler(collector)
     assert leaked_secrets(collector.lines) == 1
+
+
+def test_a_forbidden_admin_page_is_logged_as_one_line_without_a_traceback(client, make_user, caplog):
+    from infra_site import roles
+
+    client.force_login(make_user(roles.DATABASES_MANAGE))
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        assert client.get("/admin/axes/accessattempt/").status_code == 403
+    (record,) = [r for r in caplog.records if r.name == "django.request"]
+    assert record.status_code == 403
+    assert record.exc_info is None
+    line = LogfmtFormatter().format(record)
+    assert "\n" not in line
+    assert "Traceback" not in line
+    assert "Forbidden" in line

@@ -24,12 +24,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_serve_starts_a_task_worker_and_ctrl_c_stops_everything():
+def test_serve_starts_a_task_worker_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "serve", "--port", str(port), "--workers", "1"],
         cwd=ROOT,
-        env=control_env(),
+        env=control_env(HOME=str(tmp_path)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -44,6 +44,8 @@ def test_serve_starts_a_task_worker_and_ctrl_c_stops_everything():
             except OSError:
                 assert time.monotonic() < deadline, "the web server did not come up"
                 time.sleep(0.2)
+        # gunicorn's control socket would be $HOME/.gunicorn/gunicorn.ctl, one per account: none is made.
+        assert not (tmp_path / ".gunicorn").exists()
         children = psutil.Process(process.pid).children(recursive=True)
         assert any("qcluster" in " ".join(child.cmdline()) for child in children), "no task worker was started"
         # Ctrl-C in a terminal signals the whole foreground process group.

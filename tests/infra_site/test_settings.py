@@ -309,3 +309,24 @@ def test_token_introspection_is_off_unless_a_cache_period_is_given(tmp_path):
     refused = run_django(code, tmp_path, OIDC_INTROSPECTION_CACHE_SECONDS="-1")
     assert refused.returncode != 0
     assert "OIDC_INTROSPECTION_CACHE_SECONDS must be 0 or more" in refused.stderr
+
+
+def test_var_and_the_sqlite_control_database_are_private_to_the_account(tmp_path):
+    code = """
+        import os, stat
+        from django.conf import settings
+        from django.db import connection
+        with connection.cursor() as cursor:
+            cursor.execute("CREATE TABLE probe (id integer)")
+        name = connection.settings_dict["NAME"]
+        var = stat.S_IMODE(os.stat(settings.VAR_DIR).st_mode)
+        files = [stat.S_IMODE(os.stat(path).st_mode) for path in (name, name + "-wal")]
+        print(oct(var & 0o766), " ".join(oct(mode) for mode in files))
+    """
+    old_umask = os.umask(0o022)
+    try:
+        result = run_django(code, tmp_path)
+    finally:
+        os.umask(old_umask)
+    # var/ may keep search bits for the demo's database server (run as root); nobody else may read or write it.
+    assert result.stdout.split() == ["0o700", "0o600", "0o600"], result.stderr

@@ -61,15 +61,39 @@ def test_testing_starts_with_the_development_values(load):
     ("env", "message"),
     [
         ({"ENVIRONMENT": "prod"}, "ENVIRONMENT must be one of development, staging, production, testing; got 'prod'"),
-        ({"LOGIN_FAILURE_LIMIT": "0"}, "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1."),
-        ({"LOGIN_LOCKOUT_MINUTES": "0"}, "LOGIN_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1."),
+        (
+            {"LOGIN_FAILURE_LIMIT": "0"},
+            "LOGIN_FAILURE_LIMIT, LOGIN_ADDRESS_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.",
+        ),
+        (
+            {"LOGIN_ADDRESS_FAILURE_LIMIT": "0"},
+            "LOGIN_FAILURE_LIMIT, LOGIN_ADDRESS_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.",
+        ),
+        (
+            {"LOGIN_LOCKOUT_MINUTES": "0"},
+            "LOGIN_FAILURE_LIMIT, LOGIN_ADDRESS_FAILURE_LIMIT and LOGIN_LOCKOUT_MINUTES must be at least 1.",
+        ),
+        ({"TRUSTED_PROXY_COUNT": "-1"}, "TRUSTED_PROXY_COUNT must be 0 or more."),
+        ({"HEALTH_LIVE_PROBE_INTERVAL": "-1"}, "HEALTH_LIVE_PROBE_INTERVAL must be 0 or more."),
         ({"CORS_ALLOW_ORIGINS": "*"}, "CORS_ALLOW_ORIGINS=* together with CORS_ALLOW_CREDENTIALS=true"),
         ({"HEALTH_CHECK_TIMEOUT": "0"}, "HEALTH_CHECK_TIMEOUT must be positive"),
         ({"HEALTH_SNAPSHOT_RETENTION_DAYS": "0"}, "HEALTH_SNAPSHOT_RETENTION_DAYS at least 1"),
         ({"MIGRATION_EXECUTOR": "celery"}, "MIGRATION_EXECUTOR must be 'queue' or 'inline'; got 'celery'."),
         ({"APP_ENCRYPTION_KEY": ""}, "APP_ENCRYPTION_KEY must not be empty."),
     ],
-    ids=["environment", "failure-limit", "lockout-minutes", "cors", "health-timeout", "retention", "executor", "key"],
+    ids=[
+        "environment",
+        "failure-limit",
+        "address-failure-limit",
+        "lockout-minutes",
+        "proxies",
+        "live-probe-interval",
+        "cors",
+        "health-timeout",
+        "retention",
+        "executor",
+        "key",
+    ],
 )
 def test_a_bad_value_stops_start_up_naming_it(load, env, message):
     with pytest.raises(ImproperlyConfigured) as stopped:

@@ -66,6 +66,9 @@ class Command(BaseCommand):
                     "timeout": 120,
                     "graceful_timeout": 20,
                     "on_exit": stop_cluster,
+                    # gunicorn's control socket defaults to one path per account ($HOME/.gunicorn/gunicorn.ctl):
+                    # a second instance would take it over from the first. Nothing here uses gunicornc.
+                    "control_socket_disable": True,
                 }
             ).run()
         finally:
