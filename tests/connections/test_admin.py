@@ -2,15 +2,13 @@
 
 import re
 import secrets
-import sys
 
 import pytest
 from django.urls import reverse
-from django.views.debug import technical_500_response
 
 from connections import services
 from connections.models import DatabaseConnection
-from tests.conftest import REGISTRY_PASSWORD
+from tests.conftest import REGISTRY_PASSWORD, debug_page
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -37,14 +35,6 @@ def stored(pg):
 
 
 TYPED = "Typed-" + secrets.token_hex(6)  # made here, so that no source line shown in a report holds it
-
-
-def debug_page(request) -> str:
-    """The page that DEBUG shows for a failure while serving ``request``."""
-    try:
-        raise RuntimeError("a failure while serving the request")
-    except RuntimeError:
-        return technical_500_response(request, *sys.exc_info()).content.decode()
 
 
 def form_data(pg, **overrides) -> dict:

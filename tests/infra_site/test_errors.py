@@ -4,7 +4,6 @@ reports never show a password."""
 from __future__ import annotations
 
 import secrets
-import sys
 
 import pytest
 from django.contrib.auth.models import User
@@ -12,10 +11,10 @@ from django.core.exceptions import PermissionDenied, RequestDataTooBig, Suspicio
 from django.http import Http404
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
-from django.views.debug import technical_500_response
 from rest_framework import exceptions
 
 from infra_site.errors import api_exception_handler
+from tests.conftest import debug_page
 
 
 def handle(exc: Exception):
@@ -114,14 +113,6 @@ def test_an_unexpected_error_is_logged_and_answered_without_its_text(caplog):
 
 
 TYPED = "Typed-" + secrets.token_hex(6)  # made here, so that no source line shown in a report holds it
-
-
-def debug_page(request) -> str:
-    """The page that DEBUG shows for a failure while serving ``request``."""
-    try:
-        raise RuntimeError("a failure while serving the request")
-    except RuntimeError:
-        return technical_500_response(request, *sys.exc_info()).content.decode()
 
 
 @pytest.mark.django_db
