@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.html import format_html
+from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
 from connections import selectors, services
@@ -112,6 +115,11 @@ class DatabaseConnectionAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelA
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[DatabaseConnection]:
         return selectors.connection_list()
+
+    # The add and change pages take the password: an error report (DEBUG's page, a mailed 500) must not show it.
+    @method_decorator(sensitive_post_parameters("password"))
+    def changeform_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return super().changeform_view(request, *args, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: DatabaseConnection, form: DatabaseConnectionForm, change: bool):
         values = {name: form.cleaned_data[name] for name in CONNECTION_FIELDS}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import django_filters
+from django.utils.decorators import method_decorator
+from django.views.decorators.debug import sensitive_post_parameters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -33,6 +35,8 @@ class ConnectionFilter(django_filters.FilterSet):
         fields = ["database_type", "connection_type", "region", "is_active", "is_healthy"]
 
 
+# The password may come as a form field: an error report (DEBUG's page, a mailed 500) must not show it.
+@method_decorator(sensitive_post_parameters("password"), name="dispatch")
 class DatabaseConnectionViewSet(viewsets.ModelViewSet):
     """Registered databases of the fleet. Creating or changing connection details tests connectivity first."""
 

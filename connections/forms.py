@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 
 from connections import services
-from connections.exceptions import ConnectionTestFailed
+from connections.exceptions import ConnectionNameTaken, ConnectionTestFailed
 from connections.models import DatabaseConnection, Tenant
 from connections.probe import ProbeResult
 from infra_site.errors import ApplicationError, ValidationFailed
@@ -40,6 +40,14 @@ class DatabaseConnectionForm(forms.ModelForm):
         # Never put the stored password into the form's initial data (and so never into HTML).
         self.initial.pop("password", None)
         self.probe_result: ProbeResult | None = None
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        try:
+            services.connection_check_name(name=name, exclude_id=self.instance.pk)
+        except ConnectionNameTaken as exc:
+            raise forms.ValidationError(exc.message, code="name_taken") from exc
+        return name
 
     def clean(self) -> dict[str, Any]:
         super().clean()  # a ModelForm's clean() returns cleaned_data

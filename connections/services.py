@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -111,7 +112,8 @@ def _full_clean(connection: DatabaseConnection) -> None:
         raise _validation_failed(exc) from exc
 
 
-def _ensure_name_free(name: str, *, exclude_id=None) -> None:
+def connection_check_name(*, name: str, exclude_id: uuid.UUID | None = None) -> None:
+    """Raise ``ConnectionNameTaken`` when a live connection other than ``exclude_id`` has ``name``."""
     qs = DatabaseConnection.objects.filter(name=name)
     if exclude_id is not None:
         qs = qs.exclude(pk=exclude_id)
@@ -142,7 +144,7 @@ def connection_create(
     connection = DatabaseConnection(created_by=actor, updated_by=actor)
     model_update(connection, fields=EDITABLE_FIELDS, changes=values)
     _full_clean(connection)
-    _ensure_name_free(connection.name)
+    connection_check_name(name=connection.name)
     if verify:
         _apply_health(connection, connection_verify(connection=connection, probe_result=probe_result))
     try:
@@ -188,7 +190,7 @@ def connection_candidate(
     if changed:
         _full_clean(stored)
     if "name" in changed:
-        _ensure_name_free(stored.name, exclude_id=stored.pk)
+        connection_check_name(name=stored.name, exclude_id=stored.pk)
     return stored, changed
 
 

@@ -15,6 +15,7 @@ and Django would wait for a pooled connection for its pool's whole timeout when 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import sqlite3
@@ -31,6 +32,8 @@ from django.conf import settings
 from django.db import DatabaseError, connections
 from django.db import models as db_models
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgreSQLWrapper
+from django.db.migrations.loader import MigrationLoader
+from django.db.migrations.recorder import MigrationRecorder
 from django.db.models import Min
 from django.utils import timezone
 
@@ -189,8 +192,15 @@ class _Pending:
 # --- The control database ---
 
 
+@functools.cache
+def _shipped_migrations() -> frozenset[tuple[str, str]]:
+    """The newest migration of each app as this code ships them (read from disk once per process)."""
+    return frozenset(MigrationLoader(None, ignore_no_migrations=True).graph.leaf_nodes())
+
+
 def _control_database() -> _Outcome:
-    """A round trip on a connection of this thread, closed afterwards (it returns to the pool, if any)."""
+    """A round trip on a connection of this thread, closed afterwards (it returns to the pool, if any), and
+    whether the database holds this code's tables: every other check reads them."""
     database = connections["default"]
     try:
         with database.cursor() as cursor:
@@ -198,11 +208,16 @@ def _control_database() -> _Outcome:
             cursor.fetchone()
         # Django's SQLite backend is the sqlite3 module, so the library's version is that backend's.
         version = database.pg_version if isinstance(database, PostgreSQLWrapper) else sqlite3.sqlite_version
+        missing = _shipped_migrations() - set(MigrationRecorder(database).applied_migrations())
     except DatabaseError as exc:
         message = redact(str(exc).strip(), database.settings_dict.get("PASSWORD") or "")
         return _Outcome(False, {**_control_address(), "error": message})
     finally:
         database.close()
+    if missing:
+        apps = ", ".join(sorted({app for app, _ in missing}))
+        error = f"the control database is not migrated (behind: {apps}): run `manage.py migrate`"
+        return _Outcome(False, {**_control_address(), "server_version": str(version), "error": error})
     return _Outcome(True, {**_control_address(), "server_version": str(version)})
 
 

@@ -16,6 +16,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.http import Http404
 from django.http.multipartparser import MultiPartParserError
+from django.views.debug import SafeExceptionReporterFilter
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
@@ -80,6 +81,23 @@ def _unreadable_body_error(exc: Exception) -> ApplicationError | None:
         # Django answers these with 400 outside the API too (number of files, malformed headers, ...).
         return ValidationFailed(str(exc), code="bad_request")
     return None
+
+
+class SecretSafeReporterFilter(SafeExceptionReporterFilter):
+    """What error reports (DEBUG's 500 page, mailed reports) show of a request and its frames.
+
+    Django's filter stands aside while ``DEBUG`` is on; this one always hides the POST fields a view marks with
+    ``sensitive_post_parameters`` and, in the frames' local dicts, the keys that name a secret (``password``).
+    """
+
+    def is_active(self, request: Any) -> bool:
+        return True
+
+    def cleanse_special_types(self, request: Any, value: Any) -> Any:
+        value = super().cleanse_special_types(request, value)
+        if isinstance(value, dict):
+            return self.cleanse_setting("", value)
+        return value
 
 
 _DRF_CODES = {

@@ -44,6 +44,8 @@ IS_DEPLOYED = ENVIRONMENT in ("staging", "production")
 MIN_SECRET_LENGTH = 32
 
 DEBUG = env.bool("DEBUG", default=ENVIRONMENT == "development")
+# Error reports hide passwords with DEBUG on too (Django's default filter stands aside under DEBUG).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "infra_site.errors.SecretSafeReporterFilter"
 SECRET_KEY = env.str("SECRET_KEY", default="" if IS_DEPLOYED else DEV_SECRET_KEY)
 APP_ENCRYPTION_KEY = env.str("APP_ENCRYPTION_KEY", default="" if IS_DEPLOYED else DEV_ENCRYPTION_KEY)
 # Keys that older rows may still be encrypted with, during a key rotation (comma-separated).

@@ -16,9 +16,41 @@ from migrations_runner.models import OnFailure, Scope, TargetRun
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
+_MAX_ID = 2**63 - 1  # the largest id the control database stores
+
 
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _is_id(value: object) -> bool:
+    text = str(value)
+    return text.isascii() and text.isdigit() and int(text) <= _MAX_ID
+
+
+class TenantIdsField(forms.ModelMultipleChoiceField):
+    """Tenants by id, as the autocomplete sends them.
+
+    Any other value (a slug typed into the address, a forged post) is a form error before it reaches a query,
+    and is left out when the form is shown again: the autocomplete widget looks its values up by id.
+    """
+
+    def clean(self, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            wrong = [str(v) for v in value if not _is_id(v)]
+            if wrong:
+                raise forms.ValidationError(
+                    "Choose tenants from the list; not a tenant id: %(values)s.",
+                    code="invalid_pk_value",
+                    params={"values": ", ".join(repr(v) for v in wrong[:5])},
+                )
+        return super().clean(value)
+
+    def prepare_value(self, value: Any) -> Any:
+        prepared = super().prepare_value(value)
+        if isinstance(prepared, list):
+            return [v for v in prepared if _is_id(v)]
+        return prepared
 
 
 class RunForm(forms.Form):
@@ -27,7 +59,7 @@ class RunForm(forms.Form):
     scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.ALL)
     regions = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
     connections = forms.MultipleChoiceField(required=False, widget=forms.SelectMultiple(attrs={"size": 6}))
-    tenants = forms.ModelMultipleChoiceField(
+    tenants = TenantIdsField(
         queryset=Tenant.objects.none(),
         required=False,
         help_text="Type to search tenants by slug or name.",

@@ -24,6 +24,15 @@ _VALIDATORS: dict[str, Callable[[str], None]] = {
     "tenants": validators.validate_tenant_slug,
 }
 SHOWN_PER_FILTER = 5
+# The most values a filter takes: more than any fleet lists by name, and a bound on what one request costs.
+# With the query's own parameters they stay under SQLite's classic limit of 999 per query once the tenants
+# are looked up in slices (see selectors.targets_resolve).
+MAX_FILTER_VALUES = {"regions": 100, "connections": 500, "tenants": 10_000}
+
+
+def too_many(name: str, count: int) -> str:
+    """The refusal of a filter with more than ``MAX_FILTER_VALUES`` values."""
+    return f"At most {MAX_FILTER_VALUES[name]} {name} may be named; got {count}."
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,11 @@ class TargetSelection:
         if self.scope not in Scope.values:
             problems["scope"] = [f"Unknown scope {self.scope!r}; one of {', '.join(Scope.values)}."]
         for name in FILTER_NAMES:
-            for value in getattr(self, name):
+            values = getattr(self, name)
+            if len(values) > MAX_FILTER_VALUES[name]:
+                problems[name] = [too_many(name, len(values))]
+                continue
+            for value in values:
                 try:
                     _VALIDATORS[name](value)
                 except ValidationError as exc:

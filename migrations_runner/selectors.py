@@ -7,7 +7,7 @@ import math
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import psycopg
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import connection as control_db
 from django.db.models import (
     Case,
     CharField,
@@ -131,6 +132,53 @@ def _target(connection: DatabaseConnection, set_type: str, schema: str, tenant=N
     )
 
 
+# Parameters a filtered query of the registry holds besides the values of one IN list (its other conditions).
+_OWN_PARAMS = 50
+
+
+def _slices(values: Sequence[str], *, beside: int = 0) -> Iterator[Sequence[str]]:
+    """``values`` in slices small enough for one IN list in a query with ``beside`` other values, under the
+    control database's limit on parameters per query (SQLite's can be 999; PostgreSQL takes them all at once)."""
+    limit = control_db.features.max_query_params
+    size = max(1, limit - beside - _OWN_PARAMS) if limit else max(1, len(values))
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _tenants_named(tenants: QuerySet[Tenant], slugs: Sequence[str], *, beside: int = 0) -> list[Tenant]:
+    """The tenants of ``tenants`` with one of ``slugs``, in slug order, looked up a slice of slugs at a time."""
+    found = [tenant for part in _slices(slugs, beside=beside) for tenant in tenants.filter(slug__in=part)]
+    return sorted(found, key=lambda tenant: tenant.slug)
+
+
+def selection_unknown(selection: TargetSelection) -> dict[str, list[str]]:
+    """What a selection names that the registry does not hold: regions no live connection is in, connection
+    names no live connection has, tenant slugs no tenant of a live connection has; field -> one message each."""
+    unknown: dict[str, list[str]] = {}
+    live = registry.connection_list()
+    if selection.regions:
+        known = set(live.filter(region__in=selection.regions).values_list("region", flat=True))
+        missing = [f"No connection is in region {r!r}." for r in selection.regions if r not in known]
+        if missing:
+            unknown["regions"] = missing
+    if selection.connections:
+        known = set(live.filter(name__in=selection.connections).values_list("name", flat=True))
+        missing = [f"No connection named {n!r}." for n in selection.connections if n not in known]
+        if missing:
+            unknown["connections"] = missing
+    if selection.tenants:
+        tenants = registry.tenant_list()
+        known = {
+            slug
+            for part in _slices(selection.tenants)
+            for slug in tenants.filter(slug__in=part).values_list("slug", flat=True)
+        }
+        missing = [f"No tenant with slug {t!r}." for t in selection.tenants if t not in known]
+        if missing:
+            unknown["tenants"] = missing
+    return unknown
+
+
 def targets_resolve(selection: TargetSelection) -> list[Target]:
     """Return the targets of a selection; raise ``NoTargets`` when none match."""
     types = SCOPE_TYPES[Scope(selection.scope)]
@@ -146,13 +194,16 @@ def targets_resolve(selection: TargetSelection) -> list[Target]:
             targets.append(_target(connection, connection.database_type, connection.default_schema))
     if "tenant" in types:
         tenant_qs = registry.tenant_list_targetable().defer("connection__password")
-        if selection.tenants:
-            tenant_qs = tenant_qs.filter(slug__in=selection.tenants)
         if selection.regions:
             tenant_qs = tenant_qs.filter(connection__region__in=selection.regions)
         if selection.connections:
             tenant_qs = tenant_qs.filter(connection__name__in=selection.connections)
-        for tenant in tenant_qs:
+        if selection.tenants:
+            beside = len(selection.regions) + len(selection.connections)
+            tenants = _tenants_named(tenant_qs, selection.tenants, beside=beside)
+        else:
+            tenants = list(tenant_qs)
+        for tenant in tenants:
             targets.append(_target(tenant.connection, "tenant", tenant.schema_name, tenant))
         if not selection.tenants:
             # A dedicated tenant database that no tenant row describes still gets the tenant set.

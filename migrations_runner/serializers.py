@@ -21,7 +21,7 @@ from migrations_runner.models import (
     Scope,
     TargetRun,
 )
-from migrations_runner.selection import FILTER_NAMES, TargetSelection
+from migrations_runner.selection import FILTER_NAMES, MAX_FILTER_VALUES, TargetSelection, too_many
 from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
 
@@ -48,23 +48,30 @@ class RedactedJSONField(RedactedMixin, serializers.JSONField):
     pass
 
 
+class FilterListField(serializers.ListField):
+    """A filter's values, refused by their number (``MAX_FILTER_VALUES``) before each is validated."""
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        self.filter_name = name
+        super().__init__(max_length=MAX_FILTER_VALUES[name], required=False, default=list, **kwargs)
+
+    def to_internal_value(self, data: Any) -> list:
+        if isinstance(data, list) and len(data) > MAX_FILTER_VALUES[self.filter_name]:
+            raise serializers.ValidationError(too_many(self.filter_name, len(data)))
+        return super().to_internal_value(data)
+
+
 class FiltersSerializer(serializers.Serializer):
     """What narrows a scope: regions, connections and tenants."""
 
-    regions = serializers.ListField(
-        child=serializers.CharField(max_length=32, validators=[validators.validate_region]),
-        required=False,
-        default=list,
+    regions = FilterListField(
+        "regions", child=serializers.CharField(max_length=32, validators=[validators.validate_region])
     )
-    connections = serializers.ListField(
-        child=serializers.CharField(max_length=63, validators=[validators.validate_connection_name]),
-        required=False,
-        default=list,
+    connections = FilterListField(
+        "connections", child=serializers.CharField(max_length=63, validators=[validators.validate_connection_name])
     )
-    tenants = serializers.ListField(
-        child=serializers.CharField(max_length=48, validators=[validators.validate_tenant_slug]),
-        required=False,
-        default=list,
+    tenants = FilterListField(
+        "tenants", child=serializers.CharField(max_length=48, validators=[validators.validate_tenant_slug])
     )
 
 

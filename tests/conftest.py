@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import uuid
@@ -18,6 +19,7 @@ from urllib.parse import unquote, urlparse
 import psycopg
 import pytest
 from django.contrib.auth.models import Group, User
+from django.views.debug import technical_500_response
 from psycopg import sql
 from rest_framework.test import APIClient
 
@@ -36,6 +38,14 @@ def coverage_env() -> dict[str, str]:
     the code only a child runs (``demo``, ``serve``, settings refusing to start) is measured. Queue workers and
     gunicorn are left unmeasured: tracing would slow the timing-bound tests that run them."""
     return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
+
+
+def debug_page(request) -> str:
+    """The page that DEBUG shows for a failure while serving ``request``."""
+    try:
+        raise RuntimeError("a failure while serving the request")
+    except RuntimeError:
+        return technical_500_response(request, *sys.exc_info()).content.decode()
 
 
 def require_tool(name: str) -> str:

@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import resolve_url
+from django.views.decorators.debug import sensitive_post_parameters
 from drf_spectacular.utils import extend_schema
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 from rest_framework import serializers
@@ -29,6 +30,7 @@ AUTHENTICATION_NAMES: dict[type[object], str] = {
 }
 
 
+@sensitive_post_parameters("password")
 def admin_login(request: HttpRequest) -> HttpResponse:
     """The admin login page, offering "Log in with Keycloak" and the password form where each is enabled."""
     context = {

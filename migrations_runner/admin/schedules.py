@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -52,7 +52,10 @@ def next_runs(schedule: MigrationSchedule, count: int = NEXT_RUNS_SHOWN) -> list
     if not schedule.cron_expression or not croniter.is_valid(schedule.cron_expression):
         return []
     times = croniter(schedule.cron_expression, timezone.localtime())
-    return [times.get_next(datetime) for _ in range(count)]
+    try:
+        return [times.get_next(datetime) for _ in range(count)]
+    except CroniterBadDateError:  # stored before such expressions were refused
+        return []
 
 
 class MigrationScheduleForm(forms.ModelForm):

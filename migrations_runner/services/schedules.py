@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 from django.db import transaction
 from django.utils import timezone
 from django_q.models import Schedule
@@ -15,6 +15,7 @@ from infra_site.updates import model_update
 from migrations_runner.exceptions import InvalidSchedule
 from migrations_runner.models import MigrationSchedule, OnFailure, Origin
 from migrations_runner.selection import TargetSelection
+from migrations_runner.selectors import selection_unknown
 
 logger = logging.getLogger(__name__)
 
@@ -22,20 +23,38 @@ FIRE_TASK = "migrations_runner.tasks.fire_schedule"
 RECOVERY_TASK = "migrations_runner.tasks.recover_lost_targets"
 RECOVERY_SCHEDULE = "infra: recover lost target runs"
 EDITABLE = ("name", "dry_run", "on_failure", "batch_size", "out_of_order", "cron_expression", "run_at", "enabled")
+CRON_FIELDS = ("minute", "hour", "day", "month", "weekday")
 
 
-def _validate(schedule: MigrationSchedule) -> None:
+def _cron_problem(expression: str) -> str | None:
+    """Why ``expression`` cannot be a schedule's: not cron, not five fields (a seconds field would start a run
+    every scheduler cycle), or no date ever matches it (February 30th)."""
+    if not croniter.is_valid(expression):
+        return f"{expression!r} is not a valid cron expression ({' '.join(CRON_FIELDS)})."
+    fields = expression.split()
+    if not expression.startswith("@") and len(fields) != len(CRON_FIELDS):
+        return f"{expression!r} has {len(fields)} fields; give {len(CRON_FIELDS)}: {' '.join(CRON_FIELDS)}."
+    try:
+        croniter(expression, timezone.localtime()).get_next(datetime)
+    except CroniterBadDateError:
+        return f"{expression!r} never fires: no date matches it."
+    return None
+
+
+def _validate(schedule: MigrationSchedule, selection: TargetSelection | None) -> None:
+    """Raise ``InvalidSchedule`` naming each wrong field; the names in a ``selection`` being set must exist."""
     problems: dict[str, list[str]] = {}
+    cron_problem = _cron_problem(schedule.cron_expression) if schedule.cron_expression else None
     if bool(schedule.cron_expression) == bool(schedule.run_at):
         problems["cron_expression"] = ["Give either a cron expression or a run_at time, not both or neither."]
-    elif schedule.cron_expression and not croniter.is_valid(schedule.cron_expression):
-        problems["cron_expression"] = [
-            f"{schedule.cron_expression!r} is not a valid cron expression (minute hour day month weekday)."
-        ]
+    elif cron_problem:
+        problems["cron_expression"] = [cron_problem]
     elif schedule.run_at and schedule.run_at <= timezone.now():
         problems["run_at"] = [f"run_at {schedule.run_at.isoformat()} is in the past."]
     if schedule.on_failure not in OnFailure.values:
         problems["on_failure"] = [f"Unknown on_failure {schedule.on_failure!r}."]
+    if selection is not None:
+        problems.update(selection_unknown(selection))
     if problems:
         field, messages = next(iter(problems.items()))
         raise InvalidSchedule(f"Invalid schedule: {field}: {messages[0]}", details=problems)
@@ -80,9 +99,10 @@ def schedule_create(*, actor: str, selection: TargetSelection | None = None, **v
     django-q2 schedule."""
     schedule = MigrationSchedule(created_by=actor)
     model_update(schedule, fields=EDITABLE, changes=values)
-    _select(schedule, selection or TargetSelection())
+    selection = selection or TargetSelection()
+    _select(schedule, selection)
     schedule.cron_expression = schedule.cron_expression or ""
-    _validate(schedule)
+    _validate(schedule, selection)
     if MigrationSchedule.objects.filter(name=schedule.name).exists():
         raise InvalidSchedule(f"A schedule named {schedule.name!r} exists.", details={"name": [schedule.name]})
     with transaction.atomic():
@@ -101,7 +121,7 @@ def schedule_update(
     model_update(schedule, fields=EDITABLE, changes=changes)
     if selection is not None:
         _select(schedule, selection)
-    _validate(schedule)
+    _validate(schedule, selection)
     with transaction.atomic():
         schedule.save()
         _sync(schedule)

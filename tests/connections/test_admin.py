@@ -1,6 +1,7 @@
 """The registry's admin pages: write-only password, health badge, test action and button, soft delete."""
 
 import re
+import secrets
 
 import pytest
 from django.urls import reverse
@@ -8,7 +9,7 @@ from django.urls import reverse
 from connections import services
 from connections.models import DatabaseConnection
 from migrations_runner.models import MigrationExecution, TargetRun
-from tests.conftest import REGISTRY_PASSWORD
+from tests.conftest import REGISTRY_PASSWORD, debug_page
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -32,6 +33,9 @@ def admin_as(client, make_user):
 @pytest.fixture
 def stored(pg):
     return services.connection_create(actor="setup", **pg.connection_values(name="primary"))
+
+
+TYPED = "Typed-" + secrets.token_hex(6)  # made here, so that no source line shown in a report holds it
 
 
 def form_data(pg, **overrides) -> dict:
@@ -205,3 +209,26 @@ def test_tenant_admin_rejects_an_injection_schema(admin_as, stored):
     assert "not a valid identifier" in response.content.decode()
     data["schema_name"] = "tenant_acme"
     assert client.post(add, data).status_code == 302
+
+
+def test_adding_a_taken_name_is_a_form_error_that_stores_nothing_and_hides_the_password(admin_as, stored, pg, settings):
+    settings.DEBUG = True
+    response = admin_as("databases:manage").post(ADD, form_data(pg, name="primary", password=TYPED))
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["name"] == ["A connection named 'primary' already exists."]
+    assert TYPED not in response.content.decode()
+    assert DatabaseConnection.all_objects.count() == 1
+    page = debug_page(response.wsgi_request)
+    assert "a failure while serving the request" in page
+    assert TYPED not in page
+
+
+def test_renaming_to_a_taken_name_is_a_form_error_that_changes_nothing(admin_as, stored, pg, settings):
+    settings.DEBUG = True
+    other = services.connection_create(actor="setup", verify=False, **pg.connection_values(name="other"))
+    response = admin_as("databases:manage").post(change_url(other), form_data(pg, name="primary", password=TYPED))
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["name"] == ["A connection named 'primary' already exists."]
+    other.refresh_from_db()
+    assert other.name == "other"
+    assert TYPED not in debug_page(response.wsgi_request)

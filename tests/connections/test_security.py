@@ -7,6 +7,7 @@ for a password (cleartext or md5) and records what the client sends back.
 from __future__ import annotations
 
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -23,7 +24,7 @@ from connections import services
 from connections.models import DatabaseConnection
 from connections.probe import NOT_POSTGRES_MESSAGE, ConnectionParams, HostNotAllowed, ProbeCause
 from infra_site.errors import ValidationFailed
-from tests.conftest import REGISTRY_PASSWORD
+from tests.conftest import REGISTRY_PASSWORD, debug_page
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -408,3 +409,13 @@ def test_a_reader_is_not_offered_the_bulk_test_action(client, make_user, stored,
 def test_a_manager_is_offered_the_bulk_test_action(client, make_user, stored):
     client.force_login(make_user("databases:manage"))
     assert "test_selected" in client.get(reverse("admin:connections_databaseconnection_changelist")).content.decode()
+
+
+def test_the_debug_page_of_the_connection_api_does_not_show_a_password_sent_as_a_form(manager, pg, settings):
+    settings.DEBUG = True
+    typed = "Typed-" + secrets.token_hex(6)  # made here, so that no source line shown in a report holds it
+    response = manager.post(URL, pg.connection_values(name="Not A Name", password=typed), format="multipart")
+    assert response.status_code == 400
+    page = debug_page(response.wsgi_request)
+    assert "a failure while serving the request" in page
+    assert typed not in page

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.db import connection as control
+from django.db.migrations.recorder import MigrationRecorder
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -69,6 +70,26 @@ def test_a_recent_check_run_by_a_worker_makes_the_task_queue_healthy(anonymous):
     assert body["overall_status"] == "healthy"
     CheckRun.objects.update(finished_at=now - probes.worker_seen_within() - timedelta(seconds=1))
     assert not service(anonymous.get("/health/detailed").json(), "task_queue")["is_healthy"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_control_database_behind_the_code_is_unhealthy_and_says_to_migrate(anonymous, api_as):
+    recorder = MigrationRecorder(control)
+    app, name = sorted(probes._shipped_migrations())[0]
+    recorder.record_unapplied(app, name)
+    try:
+        reader = api_as("databases:read")
+        response = anonymous.get("/health/detailed")
+        private = reader.get("/health/detailed")
+    finally:
+        recorder.record_applied(app, name)
+    assert response.status_code == private.status_code == 503
+    assert response.json()["error"] == "control_database_unavailable"
+    database = service(private.json()["details"], "control_database")
+    assert not database["is_healthy"]
+    assert f"not migrated (behind: {app})" in database["details"]["error"]
+    assert "manage.py migrate" in database["details"]["error"]
+    assert anonymous.get("/health/detailed").status_code == 200
 
 
 def test_a_stopped_database_makes_its_connection_unhealthy_and_the_system_degraded(api_as, own_server, pg, settings):

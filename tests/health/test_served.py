@@ -128,3 +128,23 @@ def test_the_task_queue_on_redis_counts_live_clusters_and_the_broker_follows_red
         if cluster is not None:
             cluster.stop()
         redis.stop()
+
+
+def test_a_control_database_that_is_not_migrated_answers_503_until_it_is(tmp_path, serve):
+    control = tmp_path / "control.sqlite3"
+    control.touch()
+    served = serve(child_env(ADMIN_DATABASE_URL=f"sqlite:///{control}")).start()
+    for path in ("/health/detailed", "/health/metrics", "/health/services/connection:primary"):
+        response = served.get(path)
+        assert response.status_code == 503, (path, response.text, served.output()[-3000:])
+        body = response.json()
+        assert set(body) == {"error", "message", "details"}
+        assert body["error"] == "control_database_unavailable"
+    details = served.get("/health/detailed").json()["details"]
+    assert not service(details, "control_database")["is_healthy"]
+    assert served.get("/health/").status_code == 200
+    migrate = served.manage("migrate", "--noinput")
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    migrated = served.get("/health/detailed")
+    assert migrated.status_code == 200, migrated.text
+    assert service(migrated.json(), "control_database")["is_healthy"]

@@ -1,14 +1,20 @@
-"""The API's exception handler: every error, whatever raised it, answers ``{"error", "message", "details"}``."""
+"""The API's exception handler: every error, whatever raised it, answers ``{"error", "message", "details"}``; error
+reports never show a password."""
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation, TooManyFieldsSent
 from django.http import Http404
 from django.http.multipartparser import MultiPartParserError
+from django.urls import reverse
 from rest_framework import exceptions
 
 from infra_site.errors import api_exception_handler
+from tests.conftest import debug_page
 
 
 def handle(exc: Exception):
@@ -104,3 +110,38 @@ def test_an_unexpected_error_is_logged_and_answered_without_its_text(caplog):
     assert response.data["error"] == "internal_error"
     assert "secret internals" not in str(response.data)
     assert "unhandled error in API view" in caplog.text
+
+
+TYPED = "Typed-" + secrets.token_hex(6)  # made here, so that no source line shown in a report holds it
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "form"),
+    [
+        (lambda user: reverse("infra-admin-login"), {"username": "someone", "password": TYPED}),
+        (
+            lambda user: reverse("admin:password_change"),
+            {"old_password": TYPED, "new_password1": TYPED, "new_password2": TYPED},
+        ),
+        (
+            lambda user: reverse("admin:auth_user_add"),
+            {"username": "new-user", "password1": TYPED, "password2": TYPED, "usable_password": "true"},
+        ),
+        (
+            lambda user: reverse("admin:auth_user_password_change", args=[user.pk]),
+            {"password1": TYPED, "password2": TYPED, "usable_password": "true"},
+        ),
+    ],
+    ids=["login", "own password", "user add", "user password"],
+)
+def test_the_debug_page_of_a_view_that_takes_a_password_does_not_show_it(client, settings, url, form):
+    settings.DEBUG = True
+    user = User.objects.create_superuser("root", password="pw-for-tests")
+    if "login" not in url(user):
+        client.force_login(user)
+    response = client.post(url(user), form)
+    assert response.status_code in (200, 302)
+    page = debug_page(response.wsgi_request)
+    assert "a failure while serving the request" in page
+    assert TYPED not in page

@@ -101,6 +101,31 @@ def drop_fleet(fleet: Fleet) -> None:
 
 
 @pytest.fixture
+def registered(db, settings) -> dict[str, DatabaseConnection]:
+    """Registry rows only (nothing to connect to), beside any fleet's: listed-eu (eu-west) with tenant acme,
+    listed-us (us-east)."""
+    settings.CONNECTION_ALLOWED_HOSTS = ["127.0.0.1"]
+    connections = {
+        name: registry.connection_create(
+            actor="test",
+            verify=False,
+            name=name,
+            database_type="shared",
+            region=region,
+            host="127.0.0.1",
+            port=5432,
+            database_name=name.replace("-", "_"),
+            username="nobody",
+            password="unused",
+            ssl_mode="disable",
+        )
+        for name, region in (("listed-eu", "eu-west"), ("listed-us", "us-east"))
+    }
+    registry.tenant_create(slug="acme", name="Acme", connection=connections["listed-eu"], actor="test")
+    return connections
+
+
+@pytest.fixture
 def queue_here(settings):
     """Executions go to the queue (no worker): a test runs the queued lanes in its own thread, and the lanes'
     target connections are closed after it."""

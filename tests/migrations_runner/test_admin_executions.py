@@ -263,3 +263,14 @@ def test_waves_run_from_the_form_show_as_segments_and_continue_from_the_progress
     assert LogEntry.objects.filter(object_id=str(execution.pk), change_message="Next wave approved").exists()
     again = client.get(url("abort", execution)).content.decode()
     assert 'id="not-waiting"' in again
+
+
+@pytest.mark.parametrize("value", ["abc", "99999999999999999999999", "1.5"])
+def test_a_value_that_is_no_tenant_id_is_a_form_error_in_preview_and_confirm(admin_as, value):
+    client = admin_as("migrations:execute")
+    form = {"scope": "tenant", "tenants": [value], "on_failure": "continue", "batch_size": 4}
+    for response in (client.get(PREVIEW, form), client.post(CONFIRM, {**form, "fingerprint": "forged"})):
+        assert response.status_code == 400
+        assert "not a tenant id" in response.context["form"].errors["tenants"][0]
+        assert "not a tenant id" in response.content.decode()
+    assert not MigrationExecution.objects.exists()

@@ -17,7 +17,7 @@ from migrations_runner.models import MigrationExecution, MigrationSchedule, Orig
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.schedules import FIRE_TASK
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("registered")]
 
 CHANGELIST = reverse("admin:migrations_runner_migrationschedule_changelist")
 ADD = reverse("admin:migrations_runner_migrationschedule_add")
@@ -128,6 +128,25 @@ def test_an_invalid_cron_expression_is_refused_with_the_reason(admin_as):
     assert response.status_code == 200
     html = response.content.decode()
     assert "is not a valid cron expression" in html
+    assert not MigrationSchedule.objects.exists()
+    assert not fire_schedules().exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("cron_expression", "0 0 30 2 *", "&#x27;0 0 30 2 *&#x27; never fires: no date matches it."),
+        ("cron_expression", "*/5 * * * * *", "has 6 fields; give 5: minute hour day month weekday."),
+        ("regions", "eu-west, mars-north", "No connection is in region &#x27;mars-north&#x27;."),
+        ("connections", "nowhere", "No connection named &#x27;nowhere&#x27;."),
+        ("tenants", "acme, ghost", "No tenant with slug &#x27;ghost&#x27;."),
+    ],
+)
+def test_the_services_refusals_are_errors_of_their_field(admin_as, field, value, error):
+    response = admin_as(roles.MIGRATIONS_MANAGE).post(ADD, form_data(**{field: value}))
+    assert response.status_code == 200
+    assert list(response.context["adminform"].form.errors) == [field]
+    assert error in response.content.decode()
     assert not MigrationSchedule.objects.exists()
     assert not fire_schedules().exists()
 

@@ -1,8 +1,10 @@
 """The /api/v1/migrations/ endpoints."""
 
 import pytest
+from django_q.models import Schedule
 
-from migrations_runner.models import MigrationExecution
+from migrations_runner.models import MigrationExecution, MigrationSchedule
+from migrations_runner.services.schedules import FIRE_TASK
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -116,7 +118,7 @@ def test_retry_endpoint_reruns_only_the_failed_targets(small_fleet, executor):
     assert executor.post(f"{BASE}{body['id']}/retry/").status_code == 409
 
 
-def test_schedules_crud_and_validation(api_as):
+def test_schedules_crud_and_validation(api_as, registered):
     manager = api_as("migrations:manage")
     bad = manager.post("/api/v1/schedules/", {"name": "x", "cron_expression": "every noon"}, format="json")
     assert bad.status_code == 400
@@ -151,3 +153,40 @@ def test_provision_and_migrate_one_tenant(small_fleet, api_as):
     assert migrate.status_code == 202
     assert migrate.json()["scope"] == "single"
     assert manager.post("/api/v1/tenants/nobody/migrate/").status_code == 404
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *", "0 0 1 1 0#5", "*/10 * * * * *", "0 3 * * * 2030"])
+def test_a_cron_expression_that_never_fires_or_has_six_fields_is_refused(api_as, cron):
+    response = api_as("migrations:manage").post(
+        "/api/v1/schedules/", {"name": "bad", "cron_expression": cron}, format="json"
+    )
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert set(body) == {"error", "message", "details"}
+    assert list(body["details"]) == ["cron_expression"]
+    assert not MigrationSchedule.objects.exists()
+    assert not Schedule.objects.filter(func=FIRE_TASK).exists()
+
+
+def test_a_schedule_naming_what_the_registry_does_not_hold_is_refused(api_as, registered):
+    client = api_as("migrations:manage")
+    known = {"regions": ["eu-west"], "connections": ["listed-eu"], "tenants": ["acme"]}
+    body = {"name": "ghosts", "scope": "tenant", "cron_expression": "0 3 * * *"}
+    unknown = {"regions": "mars-north", "connections": "nowhere", "tenants": "ghost"}
+    filters = {name: [*values, unknown[name]] for name, values in known.items()}
+    response = client.post("/api/v1/schedules/", {**body, "filters": filters}, format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["details"] == {
+        "regions": ["No connection is in region 'mars-north'."],
+        "connections": ["No connection named 'nowhere'."],
+        "tenants": ["No tenant with slug 'ghost'."],
+    }
+    assert not MigrationSchedule.objects.exists()
+    created = client.post("/api/v1/schedules/", {**body, "filters": known}, format="json")
+    assert created.status_code == 201, created.content
+    changed = client.patch(
+        f"/api/v1/schedules/{created.json()['id']}/", {"filters": {"tenants": ["gone"]}}, format="json"
+    )
+    assert changed.status_code == 400
+    assert changed.json()["details"] == {"tenants": ["No tenant with slug 'gone'."]}
+    assert MigrationSchedule.objects.get().filters == known

@@ -58,12 +58,12 @@ def test_provisioning_needs_both_roles(small_fleet, api_as, settings, roles, exp
         assert response.json()["details"]["required_role"] in ("databases:manage", "migrations:execute")
 
 
-def test_a_schedule_keeps_every_field(api_as):
+def test_a_schedule_keeps_every_field(api_as, registered):
     client = api_as("migrations:manage")
     payload = {
         "name": "tenants-nightly",
         "scope": "tenant",
-        "filters": {"regions": ["eu-west"], "connections": ["shared-eu"], "tenants": ["acme"]},
+        "filters": {"regions": ["eu-west"], "connections": ["listed-eu"], "tenants": ["acme"]},
         "dry_run": True,
         "on_failure": "halt",
         "batch_size": 7,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection as control
 
+from connections.models import Tenant
 from infra_site import roles
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSelection, NoTargets
 from migrations_runner.models import MigrationExecution, MigrationSchedule
-from migrations_runner.selection import TargetSelection
+from migrations_runner.selection import MAX_FILTER_VALUES, TargetSelection
 
 
 def test_filters_keep_their_order_without_repeats_and_a_bare_string_is_one_value():
@@ -39,6 +43,48 @@ def test_an_invalid_selection_names_the_field(values, field):
     assert refused.value.status_code == 400
     assert list(refused.value.details) == [field]
     assert field in refused.value.message
+
+
+@pytest.mark.parametrize("field", ["regions", "connections", "tenants"])
+def test_each_filter_takes_a_bounded_number_of_values_and_the_refusal_names_it(field):
+    bound = MAX_FILTER_VALUES[field]
+    assert len(getattr(TargetSelection(**{field: [f"v{n}" for n in range(bound)]}), field)) == bound
+    with pytest.raises(InvalidSelection) as refused:
+        TargetSelection(**{field: [f"v{n}" for n in range(bound + 1)]})
+    assert refused.value.code == "invalid_selection"
+    assert refused.value.details == {field: [f"At most {bound} {field} may be named; got {bound + 1}."]}
+
+
+@pytest.fixture
+def classic_sqlite_limit(db):
+    """The control database takes at most 999 parameters per query, as SQLite builds did before 3.32."""
+    if control.vendor != "sqlite":
+        pytest.skip("the limit is SQLite's")
+    control.ensure_connection()
+    limit = sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER
+    before = control.connection.setlimit(limit, 999)
+    yield
+    control.connection.setlimit(limit, before)
+
+
+def test_a_selection_at_every_bound_resolves_under_the_classic_sqlite_limit(registered, classic_sqlite_limit):
+    listed = registered["listed-eu"]
+    slugs = [f"t{n:05d}" for n in range(MAX_FILTER_VALUES["tenants"])]
+    Tenant.objects.bulk_create(
+        Tenant(slug=slug, name=slug, connection=listed, schema_name=f"tenant_{slug}") for slug in slugs
+    )
+    selection = TargetSelection(
+        scope="tenant",
+        regions=["eu-west", *(f"r{n}" for n in range(MAX_FILTER_VALUES["regions"] - 1))],
+        connections=["listed-eu", *(f"c{n}" for n in range(MAX_FILTER_VALUES["connections"] - 1))],
+        tenants=list(reversed(slugs)),
+    )
+    targets = selectors.targets_resolve(selection)
+    assert [t.tenant_slug for t in targets] == slugs
+    assert selectors.selection_unknown(selection) == {
+        "regions": [f"No connection is in region 'r{n}'." for n in range(MAX_FILTER_VALUES["regions"] - 1)],
+        "connections": [f"No connection named 'c{n}'." for n in range(MAX_FILTER_VALUES["connections"] - 1)],
+    }
 
 
 def test_the_stored_form_round_trips_and_ignores_other_keys():
@@ -109,7 +155,22 @@ def test_the_api_refuses_an_invalid_selection_with_the_field_named(api_as):
 
 
 @pytest.mark.django_db
-def test_a_partial_schedule_update_keeps_the_half_it_does_not_send(api_as):
+def test_the_api_refuses_more_tenants_than_the_bound_naming_the_field(api_as):
+    client = api_as(roles.MIGRATIONS_READ, roles.MIGRATIONS_EXECUTE)
+    slugs = [f"t{n:06d}" for n in range(260_000)]
+    for path in ("/api/v1/migrations/dynamic/plan/", "/api/v1/migrations/execute/"):
+        response = client.post(path, {"scope": "tenant", "tenants": slugs}, format="json")
+        assert response.status_code == 400, path
+        body = response.json()
+        assert set(body) == {"error", "message", "details"}
+        assert body["details"] == {
+            "tenants": [f"At most {MAX_FILTER_VALUES['tenants']} tenants may be named; got 260000."]
+        }
+    assert not MigrationExecution.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_partial_schedule_update_keeps_the_half_it_does_not_send(api_as, registered):
     client = api_as(roles.MIGRATIONS_READ, roles.MIGRATIONS_MANAGE)
     body = {"name": "eu", "scope": "tenant", "filters": {"regions": ["eu-west"]}, "cron_expression": "0 3 * * *"}
     created = client.post("/api/v1/schedules/", body, format="json").json()
