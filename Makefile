@@ -80,3 +80,4 @@ bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/api_latency.py
 	$(BIN)/python bench/auth_overhead.py
 	$(BIN)/python bench/admin_render.py
+	$(BIN)/python bench/app_stall.py
