@@ -119,6 +119,8 @@ class TargetOutcome:
     applied: list[AppliedVersion] = field(default_factory=list)
     attempts: int = 0
     error: TargetError | None = None
+    # Whether a statement ever ran on the target's database: a target never reached changed nothing there.
+    reached: bool = False
 
 
 @dataclass
@@ -406,6 +408,7 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
         try:
             conn = source.get()
             _lock(conn, spec.schema, options)
+            outcome.reached = True
             try:
                 state = history.read_states(conn, [spec.schema])[spec.schema]
                 if not state_read:
