@@ -675,15 +675,19 @@ def _wait_for_servers(execution: MigrationExecution) -> None:
     for server in set(pending.values_list("server", flat=True).distinct()):
         mark = marks[server]
         waited = time.time() - mark["since"]
-        if waited >= settings.MIGRATION_FLEET_DB_WAIT:
-            _fail_unreachable(execution, server, f"database server unreachable for {waited:.0f} s: {mark['error']}")
-            continue
         probe = pending.filter(server=server).select_related("connection").first()
         if probe is not None and _reachable(probe):
-            current = _unreachable()
-            if current.pop(server, None) is not None:
-                _store_unreachable(current)
-                logger.info("database server reachable again", extra={"server": server, "waited_s": round(waited)})
+            _lift(server)
+            logger.info("database server reachable again", extra={"server": server, "waited_s": round(waited)})
+        elif waited >= settings.MIGRATION_FLEET_DB_WAIT:
+            _fail_unreachable(execution, server, f"database server unreachable for {waited:.0f} s: {mark['error']}")
+            _lift(server)  # the next execution's targets try it again (and wait again) rather than fail untried
+
+
+def _lift(server: str) -> None:
+    marks = _unreachable()
+    if marks.pop(server, None) is not None:
+        _store_unreachable(marks)
 
 
 def _fail_unreachable(execution: MigrationExecution, server: str, message: str) -> None:

@@ -11,6 +11,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from django.db import connections as django_connections
 from django.utils import timezone
@@ -200,3 +201,13 @@ def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fl
         assert not probes.system_health(only=probes.TASK_QUEUE).services[0].is_healthy
     finally:
         runner._Leases.release(run.pk)
+
+
+def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(small_fleet, settings):
+    settings.MIGRATION_FLEET_DB_WAIT = 1
+    execution = services.execution_start(selection=US_TENANTS, executed_by="test", run=False)
+    server = execution.targets.values_list("server", flat=True).first()
+    cache.set(runner.UNREACHABLE_KEY, {server: {"since": time.time() - 600, "error": "connection refused"}})
+    execution = services.execution_run(execution=execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert runner._unreachable() == {}
