@@ -303,10 +303,11 @@ def _task_queue(redis: ServiceHealth | None) -> _Outcome:
 
     now = timezone.now()
     last_run = CheckRun.objects.order_by("-finished_at").values_list("finished_at", flat=True).first()
+    beat = selectors.last_lane_heartbeat()
     details: dict[str, Any] = {
         "broker": "redis" if _redis_url() else "orm",
         "clusters_alive": None,
-        "last_worker_activity": last_run,
+        "last_worker_activity": max((t for t in (last_run, beat) if t is not None), default=None),
         "failures_last_hour": Failure.objects.filter(stopped__gte=now - timedelta(hours=1)).count(),
     }
     if redis is not None:
@@ -316,7 +317,10 @@ def _task_queue(redis: ServiceHealth | None) -> _Outcome:
         working = redis.details["clusters_alive"] > 0
     else:
         details.update(_orm_queue_state())
-        working = last_run is not None and now - last_run <= worker_seen_within()
+        lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+        working = (last_run is not None and now - last_run <= worker_seen_within()) or (
+            beat is not None and now - beat <= lease
+        )
     oldest = details["oldest_queued_age_seconds"]
     if not working:
         details["error"] = "no queue worker seen at work: start `manage.py qcluster`"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 import psutil
@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from connections.models import DatabaseConnection
 from health.models import CheckRun, ConnectionSnapshot
-from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, TargetRun
+from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, TargetRun, TargetStatus
 
 # Upper bounds (seconds) of the duration histograms.
 EXECUTION_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0)
@@ -165,6 +165,13 @@ def queue_depth() -> int | None:
         return None
     finally:
         client.close()
+
+
+def last_lane_heartbeat() -> datetime | None:
+    """The newest lease renewal of a running target run: a lane at work says a queue worker is alive, even when
+    lanes keep the periodic check waiting in the queue."""
+    running = TargetRun.objects.filter(status=TargetStatus.RUNNING, heartbeat_at__isnull=False)
+    return running.order_by("-heartbeat_at").values_list("heartbeat_at", flat=True).first()
 
 
 def last_check_run() -> CheckRun | None:

@@ -179,6 +179,8 @@ MIGRATION_LANE_SECONDS = env.float("MIGRATION_LANE_SECONDS", default=10.0)
 MIGRATION_WORKER_WAIT = env.float("MIGRATION_WORKER_WAIT", default=120.0)
 # How long a lane keeps trying to reach an unreachable control database (to record a target it applied).
 MIGRATION_CONTROL_DB_WAIT = env.float("MIGRATION_CONTROL_DB_WAIT", default=120.0)
+# How long the targets of an unreachable database server wait (not claimed, not failed) for it to answer again.
+MIGRATION_FLEET_DB_WAIT = env.float("MIGRATION_FLEET_DB_WAIT", default=30.0)
 # Record each target's schema fingerprint after a successful run (one catalog query on the lane's connection).
 MIGRATION_FINGERPRINT_AFTER_RUN = env.bool("MIGRATION_FINGERPRINT_AFTER_RUN", default=True)
 

@@ -126,6 +126,8 @@ class TargetOutcome:
     lock_attempts: int = 0  # lock waits of this target run so far (earlier claims included)
     lock_wait: str = ""  # the latest: who held the lock
     retry_after_s: float | None = None  # a deferred outcome: try again after this long
+    # Whether a statement ever ran on the target's database: a target never reached changed nothing there.
+    reached: bool = False
 
 
 @dataclass
@@ -471,6 +473,7 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
         try:
             conn = source.get()
             _lock(conn, spec.schema, options)
+            outcome.reached = True
             try:
                 state = history.read_states(conn, [spec.schema])[spec.schema]
                 if not state_read:

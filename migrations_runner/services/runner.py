@@ -15,9 +15,18 @@ or by threads of the calling process (``ThreadHost``: ``--sync``, provisioning,
 tests). Both run ``lane_work``; only spawning differs.
 
 A lane that dies leaves its target run ``running`` with a lease that stops
-being renewed; ``targets_recover_lost`` fails it ("worker lost", with what the
-target's history shows it applied) and, when an execution has work but no lane
-at work, spawns lanes again.
+being renewed; it is failed as lost ("worker lost", with what the target's
+history shows it applied) by any lane that waits for a slot (the lost runs may
+hold the slots it waits for) and by ``targets_recover_lost``, which also spawns
+lanes again when an execution has work but no lane. A queued lane that waits
+for a slot hands over to a successor task after ``MIGRATION_LANE_SECONDS``,
+so it never keeps a worker (and the recovery task behind it) waiting for long.
+
+A target whose database server cannot be reached before anything ran on it
+goes back to pending, and the server is marked unreachable (in the shared
+cache): lanes claim no target of that server until a probe reaches it again,
+and fail its pending targets once it stayed unreachable for
+``MIGRATION_FLEET_DB_WAIT`` seconds.
 """
 
 from __future__ import annotations
@@ -35,9 +44,10 @@ from typing import Any, TypeVar
 
 import psycopg
 from django.conf import settings
+from django.core.cache import cache
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db import connection as control_db
-from django.db.models import F, Min
+from django.db.models import F, Min, QuerySet
 from django.utils import timezone
 from psycopg import sql
 
@@ -63,7 +73,12 @@ T = TypeVar("T")
 LANE_TASK = "migrations_runner.tasks.run_lane"
 _CLAIM_LOCK = 0x1F0C  # PostgreSQL control database: claims are serialized so the caps hold exactly
 CAP_WAIT_MAX_S = 1.0  # longest pause of a lane waiting for a database server under its cap
-ACTIVE_TOUCH_S = 5.0  # how often a waiting lane shows it is alive
+LANE_WAITING_S = 5.0  # how often a lane waiting for a slot or a server says so (a cache entry, not progress)
+UNREACHABLE_KEY = "migrations:fleet-unreachable"  # {server: {"since": epoch seconds, "error": str}}
+PROBE_TIMEOUT_S = 2
+# A run given back this often fails instead: a server that answers probes but never this target's connection
+# (a database that does not exist) must not keep it going round.
+GIVE_BACKS_MAX = 3
 
 CONTROL_RETRY_MAX_S = 5.0  # longest pause between attempts to reach the control database again
 
@@ -74,6 +89,15 @@ COUNTER_OF: dict[str, str] = {
     TargetStatus.CANCELLED: "targets_cancelled",
 }
 OUTCOME_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error", "completed_at", "duration_ms"]
+# A claimed run given back: the fields its claim set, as they were (its outcome was never written); its
+# attempts count the give-backs until a real outcome is recorded.
+PENDING_FIELDS: dict[str, Any] = {
+    "status": TargetStatus.PENDING,
+    "worker": "",
+    "started_at": None,
+    "heartbeat_at": None,
+    "attempts": F("attempts") + 1,
+}
 
 
 def worker_name() -> str:
@@ -268,14 +292,16 @@ def _table(model) -> str:
     return control_db.ops.quote_name(model._meta.db_table)
 
 
-def _claim(execution: MigrationExecution, me: str) -> int | None:
-    """Claim the next pending run of the execution's current phase within both caps: its id, or None when none
-    can be. The caller's transaction holds the claim lock until it commits: keep what follows it short."""
+def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> int | None:
+    """Claim the next pending run of the execution's current phase within both caps and on none of the ``skip``
+    servers: its id, or None when none can be. The caller's transaction holds the claim lock until it commits:
+    keep what follows it short."""
     runs, executions = _table(TargetRun), _table(MigrationExecution)
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
     now = control_db.ops.adapt_datetimefield_value(timezone.now())
     lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+    unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * len(skip))})" if skip else ""
     statement = f"""
         UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
         WHERE id = (
@@ -286,6 +312,7 @@ def _claim(execution: MigrationExecution, me: str) -> int | None:
               AND c.server NOT IN (
                   SELECT r.server FROM {runs} r WHERE r.status = %s GROUP BY r.server HAVING count(*) >= %s
               )
+              {unreachable}
             ORDER BY c.id LIMIT 1{lock}
         )
         RETURNING id
@@ -303,6 +330,7 @@ def _claim(execution: MigrationExecution, me: str) -> int | None:
         execution.batch_size,
         TargetStatus.RUNNING,
         settings.MIGRATION_MAX_PER_DATABASE,
+        *skip,
     ]
     with control_db.cursor() as cursor:
         if control_db.vendor == "postgresql":
@@ -339,8 +367,13 @@ def _close_pending(execution_id, status: str, reason: str) -> int:
     return n
 
 
-def _record(run: TargetRun, execution: MigrationExecution, me: str) -> None:
-    """Write a run's outcome and the execution's counters (one transaction, the caller's)."""
+def _record(run: TargetRun, execution: MigrationExecution, me: str, *, give_back: bool = False) -> None:
+    """Write a run's outcome and the execution's counters (one transaction, the caller's); with ``give_back``
+    (its database server was never reached) the run goes back to pending instead."""
+    if give_back:
+        TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(**PENDING_FIELDS)
+        _Leases.release(run.pk)
+        return
     recorded = TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(
         **{name: getattr(run, name) for name in OUTCOME_FIELDS}
     )
@@ -542,8 +575,13 @@ def _close_sources() -> None:
         source.close()
 
 
-def _apply(run: TargetRun, execution: MigrationExecution) -> None:
-    """Apply one claimed target run and put the outcome on it (not saved); never raises."""
+def _apply(run: TargetRun, execution: MigrationExecution) -> bool:
+    """Apply one claimed target run and put the outcome on it (not saved); never raises.
+
+    Returns True when the run failed to connect to its database server and ran nothing there: it is to be given
+    back (the server is unreachable), not failed, unless it was given back ``GIVE_BACKS_MAX`` times already.
+    """
+    given_back = run.attempts
     try:
         sets = selectors.sets_load(types={run.database_type})
         outcome = target_run_apply(
@@ -555,6 +593,8 @@ def _apply(run: TargetRun, execution: MigrationExecution) -> None:
     apply_outcome(run, outcome)
     if run.status == TargetStatus.SUCCEEDED and settings.MIGRATION_FINGERPRINT_AFTER_RUN:
         _fingerprints().add(run=run, source=_source_for(run))  # never raises
+    kind = outcome.error.kind if outcome.error is not None else ""
+    return outcome.status == "failed" and not outcome.reached and kind == "connection" and given_back < GIVE_BACKS_MAX
 
 
 def _wait_state(execution: MigrationExecution) -> str:
@@ -572,16 +612,121 @@ def _wait_state(execution: MigrationExecution) -> str:
     return "capped"  # a database server is at MIGRATION_MAX_PER_DATABASE: wait for a slot
 
 
+# --- waiting: lanes and unreachable database servers -------------------------------------------------------------
+
+
+def _waiting_key(execution_id) -> str:
+    return f"migrations:lane-waiting:{execution_id}"
+
+
+def _say_waiting(execution_id) -> None:
+    """Say (for ``MIGRATION_LEASE_SECONDS``) that a lane of the execution is alive and waits for a slot."""
+    cache.set(_waiting_key(execution_id), time.time(), timeout=settings.MIGRATION_LEASE_SECONDS)
+
+
+def lane_waiting(execution_id) -> bool:
+    """Whether a lane of the execution said lately that it waits (for a database slot or server)."""
+    return cache.get(_waiting_key(execution_id)) is not None
+
+
+def _unreachable() -> dict[str, dict[str, Any]]:
+    """The database servers marked unreachable: {server: {"since": epoch seconds, "error": message}}."""
+    return cache.get(UNREACHABLE_KEY) or {}
+
+
+def _store_unreachable(marks: dict[str, dict[str, Any]]) -> None:
+    if marks:
+        cache.set(UNREACHABLE_KEY, marks, timeout=settings.MIGRATION_FLEET_DB_WAIT + 300)
+    else:
+        cache.delete(UNREACHABLE_KEY)
+
+
+def _mark_unreachable(run: TargetRun) -> None:
+    """Lanes stop claiming the targets of ``run``'s server (which it could not reach) until a probe reaches it."""
+    marks = _unreachable()
+    if run.server in marks:
+        return
+    error = (run.error or {}).get("message", "")[:300]
+    marks[run.server] = {"since": time.time(), "error": error}
+    _store_unreachable(marks)
+    logger.warning(
+        "database server unreachable: its targets wait",
+        extra={"server": run.server, "target": run.label, "wait_s": settings.MIGRATION_FLEET_DB_WAIT},
+    )
+
+
+def _reachable(run: TargetRun) -> bool:
+    """One connection attempt to ``run``'s database, closed at once."""
+    params = connection_params(run.connection)
+    try:
+        with psycopg.connect(**params.kwargs(connect_timeout=min(PROBE_TIMEOUT_S, params.connect_timeout))):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _wait_for_servers(execution: MigrationExecution) -> None:
+    """For each unreachable server holding pending runs of the execution: probe it (and lift its mark when it
+    answers), or fail those runs once it stayed unreachable for ``MIGRATION_FLEET_DB_WAIT`` seconds."""
+    marks = _unreachable()
+    if not marks:
+        return
+    pending = TargetRun.objects.filter(execution_id=execution.pk, status=TargetStatus.PENDING, server__in=list(marks))
+    for server in set(pending.values_list("server", flat=True).distinct()):
+        mark = marks[server]
+        waited = time.time() - mark["since"]
+        probe = pending.filter(server=server).select_related("connection").first()
+        if probe is not None and _reachable(probe):
+            _lift(server)
+            logger.info("database server reachable again", extra={"server": server, "waited_s": round(waited)})
+        elif waited >= settings.MIGRATION_FLEET_DB_WAIT:
+            _fail_unreachable(execution, server, f"database server unreachable for {waited:.0f} s: {mark['error']}")
+            _lift(server)  # the next execution's targets try it again (and wait again) rather than fail untried
+
+
+def _lift(server: str) -> None:
+    marks = _unreachable()
+    if marks.pop(server, None) is not None:
+        _store_unreachable(marks)
+
+
+def _fail_unreachable(execution: MigrationExecution, server: str, message: str) -> None:
+    """Fail the execution's pending runs on ``server`` with ``message`` (kind ``connection``)."""
+    now = timezone.now()
+    with transaction.atomic():
+        runs = list(
+            TargetRun.objects.select_related("connection", "execution").filter(
+                execution_id=execution.pk, status=TargetStatus.PENDING, server=server
+            )
+        )
+        failed = TargetRun.objects.filter(pk__in=[run.pk for run in runs], status=TargetStatus.PENDING).update(
+            status=TargetStatus.FAILED, completed_at=now, error={"kind": "connection", "message": message}
+        )
+        if not failed:
+            return
+        _count(execution.pk, TargetStatus.FAILED, failed, active_at=now)
+        for run in {run.wave: run for run in runs}.values():  # one per wave: its failure budget is checked once
+            _after_failure(run, run.execution)
+    logger.error(
+        "targets failed: their database server stayed unreachable",
+        extra={"execution": str(execution.pk), "server": server, "targets": failed},
+    )
+
+
 def _claim_id(execution: MigrationExecution, me: str) -> int | None:
+    skip = list(_unreachable())
     with transaction.atomic():
-        return _claim(execution, me)
+        return _claim(execution, me, skip)
 
 
-def _record_and_claim_id(run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool) -> int | None:
+def _record_and_claim_id(
+    run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: bool
+) -> int | None:
     """Record ``run``'s outcome and claim the next run in one transaction; the id of the claimed run."""
+    skip = list(_unreachable()) if claim else []
     with transaction.atomic():
-        _record(run, execution, me)
-        return _claim(execution, me) if claim else None
+        _record(run, execution, me, give_back=give_back)
+        return _claim(execution, me, skip) if claim else None
 
 
 def _claim_atomic(execution: MigrationExecution, me: str) -> TargetRun | None:
@@ -590,9 +735,11 @@ def _claim_atomic(execution: MigrationExecution, me: str) -> TargetRun | None:
     return _control(lambda: _claimed(run_id, execution))
 
 
-def _record_and_claim(run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool) -> TargetRun | None:
+def _record_and_claim(
+    run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: bool = False
+) -> TargetRun | None:
     """Record and claim (one transaction, retried as a whole), then read the claimed run (retried alone)."""
-    run_id = _control(partial(_record_and_claim_id, run, execution, me, claim=claim))
+    run_id = _control(partial(_record_and_claim_id, run, execution, me, claim=claim, give_back=give_back))
     return _control(lambda: _claimed(run_id, execution))
 
 
@@ -604,7 +751,7 @@ def lane_work(*, execution_id, host) -> str:
     done, handed_over, run = 0, False, None
     try:
         run = _claim_atomic(execution, me)
-        pause, touched = 0.02, time.monotonic()
+        pause, said = 0.02, 0.0
         while True:
             if run is not None:
                 if deadline is not None and not handed_over and time.monotonic() >= deadline:
@@ -612,9 +759,12 @@ def lane_work(*, execution_id, host) -> str:
                     # so another cluster's idle worker can take it up before this cluster is free again.
                     _control(lambda: host.spawn(execution_id, 1))
                     handed_over = True
-                _apply(run, execution)
-                done += 1
-                run = _record_and_claim(run, execution, me, claim=not handed_over)
+                give_back = _apply(run, execution)
+                if give_back:
+                    _control(partial(_mark_unreachable, run))
+                else:
+                    done += 1
+                run = _record_and_claim(run, execution, me, claim=not handed_over, give_back=give_back)
                 if run is not None:
                     continue
                 if handed_over:
@@ -627,14 +777,22 @@ def lane_work(*, execution_id, host) -> str:
                     return f"done after {done} target(s)"
             elif state in ("done", "full"):
                 return f"{state} after {done} target(s)"
+            elif deadline is not None and time.monotonic() >= deadline:
+                # Waiting is no work: the worker goes back to the queue (and to what waits there, the recovery
+                # among it) and a successor lane queued behind it waits on.
+                _control(lambda: host.spawn(execution_id, 1))
+                return f"waited for a slot, handed over after {done} target(s)"
             else:
+                # Waiting is not progress (``active_at`` stays): it only keeps recovery from spawning more lanes.
+                if time.monotonic() - said >= LANE_WAITING_S:
+                    said = time.monotonic()
+                    _control(partial(_say_waiting, execution_id))
                 time.sleep(pause)
                 pause = min(pause * 2, CAP_WAIT_MAX_S)
-                if time.monotonic() - touched >= ACTIVE_TOUCH_S:
-                    touched = time.monotonic()
-                    _control(
-                        lambda: MigrationExecution.objects.filter(pk=execution_id).update(active_at=timezone.now())
-                    )
+                # The slots may be held by lost runs, or the work by an unreachable server: this lane sees to both,
+                # so neither depends on a queue that waiting lanes can fill.
+                _control(runs_fail_lost_if_any)
+                _control(partial(_wait_for_servers, execution))
             run = _claim_atomic(execution, me)
             if run is not None:
                 pause = 0.02
@@ -698,7 +856,7 @@ def _fail_lost(run: TargetRun, now: datetime) -> None:
     }
     run.duration_ms = int((now - run.started_at).total_seconds() * 1000)
     with transaction.atomic():
-        if TargetRun.objects.filter(pk=run.pk, status=TargetStatus.RUNNING, heartbeat_at=run.heartbeat_at).update(
+        if not TargetRun.objects.filter(pk=run.pk, status=TargetStatus.RUNNING, heartbeat_at=run.heartbeat_at).update(
             status=run.status,
             completed_at=now,
             applied_versions=run.applied_versions,
@@ -706,12 +864,32 @@ def _fail_lost(run: TargetRun, now: datetime) -> None:
             error=run.error,
             duration_ms=run.duration_ms,
         ):
-            _count(run.execution_id, TargetStatus.FAILED, 1)
-            _after_failure(run, run.execution)
+            return  # another lane or the recovery task failed it first (or its worker came back)
+        _count(run.execution_id, TargetStatus.FAILED, 1)
+        _after_failure(run, run.execution)
     logger.error(
         "target run lost its worker",
         extra={"target_run": run.pk, "target": run.label, "worker": run.worker, "applied": len(applied)},
     )
+
+
+def _lost(now: datetime) -> QuerySet[TargetRun]:
+    lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+    return TargetRun.objects.filter(status=TargetStatus.RUNNING, heartbeat_at__lt=now - lease)
+
+
+def runs_fail_lost() -> int:
+    """Fail the running target runs whose lease expired (their worker is lost); returns how many were found."""
+    now = timezone.now()
+    lost = list(_lost(now).select_related("connection", "execution"))
+    for run in lost:
+        _fail_lost(run, now)
+    return len(lost)
+
+
+def runs_fail_lost_if_any() -> int:
+    """``runs_fail_lost`` behind one cheap query, for lanes that look often."""
+    return runs_fail_lost() if _lost(timezone.now()).exists() else 0
 
 
 def targets_recover_lost() -> int:
@@ -719,15 +897,9 @@ def targets_recover_lost() -> int:
 
     Returns how many target runs were recovered.
     """
+    recovered = runs_fail_lost()
     now = timezone.now()
     lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
-    lost = list(
-        TargetRun.objects.select_related("connection", "execution").filter(
-            status=TargetStatus.RUNNING, heartbeat_at__lt=now - lease
-        )
-    )
-    for run in lost:
-        _fail_lost(run, now)
     host = QueueHost()
     for execution in MigrationExecution.objects.filter(status=ExecutionStatus.IN_PROGRESS):
         runs = TargetRun.objects.filter(execution_id=execution.pk)
@@ -735,7 +907,7 @@ def targets_recover_lost() -> int:
             continue
         stalled = execution.active_at is None or execution.active_at < now - lease
         has_work = runs.filter(phase=execution.current_phase, status=TargetStatus.PENDING).exists()
-        if has_work and not stalled:
+        if has_work and (not stalled or lane_waiting(execution.pk)):
             continue
         if has_work:
             with transaction.atomic():
@@ -748,12 +920,24 @@ def targets_recover_lost() -> int:
             )
         else:
             phase_advance(execution_id=execution.pk, host=host, continuing=False)
-    return len(lost)
+    return recovered
 
 
 def execution_waiting_for_worker(execution: MigrationExecution, *, running: int, pending: int) -> bool:
-    """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds."""
-    if execution.is_finished or execution.waiting or running or not pending:
+    """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds.
+
+    A run whose lease expired has no worker: it does not count as running. A lane waiting for a slot does.
+    """
+    if execution.is_finished or execution.waiting or not pending:
+        return False
+    if running:
+        lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+        alive = TargetRun.objects.filter(
+            execution_id=execution.pk, status=TargetStatus.RUNNING, heartbeat_at__gte=timezone.now() - lease
+        )
+        if alive.exists():
+            return False
+    if lane_waiting(execution.pk):
         return False
     since = execution.active_at or execution.started_at or execution.created_at
     return timezone.now() - since > timedelta(seconds=settings.MIGRATION_WORKER_WAIT)

@@ -104,6 +104,7 @@ def test_repeatables_rerun_when_their_checksum_changes_and_placeholders_apply(sm
 
 def test_an_unreachable_database_fails_its_targets_with_a_connection_error(small_fleet, tenant_dir, settings):
     settings.MIGRATION_RETRY_ATTEMPTS = 1
+    settings.MIGRATION_FLEET_DB_WAIT = 1  # its targets wait this long for the server, then fail
     (tenant_dir / "V1__t.sql").write_text("CREATE TABLE t (x int);\n")
     from connections.models import DatabaseConnection
 

@@ -16,6 +16,7 @@ from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSchedule
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
+from tests.health.conftest import wait_until
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
 from tests.qcluster import Cluster, control_env
 
@@ -354,6 +355,53 @@ def test_a_cluster_killed_holding_queued_lanes_is_recovered_within_the_bound(
     statuses = list(execution.targets.values_list("status", flat=True))
     assert statuses.count(TargetStatus.SUCCEEDED) >= 5
     assert set(statuses) <= {TargetStatus.SUCCEEDED, TargetStatus.FAILED}
+
+
+def test_workers_killed_holding_every_slot_of_their_server_are_recovered_within_a_minute_three_times(
+    pg_server, sets_dir, queue_settings, clusters
+):
+    # The lanes that django-q2 restarts after the kill find every slot of the server held by the dead runs,
+    # while the recovery task queues behind them: the lanes themselves must free the slots.
+    queue_settings.MIGRATION_MAX_PER_DATABASE = 4
+    queue_settings.MIGRATION_LEASE_SECONDS = 4
+    queue_settings.MIGRATION_HEARTBEAT_SECONDS = 0.5
+    queue_settings.MIGRATION_LANE_SECONDS = 3
+    slow = sets_dir / "tenant" / "V2__create_projects.sql"
+    slow.write_text("SELECT pg_sleep(2);\n" + slow.read_text())
+    fleet = build_fleet(pg_server, tenants_per_region=17)  # every database on one server: 3 rounds of 11 tenants
+    try:
+        (cluster,) = clusters(workers=4)
+        for round_ in range(3):
+            slugs = [tenant.slug for tenant in fleet.tenants[round_ * 11 : (round_ + 1) * 11]]
+            execution = services.execution_submit(
+                selection=TargetSelection(scope="tenant", tenants=slugs), executed_by=f"round-{round_}"
+            )
+            running = execution.targets.filter(status=TargetStatus.RUNNING)
+            workers = wait_until(
+                lambda running=running: running.count() == 4 and set(running.values_list("worker", flat=True)),
+                timeout=60,
+                interval=0.1,
+                message="four targets running",
+            )
+            pids = {int(worker.rsplit(":", 1)[1]) for worker in workers}
+            assert len(pids) == 4
+            assert pids <= cluster.pids()
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            wait_until(
+                lambda execution=execution: execution.refresh_from_db() or execution.is_finished,
+                timeout=60,
+                interval=0.2,
+                message=f"round {round_}: the execution finished after its workers were killed",
+            )
+            runs = list(execution.targets.all())
+            lost = [run for run in runs if run.status == TargetStatus.FAILED]
+            assert {run.error["kind"] for run in lost} == {"worker_lost"}
+            assert {run.worker for run in lost} == set(workers)
+            assert [run.status for run in runs].count(TargetStatus.SUCCEEDED) == 11 - len(lost)
+            assert execution.status == ExecutionStatus.FAILED
+    finally:
+        drop_fleet(fleet)
 
 
 def test_without_a_worker_the_execution_says_so_and_cancel_ends_it(small_fleet, queue_settings, make_user):

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 from django.db import connections as django_connections
+from django.utils import timezone
 from django_q.models import OrmQ
 
-from migrations_runner import services, tasks
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetStatus
+from health import probes
+from migrations_runner import selectors, services, tasks
+from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
 
@@ -138,3 +142,72 @@ def test_a_control_database_step_gives_up_after_the_configured_wait(settings):
     with pytest.raises(OperationalError, match="could not connect"):
         runner._control(record)
     assert len(attempts) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_lane_waiting_for_a_slot_fails_the_lost_run_that_holds_it(small_fleet, queue_here):
+    # The recovery task may wait in the queue behind this very lane: the lane frees the slot itself.
+    queue_here.MIGRATION_MAX_PER_DATABASE = 1
+    queue_here.MIGRATION_LEASE_SECONDS = 1
+    execution = submitted(batch_size=2)
+    lost = runner._claim_atomic(execution, "dead-host:7")
+    runner._Leases.release(lost.pk)  # its worker died: nothing renews the lease
+    assert tasks.run_lane(str(execution.pk)) == "done after 2 target(s)"
+    lost.refresh_from_db()
+    assert lost.status == TargetStatus.FAILED
+    assert lost.error["kind"] == "worker_lost"
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.FAILED
+    assert (execution.targets_succeeded, execution.targets_failed) == (2, 1)
+
+
+@pytest.mark.timeout(60)
+def test_a_lane_waiting_for_a_slot_hands_its_worker_back_and_is_no_progress(small_fleet, queue_here):
+    queue_here.MIGRATION_MAX_PER_DATABASE = 1
+    queue_here.MIGRATION_LANE_SECONDS = 1
+    queue_here.MIGRATION_WORKER_WAIT = 0
+    execution = submitted(batch_size=2)
+    other = runner._claim_atomic(execution, "other-host:9")  # its lease is renewed: the slot is held, not lost
+    try:
+        active_at = MigrationExecution.objects.get(pk=execution.pk).active_at
+        assert tasks.run_lane(str(execution.pk)) == "waited for a slot, handed over after 0 target(s)"
+        assert OrmQ.objects.count() == 1  # its successor, behind whatever else waits for a worker
+        execution.refresh_from_db()
+        assert execution.active_at == active_at
+        assert runner.lane_waiting(execution.pk)
+        progress = selectors.execution_progress(execution=execution)
+        assert (progress["running"], progress["no_worker"]) == (1, False)
+    finally:
+        runner._Leases.release(other.pk)
+
+
+def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fleet, queue_here):
+    queue_here.MIGRATION_WORKER_WAIT = 0
+    queue_here.MIGRATION_LEASE_SECONDS = 5
+    execution = submitted(batch_size=2)
+    run = runner._claim_atomic(execution, "other-host:9")
+    try:
+        assert not selectors.execution_progress(execution=execution)["no_worker"]
+        queue = probes.system_health(only=probes.TASK_QUEUE).services[0]
+        assert queue.is_healthy, queue.details  # no periodic check ran, but a lane renews its lease
+        assert queue.details["last_worker_activity"] is not None
+        runner._Leases.release(run.pk)  # its worker died
+        long_ago = timezone.now() - timedelta(minutes=5)
+        TargetRun.objects.filter(pk=run.pk).update(heartbeat_at=long_ago)
+        MigrationExecution.objects.filter(pk=execution.pk).update(active_at=long_ago)
+        execution.refresh_from_db()
+        progress = selectors.execution_progress(execution=execution)
+        assert (progress["running"], progress["no_worker"], progress["state"]) == (1, True, "waiting_for_worker")
+        assert not probes.system_health(only=probes.TASK_QUEUE).services[0].is_healthy
+    finally:
+        runner._Leases.release(run.pk)
+
+
+def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(small_fleet, settings):
+    settings.MIGRATION_FLEET_DB_WAIT = 1
+    execution = services.execution_start(selection=US_TENANTS, executed_by="test", run=False)
+    server = execution.targets.values_list("server", flat=True).first()
+    cache.set(runner.UNREACHABLE_KEY, {server: {"since": time.time() - 600, "error": "connection refused"}})
+    execution = services.execution_run(execution=execution)
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert runner._unreachable() == {}

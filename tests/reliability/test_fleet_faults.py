@@ -10,6 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from django.db import connections as django_connections
+from django.utils import timezone
 from psycopg import sql
 
 from connections import services as registry
@@ -18,6 +19,7 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, TargetStatus
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.health.conftest import wait_until
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -47,6 +49,7 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     small_fleet, sets_dir, second_server, settings
 ):
     settings.MIGRATION_RETRY_ATTEMPTS = 2
+    settings.MIGRATION_FLEET_DB_WAIT = 2
     connection = registry.connection_create(
         actor="test",
         name="dedicated",
@@ -81,7 +84,8 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     failed = runs["dedicated/public"]
     assert failed.status == TargetStatus.FAILED
     assert failed.error["kind"] == "connection", failed.error
-    assert failed.attempts >= 2
+    # Stopped after it reached the database: failed after its retries; before: it waited for the server, then failed.
+    assert failed.attempts >= 2 or failed.error["message"].startswith("database server unreachable"), failed.error
     others = [run for label, run in runs.items() if label != "dedicated/public"]
     assert {run.status for run in others} == {TargetStatus.SUCCEEDED}
     assert "dedicated/public" in done.error
@@ -91,6 +95,64 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     assert retry.status == ExecutionStatus.COMPLETED
     assert [run.label for run in retry.targets.select_related("connection")] == ["dedicated/public"]
     assert retry.targets.get().to_version == "9"
+
+
+OUTAGE_S = 10
+
+
+def test_a_server_down_for_ten_seconds_fails_only_the_targets_running_on_it(
+    small_fleet, sets_dir, second_server, settings
+):
+    # Its targets that had not started wait for it (MIGRATION_FLEET_DB_WAIT, 30 s) instead of failing one by one.
+    connection = registry.connection_create(
+        actor="test",
+        name="dedicated",
+        database_type="tenant",
+        region="us-east",
+        host=second_server.host,
+        port=second_server.port,
+        database_name="dedicated",
+        username=REGISTRY_USER,
+        password=REGISTRY_PASSWORD,
+        ssl_mode="disable",
+        connect_timeout=2,
+    )
+    for index in range(16):
+        slug = f"dedicated{index:02d}"
+        registry.tenant_create(slug=slug, name=slug, connection=connection, schema_name=f"tenant_{slug}", actor="test")
+    slow_down(sets_dir, 1)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=3, run=False
+    )
+    result: dict = {}
+    worker = threading.Thread(
+        target=lambda: (result.update(done=services.execution_run(execution=execution)), django_connections.close_all())
+    )
+    worker.start()
+    on_server = execution.targets.filter(connection=connection)
+    wait_until(
+        lambda: on_server.filter(status=TargetStatus.SUCCEEDED).count() >= 2,
+        timeout=60,
+        interval=0.05,
+        message="two targets of the dedicated server done",
+    )
+    second_server.stop()
+    stopped_at = timezone.now()
+    time.sleep(OUTAGE_S)  # the outage itself: its length is what is tested
+    second_server.start()
+    worker.join(timeout=120)
+    done = result["done"]
+    runs = list(done.targets.select_related("connection"))
+    failed = [run for run in runs if run.status == TargetStatus.FAILED]
+    # Only the targets that were running when the server went away may fail; every other one completes.
+    assert len(failed) <= 3, [(run.label, run.error) for run in failed]
+    for run in failed:
+        assert run.connection == connection
+        assert run.started_at is not None
+        assert run.started_at <= stopped_at, (run.label, run.started_at, stopped_at)
+        assert run.error["kind"] == "connection", run.error
+    assert {run.status for run in runs if run not in failed} == {TargetStatus.SUCCEEDED}
+    assert len(runs) == 6 + 16
 
 
 def test_five_executions_over_the_same_100_tenants_apply_each_version_once(pg_server, sets_dir, settings):
