@@ -157,6 +157,12 @@ class TargetRun(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Lock guard rails: how often a statement of this target waited lock_timeout for a table lock, since when,
+    # who held it the last time, and when a target handed back to let others run may be claimed again.
+    lock_waits = models.PositiveIntegerField(default=0)
+    lock_blocked_since = models.DateTimeField(null=True, blank=True)
+    waiting = models.TextField(blank=True, default="", help_text="The latest lock wait: who held the lock.")
+    retry_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["phase", "id"]

@@ -528,15 +528,17 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
 
 
 BLOCKERS_QUERY = """
-SELECT n.nspname || '.' || c.relname, a.pid, to_char(coalesce(a.xact_start, a.query_start), 'HH24:MI:SS'),
-       a.state, left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 200)
+SELECT a.pid, string_agg(DISTINCT n.nspname || '.' || c.relname, ', '),
+       to_char(coalesce(a.xact_start, a.query_start), 'HH24:MI:SS'), a.state,
+       left(regexp_replace(coalesce(a.query, ''), '\\s+', ' ', 'g'), 200)
 FROM pg_locks l
 JOIN pg_class c ON c.oid = l.relation
 JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.granted AND l.pid <> pg_backend_pid() AND n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'i')
+WHERE l.granted AND l.pid <> pg_backend_pid() AND n.nspname = %s AND c.relkind IN ('r', 'p', 'm')
+GROUP BY a.pid, a.xact_start, a.query_start, a.state, a.query
 ORDER BY a.xact_start NULLS LAST, a.pid
-LIMIT 5
+LIMIT 3
 """
 
 
@@ -547,9 +549,11 @@ def blockers(conn: psycopg.Connection, schema: str) -> str:
     except psycopg.Error:
         return ""
     parts = []
-    for relation, pid, since, state, query in rows:
-        what = "query hidden (the role may not read other sessions)" if query.startswith("<insufficient") else query
-        parts.append(f"{relation} held by pid {pid} since {since} ({state}), query: {what}")
+    for pid, relations, since, state, query in rows:
+        if not query or query.startswith("<insufficient"):
+            parts.append(f"{relations} held by pid {pid} (its query is hidden: the role may not read other sessions)")
+            continue
+        parts.append(f"{relations} held by pid {pid} since {since} ({state}), query: {query}")
     return "waiting for a lock on " + "; ".join(parts) if parts else ""
 
 

@@ -47,7 +47,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db import connection as control_db
-from django.db.models import F, Min, QuerySet
+from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 from psycopg import sql
 
@@ -88,7 +88,17 @@ COUNTER_OF: dict[str, str] = {
     TargetStatus.SKIPPED: "targets_skipped",
     TargetStatus.CANCELLED: "targets_cancelled",
 }
-OUTCOME_FIELDS = ["status", "to_version", "applied_versions", "attempts", "error", "completed_at", "duration_ms"]
+OUTCOME_FIELDS = [
+    "status",
+    "to_version",
+    "applied_versions",
+    "attempts",
+    "error",
+    "completed_at",
+    "duration_ms",
+    "lock_waits",
+    "waiting",
+]
 # A claimed run given back: the fields its claim set, as they were (its outcome was never written); its
 # attempts count the give-backs until a real outcome is recorded.
 PENDING_FIELDS: dict[str, Any] = {
@@ -312,6 +322,7 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> int | Non
               AND c.server NOT IN (
                   SELECT r.server FROM {runs} r WHERE r.status = %s GROUP BY r.server HAVING count(*) >= %s
               )
+              AND (c.retry_at IS NULL OR c.retry_at <= %s)
               {unreachable}
             ORDER BY c.id LIMIT 1{lock}
         )
@@ -330,6 +341,7 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> int | Non
         execution.batch_size,
         TargetStatus.RUNNING,
         settings.MIGRATION_MAX_PER_DATABASE,
+        now,
         *skip,
     ]
     with control_db.cursor() as cursor:
@@ -367,11 +379,16 @@ def _close_pending(execution_id, status: str, reason: str) -> int:
     return n
 
 
-def _record(run: TargetRun, execution: MigrationExecution, me: str, *, give_back: bool = False) -> None:
-    """Write a run's outcome and the execution's counters (one transaction, the caller's); with ``give_back``
-    (its database server was never reached) the run goes back to pending instead."""
+def _record(
+    run: TargetRun, execution: MigrationExecution, me: str, *, give_back: str = "", retry_after_s: float = 0.0
+) -> None:
+    """Write a run's outcome and the execution's counters (one transaction, the caller's); a run given back goes
+    to pending instead: ``unreachable`` (its database server was never reached) or ``deferred`` (a table lock
+    was held: it may be claimed again at ``retry_at``, by any lane, while this one runs others)."""
     if give_back:
-        TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(**PENDING_FIELDS)
+        deferred = _deferred_fields(run, retry_after_s) if give_back == "deferred" else {}
+        fields = {**PENDING_FIELDS, **deferred}
+        TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(**fields)
         _Leases.release(run.pk)
         return
     recorded = TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(
@@ -575,26 +592,80 @@ def _close_sources() -> None:
         source.close()
 
 
-def _apply(run: TargetRun, execution: MigrationExecution) -> bool:
+def _deferred_fields(run: TargetRun, retry_after_s: float) -> dict[str, Any]:
+    """What a run handed back after a lock wait keeps: its waits, since when, and when it may run again."""
+    now = timezone.now()
+    return {
+        "lock_waits": run.lock_waits,
+        "lock_blocked_since": run.lock_blocked_since or now,
+        "waiting": run.waiting,
+        "retry_at": now + timedelta(seconds=retry_after_s),
+        "attempts": F("attempts"),  # a lock wait is not a give-back of an unreachable server
+    }
+
+
+def _others_claimable(run: TargetRun) -> Callable[[], bool]:
+    """Whether the run's execution has other pending runs that a lane could take now (asked after a lock wait)."""
+
+    def ask() -> bool:
+        try:
+            now = timezone.now()
+            others = TargetRun.objects.filter(execution_id=run.execution_id, status=TargetStatus.PENDING).exclude(
+                pk=run.pk
+            )
+            return others.filter(Q(retry_at__isnull=True) | Q(retry_at__lte=now)).exists()
+        except (InterfaceError, OperationalError):
+            return False  # the control database is away: wait here, as before
+
+    return ask
+
+
+def _note_lock_wait(run: TargetRun) -> Callable[[str], None]:
+    """Show a lock wait on the run while it goes on (never raises)."""
+
+    def note(message: str) -> None:
+        run.waiting = message
+        try:
+            TargetRun.objects.filter(pk=run.pk).update(lock_waits=F("lock_waits") + 1, waiting=message)
+        except (InterfaceError, OperationalError):
+            logger.warning("could not record a lock wait", extra={"target_run": run.pk, "waiting": message})
+
+    return note
+
+
+def _apply(run: TargetRun, execution: MigrationExecution) -> tuple[str, float]:
     """Apply one claimed target run and put the outcome on it (not saved); never raises.
 
-    Returns True when the run failed to connect to its database server and ran nothing there: it is to be given
-    back (the server is unreachable), not failed, unless it was given back ``GIVE_BACKS_MAX`` times already.
+    Returns how the run is to be given back instead of recorded ('' when it is recorded), and after how many
+    seconds it may be claimed again: ``unreachable`` when
+    it failed to connect to its database server and ran nothing there (unless it was given back
+    ``GIVE_BACKS_MAX`` times already), ``deferred`` when a table lock was held and other targets can run
+    meanwhile.
     """
     given_back = run.attempts
     try:
         sets = selectors.sets_load(types={run.database_type})
         outcome = target_run_apply(
-            run=run, execution=execution, sets=sets, source=_source_for(run), should_stop=_should_stop(execution.pk)
+            run=run,
+            execution=execution,
+            sets=sets,
+            source=_source_for(run),
+            should_stop=_should_stop(execution.pk),
+            defer_lock_wait=_others_claimable(run),
+            on_lock_wait=_note_lock_wait(run),
         )
     except Exception as exc:  # a failure outside the engine must still end the target run, not leave it running
         logger.exception("target run crashed", extra={"target_run": run.pk, "target": run.label})
         outcome = engine.TargetOutcome(status="failed", error=engine.TargetError(kind="internal", message=str(exc)))
+    if outcome.status == "deferred":
+        run.lock_waits, run.waiting = outcome.lock_attempts, outcome.lock_wait
+        return "deferred", outcome.retry_after_s or 0.0
     apply_outcome(run, outcome)
     if run.status == TargetStatus.SUCCEEDED and settings.MIGRATION_FINGERPRINT_AFTER_RUN:
         _fingerprints().add(run=run, source=_source_for(run))  # never raises
     kind = outcome.error.kind if outcome.error is not None else ""
-    return outcome.status == "failed" and not outcome.reached and kind == "connection" and given_back < GIVE_BACKS_MAX
+    unreachable = outcome.status == "failed" and not outcome.reached and kind == "connection"
+    return ("unreachable" if unreachable and given_back < GIVE_BACKS_MAX else ""), 0.0
 
 
 def _wait_state(execution: MigrationExecution) -> str:
@@ -720,12 +791,12 @@ def _claim_id(execution: MigrationExecution, me: str) -> int | None:
 
 
 def _record_and_claim_id(
-    run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: bool
+    run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: str, retry_after_s: float
 ) -> int | None:
     """Record ``run``'s outcome and claim the next run in one transaction; the id of the claimed run."""
     skip = list(_unreachable()) if claim else []
     with transaction.atomic():
-        _record(run, execution, me, give_back=give_back)
+        _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
         return _claim(execution, me, skip) if claim else None
 
 
@@ -736,10 +807,19 @@ def _claim_atomic(execution: MigrationExecution, me: str) -> TargetRun | None:
 
 
 def _record_and_claim(
-    run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: bool = False
+    run: TargetRun,
+    execution: MigrationExecution,
+    me: str,
+    *,
+    claim: bool,
+    give_back: str = "",
+    retry_after_s: float = 0.0,
 ) -> TargetRun | None:
     """Record and claim (one transaction, retried as a whole), then read the claimed run (retried alone)."""
-    run_id = _control(partial(_record_and_claim_id, run, execution, me, claim=claim, give_back=give_back))
+    record = partial(
+        _record_and_claim_id, run, execution, me, claim=claim, give_back=give_back, retry_after_s=retry_after_s
+    )
+    run_id = _control(record)
     return _control(lambda: _claimed(run_id, execution))
 
 
@@ -759,12 +839,14 @@ def lane_work(*, execution_id, host) -> str:
                     # so another cluster's idle worker can take it up before this cluster is free again.
                     _control(lambda: host.spawn(execution_id, 1))
                     handed_over = True
-                give_back = _apply(run, execution)
-                if give_back:
+                give_back, retry_after_s = _apply(run, execution)
+                if give_back == "unreachable":
                     _control(partial(_mark_unreachable, run))
-                else:
+                elif not give_back:
                     done += 1
-                run = _record_and_claim(run, execution, me, claim=not handed_over, give_back=give_back)
+                run = _record_and_claim(
+                    run, execution, me, claim=not handed_over, give_back=give_back, retry_after_s=retry_after_s
+                )
                 if run is not None:
                     continue
                 if handed_over:

@@ -16,8 +16,16 @@ from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationEx
 logger = logging.getLogger(__name__)
 
 
-def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]) -> engine.ApplyOptions:
-    """The engine's options for a target of ``execution``: its own timeouts, else the settings'."""
+def apply_options(
+    execution: MigrationExecution,
+    should_stop: Callable[[], bool],
+    run: TargetRun | None = None,
+    *,
+    defer_lock_wait: Callable[[], bool] = lambda: False,
+    on_lock_wait: Callable[[str], None] = lambda message: None,
+) -> engine.ApplyOptions:
+    """The engine's options for a target run of ``execution``: its own timeouts, else the settings', and the
+    lock waits of the run's earlier claims."""
     options = execution.metadata.get("options", {})
     return engine.ApplyOptions(
         installed_by=execution.executed_by[:100],
@@ -30,6 +38,10 @@ def apply_options(execution: MigrationExecution, should_stop: Callable[[], bool]
         should_stop=should_stop,
         lock_retries=settings.MIGRATION_LOCK_RETRIES,
         lock_retry_for_s=settings.MIGRATION_LOCK_RETRY_FOR,
+        lock_attempts_before=run.lock_waits if run is not None else 0,
+        lock_blocked_since=run.lock_blocked_since.timestamp() if run is not None and run.lock_blocked_since else None,
+        defer_lock_wait=defer_lock_wait,
+        on_lock_wait=on_lock_wait,
     )
 
 
@@ -76,13 +88,16 @@ def target_run_apply(
     sets: dict[str, MigrationSet],
     source: engine.ConnectionSource,
     should_stop: Callable[[], bool] = lambda: False,
+    defer_lock_wait: Callable[[], bool] = lambda: False,
+    on_lock_wait: Callable[[str], None] = lambda message: None,
 ) -> engine.TargetOutcome:
-    """Apply (or, for a rollback execution, undo) the versions of one target run; touches no Django rows."""
+    """Apply (or, for a rollback execution, undo) the versions of one target run; touches no Django rows
+    (``on_lock_wait`` may)."""
     mset = sets[run.database_type]
     changed = _check_snapshot(execution, mset)
     if changed:
         return engine.TargetOutcome(status="failed", error=engine.TargetError(kind="set_changed", message=changed))
-    options = apply_options(execution, should_stop)
+    options = apply_options(execution, should_stop, run, defer_lock_wait=defer_lock_wait, on_lock_wait=on_lock_wait)
     if execution.kind == ExecutionKind.ROLLBACK:
         versions = [Version.parse(v) for v in run.pending_versions]
         return engine.undo_target(source, target_spec(run, execution), mset, versions, options)
@@ -102,6 +117,8 @@ def apply_outcome(run: TargetRun, outcome: engine.TargetOutcome) -> None:
         for a in outcome.applied
     ]
     run.attempts = outcome.attempts
+    run.lock_waits = outcome.lock_attempts
+    run.waiting = outcome.lock_wait
     run.error = outcome.error.as_dict() if outcome.error else None
     run.completed_at = now
     run.duration_ms = int((now - run.started_at).total_seconds() * 1000) if run.started_at else None
