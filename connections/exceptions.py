@@ -8,7 +8,7 @@ from connections.probe import ProbeResult
 from infra_site.errors import Conflict, NotFound, ValidationFailed
 
 if TYPE_CHECKING:
-    from connections.services import RotationReport
+    pass
 
 
 class ConnectionTestFailed(ValidationFailed):
@@ -42,4 +42,3 @@ class TenantConflict(Conflict):
 
 class EncryptionKeyError(ValidationFailed):
     code = "encryption_key_error"
-    report: RotationReport | None = None  # the key rotation that found passwords no known key decrypts

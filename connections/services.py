@@ -389,12 +389,10 @@ def encryption_key_rotate(
         },
     )
     if report.failed and not dry_run:
-        error = EncryptionKeyError(
+        raise EncryptionKeyError(
             f"{len(report.failed)} password(s) could not be decrypted with any known key; they were left unchanged.",
             details={"connections": report.failed},
         )
-        error.report = report
-        raise error
     return report
 
 

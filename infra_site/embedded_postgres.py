@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -207,12 +206,3 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
             return
         time.sleep(0.05)
     raise TimeoutError(f"{host}:{port} did not accept connections within {timeout}s")
-
-
-def system_user_exists() -> bool:
-    """Tell whether the unprivileged system user for the server exists."""
-    try:
-        pwd.getpwnam(SYSTEM_USER)
-    except KeyError:
-        return False
-    return True

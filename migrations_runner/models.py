@@ -16,6 +16,15 @@ class ExecutionKind(models.TextChoices):
     ROLLBACK = "rollback", "Rollback"
 
 
+class Purpose(models.TextChoices):
+    """Why an execution exists; what runs when it finishes is registered per purpose (``services/completion.py``)."""
+
+    MIGRATION = "migration", "Migration"
+    ROLLBACK = "rollback", "Rollback"
+    PROVISIONING = "provisioning", "Tenant provisioning"
+    RETRY = "retry", "Retry of failed targets"
+
+
 class Scope(models.TextChoices):
     ALL = "all", "All"
     ADMIN = "admin", "Admin"
@@ -70,6 +79,7 @@ class MigrationExecution(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     kind = models.CharField(max_length=16, choices=ExecutionKind.choices, default=ExecutionKind.MIGRATE)
+    purpose = models.CharField(max_length=16, choices=Purpose.choices, default=Purpose.MIGRATION)
     scope = models.CharField(max_length=16, choices=Scope.choices)
     filters = models.JSONField(default=dict, blank=True)
     dry_run = models.BooleanField(default=False)

@@ -160,6 +160,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "kind",
+            "purpose",
             "scope",
             "filters",
             "dry_run",

@@ -25,15 +25,18 @@ from migrations_runner.exceptions import (
 )
 from migrations_runner.models import (
     ExecutionKind,
+    ExecutionStatus,
     MigrationExecution,
     OnFailure,
     Origin,
+    Purpose,
     Scope,
     TargetRun,
     TargetStatus,
     Waiting,
 )
 from migrations_runner.selection import TargetSelection
+from migrations_runner.services.completion import on_finished
 from migrations_runner.services.runner import COUNTER_OF, execution_cancel_now, execution_launch, execution_run
 from migrations_runner.services.targets import finish_execution
 from migrations_runner.services.waves import WaveOptions, canaries_missing, waves_assign
@@ -87,6 +90,7 @@ def execution_start(
     lock_timeout_s: float | None = None,
     waves: WaveOptions | None = None,
     out_of_order: bool = False,
+    purpose: Purpose = Purpose.MIGRATION,
 ) -> MigrationExecution:
     """Plan an execution (targets, phases, pending versions), record it, and run it in-process unless told not to.
 
@@ -117,6 +121,7 @@ def execution_start(
     with transaction.atomic():
         execution = MigrationExecution.objects.create(
             kind=ExecutionKind.MIGRATE,
+            purpose=purpose,
             scope=selection.scope,
             filters=selection.as_filters(),
             dry_run=dry_run,
@@ -290,6 +295,7 @@ def execution_rollback(
     with transaction.atomic():
         rollback = MigrationExecution.objects.create(
             kind=ExecutionKind.ROLLBACK,
+            purpose=Purpose.ROLLBACK,
             scope=execution.scope,
             filters=execution.filters,
             on_failure=OnFailure.HALT,
@@ -339,6 +345,13 @@ def execution_rollback(
     return rollback
 
 
+@on_finished(Purpose.ROLLBACK)
+def rollback_finished(execution: MigrationExecution) -> None:
+    """A rollback of a whole execution that completed marks that execution rolled back."""
+    if execution.status == ExecutionStatus.COMPLETED and execution.parent_id and not execution.dry_run:
+        MigrationExecution.objects.filter(pk=execution.parent_id).update(status=ExecutionStatus.ROLLED_BACK)
+
+
 def target_rollback(
     *,
     connection: DatabaseConnection,
@@ -382,6 +395,7 @@ def target_rollback(
     with transaction.atomic():
         rollback = MigrationExecution.objects.create(
             kind=ExecutionKind.ROLLBACK,
+            purpose=Purpose.ROLLBACK,
             scope=Scope.SINGLE,
             filters={"connections": [connection.name], "schema": schema, "to_version": to_version},
             on_failure=OnFailure.HALT,
@@ -506,6 +520,7 @@ def execution_retry(
         batch_size=execution.batch_size,
         targets=targets,
         metadata={"retry_of": str(execution.pk)},
+        purpose=Purpose.RETRY,
         out_of_order=bool(execution.metadata.get("options", {}).get("out_of_order", False)),
         run=False,
         origin=origin,

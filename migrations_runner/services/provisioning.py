@@ -8,8 +8,9 @@ from connections import services as registry
 from connections.models import DatabaseConnection, Tenant, TenantStatus
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ProvisioningFailed
-from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, Scope, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, Purpose, Scope, TargetStatus
 from migrations_runner.selection import TargetSelection
+from migrations_runner.services.completion import on_finished
 from migrations_runner.services.executions import execution_start, launch
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def tenant_provision(
         executed_by=actor,
         targets=[target],
         metadata={"provision": slug},
+        purpose=Purpose.PROVISIONING,
         batch_size=1,
         origin=origin,
         run=not background,
@@ -72,13 +74,14 @@ def tenant_provision(
     return tenant, execution
 
 
-def provisioning_finish(*, execution: MigrationExecution) -> None:
+@on_finished(Purpose.PROVISIONING)
+def provisioning_finish(execution: MigrationExecution) -> None:
     """After a provisioning execution ends: activate its tenant, or keep it provisioning with the error."""
-    slug = execution.metadata.get("provision")
-    tenant = Tenant.objects.filter(slug=slug, status=TenantStatus.PROVISIONING).first()
-    if tenant is None:
+    run = execution.targets.select_related("tenant").first()
+    tenant = run.tenant if run is not None else None
+    if tenant is None or tenant.status != TenantStatus.PROVISIONING:
         return
-    run = execution.targets.first()
+    slug = tenant.slug
     if execution.status == ExecutionStatus.COMPLETED and run is not None and run.status == TargetStatus.SUCCEEDED:
         tenant.status, tenant.error = TenantStatus.ACTIVE, ""
     else:

@@ -12,6 +12,7 @@ from django.utils import timezone
 from migrations_runner.engine import apply as engine
 from migrations_runner.engine.sets import MigrationSet, Version, placeholder_context
 from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.services.completion import execution_finished
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +152,7 @@ def finish_execution(execution: MigrationExecution) -> MigrationExecution:
     execution.status = status
     execution.completed_at = timezone.now()
     execution.save(update_fields=["status", "completed_at", "error"])
-    if status == ExecutionStatus.COMPLETED and execution.kind == ExecutionKind.ROLLBACK and not execution.dry_run:
-        MigrationExecution.objects.filter(pk=execution.metadata.get("rollback_of")).update(
-            status=ExecutionStatus.ROLLED_BACK
-        )
-    if execution.metadata.get("provision"):
-        from migrations_runner.services.provisioning import provisioning_finish
-
-        provisioning_finish(execution=execution)
+    execution_finished(execution)
     logger.info(
         "execution finished",
         extra={"execution": str(execution.pk), "kind": execution.kind, "status": status, "scope": execution.scope},
