@@ -24,6 +24,7 @@ from migrations_runner import selectors, services
 from migrations_runner.forms import RunForm
 from migrations_runner.models import (
     ExecutionKind,
+    ExecutionStatus,
     MigrationExecution,
     Origin,
     Scope,
@@ -413,7 +414,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 can_rollback=execution.is_finished
                 and execution.kind == ExecutionKind.MIGRATE
                 and not execution.dry_run
-                and execution.status != "rolled_back",
+                and execution.status != ExecutionStatus.ROLLED_BACK,
                 media=self.media,
                 **self._progress_context(execution),
             ),

@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from connections import selectors as registry
 from infra_site.cli import application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
+from migrations_runner.models import ExecutionStatus
 
 
 class Command(BaseCommand):
@@ -54,5 +55,5 @@ class Command(BaseCommand):
                     f"{target['target']:<50} {target['status']:<10} undone: {', '.join(target['applied'])}"
                 )
             self.stdout.write(f"Rollback {data['id']} {data['status']}.")
-        if rollback.status != "completed":
+        if rollback.status != ExecutionStatus.COMPLETED:
             raise CommandError(f"Rollback {rollback.pk} {rollback.status}.", returncode=1)

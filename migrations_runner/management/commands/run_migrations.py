@@ -10,7 +10,15 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import ProgressBar, application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, OnFailure, Origin, Scope, Waiting
+from migrations_runner.models import (
+    FINISHED_TARGET_STATUSES,
+    ExecutionStatus,
+    MigrationExecution,
+    OnFailure,
+    Origin,
+    Scope,
+    Waiting,
+)
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.waves import WaveOptions
 
@@ -152,7 +160,7 @@ class Command(BaseCommand):
             self._report(data)
         if execution.waiting == Waiting.APPROVAL and not as_json:
             self.stdout.write(_approval_hint(execution))
-        if data["progress"]["failed"] or execution.status == "failed":
+        if data["progress"]["failed"] or execution.status == ExecutionStatus.FAILED:
             raise CommandError(f"Execution {execution.pk} {execution.status}.", returncode=1)
 
     def _report(self, data: dict) -> None:
