@@ -680,7 +680,7 @@ def _wait_state(execution: MigrationExecution) -> str:
         return "advance"
     if runs.filter(status=TargetStatus.RUNNING).count() >= execution.batch_size:
         return "full"  # enough lanes are at work; this one is surplus
-    return "capped"  # a database server is at MIGRATION_MAX_PER_DATABASE: wait for a slot
+    return "capped"  # a database server is at MIGRATION_MAX_PER_DATABASE (or unreachable): wait for a slot
 
 
 # --- waiting: lanes and unreachable database servers -------------------------------------------------------------
