@@ -46,7 +46,7 @@ def test_a_lock_timeout_is_retried_until_the_lock_is_free(small_fleet, tenant_di
         holder.close()
     run = execution.targets.get()
     assert run.status == TargetStatus.SUCCEEDED
-    assert run.attempts > 1
+    assert run.lock_waits >= 1  # lock waits are retried apart from other transient errors
     assert run.to_version == "2"
 
 
