@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: venv run demo test system-deps lock lint format check clean bench
+.PHONY: venv run demo test system-deps lock lint format check clean bench bench-table
 
 # Every package, transitive ones included, at the version and with the hashes of requirements.lock.
 $(STAMP): requirements.lock
@@ -81,3 +81,8 @@ bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/auth_overhead.py
 	$(BIN)/python bench/admin_render.py
 	$(BIN)/python bench/app_stall.py
+	$(BIN)/python bench/readme_table.py
+
+## Rewrite the README's benchmark figures from bench/results/*.json (commit the results files with it).
+bench-table:
+	$(BIN)/python bench/readme_table.py

@@ -13,6 +13,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from psycopg import sql
@@ -145,7 +146,11 @@ def code_state() -> dict:
 
 
 def write_results(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON to ``path`` with the code state it was measured on."""
+    """Write ``data`` as JSON to ``path`` with when it was measured (UTC) and the code state it was measured on:
+    the README's figures name both (bench/readme_table.py)."""
+    measured_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**data, "code": code_state()}, indent=2, default=str) + "\n")
+    path.write_text(
+        json.dumps({**data, "measured_at": measured_at, "code": code_state()}, indent=2, default=str) + "\n"
+    )
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", flush=True)

@@ -1,6 +1,16 @@
-"""Pagination of list endpoints: ``limit`` (1..100, default 50) and ``offset``; bad values are a 400."""
+"""Pagination of list endpoints: ``limit`` (1..100, default 50) and ``offset``, or a ``cursor`` where the list
+pages by key; bad values are a 400."""
 
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
 from rest_framework import pagination
+from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from infra_site.errors import ValidationFailed
 
@@ -28,3 +38,174 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
 
     def get_offset(self, request) -> int:
         return _bounded_int(request, self.offset_query_param, 0, 0, None)
+
+
+MAX_KEY = 2**63 - 1  # a bigint: a larger key would fail in the database, not here
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A position between two rows of a list ordered by ``(major, minor)``: the page starts after ``key`` (or at
+    the start), or ends before it (or at the end, ``key`` None)."""
+
+    forward: bool
+    key: tuple[int, int] | None
+
+    def encode(self) -> str:
+        raw = ("a" if self.forward else "b") + ("" if self.key is None else f":{self.key[0]}:{self.key[1]}")
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, encoded: str) -> Cursor:
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode("ascii")
+            direction, *key = raw.split(":")
+            if direction not in ("a", "b") or len(key) not in (0, 2):
+                raise ValueError(raw)
+            if not all(part.isdigit() for part in key):
+                raise ValueError(raw)
+            numbers = tuple(int(part) for part in key)
+            if any(n > MAX_KEY for n in numbers):
+                raise ValueError(raw)
+        except (ValueError, UnicodeDecodeError, binascii.Error):
+            raise ValidationFailed(
+                "'cursor' is not a cursor of this list: follow the 'next', 'previous' or 'last' links.",
+                details={"cursor": encoded},
+            ) from None
+        return cls(forward=direction == "a", key=(numbers[0], numbers[1]) if numbers else None)
+
+
+def keyset_rows(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int) -> list:
+    """Up to ``limit`` rows of ``queryset`` on the ``cursor`` side of its key, in ``(major, minor)`` order.
+
+    The keys come first, from two range reads at most (the rest of the key's major value, then the following
+    ones) rather than one ``(major, minor) > (a, b)`` condition: each is a plain range of an index
+    ``(..., major, minor)`` on every database, so a page deep in the list costs what the first one does. They
+    read no joined table, so that even a plan made on stale statistics (a freshly planned execution) sorts
+    narrow keys and not every joined row; then the page's rows, with their joins, by primary key."""
+    major, minor = fields
+    op = "gt" if cursor.forward else "lt"
+    order = (major, minor) if cursor.forward else (f"-{major}", f"-{minor}")
+    keys = queryset.order_by(*order).values_list("pk", flat=True)
+    pks: list = []
+    rest = keys
+    if cursor.key is not None:
+        pks = list(keys.filter(**{major: cursor.key[0], f"{minor}__{op}": cursor.key[1]})[:limit])
+        rest = keys.filter(**{f"{major}__{op}": cursor.key[0]})
+    if len(pks) < limit:
+        pks += list(rest[: limit - len(pks)])
+    if not cursor.forward:
+        pks.reverse()
+    by_pk = queryset.in_bulk(pks) if pks else {}
+    return [by_pk[pk] for pk in pks if pk in by_pk]
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    rows: list
+    next: Cursor | None  # None: no page after this one
+    previous: Cursor | None
+
+
+def keyset_page(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int) -> KeysetPage:
+    """The page of ``limit`` rows on the ``cursor`` side of its key, and the cursors of its neighbours."""
+    rows = keyset_rows(queryset, fields, cursor, limit + 1)
+    more = len(rows) > limit
+    if more:
+        rows = rows[:limit] if cursor.forward else rows[1:]
+    # A page reached by a cursor has rows on the side it came from: no query to prove it.
+    came_back = cursor.key is not None and bool(rows)
+    has_next, has_previous = (more, came_back) if cursor.forward else (came_back, more)
+    major, minor = fields
+    return KeysetPage(
+        rows=rows,
+        next=Cursor(True, (getattr(rows[-1], major), getattr(rows[-1], minor))) if has_next else None,
+        previous=Cursor(False, (getattr(rows[0], major), getattr(rows[0], minor))) if has_previous else None,
+    )
+
+
+FIRST_PAGE = Cursor(forward=True, key=None)
+LAST_PAGE = Cursor(forward=False, key=None)
+
+
+def cursor_param(request, name: str = "cursor") -> Cursor:
+    """The cursor a request names (``?cursor=``), or the first page."""
+    raw = request.GET.get(name)
+    return Cursor.decode(raw) if raw else FIRST_PAGE
+
+
+class KeysetPagination(LimitOffsetPagination):
+    """Pages by key: ``next``, ``previous`` and ``last`` are ``?cursor=`` links, and any page costs two index
+    range reads, however deep. ``?offset=`` still pages by offset (with offset links), as before; ``count``
+    is in both. The view's queryset must be unique on ``key_fields`` (integers), in that order."""
+
+    cursor_query_param = "cursor"
+    key_fields: tuple[str, str]
+    page: KeysetPage | None = None
+
+    def paginate_queryset(self, queryset, request, view=None):
+        offset = self.offset_query_param in request.query_params
+        if offset and self.cursor_query_param in request.query_params:
+            raise ValidationFailed(
+                f"Page by '{self.cursor_query_param}' or by '{self.offset_query_param}', not both.",
+                details={
+                    name: request.query_params[name] for name in (self.cursor_query_param, self.offset_query_param)
+                },
+            )
+        if offset:
+            return super().paginate_queryset(queryset, request, view)
+        self.url = remove_query_param(request.build_absolute_uri(), self.offset_query_param)
+        self.limit = self.get_limit(request)
+        cursor = cursor_param(request, self.cursor_query_param)
+        self.count = self.get_count(queryset)
+        self.page = keyset_page(queryset, self.key_fields, cursor, self.limit)
+        return self.page.rows
+
+    def _link(self, cursor: Cursor) -> str:
+        return replace_query_param(self.url, self.cursor_query_param, cursor.encode())
+
+    def get_next_link(self):
+        if self.page is None:
+            return super().get_next_link()
+        return self._link(self.page.next) if self.page.next else None
+
+    def get_previous_link(self):
+        if self.page is None:
+            return super().get_previous_link()
+        return self._link(self.page.previous) if self.page.previous else None
+
+    def get_last_link(self) -> str | None:
+        return None if self.page is None else self._link(LAST_PAGE)
+
+    def get_paginated_response(self, data):
+        return Response(
+            {
+                "count": self.count,
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+                "last": self.get_last_link(),
+                "results": data,
+            }
+        )
+
+    def get_paginated_response_schema(self, schema):
+        response = super().get_paginated_response_schema(schema)
+        response["properties"]["last"] = {
+            "type": "string",
+            "nullable": True,
+            "format": "uri",
+            "description": "The last page, by cursor (null when paging by offset).",
+        }
+        return response
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            *super().get_schema_operation_parameters(view),
+            {
+                "name": self.cursor_query_param,
+                "required": False,
+                "in": "query",
+                "description": "A page by key, from the 'next', 'previous' or 'last' link; not with 'offset'.",
+                "schema": {"type": "string"},
+            },
+        ]

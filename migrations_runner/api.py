@@ -13,7 +13,7 @@ from connections import selectors as registry
 from connections.serializers import TenantSerializer
 from infra_site import roles
 from infra_site.errors import ValidationFailed
-from infra_site.pagination import LimitOffsetPagination
+from infra_site.pagination import KeysetPagination, LimitOffsetPagination
 from infra_site.permissions import require_roles
 from migrations_runner import fingerprint_selectors, selectors, services
 from migrations_runner.models import ExecutionStatus, Scope, TargetRun
@@ -105,18 +105,23 @@ class ExecutionStatusView(APIView):
         )
 
 
+class TargetRunPages(KeysetPagination):
+    key_fields = ("phase", "id")
+
+
 class ExecutionTargetsView(generics.ListAPIView):
-    """The target runs of an execution in phase order; ``?status=`` filters."""
+    """The target runs of an execution in phase order; ``?status=`` filters. ``next``, ``previous`` and ``last``
+    page by cursor (as fast at the end as at the start); ``?offset=`` still pages by offset."""
 
     permission_classes = [READ]
     serializer_class = TargetRunSerializer
-    pagination_class = LimitOffsetPagination
+    pagination_class = TargetRunPages
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no execution id
             return TargetRun.objects.none()
         execution = selectors.execution_get(execution_id=self.kwargs["execution_id"])
-        qs = selectors.execution_targets(execution=execution)
+        qs = selectors.execution_targets_listed(execution=execution)
         wanted = self.request.query_params.get("status")
         return qs.filter(status=wanted) if wanted else qs
 

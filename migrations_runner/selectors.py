@@ -38,6 +38,7 @@ from django.utils import timezone
 from connections import selectors as registry
 from connections.models import DatabaseConnection, DatabaseType, Tenant
 from connections.services import connection_params
+from infra_site.pagination import Cursor, keyset_page
 from migrations_runner.engine import history
 from migrations_runner.engine.apply import drift_of, out_of_order_of, out_of_order_refusal, pending_of
 from migrations_runner.engine.sets import MigrationSet, Version, load_sets
@@ -352,6 +353,38 @@ def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
     return (
         execution.targets.select_related("connection", "tenant").defer("connection__password").order_by("phase", "id")
     )
+
+
+# What a page of target runs shows (the API's list, the admin's detail page): the rest of the run, of its
+# connection and of its tenant stays in the database.
+LISTED_RUN_FIELDS = (
+    *("id", "execution", "connection__name", "tenant__slug", "schema_name", "database_type", "region", "phase"),
+    *("status", "from_version", "to_version", "pending_versions", "applied_versions", "attempts", "error"),
+    *("skip_reason", "worker", "started_at", "completed_at", "duration_ms"),
+)
+
+
+def execution_targets_listed(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
+    """The runs of an execution as pages list them: ``execution_targets`` reading only what a page shows."""
+    return execution_targets(execution=execution).only(*LISTED_RUN_FIELDS)
+
+
+@dataclass(frozen=True)
+class TargetRunsPage:
+    runs: list[TargetRun]
+    count: int  # of the filtered runs, all pages
+    next: Cursor | None
+    previous: Cursor | None
+
+
+def execution_targets_page(
+    *, execution: MigrationExecution, filters: dict[str, str], cursor: Cursor, limit: int
+) -> TargetRunsPage:
+    """One page of an execution's runs (``filters`` on status, database type or region), by key: as fast at the
+    last page of 10,000 runs as at the first."""
+    runs = execution_targets_listed(execution=execution).filter(**filters)
+    page = keyset_page(runs, ("phase", "id"), cursor, limit)
+    return TargetRunsPage(runs=page.rows, count=runs.count(), next=page.next, previous=page.previous)
 
 
 def execution_summary(*, execution: MigrationExecution) -> dict:

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from infra_site import roles
 from infra_site.errors import ApplicationError
+from infra_site.pagination import LAST_PAGE, cursor_param
 from migrations_runner import selectors, services
 from migrations_runner.forms import RunForm
 from migrations_runner.models import (
@@ -121,7 +122,8 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
     ]
     list_filter = ["status", KindFilter, ScopeFilter, "origin", "executed_by", "created_at"]
     search_fields = ["id"]
-    date_hierarchy = "created_at"
+    # No date_hierarchy: its links read the distinct days or months of every execution on each page view (a
+    # third of a second at 10,000 executions on SQLite); the created_at filter selects dates without a query.
     list_per_page = 50
     show_full_result_count = False
 
@@ -379,17 +381,20 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         execution = self._execution(object_id)
-        runs = selectors.execution_targets(execution=execution)
         filters = {}
         for name in ("status", "database_type", "region"):
             value = request.GET.get(name)
             if value is not None and value != "":
                 filters[name] = value
-        if filters:
-            runs = runs.filter(**filters)
-        page = Paginator(runs, TARGETS_PER_PAGE).get_page(request.GET.get("page"))
         query = request.GET.copy()
-        query.pop("page", None)
+        query.pop("cursor", None)
+        try:
+            page = selectors.execution_targets_page(
+                execution=execution, filters=filters, cursor=cursor_param(request), limit=TARGETS_PER_PAGE
+            )
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
         return render(
             request,
             "admin/migrations_runner/migrationexecution/detail.html",
@@ -400,6 +405,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 original=execution,
                 page=page,
                 query=query.urlencode(),
+                last_page=LAST_PAGE.encode(),
                 filters=filters,
                 statuses=TargetStatus.values,
                 types=["admin", "shared", "analytics", "tenant"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -79,3 +81,21 @@ def test_the_scope_filter_names_no_choice_all_twice(client, make_user):
     MigrationExecution.objects.create(scope="all", executed_by="tester")
     filtered = client.get(CHANGELIST, {"scope": "all"}).context["cl"].result_list
     assert [e.scope for e in filtered] == ["all"]
+
+
+@pytest.mark.django_db
+def test_the_list_reads_no_date_of_every_execution(client, make_user):
+    """The page reads its 50 rows by index and one count: no query over the dates of every execution (the date
+    hierarchy's), which cost a third of a second at 10,000 executions."""
+    now = timezone.now()
+    MigrationExecution.objects.bulk_create(
+        MigrationExecution(scope="tenant", executed_by="test", status=ExecutionStatus.COMPLETED, completed_at=now)
+        for _ in range(60)
+    )
+    client.force_login(make_user("migrations:read"))
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(CHANGELIST)
+    assert response.status_code == 200
+    assert len(response.context["cl"].result_list) == 50
+    over_dates = [q["sql"] for q in captured.captured_queries if "created_at" in q["sql"] and "DISTINCT" in q["sql"]]
+    assert not over_dates, over_dates

@@ -1,0 +1,204 @@
+"""Pages of an execution's target runs by key (the API's ``cursor`` and the admin detail page): every run exactly
+once in (phase, id) order, the last page in one step, bad cursors refused; and the plans of the page and list
+queries read an index in order instead of sorting every row."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.db import connection as control_db
+from django.urls import reverse
+
+from connections import services as registry
+from infra_site.pagination import FIRST_PAGE, LAST_PAGE
+from migrations_runner import selectors
+from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+RUNS = 257
+PHASES = 3
+
+
+@pytest.fixture
+def execution(pg) -> MigrationExecution:
+    """An execution of RUNS target runs over PHASES phases, interleaved so that (phase, id) order is not id order,
+    a third of them failed; and another execution whose runs must never show."""
+    target = registry.connection_create(actor="t", verify=False, **pg.connection_values())
+    executions = [MigrationExecution.objects.create(scope="tenant", executed_by="t") for _ in range(2)]
+    TargetRun.objects.bulk_create(
+        TargetRun(
+            execution=executions[i % 2],
+            connection=target,
+            schema_name=f"tenant_{i:04d}",
+            database_type="tenant",
+            phase=(i // 2) % PHASES,
+            status=TargetStatus.FAILED if i % 3 == 0 else TargetStatus.SUCCEEDED,
+        )
+        for i in range(2 * RUNS)
+    )
+    return executions[0]
+
+
+def in_order(execution: MigrationExecution, **filters) -> list[int]:
+    return list(
+        TargetRun.objects.filter(execution=execution, **filters).order_by("phase", "id").values_list("id", flat=True)
+    )
+
+
+def targets_url(execution: MigrationExecution) -> str:
+    return f"/api/v1/migrations/{execution.pk}/targets/"
+
+
+def walk(client, url: str, params: dict | None = None, *, link: str = "next") -> list[dict]:
+    """Every page from ``url`` following the ``link`` links; the pages' bodies."""
+    pages = [client.get(url, params or {}).json()]
+    while pages[-1][link]:
+        pages.append(client.get(pages[-1][link]).json())
+        assert len(pages) < 100, "the links loop"
+    return pages
+
+
+def ids(pages: list[dict]) -> list[int]:
+    return [run["id"] for page in pages for run in page["results"]]
+
+
+def test_the_cursor_walks_every_run_once_in_order_and_back(execution, api_as):
+    reader = api_as("migrations:read")
+    pages = walk(reader, targets_url(execution), {"limit": 50})
+    assert ids(pages) == in_order(execution)
+    assert [len(page["results"]) for page in pages] == [50] * 5 + [RUNS - 250]
+    assert all(page["count"] == RUNS for page in pages)
+    assert pages[0]["previous"] is None
+    assert pages[-1]["next"] is None
+    assert "cursor=" in pages[0]["next"]
+    assert "offset" not in pages[0]["next"]
+    backwards = walk(reader, pages[-1]["previous"], link="previous")
+    assert ids(list(reversed(backwards))) == in_order(execution)[:250]
+
+
+def test_the_last_link_is_the_last_page_at_once(execution, api_as):
+    reader = api_as("migrations:read")
+    first = reader.get(targets_url(execution), {"limit": 50}).json()
+    last = reader.get(first["last"]).json()
+    assert [run["id"] for run in last["results"]] == in_order(execution)[-50:]
+    assert last["next"] is None
+    assert last["count"] == RUNS
+    before = reader.get(last["previous"]).json()
+    assert [run["id"] for run in before["results"]] == in_order(execution)[-100:-50]
+    assert parse_qs(urlsplit(first["last"]).query)["limit"] == ["50"]
+
+
+def test_the_status_filter_pages_by_cursor_too(execution, api_as):
+    reader = api_as("migrations:read")
+    pages = walk(reader, targets_url(execution), {"limit": 20, "status": "failed"})
+    assert ids(pages) == in_order(execution, status=TargetStatus.FAILED)
+    assert all(run["status"] == "failed" for page in pages for run in page["results"])
+
+
+def test_offsets_still_page_as_before(execution, api_as):
+    reader = api_as("migrations:read")
+    page = reader.get(targets_url(execution), {"limit": 50, "offset": 100}).json()
+    assert [run["id"] for run in page["results"]] == in_order(execution)[100:150]
+    assert "offset=150" in page["next"]
+    assert "offset=50" in page["previous"]
+    assert page["count"] == RUNS
+    assert page["last"] is None
+
+
+def encoded(raw: str) -> str:
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        "%%%",
+        encoded("x:0:1"),
+        encoded("a:0"),
+        encoded("a:-1:5"),
+        encoded("a:0:1e3"),
+        encoded("a:0:99999999999999999999"),
+    ],
+)
+def test_a_bad_cursor_is_a_400_in_the_error_shape(execution, api_as, cursor):
+    response = api_as("migrations:read").get(targets_url(execution), {"cursor": cursor})
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "validation_error",
+        "message": "'cursor' is not a cursor of this list: follow the 'next', 'previous' or 'last' links.",
+        "details": {"cursor": cursor},
+    }
+
+
+def test_cursor_and_offset_together_are_a_400(execution, api_as):
+    response = api_as("migrations:read").get(targets_url(execution), {"cursor": FIRST_PAGE.encode(), "offset": 5})
+    assert response.status_code == 400
+    assert response.json()["details"] == {"cursor": FIRST_PAGE.encode(), "offset": "5"}
+
+
+def test_the_admin_detail_page_walks_by_cursor(execution, client, make_user):
+    client.force_login(make_user("migrations:read"))
+    detail = reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk])
+    seen: list[int] = []
+    page = client.get(detail, {"status": "failed"})
+    while True:
+        assert page.status_code == 200
+        seen += [run.pk for run in page.context["page"].runs]
+        following = page.context["page"].next
+        if following is None:
+            break
+        assert f"cursor={following.encode()}" in page.content.decode()
+        page = client.get(detail, {"status": "failed", "cursor": following.encode()})
+    assert seen == in_order(execution, status=TargetStatus.FAILED)
+    last = client.get(detail, {"cursor": LAST_PAGE.encode()})
+    assert [run.pk for run in last.context["page"].runs] == in_order(execution)[-50:]
+    assert f"{RUNS} targets" in last.content.decode()
+
+
+def test_the_admin_detail_page_sends_a_bad_cursor_back_to_the_first_page(execution, client, make_user):
+    client.force_login(make_user("migrations:read"))
+    detail = reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk])
+    response = client.get(detail, {"status": "failed", "cursor": "nonsense"}, follow=True)
+    assert response.redirect_chain == [(f"{detail}?status=failed", 302)]
+    assert "is not a cursor of this list" in response.content.decode()
+
+
+def plan(queryset) -> str:
+    """The control database's plan of ``queryset``, with sequential scans priced out on PostgreSQL so that a
+    small table shows the plan a large one gets."""
+    if control_db.vendor == "postgresql":
+        with control_db.cursor() as cursor:
+            cursor.execute("SET enable_seqscan = off")
+        try:
+            return queryset.explain()
+        finally:
+            with control_db.cursor() as cursor:
+                cursor.execute("RESET enable_seqscan")
+    return queryset.explain()
+
+
+def assert_index_order(text: str, index: str) -> None:
+    assert index in text, text
+    assert "Sort" not in text, text  # PostgreSQL
+    assert "TEMP B-TREE" not in text, text  # SQLite
+
+
+def test_the_page_queries_read_an_index_in_order(execution):
+    runs = selectors.execution_targets(execution=execution)
+    for queryset in (
+        runs.order_by("phase", "id")[:51],
+        runs.filter(phase=1, id__gt=0).order_by("phase", "id")[:51],
+        runs.filter(phase__gt=1).order_by("phase", "id")[:51],
+        runs.order_by("-phase", "-id")[:51],
+    ):
+        assert_index_order(plan(queryset), "target_run_page")
+
+
+def test_the_execution_list_reads_an_index_in_order(execution):
+    """The API orders by creation time; the admin's changelist adds the id."""
+    for queryset in (selectors.execution_list()[:50], selectors.execution_list().order_by("-created_at", "-pk")[:50]):
+        assert_index_order(plan(queryset), "execution_newest")
