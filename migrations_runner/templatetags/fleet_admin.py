@@ -37,12 +37,18 @@ BADGE_CLASSES = {
 @register.simple_tag(takes_context=True)
 def redacted(context: template.Context, error: Any) -> Any:
     """A stored error as the viewer may read it: without hosts, ports and user names unless they hold
-    databases:read (one read of the registry per page)."""
-    cache = context.render_context
-    if "error_redactor" not in cache:
-        request = context.get("request")
-        cache["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
-    return cache["error_redactor"](error)
+    databases:read (one read of the registry per request: included templates have render contexts of their own,
+    so it is kept on the request)."""
+    request = context.get("request")
+    holder: Any = request if request is not None else context.render_context
+    redact = getattr(holder, "_error_redactor", None) if request is not None else holder.get("error_redactor")
+    if redact is None:
+        redact = registry.error_redactor(user=getattr(request, "user", None))
+        if request is not None:
+            request._error_redactor = redact
+        else:
+            holder["error_redactor"] = redact
+    return redact(error)
 
 
 @register.simple_tag

@@ -230,7 +230,7 @@ def test_query_counts_do_not_grow_with_target_runs(small_fleet, admin_as, django
         assert client.get(CHANGELIST).status_code == 200
     with django_assert_max_num_queries(16):
         assert client.get(url("change", execution)).status_code == 200
-    with django_assert_max_num_queries(8):
+    with django_assert_max_num_queries(9):  # 8, and the cache entry of a lane waiting for a slot
         assert client.get(url("progress_fragment", execution)).status_code == 200
 
 
