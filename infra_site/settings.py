@@ -162,7 +162,7 @@ if not isinstance(MIGRATION_PLACEHOLDERS, dict) or not all(
 MIGRATION_LOCK_TIMEOUT = env.float("MIGRATION_LOCK_TIMEOUT", default=1.0)
 # A script whose table lock stayed held past MIGRATION_LOCK_TIMEOUT is retried after a backoff, up to this many
 # lock waits or this many seconds in all; then the target fails with lock_timeout.
-MIGRATION_LOCK_RETRIES = env.int("MIGRATION_LOCK_RETRIES", default=30)
+MIGRATION_LOCK_RETRIES = env.int("MIGRATION_LOCK_RETRIES", default=60)
 MIGRATION_LOCK_RETRY_FOR = env.float("MIGRATION_LOCK_RETRY_FOR", default=900.0)
 MIGRATION_LOCK_WAIT = env.float("MIGRATION_LOCK_WAIT", default=60.0)
 # At most this many targets of one database server run at once, across all workers and executions.

@@ -62,7 +62,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x1F0A  # first key of the two-int advisory lock; the second is hashtext(schema)
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout: the statement waited too long for a lock another session holds
-LOCK_BACKOFF_MAX_S = 30.0
+LOCK_BACKOFF_MAX_S = 5.0  # a blocked target is tried again within about 5 s of its lock being free
 TRANSIENT_SQLSTATES = {"55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53300"}
 NO_REPLAY_SQLSTATES = {"57014"}  # a statement that timed out would only time out again
 
@@ -154,7 +154,7 @@ class ApplyOptions:
     # Lock guard rails: a statement waits at most lock_timeout_s for a table lock; the script is then retried
     # after a backoff with jitter, up to lock_retries waits or lock_retry_for_s seconds in all (counting the
     # waits of earlier claims of the same target run, lock_attempts_before since lock_blocked_since).
-    lock_retries: int = 30
+    lock_retries: int = 60
     lock_retry_for_s: float = 900.0
     lock_backoff_s: float = 0.5
     lock_attempts_before: int = 0
