@@ -18,6 +18,7 @@ from migrations_runner import services, tasks
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetStatus
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -82,8 +83,7 @@ def test_an_outcome_that_arrives_after_the_recovery_does_not_overwrite_it(small_
     runner._apply(slow, execution)
     assert slow.status == TargetStatus.SUCCEEDED  # applied, not yet recorded
     runner._Leases.release(slow.pk)  # its heartbeat stalls
-    time.sleep(1.3)
-    assert tasks.recover_lost_targets() == 1
+    assert wait_until(lambda: tasks.recover_lost_targets(), timeout=10) == 1  # once its lease has expired
     assert runner._record_and_claim(slow, execution, "slow-host:3", claim=False) is None
     assert "target run was recovered before its outcome was recorded" in caplog.text
     slow.refresh_from_db()
