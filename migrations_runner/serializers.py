@@ -395,7 +395,6 @@ class AdoptSerializer(ScopeSerializer):
     table = serializers.RegexField(
         r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$",
         required=False,
-        default="",
         help_text="Flyway's history table (default: the set's configuration, else flyway_schema_history or, from "
         "Flyway before 5, schema_version).",
     )

@@ -12,7 +12,7 @@ SETTINGS = (ROOT / "infra_site" / "settings.py").read_text()
 # Settings that are not environment variables of ours but appear in code spans (libraries' and the shell's).
 NOT_OURS = {"DJANGO_SETTINGS_MODULE", "TEST_POSTGRES_URL", "CI", "PATH", "HOME", "LOGIN_URL"}
 # Words in code spans that are SQL, log levels or file names, not settings.
-NOT_SETTINGS = {"INFO", "UPDATE", "VACUUM", "V1_1"}
+NOT_SETTINGS = {"CLUSTER", "DELETE", "INFO", "UPDATE", "VACUUM", "V1_1"}
 
 
 def read_variables() -> set[str]:
