@@ -51,7 +51,7 @@ def test_a_lane_waits_for_a_slot_under_the_per_server_cap_then_works(small_fleet
 
     def other_worker_finishes() -> None:
         try:
-            time.sleep(0.5)
+            time.sleep(0.5)  # the other worker holds the only slot this long: the lane's wait is what is measured
             runner._apply(other, execution)
             runner._record_and_claim(other, execution, "other-host:9", claim=False)
             finished_other.set()
