@@ -120,6 +120,17 @@ class PgDatabase:
         return self.server.connect(self.dbname)
 
 
+# A test that uses one of these fixtures starts a server, a browser or a queue cluster: it is marked ``slow``
+# (``pytest -m "not slow"`` leaves it out). Tests that start one by themselves carry the marker explicitly.
+SLOW_FIXTURES = frozenset({"clusters", "serve", "oidc_provider", "chromium", "two_servers"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the session: TEST_POSTGRES_URL when set, else an embedded one."""
@@ -140,10 +151,14 @@ def pg_server() -> Iterator[PgServer]:
         server = PgServer(
             host=embedded.host, port=embedded.port, superuser="postgres", superuser_password=embedded.password
         )
+    role, password = sql.Identifier(REGISTRY_USER), sql.Literal(REGISTRY_PASSWORD)
     with server.connect() as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [REGISTRY_USER]).fetchone()
-        statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}" if exists else "CREATE ROLE {} WITH LOGIN PASSWORD {}"
-        conn.execute(sql.SQL(statement).format(sql.Identifier(REGISTRY_USER), sql.Literal(REGISTRY_PASSWORD)))
+        # The test processes of one run share TEST_POSTGRES_URL's server, and the password (inherited): the
+        # first creates the role, the others find it.
+        try:
+            conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, password))
+        except psycopg.errors.DuplicateObject:
+            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, password))
     yield server
     if embedded is not None:
         embedded.destroy()

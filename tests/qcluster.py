@@ -13,10 +13,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
+
+from infra_site.embedded_postgres import wait_for_port
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,11 +69,13 @@ class Cluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 60
-        while "running." not in self.output():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"qcluster did not start:\n{self.output()[-3000:]}")
-            time.sleep(0.1)
+        process = self.process
+
+        def running() -> bool:
+            assert process.poll() is None, f"qcluster exited:\n{self.output()[-3000:]}"
+            return "running." in self.output()
+
+        wait_until(running, timeout=60, message=lambda: f"qcluster did not start:\n{self.output()[-3000:]}")
         return self
 
     def output(self) -> str:
@@ -128,14 +132,8 @@ class RedisServer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        import socket
-
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        wait_for_port("127.0.0.1", self.port, timeout=10)
+        return self
 
     def stop(self) -> None:
         if self.process is not None:

@@ -28,6 +28,7 @@ from tests.conftest import require_tool
 from tests.migrations_runner.conftest import create_owned_table
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.postgres,
     # The live server runs in a thread and the qcluster in other processes: they must see committed rows.
     pytest.mark.django_db(transaction=True),

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from rest_framework.test import APIClient
 from infra_site.embedded_postgres import EmbeddedPostgres, free_port, wait_for_port
 from tests.migrations_runner.conftest import SHIPPED_SETS, build_fleet, drop_fleet
 from tests.qcluster import ROOT, Cluster, control_env
+from tests.support.waiting import wait_until as wait_until  # re-exported for the tests importing it from here
 
 
 @pytest.fixture
@@ -157,15 +157,3 @@ def child_env(**overrides: str) -> dict[str, str]:
     env = control_env(**overrides)
     env["MIGRATION_EXECUTOR"] = "queue"
     return env
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.5, message: str = "condition not met"):
-    """Poll ``predicate`` until it returns something truthy; return it, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} within {timeout} s")
-        time.sleep(interval)

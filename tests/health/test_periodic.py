@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from datetime import timedelta
 
 import pytest
@@ -17,6 +16,7 @@ from connections import services as registry
 from connections.models import DatabaseConnection
 from health import services
 from health.models import CheckRun, ConnectionSnapshot
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres]
 
@@ -94,10 +94,13 @@ def test_a_real_qcluster_runs_the_check_on_schedule(pg, settings, clusters):
     settings.HEALTH_CHECK_INTERVAL = 2
     services.ensure_health_schedule()
     cluster = clusters(workers=1)
-    deadline = time.monotonic() + 75  # django-q2's scheduler looks at the schedules about every 30 s
-    while ConnectionSnapshot.objects.filter(connection=connection).count() < 1:
-        assert time.monotonic() < deadline, f"no snapshot was written:\n{cluster.output()[-3000:]}"
-        time.sleep(0.5)
+    # django-q2's scheduler looks at the schedules about every 30 s.
+    wait_until(
+        lambda: ConnectionSnapshot.objects.filter(connection=connection).exists(),
+        timeout=75,
+        interval=0.5,
+        message=lambda: f"no snapshot was written:\n{cluster.output()[-3000:]}",
+    )
     run = CheckRun.objects.get()
     assert int(run.worker.rsplit(":", 1)[1]) in cluster.pids()
     snapshot = ConnectionSnapshot.objects.get(connection=connection)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
@@ -13,6 +11,7 @@ from migrations_runner import services as migrations
 from migrations_runner.models import TargetStatus
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.waves import WaveOptions
+from tests.support.waiting import wait_finished
 
 pytestmark = [pytest.mark.postgres]
 
@@ -45,11 +44,7 @@ def test_counters_and_histograms_follow_an_execution_run_by_a_real_qcluster(smal
     assert value(before, "infra_control_database_up") == 1
     cluster = clusters(workers=2)
     execution = migrations.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
-    deadline = time.monotonic() + 120
-    while not execution.is_finished:
-        assert time.monotonic() < deadline, cluster.output()[-3000:]
-        time.sleep(0.2)
-        execution.refresh_from_db()
+    wait_finished(execution, timeout=120)
     assert execution.status == "completed"
     workers = {int(w.rsplit(":", 1)[1]) for w in execution.targets.values_list("worker", flat=True)}
     assert workers <= cluster.pids(), "the target runs were not worked by the qcluster"

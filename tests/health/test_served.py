@@ -13,7 +13,7 @@ from tests.conftest import require_tool
 from tests.health.conftest import child_env, wait_until
 from tests.qcluster import Cluster, RedisServer
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def service(body: dict, name: str) -> dict:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,6 +25,7 @@ from rest_framework.test import APIClient
 
 from infra_site import roles
 from infra_site.auth.lockout import UNKNOWN_USERNAME, is_not_password_login
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ME = "/api/v1/auth/me/"
@@ -244,15 +244,16 @@ class Server:
         self.log = log
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            with contextlib.suppress(requests.ConnectionError):
+
+        def answering() -> bool:
+            assert self.process.poll() is None, f"server exited:\n{self.log.read_text()[-3000:]}"
+            try:
                 requests.get(self.url + ME, timeout=5)
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+            except requests.ConnectionError:
+                return False
+            return True
+
+        wait_until(answering, timeout=60, message=lambda: f"server did not start:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         """SIGINT (gunicorn's quick shutdown) to the process group, then SIGKILL if it lingers."""

@@ -26,6 +26,9 @@ import requests
 from infra_site.embedded_postgres import free_port
 from tests.conftest import coverage_env
 from tests.qcluster import ROOT
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.slow
 
 TENANTS_PER_REGION = 10
 CONNECTIONS = 6  # admin, shared us-east and eu-west, analytics, two dedicated tenant databases
@@ -63,17 +66,23 @@ class Demo:
 
     def wait_serving(self, timeout: float = 120) -> float:
         """Wait until the admin answers; return the seconds it took from the start."""
-        deadline = self.started + timeout
-        while True:
+
+        def serving() -> bool:
             assert self.process.poll() is None, f"the demo exited:\n{self.output[-4000:]}"
-            assert time.monotonic() < deadline, f"the demo did not serve within {timeout}s:\n{self.output[-4000:]}"
-            if "Serving on" in self.output:
-                try:
-                    if requests.get(f"http://127.0.0.1:{self.port}/admin/login/", timeout=2).status_code == 200:
-                        return time.monotonic() - self.started
-                except requests.RequestException:
-                    pass
-            time.sleep(0.2)
+            if "Serving on" not in self.output:
+                return False
+            try:
+                return requests.get(f"http://127.0.0.1:{self.port}/admin/login/", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(
+            serving,
+            timeout=self.started + timeout - time.monotonic(),
+            interval=0.2,
+            message=lambda: f"the demo did not serve:\n{self.output[-4000:]}",
+        )
+        return time.monotonic() - self.started
 
     def processes(self, data_dir: Path) -> list[psutil.Process]:
         """The demo's descendants (web workers, task worker) and the embedded server's processes."""
@@ -216,8 +225,7 @@ def test_the_demo_builds_migrates_and_serves_and_a_second_run_reuses_everything(
         assert f"Another demo (pid {first.process.pid}) is running" in again.stderr
         processes = first.processes(data_dir)
         assert first.interrupt() == 0, first.output[-3000:]
-        time.sleep(0.5)
-        assert not alive(processes), f"left behind: {alive(processes)}"
+        wait_until(lambda: not alive(processes), timeout=10, message=lambda: f"left behind: {alive(processes)}")
         assert not servers_on(data_dir)
     finally:
         first.kill()
@@ -231,8 +239,7 @@ def test_the_demo_builds_migrates_and_serves_and_a_second_run_reuses_everything(
         assert registry(control) == after_first
         processes = second.processes(data_dir)
         assert second.interrupt() == 0, second.output[-3000:]
-        time.sleep(0.5)
-        assert not alive(processes), f"left behind: {alive(processes)}"
+        wait_until(lambda: not alive(processes), timeout=10, message=lambda: f"left behind: {alive(processes)}")
         assert not servers_on(data_dir)
     finally:
         second.kill()

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import psutil
 import pytest
 
 from tests.qcluster import ROOT, control_env
+from tests.support.waiting import wait_until
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def free_port() -> int:
@@ -35,15 +36,15 @@ def test_serve_starts_a_task_worker_and_ctrl_c_stops_everything(tmp_path):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def login_page() -> int | None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=2) as response:
-                    assert response.status == 200
-                    break
+                    return response.status
             except OSError:
-                assert time.monotonic() < deadline, "the web server did not come up"
-                time.sleep(0.2)
+                return None
+
+        assert wait_until(login_page, timeout=60, interval=0.2, message="the web server did not come up") == 200
         # gunicorn's control socket would be $HOME/.gunicorn/gunicorn.ctl, one per account: none is made.
         assert not (tmp_path / ".gunicorn").exists()
         children = psutil.Process(process.pid).children(recursive=True)
@@ -51,9 +52,18 @@ def test_serve_starts_a_task_worker_and_ctrl_c_stops_everything(tmp_path):
         # Ctrl-C in a terminal signals the whole foreground process group.
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=40)
-        time.sleep(0.5)
-        survivors = [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
-        assert not survivors, f"left behind: {[c.cmdline() for c in survivors]}"
+
+        def survivors() -> list[psutil.Process]:
+            running = []
+            for child in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                        running.append(child)
+            return running
+
+        wait_until(
+            lambda: not survivors(), timeout=10, message=lambda: f"left behind: {[c.cmdline() for c in survivors()]}"
+        )
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ from psycopg import sql
 from tests.conftest import require_tool
 from tests.qcluster import ROOT, Cluster, RedisServer, control_env
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 REGISTER = """
 import json

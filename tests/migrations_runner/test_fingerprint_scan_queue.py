@@ -6,8 +6,8 @@ import pytest
 
 from infra_site import roles
 from migrations_runner.models import FingerprintScan, ScanState, SchemaFingerprint
-from tests.health.conftest import wait_until
 from tests.migrations_runner.test_queue import clusters, queue_settings  # noqa: F401
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

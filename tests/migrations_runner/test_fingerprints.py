@@ -362,7 +362,7 @@ def test_a_scan_reads_concurrently_but_at_most_the_per_server_cap_at_once(small_
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
-        time.sleep(0.1)
+        time.sleep(0.1)  # every read lasts long enough to overlap the others: the cap is what is measured
         try:
             return real(conn, schemas)
         finally:

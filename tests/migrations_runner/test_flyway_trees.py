@@ -21,8 +21,8 @@ from migrations_runner.exceptions import InvalidMigrationSets
 from migrations_runner.models import ExecutionStatus, TargetStatus
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_USER
-from tests.health.conftest import wait_until
 from tests.migrations_runner.test_flyway import FLYWAY_DDL
+from tests.support.waiting import wait_until
 
 # --- statements, as the parser reads them -----------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from migrations_runner.engine.sets import MigrationSet, load_set
 from migrations_runner.engine.sqltext import created_concurrent_indexes
 from migrations_runner.selection import TargetSelection
 from tests.conftest import PgDatabase
+from tests.support.waiting import wait_finished, wait_until
 
 pytestmark = [pytest.mark.postgres]
 
@@ -96,24 +96,25 @@ def open_snapshot(connect: Callable[[], psycopg.Connection]) -> Iterator[psycopg
 
 def wait_for_old_snapshots(observer: psycopg.Connection, index: str, timeout: float = 90) -> int:
     """Wait until a concurrent build of ``index`` waits for old snapshots (index still INVALID); return its pid."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = observer.execute(
+    row = wait_until(
+        lambda: observer.execute(
             "SELECT pid FROM pg_stat_progress_create_index "
             "WHERE index_relid = to_regclass(%s) AND phase = 'waiting for old snapshots'",
             [index],
-        ).fetchone()
-        if row:
-            return row[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no build of {index} reached the wait for old snapshots within {timeout}s")
+        ).fetchone(),
+        timeout=timeout,
+        interval=0.05,
+        message=f"no build of {index} reached the wait for old snapshots",
+    )
+    return row[0]
 
 
 def wait_backend_gone(observer: psycopg.Connection, pid: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while observer.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
-        assert time.monotonic() < deadline, f"backend {pid} still alive after {timeout}s"
-        time.sleep(0.1)
+    wait_until(
+        lambda: not observer.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone(),
+        timeout=timeout,
+        message=f"backend {pid} still alive",
+    )
 
 
 def test_created_indexes_reads_names_as_postgresql_stores_them():
@@ -228,16 +229,7 @@ def test_an_invalid_index_left_in_the_schema_fails_the_version_and_names_the_ind
 # The acceptance test on real workers comes last: it is the slowest, and it exercises the queued runner too.
 
 
-def wait_finished(execution, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        execution.refresh_from_db()
-        if execution.is_finished:
-            return execution
-        time.sleep(0.2)
-    raise AssertionError(f"execution {execution.pk} still {execution.status} after {timeout}s")
-
-
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_qcluster_killed_during_a_concurrent_build_is_lost_and_its_retry_rebuilds_the_index(small_fleet, settings):
     from migrations_runner import services
@@ -268,12 +260,18 @@ def test_a_qcluster_killed_during_a_concurrent_build_is_lost_and_its_retry_rebui
                 assert index_valid(observer, index) is False
 
             run = execution.targets.get()
-            deadline = time.monotonic() + settings.MIGRATION_LEASE_SECONDS + 30
-            while run.status == TargetStatus.RUNNING:
-                assert time.monotonic() < deadline, "the lost worker was not detected"
+
+            def recovered() -> bool:
                 services.targets_recover_lost()
-                time.sleep(0.5)
                 run.refresh_from_db()
+                return run.status != TargetStatus.RUNNING
+
+            wait_until(
+                recovered,
+                timeout=settings.MIGRATION_LEASE_SECONDS + 30,
+                interval=0.5,
+                message="the lost worker was not detected",
+            )
             assert run.status == TargetStatus.FAILED
             assert run.error["kind"] == "worker_lost"
             execution = wait_finished(execution, timeout=30)

@@ -9,16 +9,16 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from django_q.models import Schedule
+from django_q.models import OrmQ, Schedule
 from psycopg import sql
 
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSchedule
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
-from tests.health.conftest import wait_until
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
 from tests.qcluster import Cluster, control_env
+from tests.support.waiting import wait_finished, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -60,14 +60,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def wait_finished(execution: MigrationExecution, timeout: float = 120) -> MigrationExecution:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        execution.refresh_from_db()
-        if execution.is_finished:
-            return execution
-        time.sleep(0.2)
-    raise AssertionError(f"execution {execution.pk} still {execution.status} after {timeout}s")
+def running_peak(*executions: MigrationExecution, timeout: float = 240) -> int:
+    """Sample the targets running at once until every execution has finished; return the most seen."""
+    peak = 0
+
+    def sample() -> bool:
+        nonlocal peak
+        running = TargetRun.objects.filter(execution__in=executions, status=TargetStatus.RUNNING).count()
+        peak = max(peak, running)
+        for execution in executions:
+            execution.refresh_from_db()
+        return all(execution.is_finished for execution in executions)
+
+    wait_until(sample, timeout=timeout, interval=0.02, message="the executions did not finish")
+    return peak
 
 
 @pytest.fixture
@@ -85,11 +91,7 @@ def test_batch_size_caps_the_targets_in_flight_across_two_clusters(big_fleet, se
     first, second = clusters(count=2, workers=2)
     execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=5)
     assert execution.status == ExecutionStatus.IN_PROGRESS
-    peak = 0
-    while not execution.is_finished:
-        peak = max(peak, TargetRun.objects.filter(execution=execution, status=TargetStatus.RUNNING).count())
-        time.sleep(0.02)
-        execution.refresh_from_db()
+    peak = running_peak(execution)
     assert execution.status == ExecutionStatus.COMPLETED
     assert execution.targets.filter(status=TargetStatus.SUCCEEDED).count() == 60
     assert 2 <= peak <= 5
@@ -104,10 +106,7 @@ def test_cancelling_mid_run_cancels_what_has_not_finished(small_fleet, sets_dir,
     )
     clusters(workers=2)
     execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=1)
-    deadline = time.monotonic() + 60
-    while not execution.targets.filter(status=TargetStatus.SUCCEEDED).exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: execution.targets.filter(status=TargetStatus.SUCCEEDED).exists(), timeout=60, interval=0.05)
     services.execution_cancel(execution=execution, actor="test")
     execution = wait_finished(execution)
     assert execution.status == ExecutionStatus.CANCELLED
@@ -132,12 +131,14 @@ def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
         selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="test"
     )
     run = execution.targets.get()
-    deadline = time.monotonic() + 60
-    while not (run.worker and run.applied_versions == [] and run.started_at):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+
+    def claimed() -> bool:
         run.refresh_from_db()
-    time.sleep(1.5)  # V1 applied, V2 sleeping
+        return bool(run.worker and run.applied_versions == [] and run.started_at)
+
+    wait_until(claimed, timeout=60)
+    # The kill lands in V2: V1's history row is committed, and V2 sleeps for a minute.
+    wait_until(lambda: history_versions(small_fleet, tenant) == ["1"], timeout=60, message="V1 was not applied")
     os.kill(int(run.worker.rsplit(":", 1)[1]), signal.SIGKILL)
     killed_at = time.monotonic()
     execution = wait_finished(execution, timeout=LOST_WITHIN + 30)
@@ -173,12 +174,14 @@ def test_a_cron_schedule_fires_and_creates_an_execution(small_fleet, queue_setti
         cron_expression="* * * * *",
     )
     assert schedule.q_schedule.func == "migrations_runner.tasks.fire_schedule"
-    # Due now rather than at the next minute: django-q2's scheduler fires it on its next cycle.
+    # Due now rather than at the next minute: django-q2's scheduler fires it on its next cycle (every 30 s).
     Schedule.objects.filter(pk=schedule.q_schedule_id).update(next_run=timezone.now())
-    deadline = time.monotonic() + 75  # django-q2's scheduler looks at schedules every 30 s
-    while not MigrationExecution.objects.filter(executed_by="schedule:nightly-tenants").exists():
-        assert time.monotonic() < deadline, "the schedule did not fire"
-        time.sleep(0.5)
+    wait_until(
+        lambda: MigrationExecution.objects.filter(executed_by="schedule:nightly-tenants").exists(),
+        timeout=75,
+        interval=0.5,
+        message="the schedule did not fire",
+    )
     execution = MigrationExecution.objects.filter(executed_by="schedule:nightly-tenants").first()
     assert execution.dry_run
     schedule.refresh_from_db()
@@ -227,12 +230,7 @@ def test_the_per_database_cap_holds_across_executions(big_fleet, queue_settings,
     second = services.execution_submit(
         selection=TargetSelection(scope="tenant", regions=["eu-west"]), executed_by="b", batch_size=5
     )
-    peak = 0
-    while not (first.is_finished and second.is_finished):
-        peak = max(peak, TargetRun.objects.filter(status=TargetStatus.RUNNING).count())
-        time.sleep(0.02)
-        first.refresh_from_db()
-        second.refresh_from_db()
+    peak = running_peak(first, second)
     assert first.status == second.status == ExecutionStatus.COMPLETED
     assert 1 <= peak <= 2
 
@@ -279,6 +277,11 @@ def test_the_wait_flag_follows_a_queued_execution(small_fleet, queue_settings, c
     assert all(t["worker"] for t in data["targets"])
 
 
+def history_versions(fleet, tenant) -> list[str]:
+    """The versions recorded in the tenant's history, in order."""
+    return sorted(version for version, _ in history_counts(fleet, tenant))
+
+
 def history_counts(fleet, tenant) -> list[tuple[str, int]]:
     """How often each version is recorded in the tenant's history; [] when the target never got that far."""
     with fleet.connect(tenant.connection.name) as conn:
@@ -303,10 +306,12 @@ def test_two_clusters_share_200_targets_and_a_sigkill_half_way_loses_nothing(
         execution = services.execution_submit(
             selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=6
         )
-        deadline = time.monotonic() + 120
-        while execution.targets.filter(status=TargetStatus.SUCCEEDED).count() < 80:
-            assert time.monotonic() < deadline, "the clusters made no progress"
-            time.sleep(0.05)
+        wait_until(
+            lambda: execution.targets.filter(status=TargetStatus.SUCCEEDED).count() >= 80,
+            timeout=120,
+            interval=0.05,
+            message="the clusters made no progress",
+        )
         first_pids = first.pids()
         os.killpg(first.process.pid, signal.SIGKILL)
         execution = wait_finished(execution, timeout=240)
@@ -340,11 +345,9 @@ def test_a_cluster_killed_holding_queued_lanes_is_recovered_within_the_bound(
     # One worker with a queue limit of one: it runs one lane and holds the other, unstarted, in its own queue.
     (doomed,) = clusters(workers=1)
     execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=2)
-    deadline = time.monotonic() + 60
-    while not execution.targets.filter(status=TargetStatus.RUNNING).exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
+    wait_until(lambda: execution.targets.filter(status=TargetStatus.RUNNING).exists(), timeout=60, interval=0.05)
+    # Both lanes are off the broker: the one running and the one the cluster holds unstarted.
+    wait_until(lambda: OrmQ.objects.filter(lock__gt=timezone.now()).count() >= 2, timeout=30, interval=0.05)
     os.killpg(doomed.process.pid, signal.SIGKILL)
     killed_at = time.monotonic()
     clusters(workers=2)
@@ -411,9 +414,13 @@ def test_without_a_worker_the_execution_says_so_and_cancel_ends_it(small_fleet, 
     execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
     assert execution.status == ExecutionStatus.IN_PROGRESS
     assert not selectors.execution_progress(execution=execution)["no_worker"]
-    time.sleep(1.5)
-    execution.refresh_from_db()
-    progress = selectors.execution_progress(execution=execution)
+
+    def progress_without_worker() -> dict | None:
+        execution.refresh_from_db()
+        progress = selectors.execution_progress(execution=execution)
+        return progress if progress["no_worker"] else None
+
+    progress = wait_until(progress_without_worker, timeout=30, message="the execution never said it has no worker")
     assert progress["no_worker"] is True
     assert progress["state"] == "waiting_for_worker"
     assert progress["pending"] == 6

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from io import StringIO
 
 import pytest
@@ -34,7 +33,7 @@ class ThreadWorker:
             while not self._stop.is_set():
                 item = OrmQ.objects.order_by("id").first()
                 if item is None:
-                    time.sleep(0.05)
+                    self._stop.wait(0.05)
                     continue
                 package = item.task
                 item.delete()

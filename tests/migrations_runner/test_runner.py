@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from django.db import connections as django_connections
@@ -13,6 +12,7 @@ from migrations_runner.exceptions import ExecutionFinished
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import create_owned_table
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -33,7 +33,7 @@ class PeakRunning:
         try:
             while not self._stop.is_set():
                 self.peak = max(self.peak, TargetRun.objects.filter(status=TargetStatus.RUNNING).count())
-                time.sleep(0.01)
+                self._stop.wait(0.01)
         finally:
             django_connections.close_all()
 
@@ -76,10 +76,7 @@ def test_cancel_stops_a_threaded_execution_between_targets(fleet, sets_dir):
         target=lambda: (done.update(result=services.execution_run(execution=execution)), django_connections.close_all())
     )
     worker.start()
-    deadline = time.monotonic() + 60
-    while not execution.targets.filter(status=TargetStatus.SUCCEEDED).exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: execution.targets.filter(status=TargetStatus.SUCCEEDED).exists(), timeout=60, interval=0.05)
     services.execution_cancel(execution=execution, actor="alice")
     worker.join(timeout=60)
     result = done["result"]

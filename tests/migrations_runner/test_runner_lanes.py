@@ -22,6 +22,7 @@ from migrations_runner import selectors, services, tasks
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -54,7 +55,7 @@ def test_a_lane_waits_for_a_slot_under_the_per_server_cap_then_works(small_fleet
 
     def other_worker_finishes() -> None:
         try:
-            time.sleep(0.5)
+            time.sleep(0.5)  # the other worker holds the only slot this long: the lane's wait is what is measured
             runner._apply(other, execution)
             runner._record_and_claim(other, execution, "other-host:9", claim=False)
             finished_other.set()
@@ -86,8 +87,7 @@ def test_an_outcome_that_arrives_after_the_recovery_does_not_overwrite_it(small_
     runner._apply(slow, execution)
     assert slow.status == TargetStatus.SUCCEEDED  # applied, not yet recorded
     runner._Leases.release(slow.pk)  # its heartbeat stalls
-    time.sleep(1.3)
-    assert tasks.recover_lost_targets() == 1
+    assert wait_until(lambda: tasks.recover_lost_targets(), timeout=10) == 1  # once its lease has expired
     assert runner._record_and_claim(slow, execution, "slow-host:3", claim=False) is None
     assert "target run was recovered before its outcome was recorded" in caplog.text
     slow.refresh_from_db()

@@ -7,7 +7,6 @@ firing of schedules, and fingerprint scans.
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 import pytest
@@ -28,6 +27,7 @@ from migrations_runner.models import (
 )
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -134,8 +134,7 @@ def test_recovery_fails_a_lost_run_with_what_its_history_shows_and_restarts_the_
     execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=2)
     lost = _die_holding_a_target(execution, "dead-host:4242")
     assert tasks.recover_lost_targets() == 0  # its lease has not expired yet
-    time.sleep(1.3)
-    assert tasks.recover_lost_targets() == 1
+    assert wait_until(lambda: tasks.recover_lost_targets(), timeout=10) == 1  # once it has
     lost.refresh_from_db()
     assert lost.status == TargetStatus.FAILED
     assert lost.error["kind"] == "worker_lost"
@@ -165,8 +164,7 @@ def test_recovery_under_halt_skips_the_rest_and_ends_the_execution(small_fleet, 
     lost = _die_holding_a_target(execution, "dead-host:7")
     # The target's database is unreachable now: recovery cannot read what was applied and records nothing.
     DatabaseConnection.objects.filter(pk=lost.connection_id).update(port=closed_port)
-    time.sleep(1.3)
-    assert tasks.recover_lost_targets() == 1
+    assert wait_until(lambda: tasks.recover_lost_targets(), timeout=10) == 1  # once its lease has expired
     lost.refresh_from_db()
     assert lost.status == TargetStatus.FAILED
     assert lost.error["kind"] == "worker_lost"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
+from django_q.models import OrmQ, Task
+from django_q.tasks import async_task
 from psycopg import sql
 from rest_framework.test import APIClient
 
@@ -16,9 +17,11 @@ from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidWaves, NotAwaitingApproval
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus, Waiting
 from migrations_runner.selection import TargetSelection
+from migrations_runner.services.schedules import RECOVERY_TASK
 from migrations_runner.services.waves import Size, WaveOptions, budget_exceeded, wave_sizes
 from tests.migrations_runner.conftest import build_fleet, create_owned_table, drop_fleet
-from tests.migrations_runner.test_queue import clusters, queue_settings, wait_finished  # noqa: F401
+from tests.migrations_runner.test_queue import clusters, queue_settings  # noqa: F401
+from tests.support.waiting import wait_finished, wait_until
 
 TENANTS = TargetSelection(scope="tenant")
 
@@ -229,14 +232,25 @@ def test_the_approval_wait_survives_a_qcluster_restart(small_fleet, queue_settin
     execution = services.execution_submit(
         selection=TENANTS, executed_by="t", waves=WaveOptions.parse(waves=["2"], approval=True)
     )
-    deadline = time.monotonic() + 60
-    while execution.waiting != Waiting.APPROVAL:
-        assert time.monotonic() < deadline, first.output()[-3000:]
-        time.sleep(0.2)
+
+    def awaiting_approval() -> bool:
         execution.refresh_from_db()
+        return execution.waiting == Waiting.APPROVAL
+
+    wait_until(awaiting_approval, timeout=60, interval=0.2, message=lambda: first.output()[-3000:])
     first.stop()
-    clusters(workers=2)
-    time.sleep(4)  # the new cluster's scheduler and recovery see the execution: it must keep waiting
+    (second,) = clusters(workers=2)
+    # "It keeps waiting" means something only once the new cluster is at work: it has run the lost-target
+    # recovery (its result kept) and taken whatever that queued (rows the stopped cluster held stay locked).
+    recovery = async_task(RECOVERY_TASK, save=True)
+    wait_until(
+        lambda: (
+            Task.objects.filter(id=recovery).exists() and not OrmQ.objects.filter(lock__lte=timezone.now()).exists()
+        ),
+        timeout=60,
+        interval=0.2,
+        message=lambda: f"the new cluster did not run the recovery:\n{second.output()[-3000:]}",
+    )
     execution.refresh_from_db()
     assert (execution.status, execution.waiting, execution.targets_succeeded) == ("in_progress", "approval", 2)
     assert not execution.targets.filter(wave=2).exclude(status=TargetStatus.PENDING).exists()

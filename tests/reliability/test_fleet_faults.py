@@ -19,8 +19,8 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, TargetStatus
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.health.conftest import wait_until
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
 
@@ -73,10 +73,12 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
         target=lambda: (result.update(done=services.execution_run(execution=execution)), django_connections.close_all())
     )
     worker.start()
-    deadline = time.monotonic() + 60
-    while not execution.targets.filter(connection=connection, status=TargetStatus.RUNNING).exists():
-        assert time.monotonic() < deadline, "the dedicated database's target never started"
-        time.sleep(0.02)
+    wait_until(
+        lambda: execution.targets.filter(connection=connection, status=TargetStatus.RUNNING).exists(),
+        timeout=60,
+        interval=0.02,
+        message="the dedicated database's target never started",
+    )
     second_server.stop()
     worker.join(timeout=180)
     done = result["done"]

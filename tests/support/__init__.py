@@ -1,0 +1,1 @@
+"""Helpers shared by every test package: waiting for signals instead of sleeping."""
