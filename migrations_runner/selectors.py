@@ -1095,7 +1095,7 @@ class ExecutionsOverview:
 def executions_overview(*, latest: int = 10) -> ExecutionsOverview:
     """The latest executions with their running counts, and the unfinished ones no worker has taken up; three
     queries."""
-    from migrations_runner.services.runner import execution_waiting_for_worker
+    from migrations_runner.services.runner import executions_waiting_for_worker
 
     recent = list(MigrationExecution.objects.order_by("-created_at")[:latest])
     unfinished = list(
@@ -1112,9 +1112,7 @@ def executions_overview(*, latest: int = 10) -> ExecutionsOverview:
         )
         return max(0, execution.targets_total - finished - running.get(execution.pk, 0))
 
-    waiting = [
-        e for e in unfinished if execution_waiting_for_worker(e, running=running.get(e.pk, 0), pending=pending(e))
-    ]
+    waiting = executions_waiting_for_worker(unfinished, pending={e.pk: pending(e) for e in unfinished})
     return ExecutionsOverview(latest=[(e, running.get(e.pk, 0)) for e in recent], waiting_for_worker=waiting)
 
 

@@ -1005,6 +1005,36 @@ def targets_recover_lost() -> int:
     return recovered
 
 
+def executions_waiting_for_worker(executions: list[MigrationExecution], *, pending: dict) -> list[MigrationExecution]:
+    """``execution_waiting_for_worker`` over many executions in two reads (live leases, waiting lanes), whatever
+    their number; ``pending`` maps an execution's id to its count of runs not yet taken."""
+    candidates = [e for e in executions if not e.is_finished and not e.waiting and pending.get(e.pk)]
+    if not candidates:
+        return []
+    lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+    alive = set(
+        TargetRun.objects.filter(
+            execution_id__in=[e.pk for e in candidates],
+            status=TargetStatus.RUNNING,
+            heartbeat_at__gte=timezone.now() - lease,
+        )
+        .order_by()
+        .values_list("execution_id", flat=True)
+        .distinct()
+    )
+    waiting_keys = {_waiting_key(e.pk): e.pk for e in candidates if e.pk not in alive}
+    lanes_waiting = {waiting_keys[key] for key in cache.get_many(list(waiting_keys))} if waiting_keys else set()
+    wait = timedelta(seconds=settings.MIGRATION_WORKER_WAIT)
+    now = timezone.now()
+    return [
+        e
+        for e in candidates
+        if e.pk not in alive
+        and e.pk not in lanes_waiting
+        and now - (e.active_at or e.started_at or e.created_at) > wait
+    ]
+
+
 def execution_waiting_for_worker(execution: MigrationExecution, *, running: int, pending: int) -> bool:
     """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds.
 
