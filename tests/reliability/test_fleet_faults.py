@@ -45,24 +45,29 @@ def second_server(tmp_path):
     server.destroy()
 
 
-def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
-    small_fleet, sets_dir, second_server, settings
-):
-    settings.MIGRATION_RETRY_ATTEMPTS = 2
-    settings.MIGRATION_FLEET_DB_WAIT = 2
-    connection = registry.connection_create(
+def register_dedicated(server):
+    """The tenant connection ``dedicated`` on the second server (its database ``dedicated``)."""
+    return registry.connection_create(
         actor="test",
         name="dedicated",
         database_type="tenant",
         region="us-east",
-        host=second_server.host,
-        port=second_server.port,
+        host=server.host,
+        port=server.port,
         database_name="dedicated",
         username=REGISTRY_USER,
         password=REGISTRY_PASSWORD,
         ssl_mode="disable",
         connect_timeout=2,
     )
+
+
+def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
+    small_fleet, sets_dir, second_server, settings
+):
+    settings.MIGRATION_RETRY_ATTEMPTS = 2
+    settings.MIGRATION_FLEET_DB_WAIT = 2
+    connection = register_dedicated(second_server)
     registry.tenant_create(slug="dedicated", name="Dedicated", connection=connection, actor="test")
     slow_down(sets_dir, 0.4)
     execution = services.execution_start(
@@ -106,19 +111,7 @@ def test_a_server_down_for_ten_seconds_fails_only_the_targets_running_on_it(
     small_fleet, sets_dir, second_server, settings
 ):
     # Its targets that had not started wait for it (MIGRATION_FLEET_DB_WAIT, 30 s) instead of failing one by one.
-    connection = registry.connection_create(
-        actor="test",
-        name="dedicated",
-        database_type="tenant",
-        region="us-east",
-        host=second_server.host,
-        port=second_server.port,
-        database_name="dedicated",
-        username=REGISTRY_USER,
-        password=REGISTRY_PASSWORD,
-        ssl_mode="disable",
-        connect_timeout=2,
-    )
+    connection = register_dedicated(second_server)
     for index in range(16):
         slug = f"dedicated{index:02d}"
         registry.tenant_create(slug=slug, name=slug, connection=connection, schema_name=f"tenant_{slug}", actor="test")
