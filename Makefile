@@ -62,7 +62,7 @@ TEST_WORKERS ?= 4
 test: $(STAMP) $(OIDC_STAMP) system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy connections health infra_site migrations_runner
+	$(BIN)/mypy connections health infra_site migrations_runner console
 	$(MANAGE) check_migration_sets
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term --cov-fail-under=95 $(PYTEST_ARGS)
 

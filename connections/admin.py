@@ -1,9 +1,11 @@
-"""Admin of the registry: connections (health badge, test action and button, write-only password) and tenants."""
+"""Admin of the registry: connections (health badge, test action and button, write-only password) and tenants.
+
+The console app registers subclasses of these with the migrations' actions and columns and the health trend.
+"""
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
@@ -27,12 +29,6 @@ from infra_site.errors import ApplicationError
 
 def _actor(request: HttpRequest) -> str:
     return request.user.get_username()
-
-
-def _console(view: str, **query: object) -> HttpResponseRedirect:
-    """Open a page of the migrations console with a selection in its address; nothing changes before it is
-    confirmed there."""
-    return HttpResponseRedirect(f"{reverse(view)}?{urlencode(query, doseq=True)}")
 
 
 def health_badge(connection: DatabaseConnection) -> str:
@@ -71,10 +67,9 @@ class DatabaseConnectionAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelA
     list_filter = ["database_type", "region", "is_active", "is_healthy", "ssl_mode", "auth_methods"]
     search_fields = ["name", "host", "database_name", "region", "username"]
     ordering = ["database_type", "region", "name"]
-    actions = ["test_selected", "adopt_flyway_selected", "baseline_selected"]
+    actions = ["test_selected"]
     readonly_fields = [
         "health",
-        "health_trend",
         "response_time_ms",
         "server_version",
         "checked_at",
@@ -87,19 +82,13 @@ class DatabaseConnectionAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelA
     fieldsets = [
         (None, {"fields": list(services.PLACEMENT_FIELDS)}),
         ("Connection", {"fields": [*services.ACCESS_FIELDS, "verify"]}),
-        ("Health", {"fields": ["health", "health_trend", "response_time_ms", "server_version", "checked_at", "error"]}),
+        ("Health", {"fields": ["health", "response_time_ms", "server_version", "checked_at", "error"]}),
         ("Audit", {"classes": ["collapse"], "fields": ["created_by", "created_at", "updated_by", "updated_at"]}),
     ]
 
     @admin.display(description="Health", ordering="is_healthy")
     def health(self, obj: DatabaseConnection) -> str:
         return health_badge(obj)
-
-    @admin.display(description="Last 24 h")
-    def health_trend(self, obj: DatabaseConnection) -> str:
-        from health.admin import connection_health_trend  # the health app builds on this one, not the reverse
-
-        return connection_health_trend(obj)
 
     @admin.display(description="Address", ordering="host")
     def address_display(self, obj: DatabaseConnection) -> str:
@@ -158,24 +147,6 @@ class DatabaseConnectionAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelA
         """Testing writes the health snapshot, so it needs the role that changes connections (as in the API)."""
         return roles.has_role(request.user, self.manage_role)
 
-    def has_migrations_manage_permission(self, request: HttpRequest) -> bool:
-        return roles.has_role(request.user, roles.MIGRATIONS_MANAGE)
-
-    @admin.action(description="Adopt Flyway history (with the tenants they host)", permissions=["migrations_manage"])
-    def adopt_flyway_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]):
-        """Open the dry-run report of adopting the Flyway history of these connections and their tenants."""
-        names = sorted(queryset.values_list("name", flat=True))
-        return _console("admin:migrations_runner_adopt_flyway", scope="all", connections=names)
-
-    @admin.action(description="Baseline at version…", permissions=["migrations_manage"])
-    def baseline_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]):
-        """Open the baseline page of one connection's own target (its default schema)."""
-        names = sorted(queryset.values_list("name", flat=True))
-        if len(names) != 1:
-            messages.error(request, "Baseline one connection at a time (its default schema).")
-            return None
-        return _console("admin:migrations_runner_baseline", connection=names[0])
-
     @admin.action(description="Test selected connections", permissions=["manage"])
     def test_selected(self, request: HttpRequest, queryset: QuerySet[DatabaseConnection]) -> None:
         for connection, result in services.connection_test_many(connections=queryset):
@@ -207,10 +178,7 @@ class DatabaseConnectionAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelA
 
 @admin.register(Tenant)
 class TenantAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
-    """Tenants, with where their latest migration left them (from the control database: one annotation per page).
-
-    Migrating and provisioning are the migrations app's (imported where used: the registry does not depend on it).
-    """
+    """Tenants: suspending and activating them."""
 
     view_role = roles.DATABASES_READ
     manage_role = roles.DATABASES_MANAGE
@@ -222,63 +190,20 @@ class TenantAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
         "schema_name",
         "region_display",
         "status",
-        "version_display",
-        "pending_display",
         "updated_at",
     ]
     list_filter = ["status", "connection__region", "connection"]
     search_fields = ["slug", "name", "schema_name", "connection__name"]
     list_select_related = ["connection"]
     readonly_fields = ["error", "created_by", "created_at", "updated_at"]
-    actions = [
-        "migrate_selected",
-        "suspend_selected",
-        "activate_selected",
-        "adopt_flyway_selected",
-        "baseline_selected",
-    ]
+    actions = ["suspend_selected", "activate_selected"]
 
     @admin.display(description="Region", ordering="connection__region")
     def region_display(self, obj: Tenant) -> str:
         return obj.connection.region
 
-    @admin.display(description="Version")
-    def version_display(self, obj: Tenant) -> str:
-        version = getattr(obj, "latest_version", None)
-        if version is None:
-            return "never"
-        return version or "none"
-
-    @admin.display(description="Pending")
-    def pending_display(self, obj: Tenant) -> str:
-        pending = getattr(obj, "pending_versions", None)
-        return "-" if pending is None else str(pending)
-
     def has_manage_permission(self, request: HttpRequest) -> bool:
         return roles.has_role(request.user, self.manage_role)
-
-    def has_migrate_permission(self, request: HttpRequest) -> bool:
-        return roles.has_role(request.user, roles.MIGRATIONS_EXECUTE)
-
-    @admin.action(description="Migrate selected tenants", permissions=["migrate"])
-    def migrate_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponseRedirect:
-        """Open the Run form with the selected tenants; nothing runs before it is confirmed there."""
-        query = urlencode({"scope": "tenant", "tenants": sorted(queryset.values_list("slug", flat=True))}, doseq=True)
-        return HttpResponseRedirect(f"{reverse('admin:migrations_runner_migrationexecution_run')}?{query}")
-
-    def has_migrations_manage_permission(self, request: HttpRequest) -> bool:
-        return roles.has_role(request.user, roles.MIGRATIONS_MANAGE)
-
-    @admin.action(description="Adopt Flyway history", permissions=["migrations_manage"])
-    def adopt_flyway_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponseRedirect:
-        """Open the dry-run report of adopting these tenants' Flyway history."""
-        slugs = sorted(queryset.values_list("slug", flat=True))
-        return _console("admin:migrations_runner_adopt_flyway", scope="tenant", tenants=slugs)
-
-    @admin.action(description="Baseline at version…", permissions=["migrations_manage"])
-    def baseline_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> HttpResponseRedirect:
-        """Open the baseline page of these tenants: the version, its dry-run report, then the confirmation."""
-        return _console("admin:migrations_runner_baseline", tenants=sorted(queryset.values_list("slug", flat=True)))
 
     @admin.action(description="Suspend selected tenants", permissions=["manage"])
     def suspend_selected(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> None:
@@ -307,29 +232,11 @@ class TenantAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAdmin):
         if left:
             messages.warning(request, f"Left as they are (not {from_status}): {', '.join(left)}.")
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        from migrations_runner.admin.tenants import may_provision
-
-        extra = {"can_provision": may_provision(request), **(extra_context or {})}
-        return super().changelist_view(request, extra_context=extra)
-
     def get_readonly_fields(self, request: HttpRequest, obj: Tenant | None = None) -> list[str]:
         return [*self.readonly_fields, "slug"] if obj else list(self.readonly_fields)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Tenant]:
-        from migrations_runner import selectors as migrations
-
-        return migrations.tenants_with_version(tenants=selectors.tenant_list().defer("connection__password"))
-
-    def get_changelist_instance(self, request: HttpRequest):
-        """The list's page, each tenant with the number of tenant-set versions after its version (no query)."""
-        from migrations_runner import selectors as migrations
-
-        changelist = super().get_changelist_instance(request)
-        tenant_set = migrations.sets_load(strict=False).get("tenant")
-        for tenant in changelist.result_list:
-            tenant.pending_versions = migrations.version_pending_count(mset=tenant_set, version=tenant.latest_version)
-        return changelist
+        return selectors.tenant_list().defer("connection__password")
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "connection":

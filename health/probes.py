@@ -36,6 +36,10 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 from django.db.models import Min
 from django.utils import timezone
+from django_q.brokers import get_broker
+from django_q.conf import Conf
+from django_q.models import Failure
+from redis import Redis
 
 from connections import selectors as registry
 from connections.models import DatabaseConnection
@@ -44,6 +48,8 @@ from connections.services import connection_params
 from health import selectors
 from health.exceptions import ControlDatabaseUnavailable, UnknownService
 from health.models import CheckRun
+from infra_site.auth import provider
+from migrations_runner.selectors import migrations_health
 
 logger = logging.getLogger(__name__)
 
@@ -244,11 +250,7 @@ def _redis_state(timeout: float) -> Callable[[], _Outcome]:
     """Ping Redis, read the queue's length and count the clusters whose statistics are fresh (3 s expiry)."""
 
     def check() -> _Outcome:
-        import redis
-        from django_q.brokers import get_broker
-        from django_q.conf import Conf
-
-        client = redis.Redis.from_url(_redis_url(), socket_connect_timeout=timeout, socket_timeout=timeout)
+        client = Redis.from_url(_redis_url(), socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
             client.ping()
             return _Outcome(
@@ -299,8 +301,6 @@ def worker_seen_within() -> timedelta:
 def _task_queue(redis: ServiceHealth | None) -> _Outcome:
     """Workers at work (Redis: clusters' fresh statistics; ORM broker: a recent periodic check run by a worker),
     tasks waiting and for how long, and the failures of the last hour."""
-    from django_q.models import Failure
-
     now = timezone.now()
     last_run = CheckRun.objects.order_by("-finished_at").values_list("finished_at", flat=True).first()
     beat = selectors.last_lane_heartbeat()
@@ -337,8 +337,6 @@ _oidc_lock = threading.Lock()
 
 def _oidc_provider() -> _Outcome:
     """Whether the realm's discovery document is readable and names the expected issuer (cached briefly)."""
-    from infra_site.auth import provider
-
     if not provider.oidc_configured():
         return _Outcome(True, {}, status=Status.NOT_CONFIGURED)
     issuer = provider.issuer()
@@ -350,7 +348,7 @@ def _oidc_provider() -> _Outcome:
     try:
         # The fetch and validation that login uses; provider.endpoints() caches for good, so it cannot tell
         # whether the provider answers now.
-        provider._discover(issuer)
+        provider.endpoints_discover(issuer=issuer)
     except provider.ProviderUnavailable as exc:
         outcome = _Outcome(False, {"issuer": issuer, "error": exc.message, **exc.details})
     else:
@@ -365,8 +363,6 @@ def _oidc_provider() -> _Outcome:
 
 
 def _migrations() -> _Outcome:
-    from migrations_runner.selectors import migrations_health
-
     report = migrations_health()
     return _Outcome(report["status"] == "healthy", report)
 

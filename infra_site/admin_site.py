@@ -1,6 +1,7 @@
-"""The admin site: operators with any control-plane role may sign in; its index is the fleet's dashboard.
+"""The admin site: operators with any control-plane role may sign in.
 
-Apps add pages that belong to no model (the fleet view, the migration sets) with ``register_view``.
+Apps add pages that belong to no model (the fleet view, the migration sets) with ``register_view``, and what the
+index shows above the app list with ``register_dashboard``.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from django.urls import URLPattern, URLResolver, path, reverse
 
 from infra_site import roles
 
-LATEST_EXECUTIONS = 10
-UNHEALTHY_SHOWN = 20
 # django-axes' login records: listed last, under this heading, after the apps operators work in every day.
 SECURITY_APP_LABEL = "axes"
 SECURITY_HEADING = "Security"
@@ -75,6 +74,7 @@ class InfraAdminSite(admin.AdminSite):
     def __init__(self, name: str = "admin") -> None:
         super().__init__(name)
         self._console_views: list[ConsoleView] = []
+        self._dashboard_context: Callable[[HttpRequest], dict[str, Any]] | None = None
 
     def has_permission(self, request: HttpRequest) -> bool:
         user = request.user
@@ -95,6 +95,11 @@ class InfraAdminSite(admin.AdminSite):
         self._console_views.append(
             ConsoleView(route=route, view=view, name=name, title=title, app_label=app_label, role=role)
         )
+
+    def register_dashboard(self, *, template: str, context: Callable[[HttpRequest], dict[str, Any]]) -> None:
+        """Render the index with ``template``, given what ``context(request)`` returns besides the app list."""
+        self.index_template = template
+        self._dashboard_context = context
 
     def get_urls(self) -> list[URLResolver | URLPattern]:
         # Before the models' URLs, whose catch-all would take them for object ids.
@@ -137,31 +142,8 @@ class InfraAdminSite(admin.AdminSite):
         return [app for app in app_list if app["app_label"] != SECURITY_APP_LABEL] + security
 
     def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
-        return super().index(request, {**self.dashboard_context(request), **(extra_context or {})})
-
-    def dashboard_context(self, request: HttpRequest) -> dict[str, Any]:
-        """What the index shows above the app list, each part for the role that may read it."""
-        # The apps' readers, imported here: the apps' admin modules import this module for its mixin.
-        from connections import selectors as registry
-        from migrations_runner import selectors as migrations
-
-        context: dict[str, Any] = {
-            "can_read_migrations": roles.has_role(request.user, roles.MIGRATIONS_READ),
-            "can_execute": roles.has_role(request.user, roles.MIGRATIONS_EXECUTE),
-            "can_read_databases": roles.has_role(request.user, roles.DATABASES_READ),
-        }
-        if context["can_read_migrations"]:
-            overview = migrations.executions_overview(latest=LATEST_EXECUTIONS)
-            context["fleet_counts"] = migrations.fleet_counts()
-            context["latest_executions"] = overview.latest
-            context["waiting_for_worker"] = overview.waiting_for_worker
-        if context["can_read_databases"]:
-            context["unhealthy_connections"] = list(
-                registry.connection_list(is_healthy=False)
-                .defer("password")
-                .order_by("database_type", "name")[:UNHEALTHY_SHOWN]
-            )
-        return context
+        dashboard = self._dashboard_context(request) if self._dashboard_context else {}
+        return super().index(request, {**dashboard, **(extra_context or {})})
 
 
 def project_site() -> InfraAdminSite:

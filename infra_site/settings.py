@@ -277,6 +277,7 @@ INSTALLED_APPS = [
     "connections",
     "migrations_runner",
     "health",
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -52,13 +52,15 @@ def endpoints() -> Endpoints:
     found = _discovered.get(expected)
     if found is None:
         with _lock:
-            found = _discovered.get(expected) or _discover(expected)
+            found = _discovered.get(expected) or endpoints_discover(issuer=expected)
             _discovered[expected] = found
     return found
 
 
-def _discover(expected: str) -> Endpoints:
-    url = f"{expected}/.well-known/openid-configuration"
+def endpoints_discover(*, issuer: str) -> Endpoints:
+    """Read the realm's discovery document now (no cache) and return its endpoints; raise ``ProviderUnavailable``
+    when it cannot be read, lacks an endpoint or announces another issuer than ``issuer``."""
+    url = f"{issuer}/.well-known/openid-configuration"
     try:
         response = requests.get(url, timeout=settings.OIDC_TIMEOUT)
         response.raise_for_status()
@@ -67,14 +69,14 @@ def _discover(expected: str) -> Endpoints:
         raise ProviderUnavailable(
             "The identity provider's discovery document could not be read.", details={"url": url, "cause": str(exc)}
         ) from exc
-    if document.get("issuer") != expected:
+    if document.get("issuer") != issuer:
         raise ProviderUnavailable(
             "The identity provider announces another issuer than KEYCLOAK_URL and KEYCLOAK_ADMIN_REALM give.",
-            details={"expected": expected, "announced": document.get("issuer")},
+            details={"expected": issuer, "announced": document.get("issuer")},
         )
     try:
         return Endpoints(
-            issuer=expected,
+            issuer=issuer,
             authorization_endpoint=document["authorization_endpoint"],
             token_endpoint=document["token_endpoint"],
             userinfo_endpoint=document.get("userinfo_endpoint", ""),

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.urls import reverse
 
-from infra_site import demo
+from console import demo
 from infra_site.cli import ProgressBar, application_errors
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
