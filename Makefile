@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MANAGE := $(BIN)/python manage.py
 
-.PHONY: venv run demo test system-deps lock lint format check clean bench bench-table
+.PHONY: venv run demo test system-deps lock lint format check clean bench bench-control bench-table
 
 # Every package, transitive ones included, at the version and with the hashes of requirements.lock.
 $(STAMP): requirements.lock
@@ -80,6 +80,7 @@ clean:
 ## Benchmarks (embedded PostgreSQL; figures printed and written to bench/results/).
 bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/fleet_migrate.py
+	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/plan.py
 	$(BIN)/python bench/fingerprint.py
 	$(BIN)/python bench/api_latency.py
@@ -87,6 +88,10 @@ bench: $(STAMP) $(OIDC_STAMP)
 	$(BIN)/python bench/admin_render.py
 	$(BIN)/python bench/app_stall.py
 	$(BIN)/python bench/readme_table.py
+
+## The control plane's bookkeeping alone: queued lanes against a raw pool, and the execution row's lock waits.
+bench-control: $(STAMP)
+	$(BIN)/python bench/control_plane.py
 
 ## Rewrite the README's benchmark figures from bench/results/*.json (commit the results files with it).
 bench-table:

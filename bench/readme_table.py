@@ -135,6 +135,37 @@ def auth_overhead(data: dict) -> list[str]:
     ]
 
 
+def percent(share: float) -> str:
+    return f"{number(round(share * 100, 1))} %"
+
+
+def control_plane(data: dict) -> list[str]:
+    parameters = data["parameters"]
+    lines = [
+        f"  {number(parameters['tenants'])} tenant schemas of one database, `{parameters['statement']}` on each; "
+        "the queued lanes on a PostgreSQL control database (ORM broker), the raw pool with as many connections:",
+        "",
+        "  | Lanes | Queued | Raw pool | Queued / raw pool | Targets/s queued | Targets/s raw pool "
+        "| Execution-row lock wait | Backends waiting (mean) |",
+        "  |---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        lines.append(
+            f"  | {row['lanes']} | {number(row['queued_s'])} s | {number(row['raw_pool_s'])} s "
+            f"| {times(row['ratio_queued_vs_raw_pool'])} | {number(row['queued_targets_per_s'])} "
+            f"| {number(row['raw_pool_targets_per_s'])} | {percent(row['execution_row_lock_wait_share'])} of the "
+            f"samples | {number(row['execution_row_mean_waiting'])} |"
+        )
+    machine = data["machine"]
+    lines += [
+        "",
+        f"  Lock waits sampled every {number(parameters['sample_ms'])} ms while the execution ran; load average "
+        f"(1 min) of the machine {number(machine['load_average_1min_at_start'])} at the start, "
+        f"{number(machine['load_average_1min_at_end'])} at the end.",
+    ]
+    return lines
+
+
 Renderer = Callable[[dict], list[str]]
 
 
@@ -160,6 +191,12 @@ BENCHMARKS: list[tuple[str, str, Renderer]] = [
         "N tenant schemas migrated by one `psql` session, by a raw pool of 4 psycopg connections (no bookkeeping) "
         "and by us.",
         fleet_migrate,
+    ),
+    (
+        "control_plane",
+        "the control plane's bookkeeping: one trivial version per tenant schema, queued with 1, 2, 4 and 8 lanes "
+        "against a raw pool of as many connections, and how often a backend waits on the execution row.",
+        control_plane,
     ),
     ("plan", "a dry-run plan over many tenant schemas: time and peak memory.", plan),
     ("fingerprint", "fleet schema fingerprints: a scan, the report, and what recording costs a run.", fingerprint),
