@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 from migrations_runner import services
 
 
 def run_lane(execution_id: str) -> str:
     """Work one lane of an execution: claim, apply and record its target runs (a worker's unit of work)."""
-    return services.lane_work(execution_id=execution_id, host=services.QueueHost())
+    return services.lane_work(execution_id=uuid.UUID(execution_id), host=services.QueueHost())
 
 
 def recover_lost_targets() -> int:

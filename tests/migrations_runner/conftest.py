@@ -129,11 +129,11 @@ def registered(db, settings) -> dict[str, DatabaseConnection]:
 def queue_here(settings):
     """Executions go to the queue (no worker): a test runs the queued lanes in its own thread, and the lanes'
     target connections are closed after it."""
-    from migrations_runner.services import runner
+    from migrations_runner.services.runner.apply import lane_connections_close
 
     settings.MIGRATION_EXECUTOR = "queue"
     yield settings
-    runner._close_sources()
+    lane_connections_close()
 
 
 @pytest.fixture

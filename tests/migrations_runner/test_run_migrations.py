@@ -15,7 +15,7 @@ from django_q.models import OrmQ
 
 from migrations_runner import tasks
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetStatus
-from migrations_runner.services import runner
+from migrations_runner.services.runner.apply import lane_connections_close
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -40,7 +40,7 @@ class ThreadWorker:
                 assert package["func"] == "migrations_runner.tasks.run_lane"
                 self.results.append(tasks.run_lane(*package["args"]))
         finally:
-            runner._close_sources()
+            lane_connections_close()
             django_connections.close_all()
 
     def __enter__(self) -> ThreadWorker:

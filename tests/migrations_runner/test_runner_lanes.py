@@ -22,6 +22,11 @@ from migrations_runner import selectors, services, tasks
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
+from migrations_runner.services.runner import control_retry
+from migrations_runner.services.runner.apply import claimed_run_apply, lane_connections_close
+from migrations_runner.services.runner.claims import run_claim, run_record_and_claim
+from migrations_runner.services.runner.leases import Leases
+from migrations_runner.services.runner.reachability import servers_unreachable
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -38,31 +43,31 @@ def submitted(batch_size: int) -> MigrationExecution:
 
 def test_a_surplus_lane_leaves_when_the_batch_is_at_work_elsewhere(small_fleet, queue_here):
     execution = submitted(batch_size=1)
-    other = runner._claim_atomic(execution, "other-host:9")
+    other = run_claim(execution=execution, worker="other-host:9")
     try:
         assert tasks.run_lane(str(execution.pk)) == "full after 0 target(s)"
         assert execution.targets.filter(status=TargetStatus.RUNNING).get().worker == "other-host:9"
         assert execution.targets.filter(status=TargetStatus.PENDING).count() == 2
     finally:
-        runner._Leases.release(other.pk)
+        Leases.release(run_id=other.pk)
 
 
 def test_a_lane_waits_for_a_slot_under_the_per_server_cap_then_works(small_fleet, queue_here):
     queue_here.MIGRATION_MAX_PER_DATABASE = 1  # the whole fleet is one PostgreSQL server
     execution = submitted(batch_size=2)
-    other = runner._claim_atomic(execution, "other-host:9")
+    other = run_claim(execution=execution, worker="other-host:9")
     finished_other = threading.Event()
 
     def other_worker_finishes() -> None:
         try:
             time.sleep(0.5)  # the other worker holds the only slot this long: the lane's wait is what is measured
-            runner._apply(other, execution)
-            runner._record_and_claim(other, execution, "other-host:9", claim=False)
+            claimed_run_apply(run=other, execution=execution)
+            run_record_and_claim(run=other, execution=execution, worker="other-host:9", claim=False)
             finished_other.set()
         finally:
             if not finished_other.is_set():
                 services.execution_cancel(execution=execution, actor="test")  # never leave the lane waiting
-            runner._close_sources()
+            lane_connections_close()
             django_connections.close_all()
 
     thread = threading.Thread(target=other_worker_finishes)
@@ -83,12 +88,12 @@ def test_a_lane_waits_for_a_slot_under_the_per_server_cap_then_works(small_fleet
 def test_an_outcome_that_arrives_after_the_recovery_does_not_overwrite_it(small_fleet, queue_here, caplog):
     queue_here.MIGRATION_LEASE_SECONDS = 1
     execution = submitted(batch_size=1)
-    slow = runner._claim_atomic(execution, "slow-host:3")
-    runner._apply(slow, execution)
+    slow = run_claim(execution=execution, worker="slow-host:3")
+    claimed_run_apply(run=slow, execution=execution)
     assert slow.status == TargetStatus.SUCCEEDED  # applied, not yet recorded
-    runner._Leases.release(slow.pk)  # its heartbeat stalls
+    Leases.release(run_id=slow.pk)  # its heartbeat stalls
     assert wait_until(lambda: tasks.recover_lost_targets(), timeout=10) == 1  # once its lease has expired
-    assert runner._record_and_claim(slow, execution, "slow-host:3", claim=False) is None
+    assert run_record_and_claim(run=slow, execution=execution, worker="slow-host:3", claim=False) is None
     assert "target run was recovered before its outcome was recorded" in caplog.text
     slow.refresh_from_db()
     assert slow.status == TargetStatus.FAILED
@@ -125,7 +130,7 @@ def test_a_control_database_step_is_retried_until_the_database_is_back(settings)
             raise InterfaceError("connection already closed")
         return "recorded"
 
-    assert runner._control(record) == "recorded"
+    assert control_retry(record)() == "recorded"
     assert len(attempts) == 3
     assert attempts[1] - attempts[0] >= 0.2  # it backs off between attempts
     assert attempts[2] - attempts[1] >= 0.4
@@ -140,7 +145,7 @@ def test_a_control_database_step_gives_up_after_the_configured_wait(settings):
         raise OperationalError("could not connect to server")
 
     with pytest.raises(OperationalError, match="could not connect"):
-        runner._control(record)
+        control_retry(record)()
     assert len(attempts) == 1
 
 
@@ -150,8 +155,8 @@ def test_a_lane_waiting_for_a_slot_fails_the_lost_run_that_holds_it(small_fleet,
     queue_here.MIGRATION_MAX_PER_DATABASE = 1
     queue_here.MIGRATION_LEASE_SECONDS = 1
     execution = submitted(batch_size=2)
-    lost = runner._claim_atomic(execution, "dead-host:7")
-    runner._Leases.release(lost.pk)  # its worker died: nothing renews the lease
+    lost = run_claim(execution=execution, worker="dead-host:7")
+    Leases.release(run_id=lost.pk)  # its worker died: nothing renews the lease
     assert tasks.run_lane(str(execution.pk)) == "done after 2 target(s)"
     lost.refresh_from_db()
     assert lost.status == TargetStatus.FAILED
@@ -167,7 +172,7 @@ def test_a_lane_waiting_for_a_slot_hands_its_worker_back_and_is_no_progress(smal
     queue_here.MIGRATION_LANE_SECONDS = 1
     queue_here.MIGRATION_WORKER_WAIT = 0
     execution = submitted(batch_size=2)
-    other = runner._claim_atomic(execution, "other-host:9")  # its lease is renewed: the slot is held, not lost
+    other = run_claim(execution=execution, worker="other-host:9")  # its lease is renewed: the slot is held, not lost
     try:
         active_at = MigrationExecution.objects.get(pk=execution.pk).active_at
         assert tasks.run_lane(str(execution.pk)) == "waited for a slot, handed over after 0 target(s)"
@@ -178,20 +183,20 @@ def test_a_lane_waiting_for_a_slot_hands_its_worker_back_and_is_no_progress(smal
         progress = selectors.execution_progress(execution=execution)
         assert (progress["running"], progress["no_worker"]) == (1, False)
     finally:
-        runner._Leases.release(other.pk)
+        Leases.release(run_id=other.pk)
 
 
 def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fleet, queue_here):
     queue_here.MIGRATION_WORKER_WAIT = 0
     queue_here.MIGRATION_LEASE_SECONDS = 5
     execution = submitted(batch_size=2)
-    run = runner._claim_atomic(execution, "other-host:9")
+    run = run_claim(execution=execution, worker="other-host:9")
     try:
         assert not selectors.execution_progress(execution=execution)["no_worker"]
         queue = probes.system_health(only=probes.TASK_QUEUE).services[0]
         assert queue.is_healthy, queue.details  # no periodic check ran, but a lane renews its lease
         assert queue.details["last_worker_activity"] is not None
-        runner._Leases.release(run.pk)  # its worker died
+        Leases.release(run_id=run.pk)  # its worker died
         long_ago = timezone.now() - timedelta(minutes=5)
         TargetRun.objects.filter(pk=run.pk).update(heartbeat_at=long_ago)
         MigrationExecution.objects.filter(pk=execution.pk).update(active_at=long_ago)
@@ -200,7 +205,7 @@ def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fl
         assert (progress["running"], progress["no_worker"], progress["state"]) == (1, True, "waiting_for_worker")
         assert not probes.system_health(only=probes.TASK_QUEUE).services[0].is_healthy
     finally:
-        runner._Leases.release(run.pk)
+        Leases.release(run_id=run.pk)
 
 
 def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(small_fleet, settings):
@@ -210,4 +215,4 @@ def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(
     cache.set(runner.UNREACHABLE_KEY, {server: {"since": time.time() - 600, "error": "connection refused"}})
     execution = services.execution_run(execution=execution)
     assert execution.status == ExecutionStatus.COMPLETED
-    assert runner._unreachable() == {}
+    assert servers_unreachable() == {}

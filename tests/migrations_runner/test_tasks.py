@@ -27,6 +27,9 @@ from migrations_runner.models import (
 )
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
+from migrations_runner.services.runner.apply import claimed_run_apply
+from migrations_runner.services.runner.claims import run_claim
+from migrations_runner.services.runner.leases import Leases
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -111,10 +114,10 @@ def test_run_lane_of_a_finished_execution_does_nothing(small_fleet, queue_here):
 
 def _die_holding_a_target(execution: MigrationExecution, worker: str):
     """A worker claims a target and applies it, then dies before recording anything (its lease stops)."""
-    run = runner._claim_atomic(execution, worker)
+    run = run_claim(execution=execution, worker=worker)
     assert run is not None
-    runner._apply(run, execution)
-    runner._Leases.release(run.pk)
+    claimed_run_apply(run=run, execution=execution)
+    Leases.release(run_id=run.pk)
     OrmQ.objects.all().delete()  # the dead cluster held the queued lanes too
     return run
 
