@@ -63,6 +63,7 @@ from migrations_runner.models import (
     TargetStatus,
     Waiting,
 )
+from migrations_runner.selectors.workers import lane_waiting, lane_waiting_key
 from migrations_runner.services.fingerprints import FingerprintBuffer
 from migrations_runner.services.targets import apply_outcome, finish_execution, target_run_apply
 from migrations_runner.services.waves import Size, budget_exceeded
@@ -686,18 +687,9 @@ def _wait_state(execution: MigrationExecution) -> str:
 # --- waiting: lanes and unreachable database servers -------------------------------------------------------------
 
 
-def _waiting_key(execution_id) -> str:
-    return f"migrations:lane-waiting:{execution_id}"
-
-
 def _say_waiting(execution_id) -> None:
     """Say (for ``MIGRATION_LEASE_SECONDS``) that a lane of the execution is alive and waits for a slot."""
-    cache.set(_waiting_key(execution_id), time.time(), timeout=settings.MIGRATION_LEASE_SECONDS)
-
-
-def lane_waiting(execution_id) -> bool:
-    """Whether a lane of the execution said lately that it waits (for a database slot or server)."""
-    return cache.get(_waiting_key(execution_id)) is not None
+    cache.set(lane_waiting_key(execution_id), time.time(), timeout=settings.MIGRATION_LEASE_SECONDS)
 
 
 def _unreachable() -> dict[str, dict[str, Any]]:
@@ -989,7 +981,7 @@ def targets_recover_lost() -> int:
             continue
         stalled = execution.active_at is None or execution.active_at < now - lease
         has_work = runs.filter(phase=execution.current_phase, status=TargetStatus.PENDING).exists()
-        if has_work and (not stalled or lane_waiting(execution.pk)):
+        if has_work and (not stalled or lane_waiting(execution_id=execution.pk)):
             continue
         if has_work:
             with transaction.atomic():
@@ -1003,53 +995,3 @@ def targets_recover_lost() -> int:
         else:
             phase_advance(execution_id=execution.pk, host=host, continuing=False)
     return recovered
-
-
-def executions_waiting_for_worker(executions: list[MigrationExecution], *, pending: dict) -> list[MigrationExecution]:
-    """``execution_waiting_for_worker`` over many executions in two reads (live leases, waiting lanes), whatever
-    their number; ``pending`` maps an execution's id to its count of runs not yet taken."""
-    candidates = [e for e in executions if not e.is_finished and not e.waiting and pending.get(e.pk)]
-    if not candidates:
-        return []
-    lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
-    alive = set(
-        TargetRun.objects.filter(
-            execution_id__in=[e.pk for e in candidates],
-            status=TargetStatus.RUNNING,
-            heartbeat_at__gte=timezone.now() - lease,
-        )
-        .order_by()
-        .values_list("execution_id", flat=True)
-        .distinct()
-    )
-    waiting_keys = {_waiting_key(e.pk): e.pk for e in candidates if e.pk not in alive}
-    lanes_waiting = {waiting_keys[key] for key in cache.get_many(list(waiting_keys))} if waiting_keys else set()
-    wait = timedelta(seconds=settings.MIGRATION_WORKER_WAIT)
-    now = timezone.now()
-    return [
-        e
-        for e in candidates
-        if e.pk not in alive
-        and e.pk not in lanes_waiting
-        and now - (e.active_at or e.started_at or e.created_at) > wait
-    ]
-
-
-def execution_waiting_for_worker(execution: MigrationExecution, *, running: int, pending: int) -> bool:
-    """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds.
-
-    A run whose lease expired has no worker: it does not count as running. A lane waiting for a slot does.
-    """
-    if execution.is_finished or execution.waiting or not pending:
-        return False
-    if running:
-        lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
-        alive = TargetRun.objects.filter(
-            execution_id=execution.pk, status=TargetStatus.RUNNING, heartbeat_at__gte=timezone.now() - lease
-        )
-        if alive.exists():
-            return False
-    if lane_waiting(execution.pk):
-        return False
-    since = execution.active_at or execution.started_at or execution.created_at
-    return timezone.now() - since > timedelta(seconds=settings.MIGRATION_WORKER_WAIT)
