@@ -72,11 +72,12 @@ from bench.support import (  # noqa: E402
 )
 from connections.models import DatabaseConnection  # noqa: E402
 from infra_site.embedded_postgres import temporary_server  # noqa: E402
-from migrations_runner import fingerprint_selectors, services  # noqa: E402
+from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import fingerprint  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
 from migrations_runner.models import SchemaFingerprint, SchemaShape  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
+from migrations_runner.selectors import fingerprints as fingerprint_selectors  # noqa: E402
 from migrations_runner.services import fingerprints as fingerprint_services  # noqa: E402
 
 GOAL_S = 10.0

@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 
 from connections.exceptions import ConnectionNotFound, TenantNotFound
 from connections.models import DatabaseConnection, Tenant, TenantStatus
-from connections.probe import redact_address
+from connections.probe import ConnectionParams, redact_address
 from infra_site import roles
 
 
@@ -103,3 +104,22 @@ def error_redactor(*, user: Any) -> Callable[[Any], Any]:
         return value
 
     return redact
+
+
+def connection_params(connection: DatabaseConnection) -> ConnectionParams:
+    """Return the parameters to open a connection to a registered database.
+
+    They carry the connection's allowed authentication methods and ``CONNECTION_ALLOWED_HOSTS``, so a
+    row stored before either rule existed cannot send the password where the rules now forbid it.
+    """
+    return ConnectionParams(
+        host=connection.host,
+        port=connection.port,
+        dbname=connection.database_name,
+        user=connection.username,
+        password=connection.password,
+        sslmode=connection.ssl_mode,
+        connect_timeout=connection.connect_timeout,
+        require_auth=connection.auth_methods,
+        allowed_hosts=tuple(settings.CONNECTION_ALLOWED_HOSTS),
+    )

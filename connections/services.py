@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import ExpressionWrapper, F
@@ -22,7 +21,8 @@ from connections.exceptions import (
     TenantConflict,
 )
 from connections.models import DatabaseConnection, DatabaseType, Tenant, TenantStatus
-from connections.probe import ConnectionParams, ProbeResult, probe, redact
+from connections.probe import ProbeResult, probe, redact
+from connections.selectors import connection_params
 from infra_site import crypto
 from infra_site.errors import ValidationFailed
 from infra_site.updates import model_update
@@ -58,25 +58,6 @@ def _validation_failed(exc: ValidationError) -> ValidationFailed:
     first_field, first_errors = next(iter(details.items()))
     label = "" if first_field in ("__all__", "non_field_errors") else f"{first_field}: "
     return ValidationFailed(f"Invalid input: {label}{first_errors[0]}", details=details)
-
-
-def connection_params(connection: DatabaseConnection) -> ConnectionParams:
-    """Return the parameters to open a connection to a registered database.
-
-    They carry the connection's allowed authentication methods and ``CONNECTION_ALLOWED_HOSTS``, so a
-    row stored before either rule existed cannot send the password where the rules now forbid it.
-    """
-    return ConnectionParams(
-        host=connection.host,
-        port=connection.port,
-        dbname=connection.database_name,
-        user=connection.username,
-        password=connection.password,
-        sslmode=connection.ssl_mode,
-        connect_timeout=connection.connect_timeout,
-        require_auth=connection.auth_methods,
-        allowed_hosts=tuple(settings.CONNECTION_ALLOWED_HOSTS),
-    )
 
 
 def _apply_health(connection: DatabaseConnection, result: ProbeResult) -> None:

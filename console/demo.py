@@ -272,7 +272,7 @@ def _pending_anywhere(targets: list[Target]) -> bool:
     sets = migrations.sets_load(types={t.database_type for t in targets})
     states = migrations.schema_states(targets)
     plans = [migrations.target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
-    return any(plan["pending"] or plan.get("error") for plan in plans)
+    return any(plan.pending or plan.error for plan in plans)
 
 
 def fleet_migrate(

@@ -15,7 +15,7 @@ from infra_site import roles
 from infra_site.errors import ValidationFailed
 from infra_site.pagination import KeysetPagination, LimitOffsetPagination
 from infra_site.permissions import require_roles
-from migrations_runner import fingerprint_selectors, selectors, services
+from migrations_runner import selectors, services
 from migrations_runner.models import ExecutionStatus, Scope, TargetRun
 from migrations_runner.selection import TargetSelection
 from migrations_runner.serializers import (
@@ -38,6 +38,7 @@ from migrations_runner.serializers import (
     ScheduleSerializer,
     ScopeSerializer,
     SetsSerializer,
+    TargetPlanSerializer,
     TargetRunSerializer,
 )
 
@@ -208,17 +209,13 @@ class PlanView(APIView):
     def post(self, request: Request) -> Response:
         params = PlanRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        redact = registry.error_redactor(user=request.user)
         data = params.validated_data
-        targets = [
-            {**row, "error": redact(row["error"])} if "error" in row else row
-            for row in selectors.plan(data["selection"], out_of_order=data["out_of_order"])
-        ]
-        lint = selectors.plan_lint(targets)
+        plans = selectors.plan(data["selection"], out_of_order=data["out_of_order"])
+        lint = selectors.plan_lint(plans)
         return Response(
             {
-                "targets": targets,
-                "count": len(targets),
+                "targets": TargetPlanSerializer(plans, many=True, context={"request": request}).data,
+                "count": len(plans),
                 "lint": lint,
                 "lint_blocked": bool(selectors.lint_blocking(lint)),
             }
@@ -236,20 +233,16 @@ class FleetStatusView(APIView):
     )
     def get(self, request: Request) -> Response:
         query = request.query_params
-        redact = registry.error_redactor(user=request.user)
-        rows = [
-            {**row, "error": redact(row["error"])} if "error" in row else row
-            for row in selectors.fleet_status(
-                TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
-            )
-        ]
+        plans = selectors.fleet_status_live(
+            TargetSelection(regions=query.getlist("region"), connections=query.getlist("connection"))
+        )
         return Response(
             {
-                "targets": rows,
-                "count": len(rows),
-                "behind": sum(1 for row in rows if row["pending"]),
-                "drifted": sum(1 for row in rows if row["drift"]),
-                "unreachable": sum(1 for row in rows if row.get("error")),
+                "targets": TargetPlanSerializer(plans, many=True, context={"request": request}).data,
+                "count": len(plans),
+                "behind": sum(1 for plan in plans if plan.pending),
+                "drifted": sum(1 for plan in plans if plan.drift),
+                "unreachable": sum(1 for plan in plans if plan.error),
             }
         )
 
@@ -437,7 +430,7 @@ class FingerprintsView(APIView):
         selection = TargetSelection(
             regions=query.getlist("region"), connections=query.getlist("connection"), tenants=query.getlist("tenant")
         )
-        report = fingerprint_selectors.fingerprint_report(selection)
+        report = selectors.fingerprint_report(selection)
         return Response(FingerprintReportSerializer(report.as_dict(), context={"request": request}).data)
 
 
@@ -454,7 +447,7 @@ class FingerprintScanView(APIView):
 
     @extend_schema(responses={200: FingerprintScanSerializer, 404: OpenApiResponse(description="No scan yet.")})
     def get(self, request: Request) -> Response:
-        scan = fingerprint_selectors.fingerprint_scan_latest()
+        scan = selectors.fingerprint_scan_latest()
         return Response(FingerprintScanSerializer(scan, context={"request": request}).data)
 
     @extend_schema(
@@ -481,5 +474,5 @@ class FingerprintScanDetailView(APIView):
 
     @extend_schema(responses=FingerprintScanSerializer)
     def get(self, request: Request, scan_id) -> Response:
-        scan = fingerprint_selectors.fingerprint_scan_get(scan_id=scan_id)
+        scan = selectors.fingerprint_scan_get(scan_id=scan_id)
         return Response(FingerprintScanSerializer(scan, context={"request": request}).data)

@@ -22,6 +22,8 @@ from migrations_runner.models import (
     TargetRun,
 )
 from migrations_runner.selection import FILTER_NAMES, MAX_FILTER_VALUES, TargetSelection, too_many
+from migrations_runner.selectors.executions import execution_progress, execution_waves
+from migrations_runner.selectors.plans import TargetPlan
 from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
 
@@ -38,6 +40,12 @@ class RedactedMixin(serializers.Field):
             request = context.get("request")
             context["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
         return context["error_redactor"](super().to_representation(value))
+
+
+def unredacted_context() -> dict[str, Any]:
+    """A serializer context that shows stored errors as they are: for the command line, whose user reads the
+    registry on the server anyway."""
+    return {"error_redactor": lambda value: value}
 
 
 class RedactedCharField(RedactedMixin, serializers.CharField):
@@ -59,6 +67,15 @@ class FilterListField(serializers.ListField):
         if isinstance(data, list) and len(data) > MAX_FILTER_VALUES[self.filter_name]:
             raise serializers.ValidationError(too_many(self.filter_name, len(data)))
         return super().to_internal_value(data)
+
+
+class ResultSerializer(serializers.Serializer):
+    """A selector's frozen result, field by field as it holds it: the JSON renderer encodes its dates and ids, and
+    the declared fields document the shape."""
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        # The declared fields, not ``self.fields``: no copy of them per instance (a list shows one per execution).
+        return {name: getattr(instance, name) for name in self._declared_fields}
 
 
 class FiltersSerializer(serializers.Serializer):
@@ -150,6 +167,25 @@ class RollbackSerializer(serializers.Serializer):
     execution_id = serializers.UUIDField()
 
 
+class ExecutionProgressSerializer(ResultSerializer):
+    """Where an execution stands."""
+
+    total = serializers.IntegerField()
+    completed = serializers.IntegerField(help_text="Targets that succeeded.")
+    failed = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    cancelled = serializers.IntegerField()
+    running = serializers.IntegerField()
+    pending = serializers.IntegerField()
+    current_targets = serializers.ListField(child=serializers.CharField(), help_text="At most 20 running targets.")
+    completion_percentage = serializers.FloatField()
+    estimated_completion = serializers.DateTimeField(allow_null=True)
+    no_worker = serializers.BooleanField(help_text="It has work that no worker has taken up.")
+    state = serializers.ChoiceField(
+        choices=["finished", "awaiting_approval", "soaking", "waiting_for_worker", "running"]
+    )
+
+
 class ExecutionSerializer(serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
     error = RedactedCharField(read_only=True)
@@ -184,17 +220,17 @@ class ExecutionSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_progress(self, execution: MigrationExecution) -> dict:
-        from migrations_runner.selectors import execution_progress
-
+    @extend_schema_field(ExecutionProgressSerializer)
+    def get_progress(self, execution: MigrationExecution) -> dict[str, Any]:
         # A list view hands the running targets of the whole page in the context (one query per page).
         running = self.context.get("running")
-        return execution_progress(
+        progress = execution_progress(
             execution=execution, running_targets=None if running is None else running.get(execution.pk, [])
         )
+        return ExecutionProgressSerializer(progress).data
 
 
-class WaveProgressSerializer(serializers.Serializer):
+class WaveProgressSerializer(ResultSerializer):
     wave = serializers.IntegerField()
     size = serializers.IntegerField()
     succeeded = serializers.IntegerField()
@@ -219,10 +255,8 @@ class ExecutionDetailSerializer(ExecutionSerializer):
         read_only_fields = fields
 
     @extend_schema_field(WaveProgressSerializer(many=True))
-    def get_waves(self, execution: MigrationExecution) -> list[dict]:
-        from migrations_runner.selectors import execution_waves
-
-        return execution_waves(execution=execution)
+    def get_waves(self, execution: MigrationExecution) -> list[dict[str, Any]]:
+        return list(WaveProgressSerializer(execution_waves(execution=execution), many=True).data)
 
 
 class TargetRunSerializer(serializers.ModelSerializer):
@@ -307,7 +341,9 @@ class ProvisionSerializer(serializers.Serializer):
 
 
 class TargetPlanSerializer(serializers.Serializer):
-    """What a run would do on one target."""
+    """What a run would do on one target; of a target whose history could not be read, only ``UNREAD_FIELDS``."""
+
+    UNREAD_FIELDS = ("target", "error", "current_version", "pending", "drift")
 
     target = serializers.CharField()
     connection = serializers.CharField(required=False)
@@ -332,6 +368,12 @@ class TargetPlanSerializer(serializers.Serializer):
     )
     schema_exists = serializers.BooleanField(required=False)
     error = RedactedCharField(required=False, help_text="Why the target's history could not be read.")
+
+    def to_representation(self, instance: TargetPlan) -> dict[str, Any]:
+        if instance.error is not None:
+            shown = {name: getattr(instance, name) for name in self.UNREAD_FIELDS}
+            return {**shown, "error": self.fields["error"].to_representation(instance.error)}
+        return {name: getattr(instance, name) for name in self._declared_fields if name != "error"}
 
 
 class LintFindingSerializer(serializers.Serializer):

@@ -340,7 +340,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             .order_by("-completed_at")[:LATEST_FAILURES]
         )
         waves = selectors.execution_waves(execution=execution)
-        waiting_wave = next((w for w in waves if w["state"] == "awaiting_approval"), None)
+        waiting_wave = next((w for w in waves if w.state == "awaiting_approval"), None)
         return {
             "execution": execution,
             "progress": progress,
@@ -470,7 +470,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         execution = self._execution(object_id)
         if request.method != "POST" or request.POST.get("post") != "yes":
             waves = selectors.execution_waves(execution=execution)
-            waiting = next((w for w in waves if w["state"] == "awaiting_approval"), None)
+            waiting = next((w for w in waves if w.state == "awaiting_approval"), None)
             return self._confirm(request, execution, action, waves=waves, waiting_wave=waiting)
         try:
             execution = act(execution=execution, actor=_actor(request))

@@ -22,10 +22,11 @@ from connections.models import DatabaseType
 from infra_site import roles
 from infra_site.admin_site import project_site
 from infra_site.errors import NotFound
-from migrations_runner import fingerprint_selectors, selectors
+from migrations_runner import selectors
 from migrations_runner.checks import check_dependencies
 from migrations_runner.models import Scope
 from migrations_runner.selection import TargetSelection
+from migrations_runner.selectors import fingerprints
 
 # The most targets "Migrate all behind" names one by one in the Run form's address; above, it passes the filter.
 EXPLICIT_SELECTION_LIMIT = 100
@@ -114,7 +115,7 @@ def fleet_view(request: HttpRequest) -> HttpResponse:
         state=filters["state"] or None,
         page=page_number,
     )
-    schemas = fingerprint_selectors.fingerprint_states(targets=page.targets)
+    schemas = fingerprints.fingerprint_states(targets=page.targets)
     groups = [
         (
             kind,
@@ -302,7 +303,7 @@ site.register_view(
 def fleet_schemas_view(request: HttpRequest) -> HttpResponse:
     """The schema fingerprints: per set and version the majority fingerprint, and every outlier with its diff."""
     require_role(request, roles.MIGRATIONS_READ)
-    report = fingerprint_selectors.fingerprint_report()
+    report = fingerprints.fingerprint_report()
     return render(
         request,
         "admin/migrations_runner/fleet/schemas.html",
@@ -314,7 +315,7 @@ def fleet_schema_view(request: HttpRequest, fingerprint_id: int) -> HttpResponse
     """One target's schema fingerprint against its set version's majority, with the diff when it differs."""
     require_role(request, roles.MIGRATIONS_READ)
     try:
-        target = fingerprint_selectors.fingerprint_target_get(fingerprint_id=fingerprint_id)
+        target = fingerprints.fingerprint_target_get(fingerprint_id=fingerprint_id)
     except NotFound as exc:
         raise Http404(exc.message) from exc
     return render(

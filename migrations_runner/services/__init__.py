@@ -29,7 +29,6 @@ from migrations_runner.services.runner import (
     QueueHost,
     ThreadHost,
     execution_run,
-    execution_waiting_for_worker,
     lane_work,
     targets_recover_lost,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "execution_run",
     "execution_start",
     "execution_submit",
-    "execution_waiting_for_worker",
     "fingerprint_record",
     "fingerprint_scan_run",
     "fingerprint_scan_start",

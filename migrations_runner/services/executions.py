@@ -193,7 +193,7 @@ def _has_work(target: Target, state, mset: MigrationSet) -> bool:
     if isinstance(state, str):
         return True
     plan = selectors.target_plan(target, state, mset)
-    return bool(plan["pending"]) and not plan["drift"]
+    return bool(plan.pending) and not plan.drift
 
 
 def _plan_waves(
@@ -259,19 +259,19 @@ def _planned_run(
             run.error = {"kind": "connection", "message": state}
         return run
     plan = selectors.target_plan(target, state, mset, out_of_order=out_of_order)
-    run.from_version = plan["current_version"] or ""
-    run.pending_versions = plan["pending"]
-    if plan["drift"] or plan["refusal"]:
+    run.from_version = plan.current_version or ""
+    run.pending_versions = plan.pending
+    if plan.drift or plan.refusal:
         # A real run leaves the refusal to the engine, which decides on the history it reads under the lock.
         if dry_run:
             run.status, run.completed_at = TargetStatus.FAILED, now
             run.error = (
-                {"kind": "drift", "message": "Drift: " + "; ".join(plan["drift"])}
-                if plan["drift"]
-                else {"kind": "out_of_order", "message": plan["refusal"], "version": plan["out_of_order"][0]}
+                {"kind": "drift", "message": "Drift: " + "; ".join(plan.drift)}
+                if plan.drift
+                else {"kind": "out_of_order", "message": plan.refusal, "version": plan.out_of_order[0]}
             )
         return run
-    if dry_run or not plan["pending"]:
+    if dry_run or not plan.pending:
         run.status, run.completed_at, run.to_version = TargetStatus.SUCCEEDED, now, run.from_version
     return run
 

@@ -9,6 +9,7 @@ from django.utils.html import format_html, format_html_join
 
 from connections import selectors as registry
 from migrations_runner.models import MigrationExecution
+from migrations_runner.selectors.executions import WaveState
 
 register = template.Library()
 
@@ -102,34 +103,37 @@ def progress_bar(execution: MigrationExecution, running: int = 0) -> str:
 
 
 @register.simple_tag
-def wave_bar(waves: list[dict]) -> str:
+def wave_bar(waves: list[WaveState]) -> str:
     """The canary waves as segments of one bar, each as wide as its share of the waved targets and filled by
     its succeeded, failed, skipped, cancelled and running targets."""
-    total = max(sum(w["size"] for w in waves), 1)
+    total = max(sum(w.size for w in waves), 1)
     segments = []
     for wave in waves:
-        size = max(wave["size"], 1)
+        size = max(wave.size, 1)
+        counts = {
+            "succeeded": wave.succeeded,
+            "failed": wave.failed,
+            "skipped": wave.skipped,
+            "cancelled": wave.cancelled,
+            "running": wave.running,
+        }
         inner = format_html_join(
             "",
             '<span class="infra-seg infra-seg-{}" style="width:{}%"></span>',
-            (
-                (name, round(100.0 * wave[name] / size, 2))
-                for name in ("succeeded", "failed", "skipped", "cancelled", "running")
-                if wave[name]
-            ),
+            ((name, round(100.0 * count / size, 2)) for name, count in counts.items() if count),
         )
         segments.append(
             format_html(
                 '<div class="infra-wave infra-wave-{}" style="width:{}%" title="wave {}: {} target(s), {}">'
                 '<div class="infra-bar">{}</div><div class="infra-wave-label">{} · {}</div></div>',
-                wave["state"],
-                round(100.0 * wave["size"] / total, 2),
-                wave["wave"],
-                wave["size"],
-                wave["state"].replace("_", " "),
+                wave.state,
+                round(100.0 * wave.size / total, 2),
+                wave.wave,
+                wave.size,
+                wave.state.replace("_", " "),
                 inner,
-                wave["wave"],
-                wave["state"].replace("_", " "),
+                wave.wave,
+                wave.state.replace("_", " "),
             )
         )
     return format_html(

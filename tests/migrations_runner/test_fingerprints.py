@@ -19,12 +19,13 @@ from psycopg import sql
 
 from connections.models import DatabaseConnection, Tenant
 from infra_site import roles
-from migrations_runner import fingerprint_selectors, services
+from migrations_runner import services
 from migrations_runner.engine import apply as engine
 from migrations_runner.engine import fingerprint
 from migrations_runner.engine.sets import load_set
 from migrations_runner.models import ExecutionStatus, FingerprintScan, SchemaFingerprint, SchemaShape
 from migrations_runner.selection import TargetSelection
+from migrations_runner.selectors import fingerprints as fingerprint_selectors
 from migrations_runner.services import fingerprints as fingerprint_services
 from tests.migrations_runner.conftest import SHIPPED_SETS, build_fleet, create_owned_table, drop_fleet
 from tests.migrations_runner.test_admin_fleet import FLEET, bulk_fleet, clear_bulk_fleet

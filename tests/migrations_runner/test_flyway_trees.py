@@ -255,7 +255,7 @@ def test_a_flyway_tree_is_adopted_without_drift_and_runs_on_as_flyway_would(smal
         assert target["pending_after"] == ["5", "R__active_users.sql"]
 
     plan = selectors.plan(selection)
-    assert [row["callbacks"] for row in plan] == [["afterMigrate: afterMigrate__grants.sql"]] * 2
+    assert [row.callbacks for row in plan] == [["afterMigrate: afterMigrate__grants.sql"]] * 2
     first = services.execution_start(selection=selection, executed_by="operator")
     assert first.status == ExecutionStatus.COMPLETED, first.error
     for run in first.targets.all():
@@ -381,8 +381,8 @@ def test_an_out_of_order_version_is_named_refused_by_default_and_applied_once_wh
     (folder / "2023" / "V2_1__hotfix.sql").write_text("CREATE TABLE hotfix (id int);\n")
 
     (row,) = selectors.plan(selection)
-    assert (row["pending"], row["out_of_order"]) == (["2.1"], ["2.1"])
-    assert "out of order: version(s) 2.1 (2023/V2_1__hotfix.sql) are below the applied version 3" in row["refusal"]
+    assert (row.pending, row.out_of_order) == (["2.1"], ["2.1"])
+    assert "out of order: version(s) 2.1 (2023/V2_1__hotfix.sql) are below the applied version 3" in row.refusal
     preview = selectors.plan_preview(selection)
     assert any("out of order" in warning and "refused" in warning for warning in preview.warnings)
 
@@ -394,7 +394,7 @@ def test_an_out_of_order_version_is_named_refused_by_default_and_applied_once_wh
         assert [r[1] for r in history_rows(conn, tenant.schema_name)] == ["1", "3"]
 
     (allowed,) = selectors.plan(selection, out_of_order=True)
-    assert allowed["refusal"] == ""
+    assert allowed.refusal == ""
     applied = services.execution_start(selection=selection, executed_by="t", out_of_order=True)
     assert applied.status == ExecutionStatus.COMPLETED
     assert [a["version"] for a in applied.targets.get().applied_versions] == ["2.1"]

@@ -413,17 +413,17 @@ def test_without_a_worker_the_execution_says_so_and_cancel_ends_it(small_fleet, 
     queue_settings.MIGRATION_WORKER_WAIT = 1
     execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
     assert execution.status == ExecutionStatus.IN_PROGRESS
-    assert not selectors.execution_progress(execution=execution)["no_worker"]
+    assert not selectors.execution_progress(execution=execution).no_worker
 
-    def progress_without_worker() -> dict | None:
+    def progress_without_worker() -> selectors.Progress | None:
         execution.refresh_from_db()
         progress = selectors.execution_progress(execution=execution)
-        return progress if progress["no_worker"] else None
+        return progress if progress.no_worker else None
 
     progress = wait_until(progress_without_worker, timeout=30, message="the execution never said it has no worker")
-    assert progress["no_worker"] is True
-    assert progress["state"] == "waiting_for_worker"
-    assert progress["pending"] == 6
+    assert progress.no_worker is True
+    assert progress.state == "waiting_for_worker"
+    assert progress.pending == 6
     client = APIClient()
     client.force_authenticate(make_user("migrations:execute"))
     body = client.get(f"/api/v1/migrations/status/{execution.pk}/").json()

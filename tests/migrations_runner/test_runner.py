@@ -100,9 +100,9 @@ def test_counters_match_the_target_runs_and_progress_reads_no_run_rows(fleet, se
     assert execution.targets_failed == actual[TargetStatus.FAILED] == 1
     with django_assert_max_num_queries(0):  # a finished execution's progress comes from its own row
         progress = selectors.execution_progress(execution=execution)
-    assert progress["completed"] == 43
-    assert progress["failed"] == 1
-    assert progress["completion_percentage"] == 100.0
+    assert progress.completed == 43
+    assert progress.failed == 1
+    assert progress.completion_percentage == 100.0
     # The execution says why it failed: which target, at which version, with which SQLSTATE.
     assert f"shared-us/{victim.schema_name}" in execution.error
     assert "42P07" in execution.error

@@ -179,9 +179,9 @@ def test_a_lane_waiting_for_a_slot_hands_its_worker_back_and_is_no_progress(smal
         assert OrmQ.objects.count() == 1  # its successor, behind whatever else waits for a worker
         execution.refresh_from_db()
         assert execution.active_at == active_at
-        assert runner.lane_waiting(execution.pk)
+        assert selectors.lane_waiting(execution_id=execution.pk)
         progress = selectors.execution_progress(execution=execution)
-        assert (progress["running"], progress["no_worker"]) == (1, False)
+        assert (progress.running, progress.no_worker) == (1, False)
     finally:
         Leases.release(run_id=other.pk)
 
@@ -192,7 +192,7 @@ def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fl
     execution = submitted(batch_size=2)
     run = run_claim(execution=execution, worker="other-host:9")
     try:
-        assert not selectors.execution_progress(execution=execution)["no_worker"]
+        assert not selectors.execution_progress(execution=execution).no_worker
         queue = probes.system_health(only=probes.TASK_QUEUE).services[0]
         assert queue.is_healthy, queue.details  # no periodic check ran, but a lane renews its lease
         assert queue.details["last_worker_activity"] is not None
@@ -202,7 +202,7 @@ def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fl
         MigrationExecution.objects.filter(pk=execution.pk).update(active_at=long_ago)
         execution.refresh_from_db()
         progress = selectors.execution_progress(execution=execution)
-        assert (progress["running"], progress["no_worker"], progress["state"]) == (1, True, "waiting_for_worker")
+        assert (progress.running, progress.no_worker, progress.state) == (1, True, "waiting_for_worker")
         assert not probes.system_health(only=probes.TASK_QUEUE).services[0].is_healthy
     finally:
         Leases.release(run_id=run.pk)

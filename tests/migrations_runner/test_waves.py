@@ -118,7 +118,7 @@ def test_a_wave_over_its_budget_halts_the_execution_and_skips_the_rest(fifty):
         assert (run.status, run.skip_reason, run.started_at) == (TargetStatus.SKIPPED, reason, None)
     # Wave 2 stopped where it was: nothing in it started after the failure was recorded.
     assert all(r.status in (TargetStatus.SUCCEEDED, TargetStatus.FAILED, TargetStatus.SKIPPED) for r in runs[2])
-    states = {w["wave"]: w["state"] for w in selectors.execution_waves(execution=execution)}
+    states = {w.wave: w.state for w in selectors.execution_waves(execution=execution)}
     assert states == {1: "done", 2: "halted", 3: "skipped"}
 
 
@@ -173,8 +173,8 @@ def test_approval_gates_each_wave_and_abort_cancels_the_rest(small_fleet, api_as
     )
     assert (execution.status, execution.waiting) == (ExecutionStatus.IN_PROGRESS, Waiting.APPROVAL)
     progress = selectors.execution_progress(execution=execution)
-    assert (progress["state"], progress["completed"], progress["pending"]) == ("awaiting_approval", 2, 4)
-    assert not progress["no_worker"]
+    assert (progress.state, progress.completed, progress.pending) == ("awaiting_approval", 2, 4)
+    assert not progress.no_worker
     reader = api_as(roles.MIGRATIONS_READ)
     url = f"/api/v1/migrations/{execution.pk}/continue/"
     assert reader.post(url).status_code == 403

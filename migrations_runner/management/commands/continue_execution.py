@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from infra_site.cli import application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
+from migrations_runner.serializers import WaveProgressSerializer
 
 
 class Command(BaseCommand):
@@ -31,12 +32,13 @@ class Command(BaseCommand):
                 execution = services.execution_continue(execution=execution, actor=cli_actor())
         waves = selectors.execution_waves(execution=execution)
         if options["json"]:
-            self.stdout.write(to_json({"id": execution.pk, "status": execution.status, "waves": waves}))
+            shown = WaveProgressSerializer(waves, many=True).data
+            self.stdout.write(to_json({"id": execution.pk, "status": execution.status, "waves": shown}))
             return
         verb = "aborted" if options["abort"] else "continued"
         self.stdout.write(f"Execution {execution.pk} {verb}: {execution.status}.")
         for wave in waves:
             self.stdout.write(
-                f"  wave {wave['wave']:>2} {wave['state']:<18} {wave['size']:>6} target(s): {wave['succeeded']} "
-                f"succeeded, {wave['failed']} failed, {wave['skipped']} skipped, {wave['pending']} pending"
+                f"  wave {wave.wave:>2} {wave.state:<18} {wave.size:>6} target(s): {wave.succeeded} "
+                f"succeeded, {wave.failed} failed, {wave.skipped} skipped, {wave.pending} pending"
             )

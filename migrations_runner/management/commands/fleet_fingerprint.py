@@ -7,8 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import ProgressBar, application_errors, to_json
-from migrations_runner import fingerprint_selectors, services
+from migrations_runner import services
 from migrations_runner.selection import TargetSelection
+from migrations_runner.selectors.fingerprints import fingerprint_report
 
 
 class Command(BaseCommand):
@@ -41,7 +42,7 @@ class Command(BaseCommand):
                 )
                 if bar:
                     bar.close()
-            report = fingerprint_selectors.fingerprint_report(selection)
+            report = fingerprint_report(selection)
         data = report.as_dict() | ({"scan": scan.as_dict()} if scan else {})
         if as_json:
             self.stdout.write(to_json(data))

@@ -7,8 +7,9 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra_site.cli import application_errors, to_json
-from migrations_runner import selectors
 from migrations_runner.selection import TargetSelection
+from migrations_runner.selectors.fleet import fleet_status_live
+from migrations_runner.serializers import TargetPlanSerializer, unredacted_context
 
 
 class Command(BaseCommand):
@@ -21,29 +22,27 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         with application_errors():
-            rows = selectors.fleet_status(TargetSelection(regions=options["region"], connections=options["connection"]))
+            rows = fleet_status_live(TargetSelection(regions=options["region"], connections=options["connection"]))
         if options["json"]:
-            self.stdout.write(to_json(rows))
+            self.stdout.write(to_json(TargetPlanSerializer(rows, many=True, context=unredacted_context()).data))
         else:
             self.stdout.write(f"{'TARGET':<50} {'TYPE':<10} {'REGION':<10} {'VERSION':>8} {'PENDING':>7}  STATE")
             for row in rows:
                 state = (
-                    "unreachable: " + row["error"]
-                    if row.get("error")
+                    "unreachable: " + row.error
+                    if row.error
                     else (
-                        "DRIFT: " + "; ".join(row["drift"])
-                        if row["drift"]
-                        else ("behind" if row["pending"] else "up to date")
+                        "DRIFT: " + "; ".join(row.drift) if row.drift else ("behind" if row.pending else "up to date")
                     )
                 )
                 self.stdout.write(
-                    f"{row['target']:<50} {row.get('database_type', ''):<10} {row.get('region') or '-':<10} "
-                    f"{row['current_version'] or '-':>8} {len(row['pending']):>7}  {state}"
+                    f"{row.target:<50} {row.database_type:<10} {row.region or '-':<10} "
+                    f"{row.current_version or '-':>8} {len(row.pending):>7}  {state}"
                 )
-            behind = sum(1 for row in rows if row["pending"])
+            behind = sum(1 for row in rows if row.pending)
             self.stdout.write(
                 f"{len(rows)} target(s), {behind} behind, "
-                f"{sum(1 for row in rows if row['drift'] or row.get('error'))} with drift or errors."
+                f"{sum(1 for row in rows if row.drift or row.error)} with drift or errors."
             )
-        if any(row["drift"] or row.get("error") for row in rows):
+        if any(row.drift or row.error for row in rows):
             raise CommandError("Some targets have drift or could not be read.", returncode=1)

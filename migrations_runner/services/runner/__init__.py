@@ -30,8 +30,8 @@ and fail its pending targets once it stayed unreachable for
 
 The modules, from the bottom up: ``control`` (the control-database retry), ``hosts`` (``LaneHost``,
 ``QueueHost``), ``leases``, ``counters``, ``halting`` (``on_failure`` and failure budgets), ``reachability``,
-``apply`` (one claimed run), ``claims`` (claim and record), ``phases`` (phases and waves), ``signals`` (worker
-signals), ``recovery``, ``lanes`` (``lane_work``, launch, cancel) and ``threads`` (``ThreadHost``).
+``apply`` (one claimed run), ``claims`` (claim and record), ``phases`` (phases and waves), ``signals`` (a waiting
+lane says so), ``recovery``, ``lanes`` (``lane_work``, launch, cancel) and ``threads`` (``ThreadHost``).
 """
 
 from migrations_runner.services.runner.control import control_retry
@@ -42,11 +42,6 @@ from migrations_runner.services.runner.leases import worker_name
 from migrations_runner.services.runner.phases import execution_open, phase_advance
 from migrations_runner.services.runner.reachability import UNREACHABLE_KEY
 from migrations_runner.services.runner.recovery import runs_fail_lost, runs_fail_lost_if_any, targets_recover_lost
-from migrations_runner.services.runner.signals import (
-    execution_waiting_for_worker,
-    executions_waiting_for_worker,
-    lane_waiting,
-)
 from migrations_runner.services.runner.threads import ThreadHost, execution_run
 
 __all__ = [
@@ -62,9 +57,6 @@ __all__ = [
     "execution_launch",
     "execution_open",
     "execution_run",
-    "execution_waiting_for_worker",
-    "executions_waiting_for_worker",
-    "lane_waiting",
     "lane_work",
     "phase_advance",
     "runs_fail_lost",

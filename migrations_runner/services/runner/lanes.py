@@ -21,7 +21,7 @@ from migrations_runner.services.runner.leases import Leases, worker_name
 from migrations_runner.services.runner.phases import execution_open, phase_advance
 from migrations_runner.services.runner.reachability import server_mark_unreachable, servers_wait_for
 from migrations_runner.services.runner.recovery import runs_fail_lost_if_any
-from migrations_runner.services.runner.signals import _say_waiting
+from migrations_runner.services.runner.signals import lane_waiting_say
 
 CAP_WAIT_MAX_S = 1.0  # longest pause of a lane waiting for a database server under its cap
 LANE_WAITING_S = 5.0  # how often a lane waiting for a slot or a server says so (a cache entry, not progress)
@@ -29,7 +29,7 @@ LANE_WAITING_S = 5.0  # how often a lane waiting for a slot or a server says so 
 # Steps that other callers (hosts, cancel, recovery) run once, without retrying: a lane retries them.
 _phase_advance = control_retry(phase_advance)
 _runs_fail_lost_if_any = control_retry(runs_fail_lost_if_any)
-_say_waiting_retried = control_retry(_say_waiting)
+_say_waiting_retried = control_retry(lane_waiting_say)
 
 
 @control_retry

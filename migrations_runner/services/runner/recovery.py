@@ -26,7 +26,7 @@ from migrations_runner.services.runner.counters import counter_add
 from migrations_runner.services.runner.halting import after_failure
 from migrations_runner.services.runner.hosts import QueueHost
 from migrations_runner.services.runner.phases import phase_advance
-from migrations_runner.services.runner.signals import lane_waiting
+from migrations_runner.selectors.workers import lane_waiting
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def targets_recover_lost() -> int:
             continue
         stalled = execution.active_at is None or execution.active_at < now - lease
         has_work = runs.filter(phase=execution.current_phase, status=TargetStatus.PENDING).exists()
-        if has_work and (not stalled or lane_waiting(execution.pk)):
+        if has_work and (not stalled or lane_waiting(execution_id=execution.pk)):
             continue
         if has_work:
             with transaction.atomic():

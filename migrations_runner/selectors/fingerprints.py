@@ -1,11 +1,5 @@
-"""Reads of the recorded schema fingerprints: the majority fingerprint of each set version, and the outliers.
-
-Targets are grouped by (database type of their set, set version). A group's **majority** is its most common
-fingerprint over every current target of the fleet that has one recorded; the targets of the group with
-another fingerprint are its **outliers**, each with a diff against the majority. Filters narrow which targets
-and outliers are listed, never the majority. Only the control database is read (fingerprints are recorded after
-each successful target run and by ``fleet_fingerprint_scan``).
-"""
+"""Reads of the recorded schema fingerprints: each set version's majority fingerprint, and the outliers. Only the
+control database is read (fingerprints are recorded after each successful target run and by fleet scans)."""
 
 from __future__ import annotations
 
@@ -25,14 +19,20 @@ from migrations_runner.engine.fingerprint import DiffEntry, diff
 from migrations_runner.exceptions import FingerprintScanNotFound
 from migrations_runner.models import FingerprintScan, SchemaFingerprint, SchemaShape, Scope
 from migrations_runner.selection import TargetSelection
-from migrations_runner.selectors import SCOPE_TYPES, FleetTarget
+from migrations_runner.selectors.fleet import FleetTarget
+from migrations_runner.selectors.targets import SCOPE_TYPES
 
 MATCH, OUTLIER = "match", "outlier"
 
 
 @dataclass(frozen=True)
 class FingerprintGroup:
-    """The targets of one set at one version, by fingerprint, most common (the majority) first."""
+    """The targets of one set at one version, by fingerprint, most common (the majority) first.
+
+    A group's majority is its most common fingerprint over every current target of the fleet that has one
+    recorded; the group's targets with another fingerprint are its outliers, each with a diff against the majority.
+    Filters narrow which targets and outliers are listed, never the majority.
+    """
 
     database_type: str
     version: str  # '' for targets with no version applied

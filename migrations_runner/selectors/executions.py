@@ -1,0 +1,298 @@
+"""Reads of executions and their target runs: lists, pages, progress, ETA, canary waves, the dashboard's overview.
+Only the control database (and the lanes' signals in the cache) is read."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from infra_site.pagination import Cursor, keyset_page
+from migrations_runner.exceptions import ExecutionNotFound
+from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus, Waiting
+from migrations_runner.selectors.workers import execution_waiting_for_worker, executions_waiting_for_worker
+
+
+def execution_get(*, execution_id: uuid.UUID | str) -> MigrationExecution:
+    """Return an execution by id; raise ``ExecutionNotFound``."""
+    try:
+        return MigrationExecution.objects.get(pk=execution_id)
+    except (MigrationExecution.DoesNotExist, ValidationError, ValueError) as exc:
+        raise ExecutionNotFound(f"No execution with id {execution_id}.", details={"id": str(execution_id)}) from exc
+
+
+def execution_list(*, status: str | None = None) -> QuerySet[MigrationExecution]:
+    """Return the executions, narrowed to one status when given."""
+    qs = MigrationExecution.objects.all()
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
+    """Return the target runs of an execution, by phase, with their connection (its password left encrypted)."""
+    return (
+        execution.targets.select_related("connection", "tenant").defer("connection__password").order_by("phase", "id")
+    )
+
+
+# What a page of target runs shows (the API's list, the admin's detail page): the rest of the run, of its
+# connection and of its tenant stays in the database.
+LISTED_RUN_FIELDS = (
+    *("id", "execution", "connection__name", "tenant__slug", "schema_name", "database_type", "region", "phase"),
+    *("status", "from_version", "to_version", "pending_versions", "applied_versions", "attempts", "error"),
+    *("skip_reason", "worker", "started_at", "completed_at", "duration_ms"),
+)
+
+
+def execution_targets_listed(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
+    """The runs of an execution as pages list them: ``execution_targets`` reading only what a page shows."""
+    return execution_targets(execution=execution).only(*LISTED_RUN_FIELDS)
+
+
+@dataclass(frozen=True)
+class TargetRunsPage:
+    runs: list[TargetRun]
+    count: int  # of the filtered runs, all pages
+    next: Cursor | None
+    previous: Cursor | None
+
+
+def execution_targets_page(
+    *, execution: MigrationExecution, filters: dict[str, str], cursor: Cursor, limit: int
+) -> TargetRunsPage:
+    """One page of an execution's runs (``filters`` on status, database type or region), by key: as fast at the
+    last page of 10,000 runs as at the first."""
+    runs = execution_targets_listed(execution=execution).filter(**filters)
+    page = keyset_page(runs, ("phase", "id"), cursor, limit)
+    return TargetRunsPage(runs=page.rows, count=runs.count(), next=page.next, previous=page.previous)
+
+
+def execution_summary(*, execution: MigrationExecution) -> dict[str, Any]:
+    """The JSON summary of an execution: status, progress and each target run."""
+    runs = execution_targets(execution=execution)
+    return {
+        "id": str(execution.pk),
+        "kind": execution.kind,
+        "status": execution.status,
+        "scope": execution.scope,
+        "dry_run": execution.dry_run,
+        "started_at": execution.started_at,
+        "completed_at": execution.completed_at,
+        "progress": asdict(execution_progress(execution=execution)),
+        "targets": [
+            {
+                "target": run.label,
+                "database_type": run.database_type,
+                "region": run.region,
+                "phase": run.phase,
+                "status": run.status,
+                "from_version": run.from_version or None,
+                "to_version": run.to_version or None,
+                "pending": run.pending_versions,
+                "applied": [a["version"] or a["script"] for a in run.applied_versions],
+                "error": run.error,
+                "skip_reason": run.skip_reason or None,
+                "worker": run.worker or None,
+            }
+            for run in runs
+        ],
+    }
+
+
+def _finished(execution: MigrationExecution) -> int:
+    return (
+        execution.targets_succeeded + execution.targets_failed + execution.targets_skipped + execution.targets_cancelled
+    )
+
+
+def execution_eta(*, execution: MigrationExecution) -> datetime | None:
+    """When an unfinished execution should end, from the mean duration of its targets so far (counters only)."""
+    remaining = execution.targets_total - _finished(execution)
+    if execution.is_finished or not execution.runs_timed or remaining <= 0:
+        return None
+    mean_ms = execution.run_duration_ms / execution.runs_timed
+    parallel = max(1, min(execution.batch_size, remaining))
+    return timezone.now() + timedelta(milliseconds=mean_ms * remaining / parallel)
+
+
+def executions_running(*, execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+    """The labels of the running targets of several executions, in one query: {execution id: [label, ...]}."""
+    running: dict[uuid.UUID, list[str]] = defaultdict(list)
+    rows = TargetRun.objects.filter(execution_id__in=execution_ids, status=TargetStatus.RUNNING).values_list(
+        "execution_id", "connection__name", "schema_name"
+    )
+    for execution_id, name, schema in rows:
+        running[execution_id].append(f"{name}/{schema}")
+    return running
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where an execution stands: counts per outcome, the targets running now, and why it waits, if it does."""
+
+    total: int
+    completed: int  # succeeded
+    failed: int
+    skipped: int
+    cancelled: int
+    running: int
+    pending: int
+    current_targets: list[str]  # labels of (at most 20 of) the running targets
+    completion_percentage: float
+    estimated_completion: datetime | None
+    no_worker: bool  # it has work that no worker took up for MIGRATION_WORKER_WAIT seconds
+    state: str  # finished, awaiting_approval, soaking, waiting_for_worker or running
+
+
+def execution_progress(*, execution: MigrationExecution, running_targets: list[str] | None = None) -> Progress:
+    """Totals (from the execution's counters), current targets, completion percentage, ETA, and whether the
+    execution waits for a worker. Reads only the running target runs (or takes them from ``running_targets``)."""
+    finished = _finished(execution)
+    total = execution.targets_total
+    if running_targets is not None or execution.is_finished:
+        labels = running_targets or []
+    else:
+        labels = executions_running(execution_ids=[execution.pk]).get(execution.pk, [])
+    running = len(labels)
+    pending = max(0, total - finished - running)
+    no_worker = execution_waiting_for_worker(execution=execution, running=running, pending=pending)
+    return Progress(
+        total=total,
+        completed=execution.targets_succeeded,
+        failed=execution.targets_failed,
+        skipped=execution.targets_skipped,
+        cancelled=execution.targets_cancelled,
+        running=running,
+        pending=pending,
+        current_targets=labels[:20],
+        completion_percentage=round(100.0 * finished / total, 1) if total else 100.0,
+        estimated_completion=execution_eta(execution=execution),
+        no_worker=no_worker,
+        state=_progress_state(execution, no_worker),
+    )
+
+
+def _progress_state(execution: MigrationExecution, no_worker: bool) -> str:
+    if execution.is_finished:
+        return "finished"
+    if execution.waiting == Waiting.APPROVAL:
+        return "awaiting_approval"
+    if execution.waiting == Waiting.SOAK:
+        return "soaking"
+    return "waiting_for_worker" if no_worker else "running"
+
+
+@dataclass(frozen=True, slots=True)
+class WaveState:
+    """One canary wave of an execution: its size, its runs counted per status, its state and its gate's times."""
+
+    wave: int
+    size: int
+    succeeded: int
+    failed: int
+    skipped: int
+    cancelled: int
+    running: int
+    pending: int
+    state: str  # pending, soaking, awaiting_approval, running, done, halted or skipped
+    opened_at: str | None  # ISO 8601, as the execution's wave plan records it
+    soak_until: str | None
+    approved_by: str | None
+
+
+def execution_waves(*, execution: MigrationExecution) -> list[WaveState]:
+    """Per canary wave: its size, counts per status, and state (``pending``, ``soaking``, ``awaiting_approval``,
+    ``running``, ``done``, ``halted`` for the wave that broke its budget, ``skipped`` when none of it ran) with
+    the gate's times. One aggregate query; [] without waves."""
+    if not execution.waves:
+        return []
+    counts: dict[int, dict[str, int]] = defaultdict(dict)
+    rows = (
+        TargetRun.objects.filter(execution=execution, wave__isnull=False)
+        .order_by()
+        .values("wave", "status")
+        .annotate(n=Count("id"))
+    )
+    for row in rows:
+        if row["wave"] is not None:
+            counts[row["wave"]][row["status"]] = row["n"]
+    halted = execution.error.startswith("halted: wave")
+    result = []
+    for wave in execution.waves:
+        by_status = counts.get(wave["wave"], {})
+        running, pending = by_status.get(TargetStatus.RUNNING, 0), by_status.get(TargetStatus.PENDING, 0)
+        worked = by_status.get(TargetStatus.SUCCEEDED, 0) + by_status.get(TargetStatus.FAILED, 0)
+        if running:
+            state = "running"
+        elif not pending:
+            state = "done" if worked else "skipped"
+        elif execution.waiting and wave["phase"] == _next_wave_phase(execution):
+            state = "awaiting_approval" if execution.waiting == Waiting.APPROVAL else "soaking"
+        elif wave["phase"] == execution.current_phase and not execution.is_finished:
+            state = "running"
+        else:
+            state = "pending"
+        skipped = by_status.get(TargetStatus.SKIPPED, 0)
+        if halted and skipped and f"wave {wave['wave']} " in execution.error:
+            state = "halted"
+        result.append(
+            WaveState(
+                wave=wave["wave"],
+                size=wave["size"],
+                succeeded=by_status.get(TargetStatus.SUCCEEDED, 0),
+                failed=by_status.get(TargetStatus.FAILED, 0),
+                skipped=skipped,
+                cancelled=by_status.get(TargetStatus.CANCELLED, 0),
+                running=running,
+                pending=pending,
+                state=state,
+                opened_at=wave.get("opened_at"),
+                soak_until=wave.get("soak_until"),
+                approved_by=wave.get("approved_by"),
+            )
+        )
+    return result
+
+
+def _next_wave_phase(execution: MigrationExecution) -> int | None:
+    """The phase of the first wave not yet opened (the one a gate holds)."""
+    return next((w["phase"] for w in execution.waves if "opened_at" not in w and w["wave"] > 1), None)
+
+
+def executions_running_count(*, execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The number of running target runs of each execution: one query grouped by execution."""
+    if not execution_ids:
+        return {}
+    rows = (
+        TargetRun.objects.filter(execution_id__in=execution_ids, status=TargetStatus.RUNNING)
+        .values("execution_id")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return {row["execution_id"]: row["n"] for row in rows}
+
+
+@dataclass(frozen=True)
+class ExecutionsOverview:
+    latest: list[tuple[MigrationExecution, int]]  # (execution, its running target runs)
+    waiting_for_worker: list[MigrationExecution]
+
+
+def executions_overview(*, latest: int = 10) -> ExecutionsOverview:
+    """The latest executions with their running counts, and the unfinished ones no worker has taken up; three
+    queries."""
+    recent = list(MigrationExecution.objects.order_by("-created_at")[:latest])
+    unfinished = list(
+        MigrationExecution.objects.filter(status__in=[ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS])
+    )
+    running = executions_running_count(execution_ids=list({e.pk for e in recent + unfinished}))
+    pending = {e.pk: max(0, e.targets_total - _finished(e) - running.get(e.pk, 0)) for e in unfinished}
+    waiting = executions_waiting_for_worker(executions=unfinished, pending=pending)
+    return ExecutionsOverview(latest=[(e, running.get(e.pk, 0)) for e in recent], waiting_for_worker=waiting)
