@@ -16,7 +16,8 @@ from infra_site.errors import ValidationFailed
 from infra_site.pagination import KeysetPagination, LimitOffsetPagination
 from infra_site.permissions import require_roles
 from migrations_runner import fingerprint_selectors, selectors, services
-from migrations_runner.models import ExecutionStatus, Scope, TargetRun
+from migrations_runner.models import ExecutionStatus, Origin, Scope, TargetRun
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.serializers import (
     AdoptionReportSerializer,
@@ -59,7 +60,10 @@ class ExecuteView(APIView):
     def post(self, request: Request) -> Response:
         params = ExecuteSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        execution = services.execution_submit(executed_by=_actor(request), **params.validated_data)
+        data = params.validated_data
+        execution = services.execution_start(
+            selection=data["selection"], options=data["options"], actor=_actor(request), origin=Origin.API
+        )
         return Response(
             ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
@@ -176,7 +180,7 @@ class RetryView(APIView):
     @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
     def post(self, request: Request, execution_id) -> Response:
         original = selectors.execution_get(execution_id=execution_id)
-        retry = services.execution_retry(execution=original, executed_by=_actor(request))
+        retry = services.execution_retry(execution=original, actor=_actor(request), origin=Origin.API)
         return Response(
             ExecutionDetailSerializer(retry, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
@@ -193,7 +197,7 @@ class RollbackView(APIView):
         params = RollbackSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         original = selectors.execution_get(execution_id=params.validated_data["execution_id"])
-        rollback = services.rollback_submit(execution=original, executed_by=_actor(request))
+        rollback = services.execution_rollback(execution=original, actor=_actor(request), origin=Origin.API)
         return Response(
             ExecutionDetailSerializer(rollback, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
@@ -325,7 +329,9 @@ class ProvisionView(APIView):
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         connection = registry.connection_get_by_name(name=data.pop("connection"))
-        tenant, execution = services.tenant_provision(connection=connection, actor=_actor(request), **data)
+        tenant, execution = services.tenant_provision(
+            connection=connection, actor=_actor(request), origin=Origin.API, wait=True, **data
+        )
         body = {
             "tenant": TenantSerializer(tenant).data,
             "execution": ExecutionSerializer(execution, context={"request": request}).data,
@@ -350,8 +356,11 @@ class TenantMigrateView(APIView):
     @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
     def post(self, request: Request, slug: str) -> Response:
         tenant = registry.tenant_get(slug=slug)
-        execution = services.execution_submit(
-            selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]), executed_by=_actor(request)
+        execution = services.execution_start(
+            selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]),
+            options=ExecutionOptions(),
+            actor=_actor(request),
+            origin=Origin.API,
         )
         return Response(
             ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED

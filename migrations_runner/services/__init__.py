@@ -13,9 +13,6 @@ from migrations_runner.services.executions import (
     execution_retry,
     execution_rollback,
     execution_start,
-    execution_submit,
-    launch,
-    rollback_submit,
     target_rollback,
 )
 from migrations_runner.services.fingerprints import (
@@ -55,7 +52,6 @@ __all__ = [
     "execution_rollback",
     "execution_run",
     "execution_start",
-    "execution_submit",
     "execution_waiting_for_worker",
     "fingerprint_record",
     "fingerprint_scan_run",
@@ -63,9 +59,7 @@ __all__ = [
     "fleet_fingerprint_scan",
     "flyway_adopt",
     "lane_work",
-    "launch",
     "provisioning_finish",
-    "rollback_submit",
     "schedule_create",
     "schedule_delete",
     "schedule_fire",
