@@ -216,7 +216,7 @@ class PlanView(APIView):
         data = params.validated_data
         targets = [
             {**row, "error": redact(row["error"])} if "error" in row else row
-            for row in selectors.plan(data["selection"], out_of_order=data["out_of_order"])
+            for row in selectors.plan(data["selection"], out_of_order=data["options"].out_of_order)
         ]
         lint = selectors.plan_lint(targets)
         return Response(

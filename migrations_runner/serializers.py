@@ -103,16 +103,6 @@ class ScopeSerializer(FiltersSerializer):
         return attrs
 
 
-class PlanRequestSerializer(ScopeSerializer):
-    """What to plan: a selection, and whether the run would allow out-of-order versions."""
-
-    out_of_order = serializers.BooleanField(
-        default=False,
-        help_text="Apply pending versions below a target's highest applied version (a late hotfix); else such a "
-        "target is refused.",
-    )
-
-
 def _options(values: dict[str, Any]) -> ExecutionOptions:
     try:
         return ExecutionOptions.parse(**values)
@@ -171,13 +161,17 @@ class ExecutionOptionsFields(serializers.Serializer):
     )
 
 
-class ExecuteSerializer(ExecutionOptionsFields, ScopeSerializer):
-    """What to run and how: a ``selection`` and its ``options`` once valid."""
+class PlanRequestSerializer(ExecutionOptionsFields, ScopeSerializer):
+    """What to run and how: a ``selection`` and its ``options`` once valid (a plan uses ``out_of_order``)."""
 
     def validate(self, attrs: dict) -> dict:
         attrs = super().validate(attrs)
         attrs["options"] = _options({name: attrs.pop(name) for name in OPTION_NAMES if name in attrs})
         return attrs
+
+
+class ExecuteSerializer(PlanRequestSerializer):
+    """What to run and how; the same body plans it (``migrations/dynamic/plan/``)."""
 
 
 class RollbackSerializer(serializers.Serializer):
