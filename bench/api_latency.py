@@ -7,7 +7,7 @@ Everything runs on one embedded PostgreSQL 16 and the loopback interface:
 
 - the control database is PostgreSQL (``ADMIN_DATABASE_URL=postgresql://...``), migrated by ``manage.py
   migrate``; ENVIRONMENT=testing, rate limit off;
-- a finished execution of 10,000 target runs: planned by ``services.execution_start(run=False)`` over 10,000
+- a finished execution of 10,000 target runs: planned by a dry run of ``services.execution_start`` over 10,000
   tenants (registered in bulk, ``bench.support.register_fleet``), then its runs and counters set in bulk to
   what a completed run of the tenant set records (a fixture: status, applied versions, timings, worker); and
   10,000 older finished executions (``--executions``, rows only) for the list;
@@ -107,7 +107,8 @@ def big_execution(server, n: int):
 
     from migrations_runner import services
     from migrations_runner.engine.sets import load_set
-    from migrations_runner.models import MigrationExecution, TargetRun
+    from migrations_runner.models import MigrationExecution, Origin, TargetRun
+    from migrations_runner.options import ExecutionOptions
     from migrations_runner.selection import TargetSelection
 
     create_database(server, "api_big")
@@ -116,7 +117,10 @@ def big_execution(server, n: int):
     )
     with override_settings(MIGRATIONS_DIR=SETS_DIR):
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", connections=[fleet.name]), executed_by="bench", run=False
+            selection=TargetSelection(scope="tenant", connections=[fleet.name]),
+            options=ExecutionOptions(dry_run=True),
+            actor="bench",
+            origin=Origin.COMMAND,
         )
     tenant = load_set(SETS_DIR / "tenant", "tenant")
     applied = [
@@ -134,6 +138,7 @@ def big_execution(server, n: int):
         duration_ms=45,
     )
     MigrationExecution.objects.filter(pk=execution.pk).update(
+        dry_run=False,
         status="completed",
         completed_at=now,
         current_phase=0,
@@ -216,6 +221,8 @@ def start_background(server, n: int, migrations_dir: Path):
     from django.test.utils import override_settings
 
     from migrations_runner import services
+    from migrations_runner.models import Origin
+    from migrations_runner.options import ExecutionOptions
     from migrations_runner.selection import TargetSelection
 
     create_database(server, "api_background")
@@ -227,8 +234,11 @@ def start_background(server, n: int, migrations_dir: Path):
         slugs=[f"g{i:05d}" for i in range(n)],
     )
     with override_settings(MIGRATIONS_DIR=migrations_dir):
-        execution = services.execution_submit(
-            selection=TargetSelection(scope="tenant", connections=[fleet.name]), executed_by="bench", batch_size=2
+        execution = services.execution_start(
+            selection=TargetSelection(scope="tenant", connections=[fleet.name]),
+            options=ExecutionOptions(batch_size=2),
+            actor="bench",
+            origin=Origin.COMMAND,
         )
     return execution.pk
 

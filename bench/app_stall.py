@@ -79,7 +79,8 @@ from infra_site.embedded_postgres import _bin_dir, temporary_server  # noqa: E40
 from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import history  # noqa: E402
 from migrations_runner.engine.sets import Script, load_set  # noqa: E402
-from migrations_runner.models import TargetRun  # noqa: E402
+from migrations_runner.models import Origin, TargetRun  # noqa: E402
+from migrations_runner.options import ExecutionOptions  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
 
 V1 = """CREATE TABLE tasks (
@@ -168,7 +169,11 @@ def migrate(fleets: list[Fleet], directory: Path) -> None:
     """Bring the fleets' tenants to the last version of ``directory`` with the service (the common start)."""
     with override_settings(MIGRATIONS_DIR=directory):
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", connections=[f.connection for f in fleets]), executed_by="bench"
+            selection=TargetSelection(scope="tenant", connections=[f.connection for f in fleets]),
+            options=ExecutionOptions(),
+            actor="bench",
+            origin=Origin.API,
+            wait=True,
         )
     if execution.status != "completed":
         raise SystemExit(f"the base version did not apply: {execution.status} {execution.error}")
@@ -325,7 +330,11 @@ def run_ours(fleet: Fleet, directory: Path, retry_for_s: float) -> tuple[dict[st
         lock_waits_recorded() as recorded,
     ):
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", connections=[fleet.connection]), executed_by="bench"
+            selection=TargetSelection(scope="tenant", connections=[fleet.connection]),
+            options=ExecutionOptions(),
+            actor="bench",
+            origin=Origin.API,
+            wait=True,
         )
     runs = TargetRun.objects.filter(execution=execution).values("schema_name", "status", "completed_at", "error")
     failed = [r for r in runs if r["status"] != "succeeded"]

@@ -75,7 +75,8 @@ from infra_site.embedded_postgres import temporary_server  # noqa: E402
 from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import fingerprint  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
-from migrations_runner.models import SchemaFingerprint, SchemaShape  # noqa: E402
+from migrations_runner.models import Origin, SchemaFingerprint, SchemaShape  # noqa: E402
+from migrations_runner.options import ExecutionOptions  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
 from migrations_runner.selectors import fingerprints as fingerprint_selectors  # noqa: E402
 from migrations_runner.services import fingerprints as fingerprint_services  # noqa: E402
@@ -239,7 +240,11 @@ def migrate_run(server, label: str, m: int, lanes: int, record: bool) -> float:
     with override_settings(MIGRATION_FINGERPRINT_AFTER_RUN=record):
         started = time.perf_counter()
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", connections=[name]), executed_by="bench", batch_size=lanes
+            selection=TargetSelection(scope="tenant", connections=[name]),
+            options=ExecutionOptions(batch_size=lanes),
+            actor="bench",
+            origin=Origin.API,
+            wait=True,
         )
         seconds = time.perf_counter() - started
     if execution.status != "completed" or execution.targets_succeeded != m:

@@ -17,7 +17,7 @@ Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
 - queued (``--queued-sizes``): lanes as django-q2 tasks of a real ``qcluster`` with 2 and 4 workers, on the ORM
   broker over a SQLite and over a PostgreSQL control database, and on Redis (Debian's ``redis-server``), with
   ``batch_size`` and ``MIGRATION_MAX_PER_DATABASE`` twice the workers. A child process submits the execution
-  through ``services.execution_submit`` (what ``run_migrations`` calls) and polls the execution's row every
+  through ``services.execution_start`` (what ``run_migrations`` calls) and polls the execution's row every
   0.25 s (``run_migrations --wait`` would add its own per-poll target query to the machine's load). The time is
   the execution's ``started_at`` to ``completed_at``. Also the CPU time of the cluster's processes per target,
   and the raw pool's client CPU per target. The raw pool runs before and after the variants (the best counts);
@@ -94,7 +94,8 @@ from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import history  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
 from migrations_runner.engine.sqltext import split_statements  # noqa: E402
-from migrations_runner.models import MigrationExecution  # noqa: E402
+from migrations_runner.models import MigrationExecution, Origin  # noqa: E402
+from migrations_runner.options import ExecutionOptions  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
 
 OVERHEAD_DEFINITION = "(queued_s - raw_pool4_s) * min(workers, 4) / N, in ms"
@@ -267,8 +268,10 @@ def inprocess_run(server, n: int, work: Work, *, batch_size: int, label: str) ->
         called_at, started = timezone.now(), time.perf_counter()
         execution = services.execution_start(
             selection=TargetSelection(scope="tenant", connections=[connection.name]),
-            executed_by="bench",
-            batch_size=batch_size,
+            options=ExecutionOptions(batch_size=batch_size),
+            actor="bench",
+            origin=Origin.API,
+            wait=True,
         )
         elapsed = time.perf_counter() - started
     if execution.status != "completed" or execution.targets_succeeded != n:
@@ -287,7 +290,11 @@ def noop_runs(server, connection: DatabaseConnection, database: str, work: Work)
     with override_settings(MIGRATIONS_DIR=work.migrations_dir):
         started = time.perf_counter()
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", connections=[connection.name]), executed_by="bench", batch_size=1
+            selection=TargetSelection(scope="tenant", connections=[connection.name]),
+            options=ExecutionOptions(batch_size=1),
+            actor="bench",
+            origin=Origin.API,
+            wait=True,
         )
         service = time.perf_counter() - started
     assert execution.status == "completed", execution.status
@@ -552,10 +559,11 @@ def submit_main(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=3600)
     args = parser.parse_args(argv)
-    execution = services.execution_submit(
+    execution = services.execution_start(
         selection=TargetSelection(scope="tenant", connections=[args.connection]),
-        executed_by="bench",
-        batch_size=args.batch_size,
+        options=ExecutionOptions(batch_size=args.batch_size),
+        actor="bench",
+        origin=Origin.API,
     )
     fields = ["status", "started_at", "completed_at", "targets_total", "targets_succeeded", "targets_failed", "error"]
     deadline = time.monotonic() + args.timeout

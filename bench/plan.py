@@ -41,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from psycopg import sql  # noqa: E402
 
 from bench.support import RESULTS_DIR, create_database, history_statements, workdir, write_results  # noqa: E402
+from migrations_runner.models import Origin  # noqa: E402
+from migrations_runner.options import ExecutionOptions  # noqa: E402
 from migrations_runner.selection import TargetSelection  # noqa: E402
 
 MODES = ("selector", "dry_run", "api")
@@ -164,7 +166,11 @@ def measure_main(argv: list[str]) -> None:
             return selectors.plan(TargetSelection(scope="tenant", connections=[CONNECTION]))
         if args.mode == "dry_run":
             return services.execution_start(
-                selection=TargetSelection(scope="tenant", connections=[CONNECTION]), dry_run=True, executed_by="bench"
+                selection=TargetSelection(scope="tenant", connections=[CONNECTION]),
+                options=ExecutionOptions(dry_run=True),
+                actor="bench",
+                origin=Origin.API,
+                wait=True,
             )
         response = client.post(
             "/api/v1/migrations/dynamic/plan/", {"scope": "tenant", "connections": [CONNECTION]}, format="json"

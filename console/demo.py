@@ -37,6 +37,7 @@ from migrations_runner import services as runner
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ExecutionFinished
 from migrations_runner.models import FINISHED_TARGET_STATUSES, MigrationExecution, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 logger = logging.getLogger(__name__)
@@ -282,31 +283,27 @@ def fleet_migrate(
     stop_requested: Callable[[], bool],
     actor: str = ACTOR,
 ) -> MigrationExecution | None:
-    """Run the shipped sets over the demo fleet (the late tenants aside) in this process; None when up to date.
+    """Run the shipped sets over the demo fleet in this process; None when it is up to date (the late tenants,
+    left unmigrated on purpose, aside).
 
     ``progress(total)`` gives the bar that each finished target advances; once ``stop_requested()`` answers
     true, the execution is cancelled (running targets end between scripts) and returned as it ends.
     """
     late = {slug for _, slug, _ in _late_tenants()}
     selection = TargetSelection(connections=list(connections))
-    targets = [target for target in migrations.targets_resolve(selection) if target.tenant_slug not in late]
-    if not _pending_anywhere(targets):
+    if not _pending_anywhere([t for t in migrations.targets_resolve(selection) if t.tenant_slug not in late]):
         return None
-    execution = runner.execution_start(
-        selection=selection,
-        targets=targets,
-        executed_by=actor,
-        origin=Origin.COMMAND,
-        metadata={"demo": True},
-        run=False,
-    )
-    # Targets found up to date when planned end without running: the bar counts the others.
-    seen = set(execution.targets.filter(status__in=FINISHED_TARGET_STATUSES).values_list("pk", flat=True))
-    bar = progress(execution.targets_total - len(seen))
+    seen: set[int] | None = None
+    bar: ProgressBar | None = None
     cancelled = False
 
-    def step() -> None:
-        nonlocal cancelled
+    def step(execution: MigrationExecution) -> None:
+        nonlocal seen, bar, cancelled
+        if seen is None:
+            # Targets found up to date when planned end without running: the bar counts the others.
+            planned = execution.targets.filter(status__in=FINISHED_TARGET_STATUSES, started_at__isnull=True)
+            seen = set(planned.values_list("pk", flat=True))
+            bar = progress(execution.targets_total - len(seen))
         if stop_requested() and not cancelled:
             cancelled = True
             with contextlib.suppress(ExecutionFinished):  # it ended meanwhile
@@ -314,13 +311,20 @@ def fleet_migrate(
         finished = execution.targets.select_related("connection").filter(status__in=FINISHED_TARGET_STATUSES)
         for run in finished.exclude(pk__in=seen):
             seen.add(run.pk)
-            bar.advance(run.label, run.status)
+            if bar is not None:
+                bar.advance(run.label, run.status)
 
     try:
-        if execution.is_finished:
-            return execution
-        execution = runner.execution_run(execution=execution, on_poll=step)
-        step()
+        execution = runner.execution_start(
+            selection=selection,
+            options=ExecutionOptions(),
+            actor=actor,
+            origin=Origin.COMMAND,
+            wait=True,
+            on_poll=step,
+        )
+        step(execution)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     return execution

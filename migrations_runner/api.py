@@ -16,7 +16,8 @@ from infra_site.errors import ValidationFailed
 from infra_site.pagination import KeysetPagination, LimitOffsetPagination
 from infra_site.permissions import require_roles
 from migrations_runner import selectors, services
-from migrations_runner.models import ExecutionStatus, Scope, TargetRun
+from migrations_runner.models import ExecutionStatus, Origin, Scope, TargetRun
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.serializers import (
     AdoptionReportSerializer,
@@ -60,7 +61,10 @@ class ExecuteView(APIView):
     def post(self, request: Request) -> Response:
         params = ExecuteSerializer(data=request.data)
         params.is_valid(raise_exception=True)
-        execution = services.execution_submit(executed_by=_actor(request), **params.validated_data)
+        data = params.validated_data
+        execution = services.execution_start(
+            selection=data["selection"], options=data["options"], actor=_actor(request), origin=Origin.API
+        )
         return Response(
             ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
@@ -177,7 +181,7 @@ class RetryView(APIView):
     @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
     def post(self, request: Request, execution_id) -> Response:
         original = selectors.execution_get(execution_id=execution_id)
-        retry = services.execution_retry(execution=original, executed_by=_actor(request))
+        retry = services.execution_retry(execution=original, actor=_actor(request), origin=Origin.API)
         return Response(
             ExecutionDetailSerializer(retry, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
@@ -194,7 +198,7 @@ class RollbackView(APIView):
         params = RollbackSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         original = selectors.execution_get(execution_id=params.validated_data["execution_id"])
-        rollback = services.rollback_submit(execution=original, executed_by=_actor(request))
+        rollback = services.execution_rollback(execution=original, actor=_actor(request), origin=Origin.API)
         return Response(
             ExecutionDetailSerializer(rollback, context={"request": request}).data, status=status.HTTP_202_ACCEPTED
         )
@@ -210,7 +214,7 @@ class PlanView(APIView):
         params = PlanRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        plans = selectors.plan(data["selection"], out_of_order=data["out_of_order"])
+        plans = selectors.plan(data["selection"], out_of_order=data["options"].out_of_order)
         lint = selectors.plan_lint(plans)
         return Response(
             {
@@ -318,7 +322,9 @@ class ProvisionView(APIView):
         params.is_valid(raise_exception=True)
         data = dict(params.validated_data)
         connection = registry.connection_get_by_name(name=data.pop("connection"))
-        tenant, execution = services.tenant_provision(connection=connection, actor=_actor(request), **data)
+        tenant, execution = services.tenant_provision(
+            connection=connection, actor=_actor(request), origin=Origin.API, wait=True, **data
+        )
         body = {
             "tenant": TenantSerializer(tenant).data,
             "execution": ExecutionSerializer(execution, context={"request": request}).data,
@@ -343,8 +349,11 @@ class TenantMigrateView(APIView):
     @extend_schema(request=None, responses={202: ExecutionDetailSerializer})
     def post(self, request: Request, slug: str) -> Response:
         tenant = registry.tenant_get(slug=slug)
-        execution = services.execution_submit(
-            selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]), executed_by=_actor(request)
+        execution = services.execution_start(
+            selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]),
+            options=ExecutionOptions(),
+            actor=_actor(request),
+            origin=Origin.API,
         )
         return Response(
             ExecutionDetailSerializer(execution, context={"request": request}).data, status=status.HTTP_202_ACCEPTED

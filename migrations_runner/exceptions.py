@@ -53,7 +53,13 @@ class InvalidSelection(ValidationFailed):
     code = "invalid_selection"
 
 
-class InvalidWaves(ValidationFailed):
+class InvalidOptions(ValidationFailed):
+    """Execution options out of their bounds; ``details`` names each wrong option."""
+
+    code = "invalid_options"
+
+
+class InvalidWaves(InvalidOptions):
     code = "invalid_waves"
 
 

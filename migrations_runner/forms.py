@@ -1,4 +1,5 @@
-"""Admin forms of the migrations app: the Run migrations form (scope, filters, options)."""
+"""Admin forms of the migrations app: the execution options (shared with the schedule form) and the Run
+migrations form (scope, filters, options)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.widgets import AutocompleteSelectMultiple
+from django.forms.utils import pretty_name
 
 from connections import selectors as registry
 from connections.models import Tenant
-from migrations_runner.exceptions import InvalidSelection, InvalidWaves
+from migrations_runner.exceptions import InvalidOptions, InvalidSelection
 from migrations_runner.models import OnFailure, Scope, TargetRun
+from migrations_runner.options import BATCH_SIZE_MAX, BATCH_SIZE_MIN, OPTION_NAMES, ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
 _MAX_ID = 2**63 - 1  # the largest id the control database stores
 
@@ -53,24 +55,17 @@ class TenantIdsField(forms.ModelMultipleChoiceField):
         return prepared
 
 
-class RunForm(forms.Form):
-    """What to migrate and how: the same parameters as the API's execute endpoint and ``run_migrations``."""
+class ExecutionOptionsForm(forms.Form):
+    """The options of a run as form fields; ``ExecutionOptions`` checks their bounds and its refusals become the
+    fields' errors. Mixed into the Run migrations form and the schedule form."""
 
-    scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.ALL)
-    regions = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
-    connections = forms.MultipleChoiceField(required=False, widget=forms.SelectMultiple(attrs={"size": 6}))
-    tenants = TenantIdsField(
-        queryset=Tenant.objects.none(),
-        required=False,
-        help_text="Type to search tenants by slug or name.",
-    )
     dry_run = forms.BooleanField(required=False, help_text="Record the plan per target and change nothing.")
     on_failure = forms.ChoiceField(choices=OnFailure.choices, initial=OnFailure.CONTINUE)
-    batch_size = forms.IntegerField(min_value=1, max_value=500, help_text="Targets in flight at once.")
-    statement_timeout_s = forms.IntegerField(
-        required=False, min_value=1, max_value=86400, label="Statement timeout (s)"
+    batch_size = forms.IntegerField(
+        required=False, help_text=f"Targets in flight at once, {BATCH_SIZE_MIN} to {BATCH_SIZE_MAX}."
     )
-    lock_timeout_s = forms.FloatField(required=False, min_value=0.1, max_value=3600, label="Lock timeout (s)")
+    statement_timeout_s = forms.IntegerField(required=False, label="Statement timeout (s)")
+    lock_timeout_s = forms.FloatField(required=False, label="Lock timeout (s)")
     out_of_order = forms.BooleanField(
         required=False,
         label="Allow out of order",
@@ -93,8 +88,57 @@ class RunForm(forms.Form):
     failure_budget = forms.CharField(
         required=False, max_length=8, help_text="Failures a wave may have before the run halts: 0 (default), 2 or 5%."
     )
-    wave_pause = forms.IntegerField(required=False, min_value=0, max_value=MAX_PAUSE_S, label="Soak between waves (s)")
+    wave_pause = forms.IntegerField(required=False, label="Soak between waves (s)")
     wave_approval = forms.BooleanField(required=False, help_text="Wait for a person's Continue before each next wave.")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["statement_timeout_s"].help_text = f"Default {settings.MIGRATION_TIMEOUT} s."
+        self.fields["lock_timeout_s"].help_text = f"Default {settings.MIGRATION_LOCK_TIMEOUT} s."
+
+    @staticmethod
+    def initial_options(options: ExecutionOptions) -> dict[str, Any]:
+        """The fields' initial values for ``options`` (a stored schedule's)."""
+        values = options.as_dict()
+        values["waves"] = ", ".join(values["waves"])
+        values["canary"] = ", ".join(values["canary"])
+        return values
+
+    def options_from(self, data: dict[str, Any]) -> ExecutionOptions | None:
+        """The options of the cleaned ``data``; None, with the refusals on their fields, when they are invalid."""
+        if any(name in self.errors for name in OPTION_NAMES):
+            return None
+        values: dict[str, Any] = {name: data.get(name) for name in OPTION_NAMES}
+        values.update(
+            dry_run=bool(values["dry_run"]),
+            out_of_order=bool(values["out_of_order"]),
+            wave_approval=bool(values["wave_approval"]),
+            waves=_csv(values["waves"] or ""),
+            canary=_csv(values["canary"] or ""),
+            failure_budget=values["failure_budget"] or None,
+        )
+        names = {name: str(self.fields[name].label or pretty_name(name)) for name in OPTION_NAMES}
+        try:
+            return ExecutionOptions.parse(**values, names=names)
+        except InvalidOptions as exc:
+            for field, problems in exc.details.items():
+                self.add_error(field if field in self.fields else None, problems)
+            return None
+
+
+class RunForm(ExecutionOptionsForm):
+    """What to migrate and how: the same parameters as the API's execute endpoint and ``run_migrations``."""
+
+    scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.ALL)
+    regions = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple)
+    connections = forms.MultipleChoiceField(required=False, widget=forms.SelectMultiple(attrs={"size": 6}))
+    tenants = TenantIdsField(
+        queryset=Tenant.objects.none(),
+        required=False,
+        help_text="Type to search tenants by slug or name.",
+    )
+
+    field_order = ["scope", "regions", "connections", "tenants"]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -112,8 +156,7 @@ class RunForm(forms.Form):
         tenants.widget = AutocompleteSelectMultiple(TargetRun._meta.get_field("tenant"), admin.site)
         tenants.queryset = registry.tenant_list()  # also hands the widget its choices
         self.fields["batch_size"].initial = settings.MIGRATION_BATCH_SIZE
-        self.fields["statement_timeout_s"].help_text = f"Default {settings.MIGRATION_TIMEOUT} s."
-        self.fields["lock_timeout_s"].help_text = f"Default {settings.MIGRATION_LOCK_TIMEOUT} s."
+        self.fields["batch_size"].required = True
 
     @classmethod
     def initial_from_query(cls, query) -> dict[str, Any]:
@@ -143,32 +186,15 @@ class RunForm(forms.Form):
             except InvalidSelection as exc:
                 for field, problems in (exc.details or {}).items():
                     self.add_error(field if field in self.fields else None, problems)
-            try:
-                self._waves = WaveOptions.parse(
-                    waves=_csv(data.get("waves") or ""),
-                    failure_budget=data.get("failure_budget") or None,
-                    pause_s=data.get("wave_pause"),
-                    approval=bool(data.get("wave_approval")),
-                    canary=_csv(data.get("canary") or ""),
-                )
-            except InvalidWaves as exc:
-                for field, problems in (exc.details or {}).items():
-                    self.add_error(field if field in self.fields else None, problems)
+            options = self.options_from(data)
+            if options is not None:
+                self._options = options
         return data
 
     def selection(self) -> TargetSelection:
         """The target selection of a valid form."""
         return self._selection
 
-    def options(self) -> dict[str, Any]:
+    def options(self) -> ExecutionOptions:
         """The execution options of a valid form."""
-        data = self.cleaned_data
-        return {
-            "dry_run": data["dry_run"],
-            "out_of_order": bool(data.get("out_of_order")),
-            "on_failure": data["on_failure"],
-            "batch_size": data["batch_size"],
-            "statement_timeout_s": data["statement_timeout_s"],
-            "lock_timeout_s": data["lock_timeout_s"],
-            "waves": self._waves,
-        }
+        return self._options

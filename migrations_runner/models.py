@@ -213,11 +213,8 @@ class MigrationSchedule(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.ALL)
     filters = models.JSONField(default=dict, blank=True)
-    dry_run = models.BooleanField(default=False)
-    on_failure = models.CharField(max_length=16, choices=OnFailure.choices, default=OnFailure.CONTINUE)
-    batch_size = models.PositiveIntegerField(null=True, blank=True)
-    out_of_order = models.BooleanField(
-        default=False, help_text="Apply pending versions below a target's highest applied version."
+    options = models.JSONField(
+        default=dict, blank=True, help_text="The options of each firing's execution (ExecutionOptions.as_dict)."
     )
     cron_expression = models.CharField(max_length=100, blank=True, default="")
     run_at = models.DateTimeField(null=True, blank=True)

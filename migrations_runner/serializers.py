@@ -12,7 +12,7 @@ from connections import selectors as registry
 from connections import validators
 from connections.serializers import TenantSerializer
 from migrations_runner.engine import flyway
-from migrations_runner.exceptions import InvalidSelection, InvalidWaves
+from migrations_runner.exceptions import InvalidOptions, InvalidSelection
 from migrations_runner.models import (
     FingerprintScan,
     MigrationExecution,
@@ -21,10 +21,19 @@ from migrations_runner.models import (
     Scope,
     TargetRun,
 )
+from migrations_runner.options import (
+    BATCH_SIZE_MAX,
+    BATCH_SIZE_MIN,
+    LOCK_TIMEOUT_MAX_S,
+    LOCK_TIMEOUT_MIN_S,
+    OPTION_NAMES,
+    STATEMENT_TIMEOUT_MAX_S,
+    STATEMENT_TIMEOUT_MIN_S,
+    ExecutionOptions,
+)
 from migrations_runner.selection import FILTER_NAMES, MAX_FILTER_VALUES, TargetSelection, too_many
 from migrations_runner.selectors.executions import execution_progress, execution_waves
 from migrations_runner.selectors.plans import TargetPlan
-from migrations_runner.services.waves import MAX_PAUSE_S, WaveOptions
 
 
 class RedactedMixin(serializers.Field):
@@ -111,56 +120,75 @@ class ScopeSerializer(FiltersSerializer):
         return attrs
 
 
-class PlanRequestSerializer(ScopeSerializer):
-    """What to plan: a selection, and whether the run would allow out-of-order versions."""
+def _options(values: dict[str, Any]) -> ExecutionOptions:
+    try:
+        return ExecutionOptions.parse(**values)
+    except InvalidOptions as exc:
+        raise serializers.ValidationError(exc.details) from exc
 
+
+class ExecutionOptionsFields(serializers.Serializer):
+    """The options of a run, named as ``ExecutionOptions.as_dict`` names them; their bounds are checked by
+    ``ExecutionOptions`` and reported per field."""
+
+    dry_run = serializers.BooleanField(default=False, help_text="Record the plan per target and change nothing.")
+    on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
+    batch_size = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=f"Targets in flight at once, {BATCH_SIZE_MIN} to {BATCH_SIZE_MAX}; default MIGRATION_BATCH_SIZE.",
+    )
+    statement_timeout_s = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        help_text=f"Seconds a statement may run, {STATEMENT_TIMEOUT_MIN_S} to {STATEMENT_TIMEOUT_MAX_S}; default "
+        "MIGRATION_TIMEOUT.",
+    )
+    lock_timeout_s = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        help_text=f"Seconds a statement may wait for a table lock, {LOCK_TIMEOUT_MIN_S:g} to {LOCK_TIMEOUT_MAX_S:g}; "
+        "default MIGRATION_LOCK_TIMEOUT.",
+    )
     out_of_order = serializers.BooleanField(
         default=False,
         help_text="Apply pending versions below a target's highest applied version (a late hotfix); else such a "
         "target is refused.",
     )
-
-
-class ExecuteSerializer(PlanRequestSerializer):
-    dry_run = serializers.BooleanField(default=False)
-    on_failure = serializers.ChoiceField(choices=OnFailure.choices, default=OnFailure.CONTINUE)
-    batch_size = serializers.IntegerField(min_value=1, max_value=500, required=False)
     waves = serializers.ListField(
         child=serializers.CharField(max_length=8),
         required=False,
-        max_length=20,
         help_text='Canary waves over the tenant targets with work: sizes ([1, 10, 100]) or percentages (["1%", '
         '"10%"]); the rest make a last wave.',
     )
     failure_budget = serializers.CharField(
-        max_length=8, required=False, help_text="Failures a wave may have before the execution halts: 0, 2 or 5%."
+        max_length=8,
+        required=False,
+        allow_null=True,
+        help_text="Failures a wave may have before the execution halts: 0, 2 or 5%.",
     )
-    wave_pause = serializers.IntegerField(
-        min_value=0, max_value=MAX_PAUSE_S, required=False, help_text="Soak seconds between two waves."
-    )
+    wave_pause = serializers.IntegerField(required=False, allow_null=True, help_text="Soak seconds between two waves.")
     wave_approval = serializers.BooleanField(
         default=False, help_text="Wait for a person's Continue (awaiting_approval) before each next wave."
     )
     canary = serializers.ListField(
-        child=serializers.CharField(max_length=48, validators=[validators.validate_tenant_slug]),
+        child=serializers.CharField(max_length=48),
         required=False,
-        max_length=100,
         help_text="Tenants that make the first wave (default: the smallest schemas).",
     )
 
+
+class PlanRequestSerializer(ExecutionOptionsFields, ScopeSerializer):
+    """What to run and how: a ``selection`` and its ``options`` once valid (a plan uses ``out_of_order``)."""
+
     def validate(self, attrs: dict) -> dict:
         attrs = super().validate(attrs)
-        try:
-            attrs["waves"] = WaveOptions.parse(
-                waves=attrs.pop("waves", None),
-                failure_budget=attrs.pop("failure_budget", None),
-                pause_s=attrs.pop("wave_pause", None),
-                approval=attrs.pop("wave_approval", False),
-                canary=attrs.pop("canary", None),
-            )
-        except InvalidWaves as exc:
-            raise serializers.ValidationError(exc.details) from exc
+        attrs["options"] = _options({name: attrs.pop(name) for name in OPTION_NAMES if name in attrs})
         return attrs
+
+
+class ExecuteSerializer(PlanRequestSerializer):
+    """What to run and how; the same body plans it (``migrations/dynamic/plan/``)."""
 
 
 class RollbackSerializer(serializers.Serializer):
@@ -295,7 +323,9 @@ class TargetRunSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class ScheduleSerializer(serializers.ModelSerializer):
+class ScheduleSerializer(ExecutionOptionsFields, serializers.ModelSerializer):
+    """A schedule: its selection, timing and the options of the executions it starts (stored in ``options``)."""
+
     filters = FiltersSerializer(required=False, help_text="regions, connections and tenants that narrow the scope.")
 
     class Meta:
@@ -305,10 +335,7 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "name",
             "scope",
             "filters",
-            "dry_run",
-            "on_failure",
-            "batch_size",
-            "out_of_order",
+            *OPTION_NAMES,
             "cron_expression",
             "run_at",
             "enabled",
@@ -319,17 +346,27 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "updated_at",
         ]
         read_only_fields = ["id", "last_execution", "last_fired_at", "created_by", "created_at", "updated_at"]
-        extra_kwargs = {"batch_size": {"min_value": 1, "max_value": 500}}
         validators: list[Callable[..., None]] = []
 
+    def get_fields(self) -> dict[str, serializers.Field]:
+        """The option fields read and write the schedule's ``options``."""
+        fields = super().get_fields()
+        for name in OPTION_NAMES:
+            fields[name].source = f"options.{name}"
+        return fields
+
     def validate(self, attrs: dict) -> dict:
-        """Scope and filters become one ``selection``; a partial update keeps the stored half it does not send."""
+        """Scope and filters become one ``selection`` and the options one ``options``; a partial update keeps the
+        stored values it does not send."""
         attrs = dict(attrs)
         if "scope" in attrs or "filters" in attrs:
             stored = self.instance.selection if self.instance else TargetSelection()
             scope = attrs.pop("scope", stored.scope)
             filters = dict(attrs.pop("filters")) if "filters" in attrs else stored.as_filters()
             attrs["selection"] = _selection(scope, filters)
+        if "options" in attrs:
+            stored_options = self.instance.options if self.instance else {}
+            attrs["options"] = _options({**stored_options, **attrs["options"]})
         return attrs
 
 

@@ -252,7 +252,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         """The plan preview; ``query`` (default: the request's) holds the page number and the form's values."""
         source = request.GET if query is None else query
         try:
-            preview = selectors.plan_preview(form.selection(), out_of_order=form.options()["out_of_order"])
+            preview = selectors.plan_preview(form.selection(), out_of_order=form.options().out_of_order)
         except ApplicationError as exc:
             form.add_error(None, exc.message)
             return render(
@@ -312,7 +312,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
                 status=400,
             )
         try:
-            current = selectors.plan_preview(form.selection(), out_of_order=form.options()["out_of_order"]).fingerprint
+            current = selectors.plan_preview(form.selection(), out_of_order=form.options().out_of_order).fingerprint
         except ApplicationError as exc:
             messages.error(request, exc.message)
             return HttpResponseRedirect(reverse("admin:migrations_runner_migrationexecution_run"))
@@ -320,8 +320,8 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
             messages.warning(request, "The fleet changed since the preview: review the new plan before confirming.")
             return self._preview_page(request, form, query=data, stale=True)
         try:
-            execution = services.execution_submit(
-                selection=form.selection(), **form.options(), executed_by=_actor(request), origin=Origin.ADMIN
+            execution = services.execution_start(
+                selection=form.selection(), options=form.options(), actor=_actor(request), origin=Origin.ADMIN
             )
         except ApplicationError as exc:
             messages.error(request, exc.message)
@@ -496,7 +496,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         return self._spawn(
             request,
             execution,
-            lambda: services.execution_retry(execution=execution, executed_by=_actor(request), origin=Origin.ADMIN),
+            lambda: services.execution_retry(execution=execution, actor=_actor(request), origin=Origin.ADMIN),
             "Retried failed targets as",
             "Retry of",
         )
@@ -511,7 +511,7 @@ class MigrationExecutionAdmin(admin.ModelAdmin):
         return self._spawn(
             request,
             execution,
-            lambda: services.rollback_submit(execution=execution, executed_by=_actor(request), origin=Origin.ADMIN),
+            lambda: services.execution_rollback(execution=execution, actor=_actor(request), origin=Origin.ADMIN),
             "Rolled back as",
             "Rollback of",
         )

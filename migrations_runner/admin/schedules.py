@@ -22,12 +22,13 @@ from infra_site.admin_mixins import RoleAdminMixin
 from infra_site.admin_site import ForbiddenActionMixin
 from infra_site.errors import ApplicationError
 from migrations_runner import selectors, services
-from migrations_runner.exceptions import InvalidSchedule, InvalidSelection
+from migrations_runner.exceptions import InvalidOptions, InvalidSchedule, InvalidSelection
+from migrations_runner.forms import ExecutionOptionsForm
 from migrations_runner.models import MigrationExecution, MigrationSchedule
+from migrations_runner.options import OPTION_NAMES, ExecutionOptions
 from migrations_runner.selection import FILTER_NAMES, TargetSelection
 from migrations_runner.templatetags.fleet_admin import status_badge
 
-SCHEDULE_FIELDS = ("dry_run", "on_failure", "batch_size", "out_of_order")
 NEXT_RUNS_SHOWN = 5
 EXECUTIONS_SHOWN = 20
 
@@ -58,8 +59,9 @@ def next_runs(schedule: MigrationSchedule, count: int = NEXT_RUNS_SHOWN) -> list
         return []
 
 
-class MigrationScheduleForm(forms.ModelForm):
-    """A schedule's fields, its filters as comma-separated lists; saved through the schedule services.
+class MigrationScheduleForm(ExecutionOptionsForm, forms.ModelForm):
+    """A schedule's fields, its filters as comma-separated lists, the options of the executions it starts (as on
+    the Run migrations form); saved through the schedule services.
 
     ModelAdmin shows only the errors raised while the form validates, so the form saves through the service at
     the end of validation (``_post_clean``), and the service's refusals (an invalid cron expression, a past
@@ -74,7 +76,7 @@ class MigrationScheduleForm(forms.ModelForm):
 
     class Meta:
         model = MigrationSchedule
-        fields = ["name", "enabled", "cron_expression", "run_at", "scope", *SCHEDULE_FIELDS]
+        fields = ["name", "enabled", "cron_expression", "run_at", "scope"]
         help_texts = {
             "cron_expression": "minute hour day month weekday, e.g. 0 3 * * 1-5. Leave empty for a one-off run_at.",
             "run_at": "A one-off run; leave empty for a cron schedule.",
@@ -85,6 +87,13 @@ class MigrationScheduleForm(forms.ModelForm):
         for name in FILTER_NAMES:
             if name in self.fields:
                 self.fields[name].initial = ", ".join(self.instance.filters.get(name) or [])
+        for name, value in self.initial_options(ExecutionOptions.from_dict(self.instance.options)).items():
+            self.initial.setdefault(name, value)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        self._options = self.options_from(data)
+        return data
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]
@@ -95,8 +104,9 @@ class MigrationScheduleForm(forms.ModelForm):
     def values(self) -> dict[str, Any]:
         """The schedule's values for the services, its scope and filters as one ``selection``."""
         data = self.cleaned_data
-        values = {n: data[n] for n in ("name", "enabled", "cron_expression", "run_at", *SCHEDULE_FIELDS) if n in data}
+        values: dict[str, Any] = {n: data[n] for n in ("name", "enabled", "cron_expression", "run_at") if n in data}
         values["cron_expression"] = (values.get("cron_expression") or "").strip()
+        values["options"] = self._options
         filters = {
             name: [item.strip() for item in data.get(name, "").split(",") if item.strip()] for name in FILTER_NAMES
         }
@@ -111,7 +121,7 @@ class MigrationScheduleForm(forms.ModelForm):
                 self.instance = services.schedule_update(schedule=self.instance, actor=self.actor, **self.values())
             else:
                 self.instance = services.schedule_create(actor=self.actor, **self.values())
-        except (InvalidSchedule, InvalidSelection) as exc:
+        except (InvalidSchedule, InvalidSelection, InvalidOptions) as exc:
             placed = False
             for field, problems in exc.details.items():
                 if field in self.fields and isinstance(problems, list):
@@ -135,7 +145,8 @@ class MigrationScheduleAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAd
     fieldsets = [
         (None, {"fields": ["name", "enabled"]}),
         ("When", {"fields": ["cron_expression", "run_at", "next_runs_display"]}),
-        ("What", {"fields": ["scope", *FILTER_NAMES, "dry_run", "on_failure", "batch_size", "out_of_order"]}),
+        ("What", {"fields": ["scope", *FILTER_NAMES]}),
+        ("How", {"fields": list(OPTION_NAMES)}),
         ("Runs", {"fields": ["last_run", "last_fired_at", "started_executions", "created_by"]}),
     ]
 
@@ -157,7 +168,7 @@ class MigrationScheduleAdmin(ForbiddenActionMixin, RoleAdminMixin, admin.ModelAd
 
     @admin.display(description="Scope")
     def selection(self, obj: MigrationSchedule) -> str:
-        return obj.selection.describe() + ("; dry run" if obj.dry_run else "")
+        return obj.selection.describe() + ("; dry run" if obj.options.get("dry_run") else "")
 
     @admin.display(description="Last run", ordering="last_fired_at")
     def last_run(self, obj: MigrationSchedule) -> str:

@@ -78,7 +78,6 @@ def provision_view(request: HttpRequest) -> HttpResponse:
                 connection=data["connection"],
                 schema_name=data["schema_name"] or None,
                 actor=request.user.get_username(),
-                background=True,
                 origin=Origin.ADMIN,
             )
         except ApplicationError as exc:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from functools import partial
+from typing import cast
 
 from django.conf import settings
 from django.db import transaction
@@ -35,11 +38,12 @@ from migrations_runner.models import (
     TargetStatus,
     Waiting,
 )
+from migrations_runner.options import ExecutionOptions, WaveOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.completion import on_finished
 from migrations_runner.services.runner import COUNTER_OF, execution_cancel_now, execution_launch, execution_run
 from migrations_runner.services.targets import finish_execution
-from migrations_runner.services.waves import WaveOptions, canaries_missing, waves_assign
+from migrations_runner.services.waves import canaries_missing, waves_assign
 
 logger = logging.getLogger(__name__)
 
@@ -77,31 +81,47 @@ def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: d
 def execution_start(
     *,
     selection: TargetSelection,
-    executed_by: str,
-    dry_run: bool = False,
-    on_failure: str = OnFailure.CONTINUE,
-    batch_size: int | None = None,
-    run: bool = True,
+    options: ExecutionOptions,
+    actor: str,
+    origin: Origin,
+    wait: bool = False,
+    on_poll: Callable[[MigrationExecution], None] | None = None,
+) -> MigrationExecution:
+    """Plan an execution over ``selection`` (targets, phases, pending versions, canary waves), record it and
+    launch it; return the execution.
+
+    Invalid ``options`` are refused (``InvalidOptions``) before anything is planned or recorded. The execution
+    returns at once, queued for the workers, unless ``wait`` (or ``MIGRATION_EXECUTOR`` inline): then its lanes
+    run as threads of this process and it returns finished, or waiting for approval between two waves, with
+    ``on_poll`` called with it about every half second meanwhile. A dry run records the plan, changes nothing
+    on any target, and returns finished.
+    """
+    options.validate()
+    execution = _record(selection=selection, options=options, actor=actor, origin=origin)
+    return _launch(execution, wait=wait, on_poll=on_poll)
+
+
+def _record(
+    *,
+    selection: TargetSelection,
+    options: ExecutionOptions,
+    actor: str,
+    origin: Origin,
     targets: list[Target] | None = None,
     metadata: dict | None = None,
-    origin: str = Origin.API,
     parent: MigrationExecution | None = None,
-    statement_timeout_s: int | None = None,
-    lock_timeout_s: float | None = None,
-    waves: WaveOptions | None = None,
-    out_of_order: bool = False,
     purpose: Purpose = Purpose.MIGRATION,
 ) -> MigrationExecution:
-    """Plan an execution (targets, phases, pending versions), record it, and run it in-process unless told not to.
+    """Plan and record an execution without launching it; finished already when it is a dry run or has no work.
 
-    ``targets`` (a retry's) replaces the resolution of ``selection``, which is then only recorded.
-    ``waves`` splits the tenant targets that have work into canary waves (``services/waves.py``).
-    ``out_of_order`` applies pending versions below a target's highest applied one (else it is refused).
-    A dry run records the plan and changes nothing on any target.
+    ``targets`` (a retry's, a provisioning's) replaces the resolution of ``selection``, which is then only
+    recorded. ``options.waves`` splits the tenant targets that have work into canary waves (``services/waves.py``).
     """
     problems = dependency_problems(settings.MIGRATION_DEPENDENCIES, DATABASE_TYPES)
     if problems:
         raise ValidationFailed("MIGRATION_DEPENDENCIES is invalid: " + "; ".join(problems), code="invalid_dependencies")
+    options = options.resolved()
+    dry_run, out_of_order, waves = options.dry_run, options.out_of_order, options.waves
     if targets is None:
         targets = selectors.targets_resolve(selection)
     sets = selectors.sets_load(types={t.database_type for t in targets})
@@ -111,7 +131,7 @@ def execution_start(
     phase_of = {t.key: n for n, phase in enumerate(plan.phases) for t in phase}
     wave_of: dict[str, int] = {}
     wave_plan: list[dict] = []
-    if waves is not None and waves.enabled:
+    if waves.enabled:
         wave_of, wave_plan = _plan_waves(waves, targets, states, sets, phase_of)
         # Runs are claimed in id order within a phase: canaries first, then the smallest schemas.
         position = {key: n for n, key in enumerate(wave_of)}
@@ -125,23 +145,19 @@ def execution_start(
             scope=selection.scope,
             filters=selection.as_filters(),
             dry_run=dry_run,
-            on_failure=on_failure,
-            batch_size=batch_size or settings.MIGRATION_BATCH_SIZE,
-            executed_by=executed_by,
+            on_failure=options.on_failure,
+            batch_size=cast(int, options.batch_size),  # resolved: never None
+            executed_by=actor,
             origin=origin,
             parent=parent,
             metadata={
                 "sets": {t: sets[t].snapshot() for t in sorted({t.database_type for t in targets})},
                 "dependencies": settings.MIGRATION_DEPENDENCIES,
-                "options": {
-                    "statement_timeout_s": statement_timeout_s or settings.MIGRATION_TIMEOUT,
-                    "lock_timeout_s": lock_timeout_s or settings.MIGRATION_LOCK_TIMEOUT,
-                    "out_of_order": out_of_order,
-                },
+                "options": options.as_dict(),
                 **(metadata or {}),
             },
             started_at=now,
-            **(_wave_fields(waves, wave_plan) if waves is not None and wave_plan else {}),
+            **(_wave_fields(waves, wave_plan) if wave_plan else {}),
         )
         rows = [
             _planned_run(
@@ -162,14 +178,24 @@ def execution_start(
             "selection": selection.describe(),
             "targets": len(rows),
             "dry_run": dry_run,
-            "executed_by": executed_by,
+            "executed_by": actor,
         },
     )
     if dry_run or not any(r.status == TargetStatus.PENDING for r in rows):
         return finish_execution(execution)
-    if run:
-        return execution_run(execution=execution)
     return execution
+
+
+def _launch(
+    execution: MigrationExecution, *, wait: bool, on_poll: Callable[[MigrationExecution], None] | None = None
+) -> MigrationExecution:
+    """Start a recorded execution: lanes on the queue workers (returns at once), or threads of this process when
+    ``wait`` or ``MIGRATION_EXECUTOR`` is inline (returns it finished or waiting for approval)."""
+    if execution.is_finished:
+        return execution
+    if wait or settings.MIGRATION_EXECUTOR == "inline":
+        return execution_run(execution=execution, on_poll=partial(on_poll, execution) if on_poll else None)
+    return execution_launch(execution=execution)
 
 
 def _refuse_lint_errors(sets: dict[str, MigrationSet], rows: list[TargetRun]) -> None:
@@ -277,13 +303,10 @@ def _planned_run(
 
 
 def execution_rollback(
-    *,
-    execution: MigrationExecution,
-    executed_by: str,
-    run: bool = True,
-    origin: str = Origin.API,
+    *, execution: MigrationExecution, actor: str, origin: Origin, wait: bool = False
 ) -> MigrationExecution:
-    """Undo what a migrate execution applied, target by target, newest version first.
+    """Record and launch the undoing of what a migrate execution applied, target by target, newest version
+    first; return the rollback execution (launched as ``execution_start`` launches, ``wait`` included).
 
     Refused up front, with the list, when an undo script is missing; nothing runs then.
     """
@@ -300,7 +323,7 @@ def execution_rollback(
             filters=execution.filters,
             on_failure=OnFailure.HALT,
             batch_size=execution.batch_size,
-            executed_by=executed_by,
+            executed_by=actor,
             origin=origin,
             parent=execution,
             metadata={
@@ -337,12 +360,10 @@ def execution_rollback(
             "execution": str(rollback.pk),
             "rollback_of": str(execution.pk),
             "targets": len(rows),
-            "executed_by": executed_by,
+            "executed_by": actor,
         },
     )
-    if run:
-        return execution_run(execution=rollback)
-    return rollback
+    return _launch(rollback, wait=wait)
 
 
 @on_finished(Purpose.ROLLBACK)
@@ -357,11 +378,12 @@ def target_rollback(
     connection: DatabaseConnection,
     schema: str,
     to_version: str,
-    executed_by: str,
-    run: bool = True,
-    origin: str = Origin.API,
+    actor: str,
+    origin: Origin,
+    wait: bool = False,
 ) -> MigrationExecution:
-    """Undo the versions above ``to_version`` on one target (refused when an undo script is missing)."""
+    """Record and launch the undoing of the versions above ``to_version`` on one target (refused when an undo
+    script is missing); return the rollback execution (launched as ``execution_start`` launches)."""
     on_connection = selectors.targets_resolve(TargetSelection(connections=[connection.name]))
     target = next((t for t in on_connection if t.schema == schema), None)
     if target is None:
@@ -400,7 +422,7 @@ def target_rollback(
             filters={"connections": [connection.name], "schema": schema, "to_version": to_version},
             on_failure=OnFailure.HALT,
             batch_size=1,
-            executed_by=executed_by,
+            executed_by=actor,
             origin=origin,
             metadata={"sets": {target.database_type: mset.snapshot()}, "to_version": to_version},
             started_at=timezone.now(),
@@ -416,7 +438,7 @@ def target_rollback(
             pending_versions=[str(v) for v in versions],
         )
         _bulk_runs(rollback, [row], {})
-    return execution_run(execution=rollback) if run else rollback
+    return _launch(rollback, wait=wait)
 
 
 def execution_cancel(*, execution: MigrationExecution, actor: str) -> MigrationExecution:
@@ -456,7 +478,7 @@ def execution_continue(*, execution: MigrationExecution, actor: str) -> Migratio
         locked.approved_wave, locked.waiting = wave, Waiting.NOTHING
         locked.save(update_fields=["approved_wave", "waiting", "waves"])
     logger.warning("wave approved", extra={"execution": str(locked.pk), "wave": wave, "actor": actor})
-    return launch(locked)
+    return _launch(locked, wait=False)
 
 
 def execution_abort(*, execution: MigrationExecution, actor: str) -> MigrationExecution:
@@ -470,29 +492,11 @@ def execution_abort(*, execution: MigrationExecution, actor: str) -> MigrationEx
     return locked
 
 
-def launch(execution: MigrationExecution) -> MigrationExecution:
-    """Start a recorded execution: lanes on the queue workers, or threads here when MIGRATION_EXECUTOR is inline."""
-    if execution.is_finished:
-        return execution
-    if settings.MIGRATION_EXECUTOR == "inline":
-        return execution_run(execution=execution)
-    return execution_launch(execution=execution)
-
-
-def execution_submit(**params) -> MigrationExecution:
-    """Record an execution and start it in the background; returns at once (the API's 202)."""
-    return launch(execution_start(run=False, **params))
-
-
-def rollback_submit(*, execution: MigrationExecution, executed_by: str, origin: str = Origin.API) -> MigrationExecution:
-    """Record the rollback of an execution and start it in the background."""
-    return launch(execution_rollback(execution=execution, executed_by=executed_by, run=False, origin=origin))
-
-
 def execution_retry(
-    *, execution: MigrationExecution, executed_by: str, run: bool = False, origin: str = Origin.API
+    *, execution: MigrationExecution, actor: str, origin: Origin, wait: bool = False
 ) -> MigrationExecution:
-    """Start a new execution over just the failed targets of ``execution``."""
+    """Record and launch a new execution over just the failed targets of ``execution``, with its options (no
+    waves, not a dry run); return it (launched as ``execution_start`` launches)."""
     if not execution.is_finished:
         raise RetryRefused("The execution is still running; wait for it to finish before retrying.")
     failed = list(execution.targets.filter(status=TargetStatus.FAILED).select_related("connection", "tenant"))
@@ -513,17 +517,22 @@ def execution_retry(
         )
         for r in failed
     ]
-    retry = execution_start(
-        selection=execution.selection,
-        executed_by=executed_by,
+    stored = execution.metadata.get("options", {})
+    options = ExecutionOptions(
         on_failure=execution.on_failure,
         batch_size=execution.batch_size,
+        statement_timeout_s=stored.get("statement_timeout_s"),
+        lock_timeout_s=stored.get("lock_timeout_s"),
+        out_of_order=bool(stored.get("out_of_order", False)),
+    )
+    retry = _record(
+        selection=execution.selection,
+        options=options,
+        actor=actor,
+        origin=origin,
         targets=targets,
         metadata={"retry_of": str(execution.pk)},
         purpose=Purpose.RETRY,
-        out_of_order=bool(execution.metadata.get("options", {}).get("out_of_order", False)),
-        run=False,
-        origin=origin,
         parent=execution,
     )
-    return execution_run(execution=retry) if run else launch(retry)
+    return _launch(retry, wait=wait)

@@ -9,9 +9,10 @@ from connections.models import DatabaseConnection, Tenant, TenantStatus
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import ProvisioningFailed
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, Purpose, Scope, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.completion import on_finished
-from migrations_runner.services.executions import execution_start, launch
+from migrations_runner.services.executions import _launch, _record
 
 logger = logging.getLogger(__name__)
 
@@ -22,15 +23,15 @@ def tenant_provision(
     name: str,
     connection: DatabaseConnection,
     actor: str,
+    origin: Origin,
     schema_name: str | None = None,
-    background: bool = False,
-    origin: str = Origin.API,
+    wait: bool = False,
 ) -> tuple[Tenant, MigrationExecution]:
-    """Create (or resume) a tenant in ``provisioning``, migrate its schema, then activate it.
+    """Create (or resume) a tenant in ``provisioning`` and launch the execution that migrates its schema (as
+    ``execution_start`` launches, ``wait`` included); return the tenant and that execution.
 
-    In this process by default; with ``background`` the execution is queued and this returns at once (the
-    tenant becomes active when the execution completes). On failure the tenant stays in ``provisioning`` with
-    the error and nothing is dropped; provisioning again resumes from the versions already applied.
+    The tenant becomes active when the execution completes. On failure it stays in ``provisioning`` with the
+    error and nothing is dropped; provisioning again resumes from the versions already applied.
     """
     tenant = Tenant.objects.filter(slug=slug).select_related("connection").first()
     if tenant is None:
@@ -58,18 +59,16 @@ def tenant_provision(
         tenant_id=tenant.pk,
         create_schema=tenant.schema_name != "public",
     )
-    execution = execution_start(
+    recorded = _record(
         selection=TargetSelection(scope=Scope.SINGLE, tenants=[tenant.slug]),
-        executed_by=actor,
+        options=ExecutionOptions(batch_size=1),
+        actor=actor,
+        origin=origin,
         targets=[target],
         metadata={"provision": slug},
         purpose=Purpose.PROVISIONING,
-        batch_size=1,
-        origin=origin,
-        run=not background,
     )
-    if background:
-        execution = launch(execution)
+    execution = _launch(recorded, wait=wait)
     tenant.refresh_from_db()
     return tenant, execution
 

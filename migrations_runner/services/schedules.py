@@ -13,16 +13,18 @@ from django_q.models import Schedule
 
 from infra_site.updates import model_update
 from migrations_runner.exceptions import InvalidSchedule
-from migrations_runner.models import MigrationSchedule, OnFailure, Origin
+from migrations_runner.models import MigrationSchedule, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.selectors import selection_unknown
+from migrations_runner.services.executions import execution_start
 
 logger = logging.getLogger(__name__)
 
 FIRE_TASK = "migrations_runner.tasks.fire_schedule"
 RECOVERY_TASK = "migrations_runner.tasks.recover_lost_targets"
 RECOVERY_SCHEDULE = "infra: recover lost target runs"
-EDITABLE = ("name", "dry_run", "on_failure", "batch_size", "out_of_order", "cron_expression", "run_at", "enabled")
+EDITABLE = ("name", "cron_expression", "run_at", "enabled")
 CRON_FIELDS = ("minute", "hour", "day", "month", "weekday")
 
 
@@ -41,9 +43,10 @@ def _cron_problem(expression: str) -> str | None:
     return None
 
 
-def _validate(schedule: MigrationSchedule, selection: TargetSelection | None) -> None:
-    """Raise ``InvalidSchedule`` naming each wrong field; the names in a ``selection`` being set must exist."""
-    problems: dict[str, list[str]] = {}
+def _validate(schedule: MigrationSchedule, selection: TargetSelection | None, options: ExecutionOptions) -> None:
+    """Raise ``InvalidSchedule`` naming each wrong field (the execution options' own refusals included); the names
+    in a ``selection`` being set must exist."""
+    problems: dict[str, list[str]] = options.errors()
     cron_problem = _cron_problem(schedule.cron_expression) if schedule.cron_expression else None
     if bool(schedule.cron_expression) == bool(schedule.run_at):
         problems["cron_expression"] = ["Give either a cron expression or a run_at time, not both or neither."]
@@ -51,8 +54,6 @@ def _validate(schedule: MigrationSchedule, selection: TargetSelection | None) ->
         problems["cron_expression"] = [cron_problem]
     elif schedule.run_at and schedule.run_at <= timezone.now():
         problems["run_at"] = [f"run_at {schedule.run_at.isoformat()} is in the past."]
-    if schedule.on_failure not in OnFailure.values:
-        problems["on_failure"] = [f"Unknown on_failure {schedule.on_failure!r}."]
     if selection is not None:
         problems.update(selection_unknown(selection))
     if problems:
@@ -94,15 +95,30 @@ def _select(schedule: MigrationSchedule, selection: TargetSelection) -> None:
     schedule.scope, schedule.filters = selection.scope, selection.as_filters()
 
 
-def schedule_create(*, actor: str, selection: TargetSelection | None = None, **values: Any) -> MigrationSchedule:
-    """Create a schedule (cron or one-off ``run_at``) over ``selection`` (default: the whole fleet) and its
-    django-q2 schedule."""
-    schedule = MigrationSchedule(created_by=actor)
-    model_update(schedule, fields=EDITABLE, changes=values)
+def schedule_create(
+    *,
+    actor: str,
+    name: str,
+    selection: TargetSelection | None = None,
+    options: ExecutionOptions | None = None,
+    cron_expression: str = "",
+    run_at: datetime | None = None,
+    enabled: bool = True,
+) -> MigrationSchedule:
+    """Create a schedule (cron or one-off ``run_at``) that starts executions over ``selection`` (default: the
+    whole fleet) with ``options`` (default: the defaults), and its django-q2 schedule; return it."""
+    options = options or ExecutionOptions()
+    schedule = MigrationSchedule(
+        created_by=actor,
+        name=name,
+        cron_expression=cron_expression or "",
+        run_at=run_at,
+        enabled=enabled,
+        options=options.as_dict(),
+    )
     selection = selection or TargetSelection()
     _select(schedule, selection)
-    schedule.cron_expression = schedule.cron_expression or ""
-    _validate(schedule, selection)
+    _validate(schedule, selection, options)
     if MigrationSchedule.objects.filter(name=schedule.name).exists():
         raise InvalidSchedule(f"A schedule named {schedule.name!r} exists.", details={"name": [schedule.name]})
     with transaction.atomic():
@@ -113,15 +129,23 @@ def schedule_create(*, actor: str, selection: TargetSelection | None = None, **v
 
 
 def schedule_update(
-    *, schedule: MigrationSchedule, actor: str, selection: TargetSelection | None = None, **changes: Any
+    *,
+    schedule: MigrationSchedule,
+    actor: str,
+    selection: TargetSelection | None = None,
+    options: ExecutionOptions | None = None,
+    **changes: Any,
 ) -> MigrationSchedule:
-    """Change a schedule (its selection, timing, options, enabling or disabling) and its django-q2 schedule."""
+    """Change a schedule (its selection, options, ``EDITABLE`` timing, enabling or disabling) and its django-q2
+    schedule; return it."""
     if "cron_expression" in changes:
         changes["cron_expression"] = changes["cron_expression"] or ""
     model_update(schedule, fields=EDITABLE, changes=changes)
     if selection is not None:
         _select(schedule, selection)
-    _validate(schedule, selection)
+    if options is not None:
+        schedule.options = options.as_dict()
+    _validate(schedule, selection, options or ExecutionOptions.from_dict(schedule.options))
     with transaction.atomic():
         schedule.save()
         _sync(schedule)
@@ -139,19 +163,15 @@ def schedule_delete(*, schedule: MigrationSchedule, actor: str) -> None:
 
 
 def schedule_fire(*, schedule_id: int) -> str:
-    """Start the execution of a schedule; executed_by is ``schedule:<name>``."""
-    from migrations_runner.services.executions import execution_submit
-
+    """Start the execution of a schedule with its selection and options (executed_by ``schedule:<name>``);
+    return the execution's id."""
     schedule = MigrationSchedule.objects.filter(pk=schedule_id, enabled=True).first()
     if schedule is None:
         return "disabled or deleted"
-    execution = execution_submit(
+    execution = execution_start(
         selection=schedule.selection,
-        dry_run=schedule.dry_run,
-        on_failure=schedule.on_failure,
-        batch_size=schedule.batch_size,
-        out_of_order=schedule.out_of_order,
-        executed_by=f"schedule:{schedule.name}",
+        options=ExecutionOptions.from_dict(schedule.options),
+        actor=f"schedule:{schedule.name}",
         origin=Origin.SCHEDULE,
     )
     schedule.last_execution, schedule.last_fired_at = execution, timezone.now()

@@ -35,6 +35,8 @@ from schemathesis.specs.openapi.checks import (
 
 from health import probes
 from migrations_runner import services
+from migrations_runner.models import Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -67,9 +69,19 @@ def local_only(settings) -> None:
 def real_ids(small_fleet, local_only) -> dict[str, list[str]]:
     """Path parameter name -> values that exist: connections, tenants, executions, a schedule, health services."""
     tenant_run = services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="fuzz", dry_run=True
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(dry_run=True),
+        actor="fuzz",
+        origin=Origin.API,
+        wait=True,
     )
-    fleet_run = services.execution_start(selection=TargetSelection(scope="all"), executed_by="fuzz", dry_run=True)
+    fleet_run = services.execution_start(
+        selection=TargetSelection(scope="all"),
+        options=ExecutionOptions(dry_run=True),
+        actor="fuzz",
+        origin=Origin.API,
+        wait=True,
+    )
     schedule = services.schedule_create(
         actor="fuzz", name="fuzz-nightly", selection=TargetSelection(scope="all"), cron_expression="0 3 * * *"
     )

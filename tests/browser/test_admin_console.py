@@ -21,7 +21,8 @@ from psycopg import sql
 
 from infra_site import roles
 from migrations_runner import services
-from migrations_runner.models import ExecutionStatus, MigrationExecution
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.auth.test_views import CHROMIUM_FLAGS
 from tests.conftest import require_tool
@@ -259,10 +260,22 @@ def test_rolling_back_lists_the_undo_scripts_and_returns_the_tenants_to_the_earl
     later_scripts = list((sets_dir / "tenant").glob("[VU][6-9]__*.sql"))
     for script in later_scripts:
         script.rename(aside / script.name)
-    services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="setup")
+    services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="setup",
+        origin=Origin.API,
+        wait=True,
+    )
     for script in later_scripts:
         (aside / script.name).rename(script)
-    later = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="setup")
+    later = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="setup",
+        origin=Origin.API,
+        wait=True,
+    )
     assert later.status == ExecutionStatus.COMPLETED
     operator = make_user(*OPERATOR_ROLES, password=PASSWORD)
 

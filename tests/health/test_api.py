@@ -17,6 +17,8 @@ from connections import services as registry
 from health import probes, selectors
 from health.models import CheckRun
 from migrations_runner import services as migrations
+from migrations_runner.models import Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_USER
 
@@ -261,7 +263,13 @@ def test_the_oidc_provider_is_checked_through_its_discovery_document(anonymous, 
 
 @pytest.mark.django_db(transaction=True)
 def test_json_metrics_count_executions_runs_durations_connections_and_the_process(anonymous, small_fleet):
-    migrations.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    migrations.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     body = anonymous.get("/health/metrics").json()
     assert body["executions"] == {"by_status": {"completed": 1}, "total": 1}
     runs = body["target_runs_24h"]
@@ -280,7 +288,13 @@ def test_json_metrics_count_executions_runs_durations_connections_and_the_proces
 def test_the_p95_is_the_nearest_rank_of_the_last_day(small_fleet):
     from migrations_runner.models import TargetRun
 
-    migrations.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    migrations.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     for index, run in enumerate(TargetRun.objects.order_by("id")):
         run.duration_ms = (index + 1) * 100  # 100 .. 600
         run.save(update_fields=["duration_ms"])

@@ -8,9 +8,9 @@ from rest_framework.test import APIClient
 
 from connections import services as registry
 from migrations_runner import services as migrations
-from migrations_runner.models import TargetStatus
+from migrations_runner.models import Origin, TargetStatus
+from migrations_runner.options import ExecutionOptions, WaveOptions
 from migrations_runner.selection import TargetSelection
-from migrations_runner.services.waves import WaveOptions
 from tests.support.waiting import wait_finished
 
 pytestmark = [pytest.mark.postgres]
@@ -43,7 +43,9 @@ def test_counters_and_histograms_follow_an_execution_run_by_a_real_qcluster(smal
     before = scrape()
     assert value(before, "infra_control_database_up") == 1
     cluster = clusters(workers=2)
-    execution = migrations.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
+    execution = migrations.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="test", origin=Origin.API
+    )
     wait_finished(execution, timeout=120)
     assert execution.status == "completed"
     workers = {int(w.rsplit(":", 1)[1]) for w in execution.targets.values_list("worker", flat=True)}
@@ -150,7 +152,11 @@ def test_without_a_token_metrics_are_closed_in_deployments(settings, environment
 def test_executions_held_between_waves_are_counted_by_what_they_wait_for(small_fleet):
     assert value(scrape(), "infra_migration_executions_waiting", waiting="approval") == 0
     execution = migrations.execution_start(
-        selection=TargetSelection(scope="tenant"), executed_by="t", waves=WaveOptions.parse(waves=["2"], approval=True)
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(waves=WaveOptions.parse(waves=["2"], approval=True)),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     samples = scrape()
     assert value(samples, "infra_migration_executions_waiting", waiting="approval") == 1

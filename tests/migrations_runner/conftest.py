@@ -126,6 +126,15 @@ def registered(db, settings) -> dict[str, DatabaseConnection]:
 
 
 @pytest.fixture
+def launch_held(monkeypatch):
+    """``execution_start`` records executions without launching them: a test acts between planning and running
+    (two plans before either runs, sets changed after planning), then runs each with ``execution_run``."""
+    from migrations_runner.services import executions
+
+    monkeypatch.setattr(executions, "_launch", lambda execution, **kwargs: execution)
+
+
+@pytest.fixture
 def queue_here(settings):
     """Executions go to the queue (no worker): a test runs the queued lanes in its own thread, and the lanes'
     target connections are closed after it."""

@@ -12,7 +12,8 @@ from django.utils import timezone
 
 from migrations_runner import services
 from migrations_runner.admin.executions import duration_or_eta, kind_label
-from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution
+from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 CHANGELIST = reverse("admin:migrations_runner_migrationexecution_changelist")
@@ -22,9 +23,13 @@ CHANGELIST = reverse("admin:migrations_runner_migrationexecution_changelist")
 @pytest.mark.django_db(transaction=True)
 def test_the_kind_filter_separates_migrations_dry_runs_and_rollbacks(small_fleet, client, make_user):
     us000 = TargetSelection(scope="tenant", tenants=["us000"])
-    migrate = services.execution_start(selection=us000, executed_by="test")
-    dry_run = services.execution_start(selection=us000, executed_by="test", dry_run=True)
-    rollback = services.execution_rollback(execution=migrate, executed_by="test")
+    migrate = services.execution_start(
+        selection=us000, options=ExecutionOptions(), actor="test", origin=Origin.API, wait=True
+    )
+    dry_run = services.execution_start(
+        selection=us000, options=ExecutionOptions(dry_run=True), actor="test", origin=Origin.API, wait=True
+    )
+    rollback = services.execution_rollback(execution=migrate, actor="test", origin=Origin.API, wait=True)
     client.force_login(make_user("migrations:read"))
     listed = {}
     for kind in ("migrate", "dry_run", "rollback", ""):

@@ -14,6 +14,7 @@ from django.utils import timezone
 from connections.models import DatabaseConnection
 from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import create_owned_table
 
@@ -85,7 +86,11 @@ def test_a_stale_preview_is_planned_again_not_executed(small_fleet, admin_as, in
     html = client.get(PREVIEW, {"scope": "tenant", "on_failure": "continue", "batch_size": 4}).content.decode()
     fields = hidden_inputs(html)
     services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="someone-else"
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="someone-else",
+        origin=Origin.API,
+        wait=True,
     )  # the fleet moves on
     before = MigrationExecution.objects.count()
     response = client.post(CONFIRM, fields)
@@ -102,7 +107,9 @@ def test_a_failure_shows_sqlstate_and_statement_and_retry_runs_only_that_target(
     victim = small_fleet.tenants[0]
     with small_fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, "projects")
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     client = admin_as("migrations:execute")
     detail = client.get(url("change", execution)).content.decode()
     assert "SQLSTATE 42P07" in detail
@@ -123,7 +130,13 @@ def test_a_failure_shows_sqlstate_and_statement_and_retry_runs_only_that_target(
 
 
 def test_rollback_confirmation_lists_undo_scripts_then_undoes(small_fleet, admin_as, inline):
-    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     client = admin_as("migrations:execute")
     page = client.get(url("rollback", execution)).content.decode()
     assert "U9__" in page
@@ -137,7 +150,13 @@ def test_rollback_confirmation_lists_undo_scripts_then_undoes(small_fleet, admin
 
 
 def test_rollback_without_an_undo_script_is_refused_on_the_confirmation_page(small_fleet, sets_dir, admin_as, inline):
-    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     (sets_dir / "tenant" / "U9__index_open_tasks_by_due_date.sql").unlink(missing_ok=True)
     for undo in (sets_dir / "tenant").glob("U9__*.sql"):
         undo.unlink()
@@ -152,8 +171,10 @@ def test_rollback_without_an_undo_script_is_refused_on_the_confirmation_page(sma
     assert execution.status == ExecutionStatus.COMPLETED
 
 
-def test_a_reader_sees_executions_but_no_action_and_forged_posts_are_403(small_fleet, admin_as, inline):
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t", run=False)
+def test_a_reader_sees_executions_but_no_action_and_forged_posts_are_403(small_fleet, admin_as, launch_held):
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="t", origin=Origin.API
+    )
     client = admin_as("migrations:read")
     assert client.get(CHANGELIST).status_code == 200
     assert 'id="run-migrations"' not in client.get(CHANGELIST).content.decode()
@@ -173,7 +194,9 @@ def test_a_reader_sees_executions_but_no_action_and_forged_posts_are_403(small_f
 
 def test_cancel_goes_through_a_confirmation_page(small_fleet, admin_as, settings):
     settings.MIGRATION_EXECUTOR = "queue"  # no worker runs: the execution waits
-    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="t", origin=Origin.API
+    )
     client = admin_as("migrations:execute")
     page = client.get(url("cancel", execution)).content.decode()
     assert 'id="confirm-action"' in page
@@ -186,8 +209,20 @@ def test_cancel_goes_through_a_confirmation_page(small_fleet, admin_as, settings
 
 
 def test_search_finds_executions_by_tenant_and_by_id_prefix(small_fleet, admin_as, inline):
-    first = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us001"]), executed_by="t")
-    services.execution_start(selection=TargetSelection(scope="tenant", tenants=["eu002"]), executed_by="t")
+    first = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us001"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
+    services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["eu002"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     client = admin_as("migrations:read")
     assert list(client.get(CHANGELIST, {"q": "us001"}).context["cl"].result_list) == [first]
     assert list(client.get(CHANGELIST, {"q": str(first.pk)[:8]}).context["cl"].result_list) == [first]

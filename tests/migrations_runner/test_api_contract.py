@@ -9,7 +9,8 @@ import pytest
 from django.utils import timezone
 
 from migrations_runner import services
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -30,7 +31,13 @@ def test_paths_without_the_trailing_slash_work_without_a_redirect(small_fleet, a
 
 def test_cancelling_a_finished_execution_is_a_409_with_the_reason(small_fleet, api_as, settings):
     settings.MIGRATION_EXECUTOR = "inline"
-    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     response = api_as("migrations:execute").post(f"/api/v1/migrations/{execution.pk}/cancel/")
     assert response.status_code == 409
     body = response.json()
@@ -80,7 +87,13 @@ def test_a_schedule_keeps_every_field(api_as, registered):
 
 def test_the_seeds_names_are_accepted_as_aliases(small_fleet, api_as, settings):
     settings.MIGRATION_EXECUTOR = "inline"
-    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     MigrationExecution.objects.filter(pk=execution.pk).update(error="boom")
     body = api_as("migrations:read").get(f"/api/v1/migrations/status/{execution.pk}/").json()
     assert body["error_message"] == body["error"] == "boom"

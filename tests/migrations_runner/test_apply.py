@@ -7,7 +7,8 @@ import time
 import pytest
 
 from migrations_runner import services
-from migrations_runner.models import ExecutionStatus, TargetStatus
+from migrations_runner.models import ExecutionStatus, Origin, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.test_execution import runs_by_label
 
@@ -28,7 +29,13 @@ def test_a_lock_timeout_is_retried_until_the_lock_is_free(small_fleet, tenant_di
     settings.MIGRATION_RETRY_ATTEMPTS = 6
     (tenant_dir / "V1__t.sql").write_text("CREATE TABLE t (x int);\n")
     assert (
-        services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t").status
+        services.execution_start(
+            selection=TargetSelection(scope="tenant", tenants=["us000"]),
+            options=ExecutionOptions(),
+            actor="t",
+            origin=Origin.API,
+            wait=True,
+        ).status
         == "completed"
     )
     (tenant_dir / "V2__alter.sql").write_text("ALTER TABLE t ADD COLUMN y int;\n")
@@ -39,7 +46,11 @@ def test_a_lock_timeout_is_retried_until_the_lock_is_free(small_fleet, tenant_di
     release.start()
     try:
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t"
+            selection=TargetSelection(scope="tenant", tenants=["us000"]),
+            options=ExecutionOptions(),
+            actor="t",
+            origin=Origin.API,
+            wait=True,
         )
     finally:
         release.join()
@@ -54,7 +65,11 @@ def test_a_non_retryable_error_is_not_retried(small_fleet, tenant_dir, settings)
     settings.MIGRATION_RETRY_ATTEMPTS = 3
     (tenant_dir / "V1__bad.sql").write_text("CREATE TABLE t (x int);\nSELECT no_such_column FROM t;\n")
     run = services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t"
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     ).targets.get()
     assert run.status == TargetStatus.FAILED
     assert run.attempts == 1
@@ -71,7 +86,13 @@ def test_non_transactional_scripts_run_statement_by_statement(small_fleet, tenan
     (tenant_dir / "V3__broken.sql").write_text(
         "-- infra:transactional=false\nCREATE TABLE u (x int);\nCREATE INDEX CONCURRENTLY u_z ON u (z);\n"
     )
-    execution = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     run = execution.targets.get()
     assert run.status == TargetStatus.FAILED
     assert run.to_version == "2"
@@ -89,12 +110,30 @@ def test_repeatables_rerun_when_their_checksum_changes_and_placeholders_apply(sm
         "CREATE TABLE t (x int);\nCOMMENT ON SCHEMA ${schema} IS 'tenant ${tenant_slug} in ${region}';\n"
     )
     (tenant_dir / "R__view.sql").write_text("CREATE OR REPLACE VIEW v AS SELECT x FROM t;\n")
-    first = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    first = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     assert [a["script"] for a in first.targets.get().applied_versions] == ["V1__t.sql", "R__view.sql"]
-    again = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    again = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     assert again.targets.get().applied_versions == []
     (tenant_dir / "R__view.sql").write_text("CREATE OR REPLACE VIEW v AS SELECT x, x * 2 AS y FROM t;\n")
-    third = services.execution_start(selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="t")
+    third = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     assert [a["script"] for a in third.targets.get().applied_versions] == ["R__view.sql"]
     with small_fleet.connect("shared-us") as conn:
         comment = conn.execute("SELECT obj_description('tenant_us000'::regnamespace)").fetchone()[0]
@@ -110,7 +149,9 @@ def test_an_unreachable_database_fails_its_targets_with_a_connection_error(small
 
     DatabaseConnection.objects.filter(name="shared-eu").update(port=1, connect_timeout=1)
     started = time.monotonic()
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     assert time.monotonic() - started < 30
     assert execution.status == ExecutionStatus.FAILED
     runs = runs_by_label(execution)

@@ -8,7 +8,8 @@ from django.urls import reverse
 from connections.models import DatabaseConnection
 from infra_site import roles
 from migrations_runner import services
-from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.models import MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -19,7 +20,11 @@ def failed(small_fleet, closed_port) -> MigrationExecution:
     """A dry run whose targets on an unreachable server failed with libpq's message (its address and port)."""
     DatabaseConnection.objects.filter(name="shared-eu").update(port=closed_port)
     execution = services.execution_start(
-        selection=TargetSelection(connections=["shared-eu"]), executed_by="test", dry_run=True
+        selection=TargetSelection(connections=["shared-eu"]),
+        options=ExecutionOptions(dry_run=True),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
     )
     MigrationExecution.objects.filter(pk=execution.pk).update(
         error=f'shared-eu unreachable: server "127.0.0.1", port {closed_port} as "registry_user"'

@@ -11,7 +11,8 @@ from django.db import connections as django_connections
 from migrations_runner import selectors, services
 from migrations_runner.engine.sets import load_set
 from migrations_runner.exceptions import NoTargets, RollbackRefused
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import create_owned_table
 
@@ -42,7 +43,13 @@ def runs_by_label(execution):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_whole_fleet_migrates_in_dependency_order(fleet, sets_dir):
-    execution = services.execution_start(selection=TargetSelection(scope="all"), executed_by="test", batch_size=8)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all"),
+        options=ExecutionOptions(batch_size=8),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     runs = runs_by_label(execution)
     assert len(runs) == 44
@@ -63,18 +70,22 @@ def test_the_whole_fleet_migrates_in_dependency_order(fleet, sets_dir):
         for tenant in fleet.tenants:
             conn = us if tenant.connection.name == "shared-us" else eu
             assert history(conn, tenant.schema_name) == expected
-    again = services.execution_start(selection=TargetSelection(scope="all"), executed_by="test")
+    again = services.execution_start(
+        selection=TargetSelection(scope="all"), options=ExecutionOptions(), actor="test", origin=Origin.API, wait=True
+    )
     assert again.status == ExecutionStatus.COMPLETED
     assert all(not run.applied_versions for run in again.targets.all())
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_executions_at_once_apply_each_version_exactly_once(fleet, sets_dir, settings):
+def test_two_executions_at_once_apply_each_version_exactly_once(fleet, sets_dir, settings, launch_held):
     settings.MIGRATION_LOCK_WAIT = 1
     settings.MIGRATION_RETRY_ATTEMPTS = 30
-    first = services.execution_start(selection=TargetSelection(scope="all"), executed_by="one", batch_size=6, run=False)
+    first = services.execution_start(
+        selection=TargetSelection(scope="all"), options=ExecutionOptions(batch_size=6), actor="one", origin=Origin.API
+    )
     second = services.execution_start(
-        selection=TargetSelection(scope="all"), executed_by="two", batch_size=6, run=False
+        selection=TargetSelection(scope="all"), options=ExecutionOptions(batch_size=6), actor="two", origin=Origin.API
     )
     results = {}
 
@@ -115,7 +126,13 @@ def test_a_conflicting_object_fails_that_tenant_at_that_version_only(fleet, sets
     victim = fleet.tenants[3]
     with fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, table)
-    execution = services.execution_start(selection=TargetSelection(scope="all"), executed_by="test", batch_size=5)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all"),
+        options=ExecutionOptions(batch_size=5),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.status == ExecutionStatus.FAILED
     runs = runs_by_label(execution)
     failed = runs[f"shared-us/{victim.schema_name}"]
@@ -148,7 +165,11 @@ def test_halt_skips_the_targets_not_yet_started(small_fleet, sets_dir):
     with small_fleet.connect("shared-eu") as conn:
         create_owned_table(conn, victim.schema_name, table)
     execution = services.execution_start(
-        selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=1, on_failure="halt"
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=1, on_failure="halt"),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.FAILED
     runs = list(selectors.execution_targets(execution=execution))
@@ -165,7 +186,9 @@ def test_a_failed_shared_database_skips_its_region_and_the_other_region_complete
     table = created_tables(shared_set.versions[0])[0]
     with small_fleet.connect("shared-us") as conn:
         create_owned_table(conn, "public", table)
-    execution = services.execution_start(selection=TargetSelection(scope="all"), executed_by="test")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all"), options=ExecutionOptions(), actor="test", origin=Origin.API, wait=True
+    )
     runs = runs_by_label(execution)
     assert runs["shared-us/public"].status == TargetStatus.FAILED
     assert runs["shared-eu/public"].status == TargetStatus.SUCCEEDED
@@ -183,14 +206,26 @@ def test_a_failed_shared_database_skips_its_region_and_the_other_region_complete
 @pytest.mark.django_db(transaction=True)
 def test_editing_an_applied_script_is_drift_and_fails_before_any_change(small_fleet, sets_dir):
     assert (
-        services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test").status
+        services.execution_start(
+            selection=TargetSelection(scope="tenant"),
+            options=ExecutionOptions(),
+            actor="test",
+            origin=Origin.API,
+            wait=True,
+        ).status
         == ExecutionStatus.COMPLETED
     )
     first = tenant_set(sets_dir).versions[0]
     path = sets_dir / "tenant" / first.filename
     path.write_text(path.read_text() + "\n-- edited after it was applied\n")
     (sets_dir / "tenant" / "V999__late_addition.sql").write_text("CREATE TABLE late_addition (x int);\n")
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.status == ExecutionStatus.FAILED
     for run in execution.targets.all():
         assert run.status == TargetStatus.FAILED
@@ -203,7 +238,13 @@ def test_editing_an_applied_script_is_drift_and_fails_before_any_change(small_fl
 @pytest.mark.django_db(transaction=True)
 def test_dry_run_reports_pending_versions_and_changes_nothing(fleet, sets_dir):
     versions = [str(s.version) for s in tenant_set(sets_dir).versions]
-    execution = services.execution_start(selection=TargetSelection(scope="all"), executed_by="test", dry_run=True)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all"),
+        options=ExecutionOptions(dry_run=True),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.dry_run
     assert execution.status == ExecutionStatus.COMPLETED
     runs = runs_by_label(execution)
@@ -227,13 +268,21 @@ def test_rollback_returns_every_target_to_its_previous_version(small_fleet, sets
     for path in sorted((sets_dir / "tenant").glob("[VUR]*.sql")):
         if path.name.startswith("R__") or int(re.match(r"[VU](\d+)", path.name).group(1)) > 2:
             path.rename(path.with_suffix(".hold"))
-    base = services.execution_start(selection=TargetSelection(scope="all"), executed_by="test")
+    base = services.execution_start(
+        selection=TargetSelection(scope="all"), options=ExecutionOptions(), actor="test", origin=Origin.API, wait=True
+    )
     assert base.status == ExecutionStatus.COMPLETED
     for path in (sets_dir / "tenant").glob("*.hold"):
         path.rename(path.with_suffix(".sql"))
-    upgrade = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    upgrade = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert upgrade.status == ExecutionStatus.COMPLETED
-    rollback = services.execution_rollback(execution=upgrade, executed_by="test")
+    rollback = services.execution_rollback(execution=upgrade, actor="test", origin=Origin.API, wait=True)
     assert rollback.status == ExecutionStatus.COMPLETED, [r.error for r in rollback.targets.all()]
     upgrade.refresh_from_db()
     assert upgrade.status == ExecutionStatus.ROLLED_BACK
@@ -246,17 +295,23 @@ def test_rollback_returns_every_target_to_its_previous_version(small_fleet, sets
             ).fetchone()[0]
             assert undo_rows == len(tenant_versions) - 2
     with pytest.raises(RollbackRefused):
-        services.execution_rollback(execution=upgrade, executed_by="test")
+        services.execution_rollback(execution=upgrade, actor="test", origin=Origin.API, wait=True)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_rollback_with_a_missing_undo_script_is_refused_and_changes_nothing(small_fleet, sets_dir):
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.status == ExecutionStatus.COMPLETED
     undo = sorted(tenant_set(sets_dir).undo.items())[2][1]
     (sets_dir / "tenant" / undo.filename).unlink()
     with pytest.raises(RollbackRefused) as refused:
-        services.execution_rollback(execution=execution, executed_by="test")
+        services.execution_rollback(execution=execution, actor="test", origin=Origin.API, wait=True)
     assert any(undo.filename.split("__")[0] in item for item in refused.value.details["missing_undo_scripts"])
     assert MigrationExecution.objects.count() == 1
     with small_fleet.connect("shared-us") as conn:
@@ -266,10 +321,21 @@ def test_rollback_with_a_missing_undo_script_is_refused_and_changes_nothing(smal
 
 @pytest.mark.django_db(transaction=True)
 def test_one_target_rolls_back_to_a_version(small_fleet, sets_dir):
-    services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     tenant = small_fleet.tenants[0]
     rollback = services.target_rollback(
-        connection=tenant.connection, schema=tenant.schema_name, to_version="1", executed_by="test"
+        connection=tenant.connection,
+        schema=tenant.schema_name,
+        to_version="1",
+        actor="test",
+        origin=Origin.API,
+        wait=True,
     )
     assert rollback.status == ExecutionStatus.COMPLETED
     with small_fleet.connect("shared-us") as conn:
@@ -281,11 +347,27 @@ def test_one_target_rolls_back_to_a_version(small_fleet, sets_dir):
 @pytest.mark.django_db(transaction=True)
 def test_no_matching_target_is_an_error_not_an_empty_run(small_fleet):
     with pytest.raises(NoTargets):
-        services.execution_start(selection=TargetSelection(scope="tenant", tenants=["nobody"]), executed_by="test")
+        services.execution_start(
+            selection=TargetSelection(scope="tenant", tenants=["nobody"]),
+            options=ExecutionOptions(),
+            actor="test",
+            origin=Origin.API,
+            wait=True,
+        )
     with pytest.raises(NoTargets):
-        services.execution_start(selection=TargetSelection(scope="single", regions=["us-east"]), executed_by="test")
+        services.execution_start(
+            selection=TargetSelection(scope="single", regions=["us-east"]),
+            options=ExecutionOptions(),
+            actor="test",
+            origin=Origin.API,
+            wait=True,
+        )
     single = services.execution_start(
-        selection=TargetSelection(scope="single", tenants=["us000"]), executed_by="test", dry_run=True
+        selection=TargetSelection(scope="single", tenants=["us000"]),
+        options=ExecutionOptions(dry_run=True),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
     )
     assert single.targets.count() == 1
 
@@ -296,4 +378,10 @@ def test_a_dependency_cycle_refuses_to_run(small_fleet, settings):
 
     settings.MIGRATION_DEPENDENCIES = {"admin": ["tenant"], "tenant": ["admin"]}
     with pytest.raises(ValidationFailed, match="cycle"):
-        services.execution_start(selection=TargetSelection(scope="all"), executed_by="test")
+        services.execution_start(
+            selection=TargetSelection(scope="all"),
+            options=ExecutionOptions(),
+            actor="test",
+            origin=Origin.API,
+            wait=True,
+        )

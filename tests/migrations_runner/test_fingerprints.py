@@ -23,7 +23,8 @@ from migrations_runner import services
 from migrations_runner.engine import apply as engine
 from migrations_runner.engine import fingerprint
 from migrations_runner.engine.sets import load_set
-from migrations_runner.models import ExecutionStatus, FingerprintScan, SchemaFingerprint, SchemaShape
+from migrations_runner.models import ExecutionStatus, FingerprintScan, Origin, SchemaFingerprint, SchemaShape
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.selectors import fingerprints as fingerprint_selectors
 from migrations_runner.services import fingerprints as fingerprint_services
@@ -231,7 +232,13 @@ def fleet30(pg_server, sets_dir, db):
 
 
 def migrate_tenants(**options):
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test", **options)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(**options),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     return execution
 
@@ -276,7 +283,13 @@ def test_a_run_records_the_fingerprint_of_each_target_it_succeeded_on_only(small
     victim = small_fleet.tenants[0]
     with small_fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, "projects")
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="test")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.targets_failed == 1
     recorded = {row.schema_name: row for row in SchemaFingerprint.objects.all()}
     assert set(recorded) == {t.schema_name for t in small_fleet.tenants[1:]}

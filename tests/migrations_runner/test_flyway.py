@@ -27,7 +27,8 @@ from migrations_runner.engine.apply import LOCK_NAMESPACE
 from migrations_runner.engine.history import SchemaState
 from migrations_runner.engine.sets import Script, Version, load_set
 from migrations_runner.exceptions import RollbackRefused
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_USER
 from tests.migrations_runner.conftest import SHIPPED_SETS
@@ -266,7 +267,9 @@ def test_twenty_tenants_migrated_by_flyway_to_version_5_get_only_6_and_later_eac
     assert {t["status"] for t in again["targets"]} == {"up_to_date"}
     assert all(t["imported"] == [] for t in again["targets"])
 
-    execution = services.execution_start(selection=selection, executed_by="operator", batch_size=8)
+    execution = services.execution_start(
+        selection=selection, options=ExecutionOptions(batch_size=8), actor="operator", origin=Origin.API, wait=True
+    )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     runs = list(execution.targets.all())
     assert len(runs) == 20
@@ -313,7 +316,11 @@ def test_a_failed_flyway_row_is_reported_not_imported_and_its_version_runs_once(
     assert target["pending_after"] == ["9"]
 
     execution = services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="t"
+        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     assert [a["version"] for a in execution.targets.get().applied_versions] == ["9"]
@@ -355,7 +362,9 @@ def test_a_schema_migrated_by_a_third_party_flyway_folder_is_adopted(small_fleet
     assert target["drift"] == []
     assert target["pending_after"] == ["4"]
 
-    execution = services.execution_start(selection=selection, executed_by="t")
+    execution = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     assert [a["version"] for a in execution.targets.get().applied_versions] == ["4"]
     with small_fleet.connect("analytics") as conn:
@@ -404,7 +413,11 @@ def test_a_script_changed_after_flyway_applied_it_is_drift_reported_per_script(s
     assert [r["version"] for r in accepted["imported"] if r["drift_accepted"]] == ["3"]
     # Our history holds our checksum of the script as it is now: the engine's drift check passes.
     execution = services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=[tenants[0].slug]), executed_by="t"
+        selection=TargetSelection(scope="tenant", tenants=[tenants[0].slug]),
+        options=ExecutionOptions(),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     assert [a["version"] or a["script"] for a in execution.targets.get().applied_versions] == [
@@ -490,7 +503,9 @@ def test_a_baseline_marks_a_hand_migrated_tenant_and_runs_apply_only_what_is_abo
         baseline_command("--tenant", tenant.slug, "--version", "0")
 
     selection = TargetSelection(scope="tenant", tenants=[tenant.slug])
-    execution = services.execution_start(selection=selection, executed_by="t")
+    execution = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
     run = execution.targets.get()
     assert (run.from_version, run.to_version) == ("5", "9")
@@ -500,7 +515,7 @@ def test_a_baseline_marks_a_hand_migrated_tenant_and_runs_apply_only_what_is_abo
 
     # A rollback stops at the baseline: versions up to it were never run here.
     rollback = services.target_rollback(
-        connection=tenant.connection, schema=tenant.schema_name, to_version="0", executed_by="t"
+        connection=tenant.connection, schema=tenant.schema_name, to_version="0", actor="t", origin=Origin.API, wait=True
     )
     undone = rollback.targets.get()
     assert rollback.status == ExecutionStatus.COMPLETED, rollback.error
@@ -530,7 +545,12 @@ def test_an_undo_below_the_baseline_is_refused_before_any_change(small_fleet, se
     before = MigrationExecution.objects.count()
     with pytest.raises(RollbackRefused, match="baselined at version 5"):
         services.target_rollback(
-            connection=tenant.connection, schema=tenant.schema_name, to_version="2", executed_by="t"
+            connection=tenant.connection,
+            schema=tenant.schema_name,
+            to_version="2",
+            actor="t",
+            origin=Origin.API,
+            wait=True,
         )
     assert MigrationExecution.objects.count() == before  # refused up front: nothing recorded, nothing run
     with small_fleet.connect("shared-us") as conn:
@@ -682,9 +702,14 @@ def test_the_admin_baselines_a_tenant_after_a_preview_and_shows_a_conflict(small
 def rolled_back_to_3(fleet, tenant: Tenant) -> None:
     """Migrate a tenant to the set's latest version (9), then roll it back to 3: the history shows 4-9 undone."""
     selection = TargetSelection(scope="tenant", tenants=[tenant.slug])
-    assert services.execution_start(selection=selection, executed_by="t").status == ExecutionStatus.COMPLETED
+    assert (
+        services.execution_start(
+            selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+        ).status
+        == ExecutionStatus.COMPLETED
+    )
     rollback = services.target_rollback(
-        connection=tenant.connection, schema=tenant.schema_name, to_version="3", executed_by="t"
+        connection=tenant.connection, schema=tenant.schema_name, to_version="3", actor="t", origin=Origin.API, wait=True
     )
     assert rollback.status == ExecutionStatus.COMPLETED, rollback.error
 

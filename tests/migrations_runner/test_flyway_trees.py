@@ -18,7 +18,8 @@ from migrations_runner.engine import flyway
 from migrations_runner.engine.sets import load_set
 from migrations_runner.engine.sqltext import SqlSyntaxError, is_transactional, parse_script, split_statements
 from migrations_runner.exceptions import InvalidMigrationSets
-from migrations_runner.models import ExecutionStatus, TargetStatus
+from migrations_runner.models import ExecutionStatus, Origin, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_USER
 from tests.migrations_runner.test_flyway import FLYWAY_DDL
@@ -256,7 +257,9 @@ def test_a_flyway_tree_is_adopted_without_drift_and_runs_on_as_flyway_would(smal
 
     plan = selectors.plan(selection)
     assert [row.callbacks for row in plan] == [["afterMigrate: afterMigrate__grants.sql"]] * 2
-    first = services.execution_start(selection=selection, executed_by="operator")
+    first = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="operator", origin=Origin.API, wait=True
+    )
     assert first.status == ExecutionStatus.COMPLETED, first.error
     for run in first.targets.all():
         assert run.status == TargetStatus.SUCCEEDED, run.error
@@ -281,7 +284,9 @@ def test_a_flyway_tree_is_adopted_without_drift_and_runs_on_as_flyway_would(smal
     # Each run re-applies the repeatable whose text holds ${flyway:timestamp}, and nothing else.
     stamp = selectors.plan_timestamp()
     wait_until(lambda: selectors.plan_timestamp() != stamp, timeout=3, interval=0.05, message="the clock moved on")
-    second = services.execution_start(selection=selection, executed_by="operator")
+    second = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="operator", origin=Origin.API, wait=True
+    )
     assert second.status == ExecutionStatus.COMPLETED, second.error
     assert [[a["script"] for a in run.applied_versions] for run in second.targets.all()] == [
         ["R__active_users.sql"]
@@ -295,7 +300,11 @@ def test_flyway_placeholders_get_the_targets_values(small_fleet, sets_dir, app_r
     write_tree(sets_dir / "tenant", TREE, role=app_role)
     tenant = small_fleet.tenants_in("eu-west")[0]
     execution = services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="operator"
+        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]),
+        options=ExecutionOptions(),
+        actor="operator",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.COMPLETED, execution.targets.get().error
     with small_fleet.connect("shared-eu") as conn:
@@ -359,7 +368,13 @@ def test_a_set_with_problems_is_named_by_check_migration_sets_and_refused_before
 
     tenant = small_fleet.tenants[0]
     with pytest.raises(InvalidMigrationSets):
-        services.execution_start(selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="t")
+        services.execution_start(
+            selection=TargetSelection(scope="tenant", tenants=[tenant.slug]),
+            options=ExecutionOptions(),
+            actor="t",
+            origin=Origin.API,
+            wait=True,
+        )
     with small_fleet.connect("shared-us") as conn:
         assert conn.execute("SELECT to_regnamespace(%s)", [tenant.schema_name]).fetchone()[0] is None
 
@@ -377,7 +392,12 @@ def test_an_out_of_order_version_is_named_refused_by_default_and_applied_once_wh
     )
     tenant = small_fleet.tenants[0]
     selection = TargetSelection(scope="tenant", tenants=[tenant.slug])
-    assert services.execution_start(selection=selection, executed_by="t").status == ExecutionStatus.COMPLETED
+    assert (
+        services.execution_start(
+            selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+        ).status
+        == ExecutionStatus.COMPLETED
+    )
     (folder / "2023" / "V2_1__hotfix.sql").write_text("CREATE TABLE hotfix (id int);\n")
 
     (row,) = selectors.plan(selection)
@@ -386,7 +406,9 @@ def test_an_out_of_order_version_is_named_refused_by_default_and_applied_once_wh
     preview = selectors.plan_preview(selection)
     assert any("out of order" in warning and "refused" in warning for warning in preview.warnings)
 
-    refused = services.execution_start(selection=selection, executed_by="t")
+    refused = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     run = refused.targets.get()
     assert (run.status, run.error["kind"]) == (TargetStatus.FAILED, "out_of_order")
     assert "2023/V2_1__hotfix.sql" in run.error["message"]
@@ -395,10 +417,14 @@ def test_an_out_of_order_version_is_named_refused_by_default_and_applied_once_wh
 
     (allowed,) = selectors.plan(selection, out_of_order=True)
     assert allowed.refusal == ""
-    applied = services.execution_start(selection=selection, executed_by="t", out_of_order=True)
+    applied = services.execution_start(
+        selection=selection, options=ExecutionOptions(out_of_order=True), actor="t", origin=Origin.API, wait=True
+    )
     assert applied.status == ExecutionStatus.COMPLETED
     assert [a["version"] for a in applied.targets.get().applied_versions] == ["2.1"]
-    again = services.execution_start(selection=selection, executed_by="t", out_of_order=True)
+    again = services.execution_start(
+        selection=selection, options=ExecutionOptions(out_of_order=True), actor="t", origin=Origin.API, wait=True
+    )
     assert again.targets.get().applied_versions == []
     with small_fleet.connect("shared-us") as conn:
         assert [r[1] for r in history_rows(conn, tenant.schema_name)] == ["1", "3", "2.1"]

@@ -29,6 +29,8 @@ from migrations_runner.engine.apply import (
 )
 from migrations_runner.engine.sets import MigrationSet, load_set
 from migrations_runner.engine.sqltext import created_concurrent_indexes
+from migrations_runner.models import Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.conftest import PgDatabase
 from tests.support.waiting import wait_finished, wait_until
@@ -248,8 +250,11 @@ def test_a_qcluster_killed_during_a_concurrent_build_is_lost_and_its_retry_rebui
             with open_snapshot(lambda: small_fleet.connect("shared-us")):
                 cluster = Cluster(control_env(), workers=1).start()
                 clusters.append(cluster)
-                execution = services.execution_submit(
-                    selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="test"
+                execution = services.execution_start(
+                    selection=TargetSelection(scope="tenant", tenants=[tenant.slug]),
+                    options=ExecutionOptions(),
+                    actor="test",
+                    origin=Origin.API,
                 )
                 pid = wait_for_old_snapshots(observer, index)
                 assert index_valid(observer, index) is False
@@ -279,7 +284,7 @@ def test_a_qcluster_killed_during_a_concurrent_build_is_lost_and_its_retry_rebui
             assert "9" not in recorded_versions(observer, tenant.schema_name)
 
             clusters.append(Cluster(control_env(), workers=1).start())
-            retry = services.execution_retry(execution=execution, executed_by="test")
+            retry = services.execution_retry(execution=execution, actor="test", origin=Origin.API)
             retry = wait_finished(retry, timeout=120)
             assert retry.status == ExecutionStatus.COMPLETED
             assert retry.targets.get().to_version == "9"

@@ -17,7 +17,8 @@ from migrations_runner.engine.lint import RULES, lint_statements
 from migrations_runner.engine.sets import load_sets
 from migrations_runner.engine.sqltext import parse_script
 from migrations_runner.exceptions import LintFailed
-from migrations_runner.models import MigrationExecution
+from migrations_runner.models import MigrationExecution, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import SHIPPED_SETS
 
@@ -199,7 +200,9 @@ def test_a_run_under_block_is_refused_before_any_target_is_touched(small_fleet, 
     selection = TargetSelection(scope="tenant", regions=["us-east"])
     before = _histories(small_fleet)
     with pytest.raises(LintFailed) as raised:
-        services.execution_start(selection=selection, executed_by="t")
+        services.execution_start(
+            selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+        )
     assert raised.value.code == "lint_failed"
     assert [(f["script"], f["rule"], f["line"]) for f in raised.value.details["findings"]] == [
         ("V10__index_titles.sql", "index-not-concurrent", 2)
@@ -230,7 +233,9 @@ def test_a_run_under_warn_goes_on_and_its_plan_preview_shows_the_findings(small_
         ("V10__index_titles.sql", "index-not-concurrent", 2)
     ]
     assert preview.lint[0]["fix"].startswith("Use CREATE INDEX CONCURRENTLY")
-    execution = services.execution_start(selection=selection, executed_by="t")
+    execution = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     assert execution.status == "completed"
     assert all(small_fleet.applied("shared-us", t.schema_name)[-1] == "10" for t in small_fleet.tenants_in("us-east"))
 

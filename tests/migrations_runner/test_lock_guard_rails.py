@@ -12,7 +12,8 @@ import pytest
 from psycopg import sql
 
 from migrations_runner import services
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.waiting import wait_until
@@ -61,7 +62,9 @@ def hold_table(fleet, tenant) -> psycopg.Connection:
 
 
 def migrate_to_v9(selection: TargetSelection) -> None:
-    execution = services.execution_start(selection=selection, executed_by="setup")
+    execution = services.execution_start(
+        selection=selection, options=ExecutionOptions(), actor="setup", origin=Origin.API, wait=True
+    )
     assert execution.status == ExecutionStatus.COMPLETED, execution.error
 
 
@@ -75,7 +78,15 @@ def start_in_background(selection: TargetSelection) -> tuple[threading.Thread, l
     started: list = []
 
     def run() -> None:
-        started.append(services.execution_start(selection=selection, executed_by="operator", batch_size=10))
+        started.append(
+            services.execution_start(
+                selection=selection,
+                options=ExecutionOptions(batch_size=10),
+                actor="operator",
+                origin=Origin.API,
+                wait=True,
+            )
+        )
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -141,7 +152,9 @@ def test_a_lock_held_past_the_budget_fails_with_lock_timeout_naming_the_holder_a
     blocker = hold_table(small_fleet, tenant)
     try:
         blocker.execute("SELECT 'the report that never ends'")
-        execution = services.execution_start(selection=selection, executed_by="operator")
+        execution = services.execution_start(
+            selection=selection, options=ExecutionOptions(), actor="operator", origin=Origin.API, wait=True
+        )
     finally:
         pid = blocker.info.backend_pid
         blocker.rollback()
@@ -155,6 +168,6 @@ def test_a_lock_held_past_the_budget_fails_with_lock_timeout_naming_the_holder_a
     assert f"{tenant.schema_name}.tasks held by pid" in run.error["message"]
     assert run.lock_waits >= 2
 
-    retry = services.execution_retry(execution=execution, executed_by="operator", run=True)
+    retry = services.execution_retry(execution=execution, actor="operator", origin=Origin.API, wait=True)
     assert retry.status == ExecutionStatus.COMPLETED, retry.error
     assert [a["version"] for a in retry.targets.get().applied_versions] == ["10"]

@@ -14,7 +14,8 @@ from psycopg import sql
 
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSchedule
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
 from tests.qcluster import Cluster, control_env
@@ -89,7 +90,12 @@ def test_batch_size_caps_the_targets_in_flight_across_two_clusters(big_fleet, se
     slow = sets_dir / "tenant" / "V2__create_projects.sql"
     slow.write_text("SELECT pg_sleep(0.1);\n" + slow.read_text())
     first, second = clusters(count=2, workers=2)
-    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=5)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=5),
+        actor="test",
+        origin=Origin.API,
+    )
     assert execution.status == ExecutionStatus.IN_PROGRESS
     peak = running_peak(execution)
     assert execution.status == ExecutionStatus.COMPLETED
@@ -105,7 +111,12 @@ def test_cancelling_mid_run_cancels_what_has_not_finished(small_fleet, sets_dir,
         "SELECT pg_sleep(0.6);\n" + (sets_dir / "tenant" / "V2__create_projects.sql").read_text()
     )
     clusters(workers=2)
-    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=1)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=1),
+        actor="test",
+        origin=Origin.API,
+    )
     wait_until(lambda: execution.targets.filter(status=TargetStatus.SUCCEEDED).exists(), timeout=60, interval=0.05)
     services.execution_cancel(execution=execution, actor="test")
     execution = wait_finished(execution)
@@ -127,8 +138,11 @@ def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
     slow.write_text("SELECT pg_sleep(60);\n" + original)
     clusters(workers=1)
     tenant = small_fleet.tenants[0]
-    execution = services.execution_submit(
-        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]), executed_by="test"
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", tenants=[tenant.slug]),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
     )
     run = execution.targets.get()
 
@@ -157,7 +171,7 @@ def test_a_killed_worker_is_detected_and_retry_failed_finishes_the_target(
         assert versions == ["1"]
         assert conn.execute("SELECT to_regclass(%s)", [f"{tenant.schema_name}.projects"]).fetchone()[0] is None
     slow.write_text(original)
-    retry = services.execution_retry(execution=execution, executed_by="test")
+    retry = services.execution_retry(execution=execution, actor="test", origin=Origin.API)
     retry = wait_finished(retry, timeout=60)
     assert retry.status == ExecutionStatus.COMPLETED
     assert retry.metadata["retry_of"] == str(execution.pk)
@@ -170,8 +184,8 @@ def test_a_cron_schedule_fires_and_creates_an_execution(small_fleet, queue_setti
         actor="test",
         name="nightly-tenants",
         selection=TargetSelection(scope="tenant"),
-        dry_run=True,
         cron_expression="* * * * *",
+        options=ExecutionOptions(dry_run=True),
     )
     assert schedule.q_schedule.func == "migrations_runner.tasks.fire_schedule"
     # Due now rather than at the next minute: django-q2's scheduler fires it on its next cycle (every 30 s).
@@ -210,8 +224,11 @@ def test_the_embedded_sqlite_survives_200_targets_on_4_workers(pg_server, sets_d
     fleet = build_fleet(pg_server, tenants_per_region=100)
     try:
         (cluster,) = clusters(workers=4)
-        execution = services.execution_submit(
-            selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=8
+        execution = services.execution_start(
+            selection=TargetSelection(scope="tenant"),
+            options=ExecutionOptions(batch_size=8),
+            actor="test",
+            origin=Origin.API,
         )
         execution = wait_finished(execution, timeout=300)
         assert execution.status == ExecutionStatus.COMPLETED
@@ -224,11 +241,17 @@ def test_the_embedded_sqlite_survives_200_targets_on_4_workers(pg_server, sets_d
 def test_the_per_database_cap_holds_across_executions(big_fleet, queue_settings, clusters):
     queue_settings.MIGRATION_MAX_PER_DATABASE = 2
     clusters(count=2, workers=3, MIGRATION_MAX_PER_DATABASE="2")
-    first = services.execution_submit(
-        selection=TargetSelection(scope="tenant", regions=["us-east"]), executed_by="a", batch_size=5
+    first = services.execution_start(
+        selection=TargetSelection(scope="tenant", regions=["us-east"]),
+        options=ExecutionOptions(batch_size=5),
+        actor="a",
+        origin=Origin.API,
     )
-    second = services.execution_submit(
-        selection=TargetSelection(scope="tenant", regions=["eu-west"]), executed_by="b", batch_size=5
+    second = services.execution_start(
+        selection=TargetSelection(scope="tenant", regions=["eu-west"]),
+        options=ExecutionOptions(batch_size=5),
+        actor="b",
+        origin=Origin.API,
     )
     peak = running_peak(first, second)
     assert first.status == second.status == ExecutionStatus.COMPLETED
@@ -240,7 +263,9 @@ def test_provisioning_fails_at_version_3_keeps_the_tenant_and_resumes(small_flee
     good = v3.read_text()
     v3.write_text(good + "\nSELECT no_such_column FROM tasks;\n")
     shared = small_fleet.connections["shared-us"]
-    tenant, execution = services.tenant_provision(slug="newco", name="NewCo", connection=shared, actor="test")
+    tenant, execution = services.tenant_provision(
+        slug="newco", name="NewCo", connection=shared, actor="test", origin=Origin.API, wait=True
+    )
     assert tenant.status == "provisioning"
     assert "version 3" in tenant.error
     assert "42703" in tenant.error
@@ -248,7 +273,9 @@ def test_provisioning_fails_at_version_3_keeps_the_tenant_and_resumes(small_flee
         versions = [r[0] for r in conn.execute("SELECT version FROM tenant_newco.infra_schema_history ORDER BY 1")]
     assert versions == ["1", "2"]
     v3.write_text(good)
-    tenant, execution = services.tenant_provision(slug="newco", name="NewCo", connection=shared, actor="test")
+    tenant, execution = services.tenant_provision(
+        slug="newco", name="NewCo", connection=shared, actor="test", origin=Origin.API, wait=True
+    )
     assert tenant.status == "active"
     assert tenant.error == ""
     assert execution.targets.get().to_version == "9"
@@ -303,8 +330,11 @@ def test_two_clusters_share_200_targets_and_a_sigkill_half_way_loses_nothing(
     queue_settings.MIGRATION_LANE_SECONDS = 3  # lanes hand over often, so both clusters take turns
     try:
         first, _second = clusters(count=2, workers=2)
-        execution = services.execution_submit(
-            selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=6
+        execution = services.execution_start(
+            selection=TargetSelection(scope="tenant"),
+            options=ExecutionOptions(batch_size=6),
+            actor="test",
+            origin=Origin.API,
         )
         wait_until(
             lambda: execution.targets.filter(status=TargetStatus.SUCCEEDED).count() >= 80,
@@ -327,7 +357,9 @@ def test_two_clusters_share_200_targets_and_a_sigkill_half_way_loses_nothing(
         for tenant in fleet.tenants:
             assert all(count == 1 for _, count in history_counts(fleet, tenant)), tenant.slug
         if execution.targets_failed:
-            retry = wait_finished(services.execution_retry(execution=execution, executed_by="test"), timeout=120)
+            retry = wait_finished(
+                services.execution_retry(execution=execution, actor="test", origin=Origin.API), timeout=120
+            )
             assert retry.status == ExecutionStatus.COMPLETED
         for tenant in fleet.tenants:
             counts = history_counts(fleet, tenant)
@@ -344,7 +376,12 @@ def test_a_cluster_killed_holding_queued_lanes_is_recovered_within_the_bound(
     slow.write_text("SELECT pg_sleep(2);\n" + slow.read_text())
     # One worker with a queue limit of one: it runs one lane and holds the other, unstarted, in its own queue.
     (doomed,) = clusters(workers=1)
-    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=2)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=2),
+        actor="test",
+        origin=Origin.API,
+    )
     wait_until(lambda: execution.targets.filter(status=TargetStatus.RUNNING).exists(), timeout=60, interval=0.05)
     # Both lanes are off the broker: the one running and the one the cluster holds unstarted.
     wait_until(lambda: OrmQ.objects.filter(lock__gt=timezone.now()).count() >= 2, timeout=30, interval=0.05)
@@ -376,8 +413,11 @@ def test_workers_killed_holding_every_slot_of_their_server_are_recovered_within_
         (cluster,) = clusters(workers=4)
         for round_ in range(3):
             slugs = [tenant.slug for tenant in fleet.tenants[round_ * 11 : (round_ + 1) * 11]]
-            execution = services.execution_submit(
-                selection=TargetSelection(scope="tenant", tenants=slugs), executed_by=f"round-{round_}"
+            execution = services.execution_start(
+                selection=TargetSelection(scope="tenant", tenants=slugs),
+                options=ExecutionOptions(),
+                actor=f"round-{round_}",
+                origin=Origin.API,
             )
             running = execution.targets.filter(status=TargetStatus.RUNNING)
             workers = wait_until(
@@ -411,7 +451,9 @@ def test_without_a_worker_the_execution_says_so_and_cancel_ends_it(small_fleet, 
     from rest_framework.test import APIClient
 
     queue_settings.MIGRATION_WORKER_WAIT = 1
-    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="test", origin=Origin.API
+    )
     assert execution.status == ExecutionStatus.IN_PROGRESS
     assert not selectors.execution_progress(execution=execution).no_worker
 

@@ -10,6 +10,7 @@ from django.core.management import CommandError, call_command
 
 from migrations_runner import services
 from migrations_runner.models import ExecutionKind, ExecutionStatus, MigrationExecution, Origin, Scope
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -24,7 +25,11 @@ def rollback(*args: str) -> str:
 @pytest.fixture
 def migrated_us000(small_fleet):
     execution = services.execution_start(
-        selection=TargetSelection(scope="tenant", tenants=["us000"]), executed_by="test"
+        selection=TargetSelection(scope="tenant", tenants=["us000"]),
+        options=ExecutionOptions(),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.COMPLETED
     return execution

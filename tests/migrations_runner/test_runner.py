@@ -9,7 +9,8 @@ from django.db import connections as django_connections
 
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import ExecutionFinished
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.migrations_runner.conftest import create_owned_table
 from tests.support.waiting import wait_until
@@ -51,7 +52,11 @@ def test_threads_honour_the_per_server_cap_and_the_batch_size(fleet, sets_dir, s
     slow_down(sets_dir, 0.05)
     with PeakRunning() as sampler:
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", regions=["us-east"]), executed_by="t", batch_size=6
+            selection=TargetSelection(scope="tenant", regions=["us-east"]),
+            options=ExecutionOptions(batch_size=6),
+            actor="t",
+            origin=Origin.API,
+            wait=True,
         )
     assert execution.status == ExecutionStatus.COMPLETED
     assert execution.targets_succeeded == 20
@@ -60,7 +65,11 @@ def test_threads_honour_the_per_server_cap_and_the_batch_size(fleet, sets_dir, s
     settings.MIGRATION_MAX_PER_DATABASE = 50
     with PeakRunning() as sampler:
         execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", regions=["eu-west"]), executed_by="t", batch_size=3
+            selection=TargetSelection(scope="tenant", regions=["eu-west"]),
+            options=ExecutionOptions(batch_size=3),
+            actor="t",
+            origin=Origin.API,
+            wait=True,
         )
     assert execution.status == ExecutionStatus.COMPLETED
     assert 2 <= sampler.peak <= 3
@@ -68,16 +77,24 @@ def test_threads_honour_the_per_server_cap_and_the_batch_size(fleet, sets_dir, s
 
 def test_cancel_stops_a_threaded_execution_between_targets(fleet, sets_dir):
     slow_down(sets_dir, 0.3)
-    execution = services.execution_start(
-        selection=TargetSelection(scope="tenant"), executed_by="t", batch_size=2, run=False
-    )
     done: dict = {}
     worker = threading.Thread(
-        target=lambda: (done.update(result=services.execution_run(execution=execution)), django_connections.close_all())
+        target=lambda: (
+            done.update(
+                result=services.execution_start(
+                    selection=TargetSelection(scope="tenant"),
+                    options=ExecutionOptions(batch_size=2),
+                    actor="t",
+                    origin=Origin.API,
+                    wait=True,
+                )
+            ),
+            django_connections.close_all(),
+        )
     )
     worker.start()
-    wait_until(lambda: execution.targets.filter(status=TargetStatus.SUCCEEDED).exists(), timeout=60, interval=0.05)
-    services.execution_cancel(execution=execution, actor="alice")
+    wait_until(lambda: TargetRun.objects.filter(status=TargetStatus.SUCCEEDED).exists(), timeout=60, interval=0.05)
+    services.execution_cancel(execution=MigrationExecution.objects.get(), actor="alice")
     worker.join(timeout=60)
     result = done["result"]
     assert result.status == ExecutionStatus.CANCELLED
@@ -92,7 +109,13 @@ def test_counters_match_the_target_runs_and_progress_reads_no_run_rows(fleet, se
     victim = fleet.tenants[1]
     with fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, table)
-    execution = services.execution_start(selection=TargetSelection(scope="all"), executed_by="t", batch_size=4)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all"),
+        options=ExecutionOptions(batch_size=4),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
+    )
     assert execution.status == ExecutionStatus.FAILED
     actual = {status: execution.targets.filter(status=status).count() for status in TargetStatus.values}
     assert execution.targets_total == sum(actual.values()) == 44
@@ -113,7 +136,11 @@ def test_halt_records_the_reason_on_the_execution(small_fleet, sets_dir):
     with small_fleet.connect("shared-us") as conn:
         create_owned_table(conn, victim.schema_name, "projects")
     execution = services.execution_start(
-        selection=TargetSelection(scope="tenant"), executed_by="t", batch_size=1, on_failure="halt"
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=1, on_failure="halt"),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.FAILED
     assert execution.error.startswith(f"halted after shared-us/{victim.schema_name} failed")
@@ -124,7 +151,11 @@ def test_a_dependency_failure_skips_the_next_phase_and_is_counted(small_fleet, s
     shared_v2 = sorted((sets_dir / "shared").glob("V2__*.sql"))[0]
     shared_v2.write_text(shared_v2.read_text() + "\nSELECT no_such_column FROM no_such_table;\n")
     execution = services.execution_start(
-        selection=TargetSelection(scope="all", regions=["us-east"]), executed_by="t", batch_size=4
+        selection=TargetSelection(scope="all", regions=["us-east"]),
+        options=ExecutionOptions(batch_size=4),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     runs = {run.label: run for run in selectors.execution_targets(execution=execution)}
     assert runs["shared-us/public"].status == TargetStatus.FAILED
@@ -135,7 +166,9 @@ def test_a_dependency_failure_skips_the_next_phase_and_is_counted(small_fleet, s
 
 
 def test_a_finished_execution_cannot_be_cancelled_into_another_state(small_fleet):
-    execution = services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="t")
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(), actor="t", origin=Origin.API, wait=True
+    )
     assert execution.status == ExecutionStatus.COMPLETED
     with pytest.raises(ExecutionFinished, match="already completed"):
         services.execution_cancel(execution=execution, actor="t")

@@ -19,7 +19,8 @@ from django_q.models import OrmQ
 
 from health import probes
 from migrations_runner import selectors, services, tasks
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
 from migrations_runner.services.runner import control_retry
@@ -36,7 +37,9 @@ US_TENANTS = TargetSelection(scope="tenant", regions=["us-east"])
 
 def submitted(batch_size: int) -> MigrationExecution:
     """An execution of the us-east tenants on the queue_here, with the lanes it queued taken away (no worker yet)."""
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=batch_size)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=batch_size), actor="test", origin=Origin.API
+    )
     OrmQ.objects.all().delete()
     return execution
 
@@ -103,8 +106,12 @@ def test_an_outcome_that_arrives_after_the_recovery_does_not_overwrite_it(small_
     assert (execution.targets_succeeded, execution.targets_failed) == (0, 1)
 
 
-def test_sets_broken_between_planning_and_applying_fail_the_targets_instead_of_hanging(small_fleet, sets_dir):
-    execution = services.execution_start(selection=US_TENANTS, executed_by="test", run=False)
+def test_sets_broken_between_planning_and_applying_fail_the_targets_instead_of_hanging(
+    small_fleet, sets_dir, launch_held
+):
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(), actor="test", origin=Origin.API
+    )
     (sets_dir / "tenant" / "V10_no_separator.sql").write_text("SELECT 1;")
     execution = services.execution_run(execution=execution)
     assert execution.status == ExecutionStatus.FAILED
@@ -208,9 +215,11 @@ def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fl
         Leases.release(run_id=run.pk)
 
 
-def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(small_fleet, settings):
+def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(small_fleet, settings, launch_held):
     settings.MIGRATION_FLEET_DB_WAIT = 1
-    execution = services.execution_start(selection=US_TENANTS, executed_by="test", run=False)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(), actor="test", origin=Origin.API
+    )
     server = execution.targets.values_list("server", flat=True).first()
     cache.set(runner.UNREACHABLE_KEY, {server: {"since": time.time() - 600, "error": "connection refused"}})
     execution = services.execution_run(execution=execution)

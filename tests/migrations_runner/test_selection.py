@@ -12,7 +12,8 @@ from connections.models import Tenant
 from infra_site import roles
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidSelection, NoTargets
-from migrations_runner.models import MigrationExecution, MigrationSchedule
+from migrations_runner.models import MigrationExecution, MigrationSchedule, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import MAX_FILTER_VALUES, TargetSelection
 
 
@@ -127,7 +128,9 @@ def test_resolution_narrows_by_region_connection_and_tenant(small_fleet):
 @pytest.mark.django_db
 def test_executions_and_schedules_store_the_selection_they_were_given(small_fleet):
     selection = TargetSelection(scope="tenant", regions=["us-east"])
-    execution = services.execution_start(selection=selection, executed_by="test", dry_run=True)
+    execution = services.execution_start(
+        selection=selection, options=ExecutionOptions(dry_run=True), actor="test", origin=Origin.API, wait=True
+    )
     assert execution.selection == selection
     assert execution.targets.count() == len(small_fleet.tenants_in("us-east"))
     schedule = services.schedule_create(actor="t", name="us-nightly", selection=selection, cron_expression="0 3 * * *")

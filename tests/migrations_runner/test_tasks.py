@@ -25,6 +25,7 @@ from migrations_runner.models import (
     SchemaFingerprint,
     TargetStatus,
 )
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import runner
 from migrations_runner.services.runner.apply import claimed_run_apply
@@ -71,7 +72,9 @@ ALL_VERSIONS = [str(v) for v in range(1, 10)]
 
 
 def test_submitting_queues_one_lane_task_per_lane_and_run_lane_finishes_the_execution(small_fleet, queue_here):
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=2)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=2), actor="test", origin=Origin.API
+    )
     assert execution.status == ExecutionStatus.IN_PROGRESS
     lanes = queued()
     assert [(t["func"], t["args"], t["group"]) for t in lanes] == [
@@ -91,7 +94,9 @@ def test_submitting_queues_one_lane_task_per_lane_and_run_lane_finishes_the_exec
 
 def test_a_lane_past_its_time_queues_a_successor_and_hands_over(small_fleet, queue_here):
     queue_here.MIGRATION_LANE_SECONDS = 0.001  # every lane is past its time at its first target
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=1)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=1), actor="test", origin=Origin.API
+    )
     assert len(queued()) == 1
     results = work_queue()
     # Each lane works one target and hands over to the successor it queued; the last successor finds it done.
@@ -102,7 +107,9 @@ def test_a_lane_past_its_time_queues_a_successor_and_hands_over(small_fleet, que
 
 
 def test_run_lane_of_a_finished_execution_does_nothing(small_fleet, queue_here):
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=1)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=1), actor="test", origin=Origin.API
+    )
     work_queue()
     execution.refresh_from_db()
     finished_at = execution.completed_at
@@ -123,7 +130,9 @@ def _die_holding_a_target(execution: MigrationExecution, worker: str):
 
 
 def test_recovery_leaves_an_execution_that_is_at_work_alone(small_fleet, queue_here):
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=2)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=2), actor="test", origin=Origin.API
+    )
     before = len(queued())
     assert tasks.recover_lost_targets() == 0
     assert len(queued()) == before
@@ -134,7 +143,9 @@ def test_recovery_leaves_an_execution_that_is_at_work_alone(small_fleet, queue_h
 
 def test_recovery_fails_a_lost_run_with_what_its_history_shows_and_restarts_the_lanes(small_fleet, queue_here):
     queue_here.MIGRATION_LEASE_SECONDS = 1
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=2)
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=2), actor="test", origin=Origin.API
+    )
     lost = _die_holding_a_target(execution, "dead-host:4242")
     assert tasks.recover_lost_targets() == 0  # its lease has not expired yet
     assert wait_until(lambda: tasks.recover_lost_targets(), timeout=10) == 1  # once it has
@@ -163,7 +174,9 @@ def test_recovery_fails_a_lost_run_with_what_its_history_shows_and_restarts_the_
 
 def test_recovery_under_halt_skips_the_rest_and_ends_the_execution(small_fleet, queue_here, closed_port):
     queue_here.MIGRATION_LEASE_SECONDS = 1
-    execution = services.execution_submit(selection=US_TENANTS, executed_by="test", batch_size=1, on_failure="halt")
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(batch_size=1, on_failure="halt"), actor="test", origin=Origin.API
+    )
     lost = _die_holding_a_target(execution, "dead-host:7")
     # The target's database is unreachable now: recovery cannot read what was applied and records nothing.
     DatabaseConnection.objects.filter(pk=lost.connection_id).update(port=closed_port)
@@ -189,7 +202,7 @@ def test_firing_a_cron_schedule_runs_its_selection_as_the_schedule(small_fleet):
         name="nightly-eu",
         selection=TargetSelection(scope="tenant", regions=["eu-west"]),
         cron_expression="0 3 * * *",
-        batch_size=2,
+        options=ExecutionOptions(batch_size=2),
     )
     result = tasks.fire_schedule(schedule.pk)
     execution = MigrationExecution.objects.get(pk=result)
@@ -212,7 +225,7 @@ def test_a_one_off_schedule_fires_once_then_is_disabled(small_fleet):
         name="once",
         selection=TargetSelection(scope="tenant", tenants=["us001"]),
         run_at=timezone.now() + timedelta(hours=1),
-        dry_run=True,
+        options=ExecutionOptions(dry_run=True),
     )
     execution = MigrationExecution.objects.get(pk=tasks.fire_schedule(schedule.pk))
     assert execution.dry_run
@@ -234,7 +247,11 @@ def test_firing_a_deleted_schedule_starts_nothing(db):
 
 def test_a_schedule_fired_onto_the_queue_is_worked_by_run_lane(small_fleet, queue_here):
     schedule = services.schedule_create(
-        actor="test", name="queued", selection=US_TENANTS, cron_expression="0 * * * *", batch_size=3
+        actor="test",
+        name="queued",
+        selection=US_TENANTS,
+        cron_expression="0 * * * *",
+        options=ExecutionOptions(batch_size=3),
     )
     execution = MigrationExecution.objects.get(pk=tasks.fire_schedule(schedule.pk))
     assert execution.status == ExecutionStatus.IN_PROGRESS

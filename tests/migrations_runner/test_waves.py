@@ -15,10 +15,11 @@ from rest_framework.test import APIClient
 from infra_site import roles
 from migrations_runner import selectors, services
 from migrations_runner.exceptions import InvalidWaves, NotAwaitingApproval
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus, Waiting
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus, Waiting
+from migrations_runner.options import ExecutionOptions, Size, WaveOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.schedules import RECOVERY_TASK
-from migrations_runner.services.waves import Size, WaveOptions, budget_exceeded, wave_sizes
+from migrations_runner.services.waves import budget_exceeded, wave_sizes
 from tests.migrations_runner.conftest import build_fleet, create_owned_table, drop_fleet
 from tests.migrations_runner.test_queue import clusters, queue_settings  # noqa: F401
 from tests.support.waiting import wait_finished, wait_until
@@ -101,9 +102,10 @@ def test_a_wave_over_its_budget_halts_the_execution_and_skips_the_rest(fifty):
         create_owned_table(conn, victim.schema_name, "projects")  # V2 create_projects fails there
     execution = services.execution_start(
         selection=TENANTS,
-        executed_by="test",
-        batch_size=3,
-        waves=WaveOptions.parse(waves=["5", "10"], failure_budget="0"),
+        options=ExecutionOptions(batch_size=3, waves=WaveOptions.parse(waves=["5", "10"], failure_budget="0")),
+        actor="test",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.FAILED
     runs = waves_of(execution)
@@ -132,12 +134,20 @@ def test_the_first_wave_holds_the_smallest_schemas_or_the_canary_list(small_flee
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
         conn.execute(sql.SQL("CREATE TABLE {}.filler AS SELECT g FROM generate_series(1, 20000) g").format(schema))
     plan = services.execution_start(
-        selection=TENANTS, executed_by="t", dry_run=True, waves=WaveOptions.parse(waves=["5"])
+        selection=TENANTS,
+        options=ExecutionOptions(dry_run=True, waves=WaveOptions.parse(waves=["5"])),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     runs = waves_of(plan)
     assert [r.tenant.slug for r in runs[2]] == [big.slug]
     plan = services.execution_start(
-        selection=TENANTS, executed_by="t", dry_run=True, waves=WaveOptions.parse(waves=["1"], canary=[big.slug])
+        selection=TENANTS,
+        options=ExecutionOptions(dry_run=True, waves=WaveOptions.parse(waves=["1"], canary=[big.slug])),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     runs = waves_of(plan)
     assert [r.tenant.slug for r in runs[1]] == [big.slug]
@@ -145,7 +155,11 @@ def test_the_first_wave_holds_the_smallest_schemas_or_the_canary_list(small_flee
     assert [w["size"] for w in plan.waves] == [1, 1, 4]
     with pytest.raises(InvalidWaves) as refused:
         services.execution_start(
-            selection=TENANTS, executed_by="t", waves=WaveOptions.parse(waves=["1"], canary=["nobody"])
+            selection=TENANTS,
+            options=ExecutionOptions(waves=WaveOptions.parse(waves=["1"], canary=["nobody"])),
+            actor="t",
+            origin=Origin.API,
+            wait=True,
         )
     assert "canary" in refused.value.details
 
@@ -154,7 +168,11 @@ def test_the_first_wave_holds_the_smallest_schemas_or_the_canary_list(small_flee
 @pytest.mark.django_db(transaction=True)
 def test_the_next_wave_waits_out_the_soak_time(small_fleet):
     execution = services.execution_start(
-        selection=TENANTS, executed_by="t", batch_size=6, waves=WaveOptions.parse(waves=["2"], pause_s=2)
+        selection=TENANTS,
+        options=ExecutionOptions(batch_size=6, waves=WaveOptions.parse(waves=["2"], pause_s=2)),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     assert execution.status == ExecutionStatus.COMPLETED
     runs = waves_of(execution)
@@ -169,7 +187,11 @@ def test_the_next_wave_waits_out_the_soak_time(small_fleet):
 @pytest.mark.django_db(transaction=True)
 def test_approval_gates_each_wave_and_abort_cancels_the_rest(small_fleet, api_as, make_user):
     execution = services.execution_start(
-        selection=TENANTS, executed_by="t", waves=WaveOptions.parse(waves=["2", "2"], approval=True)
+        selection=TENANTS,
+        options=ExecutionOptions(waves=WaveOptions.parse(waves=["2", "2"], approval=True)),
+        actor="t",
+        origin=Origin.API,
+        wait=True,
     )
     assert (execution.status, execution.waiting) == (ExecutionStatus.IN_PROGRESS, Waiting.APPROVAL)
     progress = selectors.execution_progress(execution=execution)
@@ -229,8 +251,11 @@ def test_the_commands_run_waves_abort_and_continue_them(small_fleet, capsys):
 @pytest.mark.django_db(transaction=True)
 def test_the_approval_wait_survives_a_qcluster_restart(small_fleet, queue_settings, clusters, api_as):  # noqa: F811
     (first,) = clusters(workers=2)
-    execution = services.execution_submit(
-        selection=TENANTS, executed_by="t", waves=WaveOptions.parse(waves=["2"], approval=True)
+    execution = services.execution_start(
+        selection=TENANTS,
+        options=ExecutionOptions(waves=WaveOptions.parse(waves=["2"], approval=True)),
+        actor="t",
+        origin=Origin.API,
     )
 
     def awaiting_approval() -> bool:

@@ -34,6 +34,8 @@ SETUP = textwrap.dedent(
     call_command("migrate", verbosity=0)
     from connections import services as registry
     from migrations_runner import services
+    from migrations_runner.models import Origin
+    from migrations_runner.options import ExecutionOptions
     from migrations_runner.selection import TargetSelection
     args = json.loads(sys.argv[1])
     shared = registry.connection_create(
@@ -43,7 +45,10 @@ SETUP = textwrap.dedent(
     )
     for index in range(args["tenants"]):
         registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
-    execution = services.execution_submit(selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=4)
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(batch_size=4), actor="test",
+        origin=Origin.API,
+    )
     print(execution.pk)
     """
 )

@@ -16,7 +16,8 @@ from psycopg import sql
 from connections import services as registry
 from infra_site.embedded_postgres import EmbeddedPostgres
 from migrations_runner import services
-from migrations_runner.models import ExecutionStatus, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.migrations_runner.conftest import build_fleet, drop_fleet
@@ -62,6 +63,17 @@ def register_dedicated(server):
     )
 
 
+def migrate_tenants(*, batch_size: int, actor: str = "test") -> MigrationExecution:
+    """Migrate every tenant in this process (lanes as threads) and return the execution when it ends."""
+    return services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=batch_size),
+        actor=actor,
+        origin=Origin.API,
+        wait=True,
+    )
+
+
 def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     small_fleet, sets_dir, second_server, settings
 ):
@@ -70,16 +82,13 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     connection = register_dedicated(second_server)
     registry.tenant_create(slug="dedicated", name="Dedicated", connection=connection, actor="test")
     slow_down(sets_dir, 0.4)
-    execution = services.execution_start(
-        selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=2, run=False
-    )
     result: dict = {}
     worker = threading.Thread(
-        target=lambda: (result.update(done=services.execution_run(execution=execution)), django_connections.close_all())
+        target=lambda: (result.update(done=migrate_tenants(batch_size=2)), django_connections.close_all())
     )
     worker.start()
     wait_until(
-        lambda: execution.targets.filter(connection=connection, status=TargetStatus.RUNNING).exists(),
+        lambda: TargetRun.objects.filter(connection=connection, status=TargetStatus.RUNNING).exists(),
         timeout=60,
         interval=0.02,
         message="the dedicated database's target never started",
@@ -98,7 +107,7 @@ def test_a_target_database_stopped_mid_run_fails_alone_and_retry_completes_it(
     assert "dedicated/public" in done.error
 
     second_server.start()
-    retry = services.execution_retry(execution=done, executed_by="test", run=True)
+    retry = services.execution_retry(execution=done, actor="test", origin=Origin.API, wait=True)
     assert retry.status == ExecutionStatus.COMPLETED
     assert [run.label for run in retry.targets.select_related("connection")] == ["dedicated/public"]
     assert retry.targets.get().to_version == "9"
@@ -116,15 +125,12 @@ def test_a_server_down_for_ten_seconds_fails_only_the_targets_running_on_it(
         slug = f"dedicated{index:02d}"
         registry.tenant_create(slug=slug, name=slug, connection=connection, schema_name=f"tenant_{slug}", actor="test")
     slow_down(sets_dir, 1)
-    execution = services.execution_start(
-        selection=TargetSelection(scope="tenant"), executed_by="test", batch_size=3, run=False
-    )
     result: dict = {}
     worker = threading.Thread(
-        target=lambda: (result.update(done=services.execution_run(execution=execution)), django_connections.close_all())
+        target=lambda: (result.update(done=migrate_tenants(batch_size=3)), django_connections.close_all())
     )
     worker.start()
-    on_server = execution.targets.filter(connection=connection)
+    on_server = TargetRun.objects.filter(connection=connection)
     wait_until(
         lambda: on_server.filter(status=TargetStatus.SUCCEEDED).count() >= 2,
         timeout=60,
@@ -155,21 +161,15 @@ def test_five_executions_over_the_same_100_tenants_apply_each_version_once(pg_se
     settings.MIGRATION_RETRY_ATTEMPTS = 60
     fleet = build_fleet(pg_server, tenants_per_region=50)
     try:
-        executions = [
-            services.execution_start(
-                selection=TargetSelection(scope="tenant"), executed_by=f"run-{n}", batch_size=4, run=False
-            )
-            for n in range(5)
-        ]
         finished: list = []
 
-        def run(execution):
+        def run(actor: str) -> None:
             try:
-                finished.append(services.execution_run(execution=execution))
+                finished.append(migrate_tenants(batch_size=4, actor=actor))
             finally:
                 django_connections.close_all()
 
-        threads = [threading.Thread(target=run, args=(e,)) for e in executions]
+        threads = [threading.Thread(target=run, args=(f"run-{n}",)) for n in range(5)]
         for thread in threads:
             thread.start()
         for thread in threads:

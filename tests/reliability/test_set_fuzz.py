@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from migrations_runner import services
 from migrations_runner.engine.sets import load_set
 from migrations_runner.exceptions import InvalidMigrationSets
-from migrations_runner.models import MigrationExecution
+from migrations_runner.models import MigrationExecution, Origin
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 
 SHIPPED = Path(__file__).resolve().parents[2] / "migration_sets"
@@ -85,7 +86,13 @@ def test_nothing_from_an_invalid_set_is_ever_applied(small_fleet, django_setting
         django_settings_for_sets.MIGRATIONS_DIR = root
         before = MigrationExecution.objects.count()
         with pytest.raises(InvalidMigrationSets) as refused:
-            services.execution_start(selection=TargetSelection(scope="tenant"), executed_by="fuzz")
+            services.execution_start(
+                selection=TargetSelection(scope="tenant"),
+                options=ExecutionOptions(),
+                actor="fuzz",
+                origin=Origin.API,
+                wait=True,
+            )
         assert "tenant/" in refused.value.message or refused.value.details
         assert MigrationExecution.objects.count() == before
         with small_fleet.connect("shared-us") as conn:

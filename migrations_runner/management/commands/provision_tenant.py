@@ -9,6 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from connections import selectors as registry
 from infra_site.cli import application_errors, cli_actor, to_json
 from migrations_runner import services
+from migrations_runner.models import Origin
 
 
 class Command(BaseCommand):
@@ -28,12 +29,13 @@ class Command(BaseCommand):
         with application_errors():
             connection = registry.connection_get_by_name(name=options["connection"])
             tenant, execution = services.tenant_provision(
-                origin="command",
                 slug=slug,
                 name=options["name"] or slug,
                 connection=connection,
                 schema_name=options["schema"],
                 actor=cli_actor(),
+                origin=Origin.COMMAND,
+                wait=True,
             )
         run = execution.targets.get()
         result = {

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from connections import selectors as registry
 from infra_site.cli import application_errors, cli_actor, to_json
 from migrations_runner import selectors, services
-from migrations_runner.models import ExecutionStatus
+from migrations_runner.models import ExecutionStatus, Origin
 
 
 class Command(BaseCommand):
@@ -34,17 +34,20 @@ class Command(BaseCommand):
         with application_errors():
             if execution_id:
                 original = selectors.execution_get(execution_id=execution_id)
-                rollback = services.execution_rollback(execution=original, executed_by=cli_actor(), origin="command")
+                rollback = services.execution_rollback(
+                    execution=original, actor=cli_actor(), origin=Origin.COMMAND, wait=True
+                )
             else:
                 if not all(single):
                     raise CommandError("--connection, --schema and --to-version go together.")
                 connection = registry.connection_get_by_name(name=options["connection"])
                 rollback = services.target_rollback(
-                    origin="command",
                     connection=connection,
                     schema=options["schema"],
                     to_version=options["to_version"],
-                    executed_by=cli_actor(),
+                    actor=cli_actor(),
+                    origin=Origin.COMMAND,
+                    wait=True,
                 )
         data = selectors.execution_summary(execution=rollback)
         if options["json"]:

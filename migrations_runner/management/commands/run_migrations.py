@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -19,24 +20,46 @@ from migrations_runner.models import (
     Scope,
     Waiting,
 )
+from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from migrations_runner.services.waves import WaveOptions
+
+# How the command names the options in its errors.
+FLAGS = {
+    "dry_run": "--dry-run",
+    "on_failure": "--on-failure",
+    "batch_size": "--batch-size",
+    "statement_timeout_s": "--statement-timeout",
+    "lock_timeout_s": "--lock-timeout",
+    "out_of_order": "--out-of-order",
+    "waves": "--waves",
+    "failure_budget": "--failure-budget",
+    "wave_pause": "--wave-pause",
+    "wave_approval": "--wave-approval",
+    "canary": "--canary",
+}
 
 
 class _Follower:
     """Reports the target runs of a running execution as they end, with a progress bar."""
 
-    def __init__(self, stdout, execution, *, quiet: bool) -> None:
-        self.execution = execution
+    def __init__(self, stdout, *, quiet: bool) -> None:
+        self.stdout, self.quiet = stdout, quiet
+        self.seen: set[int] | None = None
+        self.bar: ProgressBar | None = None
+
+    def _start(self, execution: MigrationExecution) -> set[int]:
         # Targets that were up to date at planning time end without running: the bar counts the others.
         planned = execution.targets.filter(status__in=FINISHED_TARGET_STATUSES, started_at__isnull=True)
-        self.seen = set(planned.values_list("pk", flat=True))
-        total = execution.targets_total - len(self.seen)
-        self.bar = None if quiet else ProgressBar(stdout, total, tty=stdout.isatty())
+        seen = set(planned.values_list("pk", flat=True))
+        if not self.quiet:
+            self.bar = ProgressBar(self.stdout, execution.targets_total - len(seen), tty=self.stdout.isatty())
+        return seen
 
-    def step(self) -> None:
+    def step(self, execution: MigrationExecution) -> None:
+        if self.seen is None:
+            self.seen = self._start(execution)
         finished = (
-            self.execution.targets.select_related("connection")
+            execution.targets.select_related("connection")
             .filter(status__in=FINISHED_TARGET_STATUSES)
             .exclude(pk__in=self.seen)
         )
@@ -76,6 +99,15 @@ class Command(BaseCommand):
         parser.add_argument("--on-failure", choices=OnFailure.values, default=OnFailure.CONTINUE)
         parser.add_argument("--batch-size", type=int, default=None, help="Targets in flight at once.")
         parser.add_argument(
+            "--statement-timeout", type=int, default=None, help="Seconds a statement may run (MIGRATION_TIMEOUT)."
+        )
+        parser.add_argument(
+            "--lock-timeout",
+            type=float,
+            default=None,
+            help="Seconds a statement may wait for a table lock (MIGRATION_LOCK_TIMEOUT).",
+        )
+        parser.add_argument(
             "--out-of-order",
             action="store_true",
             help="Apply pending versions below a target's highest applied version (else such a target is refused).",
@@ -97,8 +129,6 @@ class Command(BaseCommand):
         waves.add_argument("--canary", action="append", default=[], help="A tenant of the first wave (repeatable).")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if options["batch_size"] is not None and not 1 <= options["batch_size"] <= 500:
-            raise CommandError("--batch-size must be between 1 and 500.")
         as_json = options["json"]
         with application_errors():
             selection = TargetSelection(
@@ -107,34 +137,33 @@ class Command(BaseCommand):
                 connections=options["connection"],
                 tenants=options["tenant"],
             )
-            waves = WaveOptions.parse(
+            run_options = ExecutionOptions.parse(
+                dry_run=options["dry_run"],
+                on_failure=options["on_failure"],
+                batch_size=options["batch_size"],
+                statement_timeout_s=options["statement_timeout"],
+                lock_timeout_s=options["lock_timeout"],
+                out_of_order=options["out_of_order"],
                 waves=options["waves"],
                 failure_budget=options["failure_budget"],
-                pause_s=options["wave_pause"],
-                approval=options["wave_approval"],
+                wave_pause=options["wave_pause"],
+                wave_approval=options["wave_approval"],
                 canary=options["canary"],
+                names=FLAGS,
             )
-        params = {
-            "selection": selection,
-            "waves": waves,
-            "dry_run": options["dry_run"],
-            "on_failure": options["on_failure"],
-            "batch_size": options["batch_size"],
-            "out_of_order": options["out_of_order"],
-            "executed_by": cli_actor(),
-            "origin": Origin.COMMAND,
-        }
+        start = partial(
+            services.execution_start, selection=selection, options=run_options, actor=cli_actor(), origin=Origin.COMMAND
+        )
         with application_errors():
             if options["dry_run"]:
-                execution = services.execution_start(**params)
+                execution = start()
             elif options["sync"]:
-                execution = services.execution_start(**params, run=False)
-                follow = _Follower(self.stdout, execution, quiet=as_json)
-                execution = services.execution_run(execution=execution, on_poll=follow.step)
-                follow.step()
+                follow = _Follower(self.stdout, quiet=as_json)
+                execution = start(wait=True, on_poll=follow.step)
+                follow.step(execution)
                 follow.close()
             else:
-                execution = services.execution_submit(**params)
+                execution = start()
                 if not options["wait"]:
                     self.stdout.write(
                         to_json(selectors.execution_summary(execution=execution))
@@ -142,16 +171,17 @@ class Command(BaseCommand):
                         else f"Execution {execution.pk} queued."
                     )
                     return
-                follow = _Follower(self.stdout, execution, quiet=as_json)
+                follow = _Follower(self.stdout, quiet=as_json)
+                follow.step(execution)
                 told = False
                 while not execution.is_finished:
                     time.sleep(options["poll"])
                     execution.refresh_from_db()
-                    follow.step()
+                    follow.step(execution)
                     if execution.waiting == Waiting.APPROVAL and not told and not as_json:
                         self.stderr.write(_approval_hint(execution))
                     told = execution.waiting == Waiting.APPROVAL
-                follow.step()
+                follow.step(execution)
                 follow.close()
         data = selectors.execution_summary(execution=execution)
         if as_json:

@@ -22,11 +22,11 @@ from psycopg import sql
 from connections.services import connection_params
 from migrations_runner.engine import history
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from migrations_runner.selectors.workers import lane_waiting
 from migrations_runner.services.runner.counters import counter_add
 from migrations_runner.services.runner.halting import after_failure
 from migrations_runner.services.runner.hosts import QueueHost
 from migrations_runner.services.runner.phases import phase_advance
-from migrations_runner.selectors.workers import lane_waiting
 
 logger = logging.getLogger(__name__)
 
