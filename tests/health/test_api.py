@@ -18,7 +18,7 @@ from health import probes, selectors
 from health.models import CheckRun
 from migrations_runner import services as migrations
 from migrations_runner.selection import TargetSelection
-from tests.conftest import REGISTRY_USER
+from tests.support.postgres import REGISTRY_USER
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

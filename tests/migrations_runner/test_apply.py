@@ -9,7 +9,7 @@ import pytest
 from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, TargetStatus
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.test_execution import runs_by_label
+from tests.support.fleet import runs_by_label
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

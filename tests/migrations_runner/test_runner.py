@@ -11,7 +11,7 @@ from migrations_runner import selectors, services
 from migrations_runner.exceptions import ExecutionFinished
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.conftest import create_owned_table
+from tests.support.fleet import create_owned_table
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

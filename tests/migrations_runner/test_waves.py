@@ -19,8 +19,7 @@ from migrations_runner.models import ExecutionStatus, MigrationExecution, Target
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.schedules import RECOVERY_TASK
 from migrations_runner.services.waves import Size, WaveOptions, budget_exceeded, wave_sizes
-from tests.migrations_runner.conftest import build_fleet, create_owned_table, drop_fleet
-from tests.migrations_runner.test_queue import clusters, queue_settings  # noqa: F401
+from tests.support.fleet import build_fleet, create_owned_table, drop_fleet
 from tests.support.waiting import wait_finished, wait_until
 
 TENANTS = TargetSelection(scope="tenant")
@@ -227,7 +226,7 @@ def test_the_commands_run_waves_abort_and_continue_them(small_fleet, capsys):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_the_approval_wait_survives_a_qcluster_restart(small_fleet, queue_settings, clusters, api_as):  # noqa: F811
+def test_the_approval_wait_survives_a_qcluster_restart(small_fleet, queue_settings, clusters, api_as):
     (first,) = clusters(workers=2)
     execution = services.execution_submit(
         selection=TENANTS, executed_by="t", waves=WaveOptions.parse(waves=["2"], approval=True)

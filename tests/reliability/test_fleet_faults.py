@@ -18,8 +18,8 @@ from infra_site.embedded_postgres import EmbeddedPostgres
 from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, TargetStatus
 from migrations_runner.selection import TargetSelection
-from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.migrations_runner.conftest import build_fleet, drop_fleet
+from tests.support.fleet import build_fleet, drop_fleet
+from tests.support.postgres import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
