@@ -447,7 +447,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "api_latency.json")
     args = parser.parse_args()
     from infra_site.embedded_postgres import temporary_server
-    from tests.qcluster import Cluster
+    from tests.support.qcluster import Cluster
 
     cluster = gunicorn = None
     with workdir("bench-api-") as scratch, temporary_server() as server:

@@ -158,7 +158,7 @@ def fleet_child(command: str, *args: str, env: dict[str, str]) -> subprocess.Com
 
 def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> dict:
     """Fresh control and tenant databases, a qcluster of ``lanes`` workers, the execution submitted and timed."""
-    from tests.qcluster import Cluster
+    from tests.support.qcluster import Cluster
 
     control, database = f"control_q{lanes}", f"tenants_q{lanes}"
     env = {

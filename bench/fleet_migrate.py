@@ -393,7 +393,7 @@ def cluster_cpu_s(cluster) -> float:
 
 def queued_run(server, n: int, work: Work, *, workers: int, broker: str) -> dict:
     """Register N tenants in a fresh control database, start a qcluster, submit the execution and time it."""
-    from tests.qcluster import Cluster, RedisServer
+    from tests.support.qcluster import Cluster, RedisServer
 
     label = f"q{workers}{broker.replace('orm-', '')[:2]}"
     scratch = WORKDIR / f"queued-{label}-{n}"

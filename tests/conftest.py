@@ -1,124 +1,33 @@
-"""Shared fixtures: a real PostgreSQL server, fresh databases, users with roles, and a log guard."""
+"""Shared fixtures: a real PostgreSQL server, fresh databases, fleets on it, users with roles, queue settings, and
+a log guard.
+
+The engine's tests (tests/engine) need none of Django, and run with its plugin left out too
+(``pytest tests/engine -p no:django``): this module therefore imports Django, and the helpers built on it, in the
+fixtures that use them, not at its top.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import shutil
 import socket
-import sys
-import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING
 
-import psycopg
 import pytest
-from django.contrib.auth.models import Group, User
-from django.views.debug import technical_500_response
-from psycopg import sql
-from rest_framework.test import APIClient
 
-from infra_site.embedded_postgres import EmbeddedPostgres
+from tests.support.logs import RecordCollector, leaked_secrets
+from tests.support.postgres import PgDatabase, PgServer, postgres_server, scratch_database
+from tests.support.sets import SHIPPED_SETS
 
-# The password of the login role the registry's tests connect with. It must never
-# show up in a log record, a response or a stored error (see ``no_secrets_in_logs``).
-REGISTRY_USER = "registry_user"
-# Child processes (qcluster workers, commands) of the session inherit it through the environment.
-REGISTRY_PASSWORD = os.environ.setdefault("TEST_REGISTRY_PASSWORD", "Reg1stry-" + secrets.token_hex(8))
-SECRETS = {REGISTRY_PASSWORD}
+if TYPE_CHECKING:
+    from django.contrib.auth.models import User
+    from rest_framework.test import APIClient
 
-
-def coverage_env() -> dict[str, str]:
-    """Coverage's settings for child processes (when the suite is measured), for a child's clean environment, so
-    the code only a child runs (``demo``, ``serve``, settings refusing to start) is measured. Queue workers and
-    gunicorn are left unmeasured: tracing would slow the timing-bound tests that run them."""
-    return {key: value for key, value in os.environ.items() if key.startswith("COVERAGE_")}
-
-
-def debug_page(request) -> str:
-    """The page that DEBUG shows for a failure while serving ``request``."""
-    try:
-        raise RuntimeError("a failure while serving the request")
-    except RuntimeError:
-        return technical_500_response(request, *sys.exc_info()).content.decode()
-
-
-def require_tool(name: str) -> str:
-    """Return the path of the command-line tool ``name``; skip the test without it, or fail it when ``CI=true``.
-
-    ``make test`` installs the tools (Debian packages) when missing and run as root; elsewhere the tests that
-    need one are skipped, with this one reason in the summary. Under CI nothing may be skipped for a missing tool.
-    """
-    path = shutil.which(name)
-    if path:
-        return path
-    reason = f"{name} is not installed (`make test` installs it with apt-get when run as root)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; CI=true: a missing tool fails the tests that need it", pytrace=False)
-    pytest.skip(reason)
-
-
-@dataclass(frozen=True)
-class PgServer:
-    host: str
-    port: int
-    superuser: str
-    superuser_password: str
-
-    def connect(self, dbname: str = "postgres", **kwargs) -> psycopg.Connection:
-        return psycopg.connect(
-            host=self.host,
-            port=self.port,
-            user=self.superuser,
-            password=self.superuser_password,
-            dbname=dbname,
-            autocommit=True,
-            **kwargs,
-        )
-
-
-@dataclass(frozen=True)
-class PgDatabase:
-    """A fresh database on the test server, reachable by ``registry_user`` with a password."""
-
-    server: PgServer
-    dbname: str
-    user: str = REGISTRY_USER
-    password: str = REGISTRY_PASSWORD
-
-    @property
-    def host(self) -> str:
-        return self.server.host
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def connection_values(self, **overrides) -> dict:
-        """Values for ``connection_create`` / the API that reach this database."""
-        values = {
-            "name": f"db-{self.dbname.replace('_', '-')}",
-            "database_type": "shared",
-            "region": "us-east",
-            "host": self.host,
-            "port": self.port,
-            "database_name": self.dbname,
-            "username": self.user,
-            "password": self.password,
-            "ssl_mode": "disable",
-            "connect_timeout": 3,
-        }
-        values.update(overrides)
-        return values
-
-    def connect(self) -> psycopg.Connection:
-        return self.server.connect(self.dbname)
-
+    from tests.support.fleet import Fleet
 
 # A test that uses one of these fixtures starts a server, a browser or a queue cluster: it is marked ``slow``
 # (``pytest -m "not slow"`` leaves it out). Tests that start one by themselves carry the marker explicitly.
@@ -134,47 +43,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One PostgreSQL server for the session: TEST_POSTGRES_URL when set, else an embedded one."""
-    url = os.environ.get("TEST_POSTGRES_URL")
-    if url:
-        parsed = urlparse(url)
-        server = PgServer(
-            host=parsed.hostname or "127.0.0.1",
-            port=parsed.port or 5432,
-            superuser=unquote(parsed.username or "postgres"),
-            superuser_password=unquote(parsed.password or ""),
-        )
-        embedded = None
-    else:
-        # Its own directory, not pytest's tmp tree: pytest prunes old tmp trees, which could pull the data
-        # directory from under a server another test session is still running.
-        embedded = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="infra-test-pg-"))).start()
-        server = PgServer(
-            host=embedded.host, port=embedded.port, superuser="postgres", superuser_password=embedded.password
-        )
-    role, password = sql.Identifier(REGISTRY_USER), sql.Literal(REGISTRY_PASSWORD)
-    with server.connect() as conn:
-        # The test processes of one run share TEST_POSTGRES_URL's server, and the password (inherited): the
-        # first creates the role, the others find it.
-        try:
-            conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(role, password))
-        except psycopg.errors.DuplicateObject:
-            conn.execute(sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(role, password))
-    yield server
-    if embedded is not None:
-        embedded.destroy()
+    with postgres_server() as server:
+        yield server
 
 
 @pytest.fixture
 def pg(pg_server: PgServer) -> Iterator[PgDatabase]:
     """A fresh database owned by ``registry_user``, dropped after the test."""
-    dbname = f"t_{uuid.uuid4().hex[:12]}"
-    with pg_server.connect() as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(dbname), sql.Identifier(REGISTRY_USER))
-        )
-    yield PgDatabase(server=pg_server, dbname=dbname)
-    with pg_server.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+    with scratch_database(pg_server) as database:
+        yield database
 
 
 @pytest.fixture
@@ -212,27 +89,13 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
-class _RecordCollector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage() + " " + " ".join(str(v) for v in record.__dict__.values())
-        if record.exc_info:
-            text += logging.Formatter().formatException(record.exc_info)
-        self.lines.append(text)
-
-
-def leaked_secrets(lines: list[str]) -> int:
-    """Count the captured log lines that contain a test password."""
-    return sum(1 for line in lines if any(secret in line for secret in SECRETS))
-
-
 @pytest.fixture(autouse=True)
-def fresh_content_types() -> Iterator[None]:
+def fresh_content_types(request: pytest.FixtureRequest) -> Iterator[None]:
     """Forget cached content types around each test: a transactional test's flush recreates them with new ids,
     and a stale cache would point admin log entries and permissions at rows that no longer exist."""
+    if not request.config.pluginmanager.hasplugin("django"):
+        yield  # a run without Django (the engine's tests) caches nothing
+        return
     from django.contrib.contenttypes.models import ContentType
 
     ContentType.objects.clear_cache()
@@ -241,9 +104,9 @@ def fresh_content_types() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def no_secrets_in_logs() -> Iterator[_RecordCollector]:
+def no_secrets_in_logs() -> Iterator[RecordCollector]:
     """Capture every log record (DEBUG and up) of each test and fail if a test password is in one."""
-    collector = _RecordCollector()
+    collector = RecordCollector()
     root = logging.getLogger()
     previous = root.level
     root.addHandler(collector)
@@ -258,6 +121,7 @@ def no_secrets_in_logs() -> Iterator[_RecordCollector]:
 @pytest.fixture
 def make_user(db):
     """Create a user holding the given roles (Django groups)."""
+    from django.contrib.auth.models import Group, User
 
     def make(*roles: str, username: str | None = None, password: str = "pw-for-tests") -> User:
         user = User.objects.create_user(username or f"user-{uuid.uuid4().hex[:8]}", password=password)
@@ -271,6 +135,7 @@ def make_user(db):
 @pytest.fixture
 def api_as(make_user):
     """An API client authenticated (session) as a new user with the given roles."""
+    from rest_framework.test import APIClient
 
     def client(*roles: str) -> APIClient:
         api = APIClient()
@@ -278,3 +143,54 @@ def api_as(make_user):
         return api
 
     return client
+
+
+@pytest.fixture
+def admin_as(client, make_user):
+    """The test client, logged in (session) as a new user with the given roles."""
+
+    def login(*granted: str):
+        client.force_login(make_user(*granted))
+        return client
+
+    return login
+
+
+@pytest.fixture
+def sets_dir(tmp_path, settings) -> Path:
+    """A private copy of the shipped migration sets that a test may edit."""
+    target = tmp_path / "migration_sets"
+    shutil.copytree(SHIPPED_SETS, target)
+    settings.MIGRATIONS_DIR = target
+    return target
+
+
+@pytest.fixture
+def fleet(pg_server, sets_dir, db) -> Iterator[Fleet]:
+    """1 admin, 2 shared (us-east, eu-west) with 20 tenant schemas each, 1 analytics database."""
+    from tests.support.fleet import build_fleet, drop_fleet
+
+    built = build_fleet(pg_server, tenants_per_region=20)
+    yield built
+    drop_fleet(built)
+
+
+@pytest.fixture
+def small_fleet(pg_server, sets_dir, db) -> Iterator[Fleet]:
+    """The same layout with 3 tenants per region."""
+    from tests.support.fleet import build_fleet, drop_fleet
+
+    built = build_fleet(pg_server, tenants_per_region=3)
+    yield built
+    drop_fleet(built)
+
+
+@pytest.fixture
+def queue_settings(settings):
+    """Executions go to the queue, with short leases and heartbeats (child workers and a live server share these
+    settings)."""
+    settings.MIGRATION_EXECUTOR = "queue"
+    settings.MIGRATION_MAX_PER_DATABASE = 50
+    settings.MIGRATION_LEASE_SECONDS = 6
+    settings.MIGRATION_HEARTBEAT_SECONDS = 1
+    return settings

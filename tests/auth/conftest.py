@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import pytest
 
 from infra_site import roles
-from tests.migrations_runner.conftest import sets_dir, small_fleet  # noqa: F401
 from tests.oidc_provider.launcher import (
     APP_CLIENT_ID,
     APP_CLIENT_SECRET,

@@ -15,28 +15,12 @@ from infra_site import roles
 from infra_site.models import OidcIdentity
 from migrations_runner.models import MigrationExecution
 from tests.oidc_provider.launcher import OTHER_REALM, OidcProvider
+from tests.support.oidc import MIGRATIONS, assert_refused, bearer
 from tests.support.waiting import wait_until
-
-MIGRATIONS = "/api/v1/migrations/"
-
-
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 def claims_of(token: str) -> dict:
     return jwt.decode(token, options={"verify_signature": False})
-
-
-def assert_refused(response, fragment: str) -> None:
-    assert response.status_code == 401, response.content
-    body = response.json()
-    assert body["error"] == "authentication_failed"
-    assert fragment in body["message"]
-    assert set(body) == {"error", "message", "details"}
-    assert response["WWW-Authenticate"].startswith("Bearer")
 
 
 def forged(claims: dict, *, kid: str = "forged-key") -> str:

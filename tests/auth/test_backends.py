@@ -9,8 +9,8 @@ from rest_framework.test import APIClient
 
 from infra_site import roles
 from infra_site.models import OidcIdentity
-from tests.auth.flows import keycloak_login, live
 from tests.oidc_provider.launcher import OidcProvider
+from tests.support.oidc import keycloak_login, live
 
 
 def role_groups(user: User) -> set[str]:

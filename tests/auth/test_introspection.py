@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from django.core.cache import cache
 
-from tests.auth.test_authentication import MIGRATIONS, assert_refused, bearer
 from tests.oidc_provider.launcher import OidcProvider
+from tests.support.oidc import MIGRATIONS, assert_refused, bearer
 
 pytestmark = pytest.mark.django_db
 

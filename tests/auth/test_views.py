@@ -10,20 +10,9 @@ from playwright.sync_api import sync_playwright
 from rest_framework.test import APIClient
 
 from infra_site import roles
-from tests.auth.flows import keycloak_login, live
-from tests.conftest import require_tool
 from tests.oidc_provider.launcher import OidcProvider, form_action, hidden_inputs
-
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
+from tests.support.oidc import keycloak_login, live
+from tests.support.tools import CHROMIUM_FLAGS, require_tool
 
 
 @pytest.mark.django_db

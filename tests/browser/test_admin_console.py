@@ -24,9 +24,8 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.auth.test_views import CHROMIUM_FLAGS
-from tests.conftest import require_tool
-from tests.migrations_runner.conftest import create_owned_table
+from tests.support.fleet import create_owned_table
+from tests.support.tools import CHROMIUM_FLAGS, require_tool
 
 pytestmark = [
     pytest.mark.slow,

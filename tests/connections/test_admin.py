@@ -9,7 +9,8 @@ from django.urls import reverse
 from connections import services
 from connections.models import DatabaseConnection
 from migrations_runner.models import MigrationExecution, TargetRun
-from tests.conftest import REGISTRY_PASSWORD, debug_page
+from tests.support.debug import debug_page
+from tests.support.postgres import REGISTRY_PASSWORD
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -19,15 +20,6 @@ ADD = reverse("admin:connections_databaseconnection_add")
 
 def change_url(connection) -> str:
     return reverse("admin:connections_databaseconnection_change", args=[connection.pk])
-
-
-@pytest.fixture
-def admin_as(client, make_user):
-    def login(*roles: str):
-        client.force_login(make_user(*roles))
-        return client
-
-    return login
 
 
 @pytest.fixture

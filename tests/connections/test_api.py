@@ -6,7 +6,7 @@ from django.db import connection as control_db
 from connections import selectors, services
 from connections.models import DatabaseConnection, Tenant
 from infra_site import crypto
-from tests.conftest import REGISTRY_PASSWORD
+from tests.support.postgres import REGISTRY_PASSWORD
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

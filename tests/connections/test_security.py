@@ -24,7 +24,8 @@ from connections import services
 from connections.models import DatabaseConnection
 from connections.probe import NOT_POSTGRES_MESSAGE, ConnectionParams, HostNotAllowed, ProbeCause
 from infra_site.errors import ValidationFailed
-from tests.conftest import REGISTRY_PASSWORD, debug_page
+from tests.support.debug import debug_page
+from tests.support.postgres import REGISTRY_PASSWORD
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from connections.models import DatabaseConnection
 from infra_site import roles
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
-from tests.migrations_runner.test_admin_fleet import bulk_fleet, clear_bulk_fleet
+from tests.support.fleet import bulk_fleet, clear_bulk_fleet
 
 pytestmark = pytest.mark.django_db
 

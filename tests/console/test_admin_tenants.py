@@ -14,31 +14,13 @@ from django.urls import reverse
 from connections.models import DatabaseConnection, Tenant, TenantStatus
 from infra_site import roles
 from migrations_runner.models import MigrationExecution, Origin
-from tests.migrations_runner.conftest import build_fleet, drop_fleet
-from tests.migrations_runner.test_admin_fleet import bulk_fleet, clear_bulk_fleet
+from tests.support.fleet import bulk_fleet, clear_bulk_fleet
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = reverse("admin:connections_tenant_changelist")
 PROVISION = reverse("admin:migrations_runner_provision_tenant")
 RUN = reverse("admin:migrations_runner_migrationexecution_run")
-
-
-@pytest.fixture
-def admin_as(client, make_user):
-    def login(*granted: str):
-        client.force_login(make_user(*granted))
-        return client
-
-    return login
-
-
-@pytest.fixture
-def small_fleet(pg_server, db):
-    """Real databases on the test PostgreSQL: admin, two shared with three tenants each, analytics."""
-    built = build_fleet(pg_server, tenants_per_region=3)
-    yield built
-    drop_fleet(built)
 
 
 def action(name: str, *tenants: Tenant) -> dict:

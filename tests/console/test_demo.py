@@ -24,8 +24,8 @@ import pytest
 import requests
 
 from infra_site.embedded_postgres import free_port
-from tests.conftest import coverage_env
-from tests.qcluster import ROOT
+from tests.support.qcluster import ROOT
+from tests.support.tools import coverage_env
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.slow

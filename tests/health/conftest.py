@@ -1,4 +1,4 @@
-"""Fixtures of the health tests: a PostgreSQL server of their own to stop, a fleet, queue clusters, and
+"""Fixtures of the health tests: a PostgreSQL server of their own to stop, queue clusters, and
 the app served by a child process."""
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import requests
 from rest_framework.test import APIClient
 
 from infra_site.embedded_postgres import EmbeddedPostgres, free_port, wait_for_port
-from tests.migrations_runner.conftest import SHIPPED_SETS, build_fleet, drop_fleet
-from tests.qcluster import ROOT, Cluster, control_env
-from tests.support.waiting import wait_until as wait_until  # re-exported for the tests importing it from here
+from tests.support.qcluster import ROOT, Cluster, control_env
 
 
 @pytest.fixture
@@ -54,19 +52,6 @@ def clusters() -> Iterator:
     yield start
     for cluster in started:
         cluster.stop()
-
-
-@pytest.fixture
-def small_fleet(pg_server, tmp_path, settings):
-    """Admin, two shared databases with 3 tenants each and analytics, on a private copy of the shipped sets."""
-    import shutil
-
-    sets = tmp_path / "migration_sets"
-    shutil.copytree(SHIPPED_SETS, sets)
-    settings.MIGRATIONS_DIR = sets
-    fleet = build_fleet(pg_server, tenants_per_region=3)
-    yield fleet
-    drop_fleet(fleet)
 
 
 class Served:
@@ -150,10 +135,3 @@ def serve() -> Iterator:
     yield start
     for served in started:
         served.stop()
-
-
-def child_env(**overrides: str) -> dict[str, str]:
-    """The environment of a served app with a control database of its own (given in ``overrides``)."""
-    env = control_env(**overrides)
-    env["MIGRATION_EXECUTOR"] = "queue"
-    return env

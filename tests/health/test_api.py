@@ -20,7 +20,7 @@ from migrations_runner import services as migrations
 from migrations_runner.models import Origin
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.conftest import REGISTRY_USER
+from tests.support.postgres import REGISTRY_USER
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

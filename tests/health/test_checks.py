@@ -8,8 +8,8 @@ from django.apps import apps
 from django.core import checks as django_checks
 
 from health import checks
-from tests.conftest import require_tool
-from tests.qcluster import RedisServer
+from tests.support.qcluster import RedisServer
+from tests.support.tools import require_tool
 
 ALL_CHECKS = (
     checks.check_broker,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from health import probes
-from tests.conftest import require_tool
-from tests.qcluster import RedisServer
+from tests.support.qcluster import RedisServer
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.django_db
 

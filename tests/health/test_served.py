@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import require_tool
-from tests.health.conftest import child_env, wait_until
-from tests.qcluster import Cluster, RedisServer
+from tests.support.qcluster import Cluster, RedisServer, child_env
+from tests.support.tools import require_tool
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

@@ -14,7 +14,7 @@ from django.urls import reverse
 from rest_framework import exceptions
 
 from infra_site.errors import api_exception_handler
-from tests.conftest import debug_page
+from tests.support.debug import debug_page
 
 
 def handle(exc: Exception):

@@ -3,7 +3,8 @@
 import logging
 
 from infra_site.logging import LogfmtFormatter
-from tests.conftest import REGISTRY_PASSWORD, _RecordCollector, leaked_secrets
+from tests.support.logs import RecordCollector, leaked_secrets
+from tests.support.postgres import REGISTRY_PASSWORD
 
 
 def test_logfmt_includes_extra_fields_and_quotes_values():
@@ -19,7 +20,7 @@ def test_logfmt_includes_extra_fields_and_quotes_values():
 
 
 def test_the_log_guard_detects_a_password_in_a_record():
-    collector = _RecordCollector()
+    collector = RecordCollector()
     logger = logging.getLogger("guard-check")
     logger.propagate = False  # keep the deliberate leak away from the suite-wide guard
     logger.addHandler(collector)

@@ -9,7 +9,7 @@ import sys
 import yaml
 from openapi_spec_validator import OpenAPIV30SpecValidator, validate
 
-from tests.qcluster import ROOT, control_env
+from tests.support.qcluster import ROOT, control_env
 
 
 def test_the_schema_builds_without_warnings_validates_as_openapi_3_0_and_documents_errors(tmp_path):

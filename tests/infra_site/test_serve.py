@@ -13,7 +13,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.qcluster import ROOT, control_env
+from tests.support.qcluster import ROOT, control_env
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

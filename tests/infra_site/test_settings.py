@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import coverage_env
+from tests.support.tools import coverage_env
 
 ROOT = Path(__file__).resolve().parents[2]
 

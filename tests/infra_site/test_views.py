@@ -62,18 +62,20 @@ def test_the_asgi_application_serves_the_liveness_check():
 
     sent: list[dict] = []
     requested = False
+    answered = asyncio.Event()
 
     async def receive() -> dict:
         nonlocal requested
         if not requested:
             requested = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        while not any(m["type"] == "http.response.body" and not m.get("more_body") for m in sent):
-            await asyncio.sleep(0.01)
+        await answered.wait()
         return {"type": "http.disconnect"}  # the client leaves once it has the whole response
 
     async def send(message: dict) -> None:
         sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            answered.set()
 
     scope = {
         "type": "http",

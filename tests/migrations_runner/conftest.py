@@ -1,103 +1,16 @@
-"""A fleet on the test PostgreSQL: admin, two regional shared databases with tenant schemas, analytics."""
+"""Fixtures of the migrations tests: registry rows with nothing behind them, the queue without a worker, and
+real qcluster processes."""
 
 from __future__ import annotations
 
-import shutil
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
+import os
+from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
-from django.conf import settings as django_settings
-from psycopg import sql
 
 from connections import services as registry
-from connections.models import DatabaseConnection, Tenant
-from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER, PgServer
-
-SHIPPED_SETS = Path(django_settings.BASE_DIR) / "migration_sets"
-
-
-@dataclass
-class Fleet:
-    server: PgServer
-    databases: dict[str, str] = field(default_factory=dict)  # connection name -> database name
-    connections: dict[str, DatabaseConnection] = field(default_factory=dict)
-    tenants: list[Tenant] = field(default_factory=list)
-
-    def connect(self, name: str) -> psycopg.Connection:
-        return self.server.connect(self.databases[name])
-
-    def tenants_in(self, region: str) -> list[Tenant]:
-        return [t for t in self.tenants if t.connection.region == region]
-
-    def applied(self, connection: str, schema: str) -> list[str]:
-        """The versions the schema's history holds as applied (``SQL`` rows), in the order they were applied."""
-        query = sql.SQL(
-            "SELECT version FROM {}.infra_schema_history WHERE type = 'SQL' ORDER BY installed_rank"
-        ).format(sql.Identifier(schema))
-        with self.connect(connection) as conn:
-            return [row[0] for row in conn.execute(query)]
-
-
-def create_owned_table(conn: psycopg.Connection, schema: str, table: str) -> None:
-    """Create ``schema.table`` as the fleet's owner role (a conflicting object for a migration to trip on)."""
-    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(REGISTRY_USER)))
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    conn.execute(sql.SQL("CREATE TABLE {}.{} (x int)").format(sql.Identifier(schema), sql.Identifier(table)))
-    conn.execute("RESET ROLE")
-
-
-def _create_database(server: PgServer) -> str:
-    name = f"f_{uuid.uuid4().hex[:12]}"
-    with server.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(REGISTRY_USER)))
-    return name
-
-
-def build_fleet(server: PgServer, *, tenants_per_region: int) -> Fleet:
-    fleet = Fleet(server=server)
-    layout = [
-        ("admin", "admin", ""),
-        ("shared-us", "shared", "us-east"),
-        ("shared-eu", "shared", "eu-west"),
-        ("analytics", "analytics", ""),
-    ]
-    for name, kind, region in layout:
-        database = _create_database(server)
-        fleet.databases[name] = database
-        fleet.connections[name] = registry.connection_create(
-            actor="test",
-            verify=False,
-            name=name,
-            database_type=kind,
-            region=region,
-            host=server.host,
-            port=server.port,
-            database_name=database,
-            username=REGISTRY_USER,
-            password=REGISTRY_PASSWORD,
-            ssl_mode="disable",
-            connect_timeout=5,
-        )
-    for region, shared in (("us", "shared-us"), ("eu", "shared-eu")):
-        for index in range(tenants_per_region):
-            fleet.tenants.append(
-                registry.tenant_create(
-                    slug=f"{region}{index:03d}",
-                    name=f"Tenant {region} {index}",
-                    connection=fleet.connections[shared],
-                    actor="test",
-                )
-            )
-    return fleet
-
-
-def drop_fleet(fleet: Fleet) -> None:
-    with fleet.server.connect() as conn:
-        for database in fleet.databases.values():
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+from connections.models import DatabaseConnection
+from tests.support.qcluster import Cluster, control_env
 
 
 @pytest.fixture
@@ -146,25 +59,30 @@ def queue_here(settings):
 
 
 @pytest.fixture
-def sets_dir(tmp_path, settings) -> Path:
-    """A private copy of the shipped migration sets that a test may edit."""
-    target = tmp_path / "migration_sets"
-    shutil.copytree(SHIPPED_SETS, target)
-    settings.MIGRATIONS_DIR = target
-    return target
+def clusters() -> Iterator[Callable[..., list[Cluster]]]:
+    """Start ``count`` real ``qcluster`` processes on this test's control database; all are stopped afterwards,
+    and the test fails if one of their processes survives."""
+    started: list[Cluster] = []
+
+    def start(count: int = 1, workers: int = 2, **env) -> list[Cluster]:
+        for _ in range(count):
+            started.append(Cluster(control_env(**env), workers=workers).start())
+        return started[-count:]
+
+    yield start
+    for cluster in started:
+        pids = cluster.pids()
+        cluster.stop()
+        assert not any(_alive(pid) for pid in pids), "a qcluster process survived its stop"
 
 
-@pytest.fixture
-def fleet(pg_server, sets_dir, db):
-    """1 admin, 2 shared (us-east, eu-west) with 20 tenant schemas each, 1 analytics database."""
-    built = build_fleet(pg_server, tenants_per_region=20)
-    yield built
-    drop_fleet(built)
-
-
-@pytest.fixture
-def small_fleet(pg_server, sets_dir, db):
-    """The same layout with 3 tenants per region."""
-    built = build_fleet(pg_server, tenants_per_region=3)
-    yield built
-    drop_fleet(built)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

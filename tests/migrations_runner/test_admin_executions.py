@@ -16,7 +16,7 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.conftest import create_owned_table
+from tests.support.fleet import create_owned_table
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -28,15 +28,6 @@ CHANGELIST = reverse("admin:migrations_runner_migrationexecution_changelist")
 
 def url(name: str, execution) -> str:
     return reverse(f"admin:migrations_runner_migrationexecution_{name}", args=[execution.pk])
-
-
-@pytest.fixture
-def admin_as(client, make_user):
-    def login(*roles: str):
-        client.force_login(make_user(*roles))
-        return client
-
-    return login
 
 
 @pytest.fixture

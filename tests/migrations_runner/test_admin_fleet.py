@@ -3,7 +3,6 @@ queries whatever the fleet's size."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -11,10 +10,9 @@ from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from connections.models import DatabaseConnection, Tenant
 from infra_site import roles
 from migrations_runner import selectors
-from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus
+from tests.support.fleet import BulkFleet, bulk_fleet, clear_bulk_fleet
 
 pytestmark = pytest.mark.django_db
 
@@ -22,123 +20,6 @@ FLEET = reverse("admin:migrations_runner_fleet")
 MIGRATE = reverse("admin:migrations_runner_fleet_migrate")
 SETS = reverse("admin:migrations_runner_sets")
 RUN = reverse("admin:migrations_runner_migrationexecution_run")
-TENANT_LATEST = "9"  # the shipped tenant set's latest version
-DATABASE_LATEST = "7"  # admin, shared and analytics
-
-
-@pytest.fixture
-def admin_as(client, make_user):
-    def login(*granted: str):
-        client.force_login(make_user(*granted))
-        return client
-
-    return login
-
-
-@dataclass
-class BulkFleet:
-    connections: dict[str, DatabaseConnection]
-    tenants: list[Tenant] = field(default_factory=list)
-    # Tenant slug -> the state its latest run gives it.
-    states: dict[str, str] = field(default_factory=dict)
-
-
-# The latest run of tenant i is chosen by i % 5: (status, from_version, to_version, error kind, state).
-TENANT_RUNS = [
-    (TargetStatus.SUCCEEDED, "7", TENANT_LATEST, "", "up_to_date"),
-    (TargetStatus.SUCCEEDED, "", "5", "", "behind"),
-    (TargetStatus.FAILED, "9", "9", "drift", "drifted"),
-    (TargetStatus.FAILED, "3", "4", "sql", "failing"),
-    None,  # never run
-]
-
-
-def bulk_fleet(tenants: int, *, history: int = 1) -> BulkFleet:
-    """Registry rows and target runs written straight to the control database (no fleet database behind them):
-    four databases, ``tenants`` tenants over two regions, and ``history`` executions' runs per target."""
-    layout = [("admin", "admin", ""), ("shared-us", "shared", "us-east"), ("shared-eu", "shared", "eu-west")]
-    layout.append(("analytics", "analytics", ""))
-    connections = {
-        name: DatabaseConnection.objects.create(
-            name=name,
-            database_type=kind,
-            region=region,
-            host="127.0.0.1",
-            port=5432,
-            database_name=name.replace("-", "_"),
-            username="fleet",
-            is_healthy=name != "shared-eu",
-        )
-        for name, kind, region in layout
-    }
-    fleet = BulkFleet(connections=connections)
-    fleet.tenants = Tenant.objects.bulk_create(
-        Tenant(
-            slug=f"t{i:05d}",
-            name=f"Tenant {i}",
-            connection=connections["shared-us" if i % 2 else "shared-eu"],
-            schema_name=f"t_{i:05d}",
-        )
-        for i in range(tenants)
-    )
-    executions = MigrationExecution.objects.bulk_create(
-        MigrationExecution(
-            scope="all",
-            executed_by="bulk",
-            status=ExecutionStatus.COMPLETED,
-            targets_total=tenants + 4,
-            targets_succeeded=tenants + 4,
-        )
-        for _ in range(history)
-    )
-    runs = []
-    for number, execution in enumerate(executions):
-        latest = number == history - 1
-        for name, conn in connections.items():
-            runs.append(
-                TargetRun(
-                    execution=execution,
-                    connection=conn,
-                    schema_name="public",
-                    database_type=conn.database_type,
-                    region=conn.region,
-                    status=TargetStatus.SUCCEEDED,
-                    from_version="1",
-                    # The latest run leaves shared-eu behind, the others up to date.
-                    to_version="6" if latest and name == "shared-eu" else DATABASE_LATEST,
-                )
-            )
-        for i, tenant in enumerate(fleet.tenants):
-            outcome = TENANT_RUNS[i % 5]
-            if outcome is None:
-                continue
-            if not latest:
-                outcome = (TargetStatus.FAILED, "", "", "sql", "")
-            status, from_version, to_version, kind, _ = outcome
-            runs.append(
-                TargetRun(
-                    execution=execution,
-                    connection_id=tenant.connection_id,
-                    tenant=tenant,
-                    schema_name=tenant.schema_name,
-                    database_type="tenant",
-                    region=connections["shared-us" if i % 2 else "shared-eu"].region,
-                    status=status,
-                    from_version=from_version,
-                    to_version=to_version,
-                    error={"kind": kind, "message": f"{kind} trouble"} if kind else None,
-                )
-            )
-    TargetRun.objects.bulk_create(runs, batch_size=1000)
-    fleet.states = {t.slug: (TENANT_RUNS[i % 5] or (None,) * 4 + ("unknown",))[4] for i, t in enumerate(fleet.tenants)}
-    return fleet
-
-
-def clear_bulk_fleet() -> None:
-    """Remove what ``bulk_fleet`` wrote (its executions stay)."""
-    TargetRun.objects.all().delete()
-    Tenant.objects.all().delete()
-    DatabaseConnection.all_objects.all().delete()
 
 
 def expected_counts(fleet: BulkFleet) -> dict[str, int]:

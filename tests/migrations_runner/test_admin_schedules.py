@@ -33,15 +33,6 @@ def change_url(schedule: MigrationSchedule) -> str:
 
 
 @pytest.fixture
-def admin_as(client, make_user):
-    def login(*granted: str):
-        client.force_login(make_user(*granted))
-        return client
-
-    return login
-
-
-@pytest.fixture
 def nightly() -> MigrationSchedule:
     return services.schedule_create(
         actor="setup", name="nightly", selection=TargetSelection(scope="tenant"), cron_expression="0 3 * * *"

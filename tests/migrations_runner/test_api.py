@@ -100,7 +100,7 @@ def test_roles(small_fleet, api_as, client):
 
 
 def test_retry_endpoint_reruns_only_the_failed_targets(small_fleet, executor):
-    from tests.migrations_runner.conftest import create_owned_table
+    from tests.support.fleet import create_owned_table
 
     victim = small_fleet.tenants[0]
     with small_fleet.connect("shared-us") as conn:

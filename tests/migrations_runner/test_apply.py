@@ -10,7 +10,7 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, Origin, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.test_execution import runs_by_label
+from tests.support.fleet import runs_by_label
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

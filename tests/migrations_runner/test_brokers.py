@@ -14,15 +14,15 @@ import uuid
 import pytest
 from psycopg import sql
 
-from tests.conftest import require_tool
-from tests.qcluster import ROOT, Cluster, RedisServer, control_env
+from tests.support.qcluster import ROOT, Cluster, RedisServer, control_env
+from tests.support.tools import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 REGISTER = """
 import json
-from tests.conftest import PgServer
-from tests.migrations_runner.conftest import build_fleet
+from tests.support.postgres import PgServer
+from tests.support.fleet import build_fleet
 fleet = build_fleet(PgServer("{host}", {port}, "{user}", "{password}"), tenants_per_region=12)
 print(json.dumps(fleet.databases))
 """

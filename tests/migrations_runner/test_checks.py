@@ -9,7 +9,8 @@ from django.apps import apps
 from django.core import checks
 
 from migrations_runner.checks import TAG, check_dependencies, check_sets
-from tests.migrations_runner.conftest import SHIPPED_SETS
+from migrations_runner.engine.targets import DEFAULT_DEPENDENCIES
+from tests.support.sets import SHIPPED_SETS
 
 
 @pytest.fixture
@@ -49,6 +50,16 @@ def test_each_unknown_database_type_is_its_own_e002_with_the_known_types_as_hint
         "MIGRATION_DEPENDENCIES: unknown database type 'reports'.",
     }
     assert all("admin, shared, analytics, tenant" in e.hint for e in errors)
+
+
+def test_a_cycle_is_a_system_check_error(settings):
+    settings.MIGRATION_DEPENDENCIES = {"admin": ["tenant"], "tenant": ["admin"]}
+    errors = check_dependencies()
+    assert errors
+    assert errors[0].id == "migrations_runner.E002"
+    assert "cycle" in errors[0].msg
+    settings.MIGRATION_DEPENDENCIES = DEFAULT_DEPENDENCIES
+    assert check_dependencies() == []
 
 
 def test_the_shipped_sets_pass_the_set_check(settings):

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from migrations_runner.models import MigrationExecution
-from tests.migrations_runner.conftest import create_owned_table
+from tests.support.fleet import create_owned_table
 
 pytestmark = pytest.mark.postgres
 

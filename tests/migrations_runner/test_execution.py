@@ -14,7 +14,7 @@ from migrations_runner.exceptions import NoTargets, RollbackRefused
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.conftest import create_owned_table
+from tests.support.fleet import create_owned_table, runs_by_label
 
 pytestmark = pytest.mark.postgres
 
@@ -35,10 +35,6 @@ def history(conn, schema) -> list[tuple[str, str]]:
 
 def schemas(conn) -> set[str]:
     return {row[0] for row in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tenant_%'")}
-
-
-def runs_by_label(execution):
-    return {run.label: run for run in selectors.execution_targets(execution=execution)}
 
 
 @pytest.mark.django_db(transaction=True)

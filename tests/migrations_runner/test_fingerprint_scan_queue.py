@@ -6,13 +6,12 @@ import pytest
 
 from infra_site import roles
 from migrations_runner.models import FingerprintScan, ScanState, SchemaFingerprint
-from tests.migrations_runner.test_queue import clusters, queue_settings  # noqa: F401
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_worker_runs_the_scan_and_its_progress_is_readable(small_fleet, queue_settings, clusters, api_as):  # noqa: F811
+def test_a_worker_runs_the_scan_and_its_progress_is_readable(small_fleet, queue_settings, clusters, api_as):
     started = api_as(roles.MIGRATIONS_EXECUTE).post("/api/v1/migrations/fingerprints/scan/", {}, format="json")
     assert started.status_code == 202, started.content
     assert started.json()["state"] == ScanState.RUNNING

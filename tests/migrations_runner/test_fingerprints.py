@@ -28,9 +28,10 @@ from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.selectors import fingerprints as fingerprint_selectors
 from migrations_runner.services import fingerprints as fingerprint_services
-from tests.migrations_runner.conftest import SHIPPED_SETS, build_fleet, create_owned_table, drop_fleet
-from tests.migrations_runner.test_admin_fleet import FLEET, bulk_fleet, clear_bulk_fleet
+from tests.support.fleet import build_fleet, bulk_fleet, clear_bulk_fleet, create_owned_table, drop_fleet
+from tests.support.sets import SHIPPED_SETS
 
+FLEET = reverse("admin:migrations_runner_fleet")
 TENANT_LATEST = "9"
 COLUMN_ADDED = "column tasks.archived added (boolean, nullable)"
 INDEX_MISSING = "index tasks_open_due_date_idx missing"

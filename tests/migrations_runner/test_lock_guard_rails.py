@@ -15,7 +15,7 @@ from migrations_runner import services
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support.postgres import REGISTRY_PASSWORD, REGISTRY_USER
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

@@ -17,48 +17,11 @@ from migrations_runner.exceptions import InvalidSchedule
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.conftest import build_fleet, drop_fleet
-from tests.qcluster import Cluster, control_env
+from tests.support.fleet import build_fleet, drop_fleet
+from tests.support.qcluster import control_env
 from tests.support.waiting import wait_finished, wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def queue_settings(settings):
-    settings.MIGRATION_EXECUTOR = "queue"
-    settings.MIGRATION_MAX_PER_DATABASE = 50
-    settings.MIGRATION_LEASE_SECONDS = 6
-    settings.MIGRATION_HEARTBEAT_SECONDS = 1
-    return settings
-
-
-@pytest.fixture
-def clusters():
-    started: list[Cluster] = []
-
-    def start(count: int = 1, workers: int = 2, **env) -> list[Cluster]:
-        for _ in range(count):
-            started.append(Cluster(control_env(**env), workers=workers).start())
-        return started[-count:]
-
-    yield start
-    for cluster in started:
-        pids = cluster.pids()
-        cluster.stop()
-        assert not any(_alive(pid) for pid in pids), "a qcluster process survived its stop"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def running_peak(*executions: MigrationExecution, timeout: float = 240) -> int:
@@ -286,7 +249,7 @@ def test_the_wait_flag_follows_a_queued_execution(small_fleet, queue_settings, c
     import subprocess
     import sys
 
-    from tests.qcluster import ROOT
+    from tests.support.qcluster import ROOT
 
     clusters(workers=2)
     result = subprocess.run(

@@ -12,7 +12,7 @@ from migrations_runner.exceptions import ExecutionFinished
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
-from tests.migrations_runner.conftest import create_owned_table
+from tests.support.fleet import create_owned_table
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

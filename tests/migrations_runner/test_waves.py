@@ -20,8 +20,7 @@ from migrations_runner.options import ExecutionOptions, Size, WaveOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services.schedules import RECOVERY_TASK
 from migrations_runner.services.waves import budget_exceeded, wave_sizes
-from tests.migrations_runner.conftest import build_fleet, create_owned_table, drop_fleet
-from tests.migrations_runner.test_queue import clusters, queue_settings  # noqa: F401
+from tests.support.fleet import build_fleet, create_owned_table, drop_fleet
 from tests.support.waiting import wait_finished, wait_until
 
 TENANTS = TargetSelection(scope="tenant")
@@ -249,7 +248,7 @@ def test_the_commands_run_waves_abort_and_continue_them(small_fleet, capsys):
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_the_approval_wait_survives_a_qcluster_restart(small_fleet, queue_settings, clusters, api_as):  # noqa: F811
+def test_the_approval_wait_survives_a_qcluster_restart(small_fleet, queue_settings, clusters, api_as):
     (first,) = clusters(workers=2)
     execution = services.execution_start(
         selection=TENANTS,

@@ -17,8 +17,8 @@ import pytest
 from psycopg import sql
 
 from infra_site.embedded_postgres import EmbeddedPostgres
-from tests.conftest import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.qcluster import ROOT, Cluster, control_env
+from tests.support.postgres import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support.qcluster import ROOT, Cluster, control_env
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]

@@ -20,7 +20,7 @@ import psutil
 from infra_site.embedded_postgres import wait_for_port
 from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def control_env(**overrides: str) -> dict[str, str]:
@@ -48,6 +48,13 @@ def control_env(**overrides: str) -> dict[str, str]:
         "TEST_REGISTRY_PASSWORD": os.environ["TEST_REGISTRY_PASSWORD"],
     }
     env.update(overrides)
+    return env
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    """The environment of a served app with a control database of its own (given in ``overrides``)."""
+    env = control_env(**overrides)
+    env["MIGRATION_EXECUTOR"] = "queue"
     return env
 
 

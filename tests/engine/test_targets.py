@@ -1,6 +1,5 @@
 """The dependency DAG over database types, phases and the start-up check."""
 
-from migrations_runner.checks import check_dependencies
 from migrations_runner.engine.targets import (
     DEFAULT_DEPENDENCIES,
     Target,
@@ -29,16 +28,6 @@ def test_cycles_and_unknown_types_are_reported():
     problems = dependency_problems({"admin": ["tenant"], "tenant": ["shared"], "shared": ["admin"]}, TYPES)
     assert any(p.startswith("cycle: ") for p in problems)
     assert dependency_problems({"tenant": ["billing"]}, TYPES) == ["unknown database type 'billing'"]
-
-
-def test_a_cycle_is_a_system_check_error(settings):
-    settings.MIGRATION_DEPENDENCIES = {"admin": ["tenant"], "tenant": ["admin"]}
-    errors = check_dependencies()
-    assert errors
-    assert errors[0].id == "migrations_runner.E002"
-    assert "cycle" in errors[0].msg
-    settings.MIGRATION_DEPENDENCIES = DEFAULT_DEPENDENCIES
-    assert check_dependencies() == []
 
 
 def test_tenants_wait_for_the_shared_database_of_their_region_only():

@@ -8,7 +8,7 @@ import pytest
 
 from migrations_runner.engine.apply import apply_target, undo_target
 from migrations_runner.engine.sets import Version
-from tests.migrations_runner.test_invalid_indexes import SPEC, engine_source, options, recorded_versions, write_set
+from tests.support.engine import SPEC, engine_source, options, recorded_versions, write_set
 
 pytestmark = [pytest.mark.postgres]
 
@@ -52,6 +52,7 @@ def test_undo_retries_a_lock_timeout_until_the_lock_is_free(pg, three_tables):
     holder = pg.connect()
     holder.autocommit = False
     holder.execute("LOCK TABLE tenant_a.c IN ACCESS EXCLUSIVE MODE")
+    # The lock is held for a second, past several lock timeouts: the retries meanwhile are what is tested.
     release = threading.Timer(1.0, holder.rollback)
     release.start()
     try:
