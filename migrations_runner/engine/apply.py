@@ -232,6 +232,24 @@ def _unlock(conn: psycopg.Connection, schema: str) -> None:
         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_NAMESPACE, schema])
 
 
+def _lock_and_read(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> history.SchemaState:
+    """Take the schema's migration lock and read its history: one round trip when the lock is free and the
+    history table exists (a fleet's usual target), else the waiting lock then the full read."""
+    try:
+        locked, state = history.try_lock_and_read(conn, schema, LOCK_NAMESPACE)
+    except psycopg.errors.UndefinedTable:
+        _unlock(conn, schema)  # the try may have taken the lock before the read failed: release it if held
+        locked, state = False, None
+    if locked and state is not None:
+        return state
+    _lock(conn, schema, options)
+    try:
+        return history.read_states(conn, [schema])[schema]
+    except BaseException:
+        _unlock(conn, schema)
+        raise
+
+
 def _local_settings(schema: str, options: ApplyOptions) -> sql.Composed:
     return sql.SQL(
         "SELECT set_config('search_path', {path}, true), set_config('statement_timeout', {st}, true), "
@@ -472,10 +490,9 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
         lock_wait = False
         try:
             conn = source.get()
-            _lock(conn, spec.schema, options)
+            state = _lock_and_read(conn, spec.schema, options)
             outcome.reached = True
             try:
-                state = history.read_states(conn, [spec.schema])[spec.schema]
                 if not state_read:
                     outcome.from_version, state_read = str(state.current or ""), True
                 outcome.to_version = str(state.current or "")

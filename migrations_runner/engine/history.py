@@ -104,20 +104,46 @@ def read_states(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, S
         for schema, version, kind, script, checksum, _rank in conn.execute(
             sql.SQL("SELECT * FROM ({}) h ORDER BY 6").format(query)
         ):
-            state = states[schema]
-            if kind == "SQL":
-                parsed = Version.parse(version)
-                state.applied[parsed] = checksum
-                state.applied_scripts[parsed] = script
-                state.undone.discard(parsed)
-            elif kind == "UNDO":
-                state.undone.add(Version.parse(version))
-            elif kind == "REPEATABLE":
-                state.repeatables[script] = checksum
-            elif kind == "BASELINE":
-                parsed = Version.parse(version)
-                state.baseline = parsed if state.baseline is None else max(state.baseline, parsed)
+            _add_row(states[schema], version, kind, script, checksum)
     return states
+
+
+def _add_row(state: SchemaState, version: str | None, kind: str, script: str, checksum: str) -> None:
+    """Fold one successful history row (in ``installed_rank`` order) into ``state``."""
+    if kind == "SQL":
+        parsed = Version.parse(version or "")
+        state.applied[parsed] = checksum
+        state.applied_scripts[parsed] = script
+        state.undone.discard(parsed)
+    elif kind == "UNDO":
+        state.undone.add(Version.parse(version or ""))
+    elif kind == "REPEATABLE":
+        state.repeatables[script] = checksum
+    elif kind == "BASELINE":
+        parsed = Version.parse(version or "")
+        state.baseline = parsed if state.baseline is None else max(state.baseline, parsed)
+
+
+def try_lock_and_read(conn: psycopg.Connection, schema: str, lock_namespace: int) -> tuple[bool, SchemaState]:
+    """Try the schema's session advisory lock and read its history in one round trip: whether the lock was
+    taken, and the state (read after the lock, so nothing committed before it is missed).
+
+    Raises ``psycopg.errors.UndefinedTable`` when the schema or its history table does not exist; the lock may
+    then be held or not (a session lock outlives the failed batch), so the caller releases it if held.
+    """
+    # Two statements in one simple query (no parameters: the values are composed as literals).
+    batch = sql.SQL(
+        "SELECT pg_try_advisory_lock({namespace}, hashtext({schema})); "
+        "SELECT version, type, script, checksum FROM {table} WHERE success ORDER BY installed_rank"
+    ).format(namespace=sql.Literal(lock_namespace), schema=sql.Literal(schema), table=table(schema))
+    cursor = conn.execute(batch)
+    row = cursor.fetchone()
+    locked = bool(row and row[0])
+    state = SchemaState(schema, exists=True, has_history=True)
+    cursor.nextset()
+    for version, kind, script, checksum in cursor.fetchall():
+        _add_row(state, version, kind, script, checksum)
+    return locked, state
 
 
 def insert_row(

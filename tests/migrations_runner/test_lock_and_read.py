@@ -1,0 +1,147 @@
+"""The engine takes a schema's migration lock and reads its history in one round trip, and stays correct when
+the lock is held or the history does not exist yet (engine only: psycopg against the test server, no ORM)."""
+
+import threading
+
+import psycopg
+import pytest
+
+from migrations_runner.engine import history
+from migrations_runner.engine.apply import LOCK_NAMESPACE, ApplyOptions, ConnectionSource, TargetSpec, apply_target
+from migrations_runner.engine.sets import load_set, placeholder_context
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.postgres
+
+
+class CountingConnection(psycopg.Connection):
+    """A connection that keeps the text of every query it sends (one entry per round trip)."""
+
+    sent: list[str]
+
+    def execute(self, query, params=None, **kwargs):
+        text = query.as_string(self) if isinstance(query, psycopg.sql.Composable) else str(query)
+        self.sent.append(text)
+        return super().execute(query, params, **kwargs)
+
+
+def counting_source(pg) -> tuple[ConnectionSource, list[str]]:
+    sent: list[str] = []
+
+    def connect() -> CountingConnection:
+        conn = CountingConnection.connect(
+            host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=pg.dbname
+        )
+        conn.sent = sent
+        return conn
+
+    return ConnectionSource(connect), sent
+
+
+@pytest.fixture
+def tenant_set(tmp_path):
+    folder = tmp_path / "tenant"
+    folder.mkdir()
+    (folder / "V1__t.sql").write_text("CREATE TABLE t (x int);\n")
+    return folder
+
+
+def spec(schema: str) -> TargetSpec:
+    return TargetSpec(schema=schema, create_schema=True, context=placeholder_context(schema=schema), label=schema)
+
+
+def advisory_locks(conn: psycopg.Connection) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND a.datname = current_database() AND l.pid <> pg_backend_pid()"
+    ).fetchone()[0]
+
+
+def test_an_up_to_date_target_costs_two_round_trips_lock_and_history_in_one(pg, tenant_set):
+    mset = load_set(tenant_set, "tenant")
+    source, sent = counting_source(pg)
+    first = apply_target(source, spec("tenant_a"), mset, ApplyOptions(installed_by="t"))
+    assert first.status == "succeeded"
+    assert first.to_version == "1"
+    sent.clear()
+
+    again = apply_target(source, spec("tenant_a"), mset, ApplyOptions(installed_by="t"))
+
+    assert again.status == "succeeded"
+    assert again.applied == []
+    assert len(sent) == 2, sent  # try-lock + history read in one batch, then the unlock
+    assert "pg_try_advisory_lock" in sent[0]
+    assert "FROM" in sent[0]
+    assert "pg_advisory_unlock" in sent[1]
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0
+    source.close()
+
+
+def test_a_schema_without_history_is_created_and_its_lock_is_not_left_held(pg, tenant_set):
+    mset = load_set(tenant_set, "tenant")
+    source, _sent = counting_source(pg)
+
+    outcome = apply_target(source, spec("tenant_new"), mset, ApplyOptions(installed_by="t"))
+
+    assert outcome.status == "succeeded"
+    assert [a.version for a in outcome.applied] == ["1"]
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0  # the failed batch's lock was released, the run's own too
+        assert history.read_states(observer, ["tenant_new"])["tenant_new"].current is not None
+    source.close()
+
+
+def test_history_committed_while_waiting_for_the_lock_is_seen_and_not_applied_again(pg, tenant_set):
+    """Another run holds the schema's lock and records V1 before releasing it: the history read together with
+    the failed try is discarded, so V1 is not run a second time."""
+    mset = load_set(tenant_set, "tenant")
+    source, _sent = counting_source(pg)
+    assert apply_target(source, spec("tenant_b"), mset, ApplyOptions(installed_by="t")).status == "succeeded"
+    (tenant_set / "V2__u.sql").write_text("CREATE TABLE u (x int);\n")
+    mset = load_set(tenant_set, "tenant")
+
+    holder = pg.connect()
+    holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [LOCK_NAMESPACE, "tenant_b"])
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            outcome=apply_target(source, spec("tenant_b"), mset, ApplyOptions(installed_by="t", lock_wait_s=30))
+        )
+    )
+    worker.start()
+    with pg.connect() as observer:
+        wait_until(
+            lambda: (
+                observer.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s",
+                    [pg.dbname],
+                ).fetchone()[0]
+                == 1
+            ),
+            timeout=10,
+        )
+    # The other run applies V2 and records it, then lets go.
+    holder.execute("CREATE TABLE tenant_b.u (x int)")
+    holder.execute(
+        history.insert_row(
+            schema="tenant_b",
+            version="2",
+            description="u",
+            kind="SQL",
+            script="V2__u.sql",
+            checksum=mset.versions[-1].checksum,
+            installed_by="other",
+            execution_id=None,
+            execution_time_ms=1,
+        )
+    )
+    holder.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_NAMESPACE, "tenant_b"])
+    holder.close()
+    worker.join(timeout=30)
+
+    outcome = result["outcome"]
+    assert outcome.status == "succeeded", outcome.error
+    assert outcome.applied == []  # V2 was seen in the history read after the lock
+    assert outcome.to_version == "2"
+    source.close()
