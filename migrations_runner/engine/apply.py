@@ -233,14 +233,10 @@ def _unlock(conn: psycopg.Connection, schema: str) -> None:
 
 
 def _lock_and_read(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> history.SchemaState:
-    """Take the schema's migration lock and read its history: one round trip when the lock is free and the
-    history table exists (a fleet's usual target), else the waiting lock then the full read."""
-    try:
-        locked, state = history.try_lock_and_read(conn, schema, LOCK_NAMESPACE)
-    except psycopg.errors.UndefinedTable:
-        _unlock(conn, schema)  # the try may have taken the lock before the read failed: release it if held
-        locked, state = False, None
-    if locked and state is not None:
+    """Take the schema's migration lock and read its history: one round trip when the lock is free (a fleet's
+    usual target), else the waiting lock then a fresh read."""
+    locked, state = history.try_lock_and_read(conn, schema, LOCK_NAMESPACE)
+    if locked:
         return state
     _lock(conn, schema, options)
     try:

@@ -125,25 +125,37 @@ def _add_row(state: SchemaState, version: str | None, kind: str, script: str, ch
 
 
 def try_lock_and_read(conn: psycopg.Connection, schema: str, lock_namespace: int) -> tuple[bool, SchemaState]:
-    """Try the schema's session advisory lock and read its history in one round trip: whether the lock was
-    taken, and the state (read after the lock, so nothing committed before it is missed).
+    """Try the schema's session advisory lock and read its history in one round trip (a pipeline): whether the
+    lock was taken, and the state, read after the lock so nothing committed before it is missed.
 
-    Raises ``psycopg.errors.UndefinedTable`` when the schema or its history table does not exist; the lock may
-    then be held or not (a session lock outlives the failed batch), so the caller releases it if held.
+    When the lock was not taken the state may be stale: the caller waits for the lock and reads again. On an
+    error other than a missing history table the lock is released before the error propagates.
     """
-    # Two statements in one simple query (no parameters: the values are composed as literals).
-    batch = sql.SQL(
-        "SELECT pg_try_advisory_lock({namespace}, hashtext({schema})); "
+    history_rows = sql.SQL(
         "SELECT version, type, script, checksum FROM {table} WHERE success ORDER BY installed_rank"
-    ).format(namespace=sql.Literal(lock_namespace), schema=sql.Literal(schema), table=table(schema))
-    cursor = conn.execute(batch)
-    row = cursor.fetchone()
-    locked = bool(row and row[0])
-    state = SchemaState(schema, exists=True, has_history=True)
-    cursor.nextset()
-    for version, kind, script, checksum in cursor.fetchall():
+    ).format(table=table(schema))
+    lock = conn.cursor()
+    rows = conn.cursor()
+    has_history = True
+    try:
+        with conn.pipeline():
+            lock.execute(
+                "SELECT pg_try_advisory_lock(%s, hashtext(%s)), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s)",
+                [lock_namespace, schema, schema],
+            )
+            rows.execute(history_rows)
+    except psycopg.errors.UndefinedTable:
+        has_history = False  # the statements before the failed one have their results
+    except psycopg.Error:
+        answer = lock.fetchone() if lock.pgresult is not None else None
+        if answer and answer[0] and not conn.broken:
+            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [lock_namespace, schema])
+        raise
+    locked, exists = lock.fetchone() or (False, False)
+    state = SchemaState(schema, exists=bool(exists), has_history=has_history)
+    for version, kind, script, checksum in rows.fetchall() if has_history else ():
         _add_row(state, version, kind, script, checksum)
-    return locked, state
+    return bool(locked), state
 
 
 def insert_row(

@@ -36,14 +36,20 @@ def sets_read(root: Path) -> dict[str, MigrationSet]:
     return load_sets(root, placeholders=settings.MIGRATION_PLACEHOLDERS)
 
 
-def sets_load(*, types: Iterable[str] | None = None, strict: bool = True) -> dict[str, MigrationSet]:
-    """Load the migration sets (cached per process until a file changes); with ``strict``, refuse problems."""
+def sets_load(
+    *, types: Iterable[str] | None = None, strict: bool = True, check_files: bool = True
+) -> dict[str, MigrationSet]:
+    """Load the migration sets (cached per process until a file changes); with ``strict``, refuse problems.
+
+    Without ``check_files`` the sets loaded last are used as they are, unless none were (a lane applying
+    thousands of targets checks the files every second, not for each)."""
     root = settings.MIGRATIONS_DIR
-    signature = _sets_signature(root)
     cached = _sets_cache.get(str(root))
-    if cached is None or cached[0] != signature:
-        cached = (signature, sets_read(root))
-        _sets_cache[str(root)] = cached
+    if cached is None or check_files:
+        signature = _sets_signature(root)
+        if cached is None or cached[0] != signature:
+            cached = (signature, sets_read(root))
+            _sets_cache[str(root)] = cached
     sets = cached[1]
     if strict:
         problems = [f"{t}/{p}" for t in (types or sets) for p in sets[t].problems]

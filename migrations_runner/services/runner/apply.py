@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import psycopg
@@ -19,6 +20,7 @@ from django.utils import timezone
 from connections.services import connection_params
 from migrations_runner import selectors
 from migrations_runner.engine import apply as engine
+from migrations_runner.engine.sets import MigrationSet
 from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.services.fingerprints import FingerprintBuffer
 from migrations_runner.services.runner.hosts import ExecutionId
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 # A run given back this often fails instead: a server that answers probes but never this target's connection
 # (a database that does not exist) must not keep it going round.
 GIVE_BACKS_MAX = 3
+SETS_RECHECK_S = 1.0  # how stale a lane's view of the migration files on disk may be
 
 _local = threading.local()
 
@@ -42,6 +45,24 @@ def _source_for(run: TargetRun) -> engine.ConnectionSource:
         params = connection_params(run.connection)
         sources[key] = engine.ConnectionSource(lambda: psycopg.connect(**params.kwargs()))
     return sources[key]
+
+
+def lane_sets_fresh() -> None:
+    """A lane starts: its first target sees the migration files as they are now."""
+    _local.sets_checked_at = None
+
+
+def _sets(run: TargetRun) -> dict[str, MigrationSet]:
+    """The migration sets for a lane's target: the files are checked when the lane starts and then every
+    ``SETS_RECHECK_S``, not for each target; each target still compares its set with the execution's snapshot,
+    so a set changed on disk fails the targets claimed after the next check."""
+    now = time.monotonic()
+    checked = _local.__dict__.get("sets_checked_at")
+    check = checked is None or now - checked >= SETS_RECHECK_S
+    sets = selectors.sets_load(types={run.database_type}, check_files=check)
+    if check:
+        _local.sets_checked_at = now
+    return sets
 
 
 def _fingerprints() -> FingerprintBuffer:
@@ -107,7 +128,7 @@ def claimed_run_apply(*, run: TargetRun, execution: MigrationExecution) -> tuple
     """
     given_back = run.attempts
     try:
-        sets = selectors.sets_load(types={run.database_type})
+        sets = _sets(run)
         outcome = target_run_apply(
             run=run,
             execution=execution,

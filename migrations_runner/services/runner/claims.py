@@ -9,6 +9,8 @@ unreachable.
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,9 +20,10 @@ from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from connections.models import DatabaseConnection, Tenant
 from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.services.runner.control import control_retry
-from migrations_runner.services.runner.counters import counter_add
+from migrations_runner.services.runner.counters import outcome_count
 from migrations_runner.services.runner.halting import after_failure
 from migrations_runner.services.runner.leases import Leases
 from migrations_runner.services.runner.reachability import servers_unreachable
@@ -28,6 +31,8 @@ from migrations_runner.services.runner.reachability import servers_unreachable
 logger = logging.getLogger(__name__)
 
 _CLAIM_LOCK = 0x1F0C  # PostgreSQL control database: claims are serialized so the caps hold exactly
+_local = threading.local()  # per lane thread: the registry rows of the connections its runs were on
+_statements: dict[str, str] = {}  # hot statements, composed once per process (names from the models)
 
 OUTCOME_FIELDS = [
     "status",
@@ -55,10 +60,10 @@ def _table(model: type[models.Model]) -> str:
     return control_db.ops.quote_name(model._meta.db_table)
 
 
-def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> int | None:
+def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> TargetRun | None:
     """Claim the next pending run of the execution's current phase within both caps and on none of the ``skip``
-    servers: its id, or None when none can be. The caller's transaction holds the claim lock until it commits:
-    keep what follows it short."""
+    servers: the run as claimed, or None when none can be. The caller's transaction holds the claim lock until it
+    commits: keep what follows it short."""
     runs, executions = _table(TargetRun), _table(MigrationExecution)
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
@@ -79,7 +84,7 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> int | Non
               {unreachable}
             ORDER BY c.id LIMIT 1{lock}
         )
-        RETURNING id
+        RETURNING {_claimed_columns()}
     """  # noqa: S608 (table names come from the models, values are parameters)
     params = [
         TargetStatus.RUNNING,
@@ -97,21 +102,41 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> int | Non
         now,
         *skip,
     ]
-    with control_db.cursor() as cursor:
-        if control_db.vendor == "postgresql":
+    if control_db.vendor == "postgresql":
+        with control_db.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
-        cursor.execute(statement, params)
-        row = cursor.fetchone()
-    return None if row is None else row[0]
+    # A raw query maps the returned columns onto a TargetRun with the fields' converters: no second read.
+    claimed = list(TargetRun.objects.raw(statement, params))
+    return claimed[0] if claimed else None
+
+
+def _claimed_columns() -> str:
+    """What a claim returns: every column of the run, its connection's ``updated_at`` and its tenant's slug."""
+    runs = _table(TargetRun)
+    columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
+    connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
+    return f"""{columns},
+        (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id) AS connection_updated_at,
+        (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id) AS tenant_slug
+    """  # noqa: S608 (table and column names come from the models)
 
 
 @control_retry
-def _claimed(run_id: int | None, execution: MigrationExecution) -> TargetRun | None:
-    """The run a committed claim took (read after the claim's transaction, outside its lock), now under lease."""
-    if run_id is None:
+def _claimed(run: TargetRun | None, execution: MigrationExecution) -> TargetRun | None:
+    """Put a committed claim's run under lease, with its connection (read once per lane per version of the
+    connection) and its tenant's slug."""
+    if run is None:
         return None
-    # The password stays encrypted: a lane's connection source is made once per connection (``apply._source_for``).
-    run = TargetRun.objects.select_related("connection", "tenant").defer("connection__password").get(pk=run_id)
+    read = _local.__dict__.setdefault("connections", {})
+    key = (run.connection_id, str(getattr(run, "connection_updated_at", "")))
+    if key not in read:
+        # The password stays encrypted: a lane's connection source is made once per connection
+        # (``apply._source_for``).
+        read[key] = DatabaseConnection.all_objects.defer("password").get(pk=run.connection_id)
+    run.connection = read[key]
+    if run.tenant_id is not None:
+        # Only the slug of a claimed run's tenant is read (its placeholders).
+        run.tenant = Tenant(pk=run.tenant_id, slug=getattr(run, "tenant_slug", ""))
     Leases.hold(run_id=run.pk, execution_id=execution.pk)
     return run
 
@@ -130,53 +155,71 @@ def _deferred_fields(run: TargetRun, retry_after_s: float) -> dict[str, Any]:
 
 def _record(
     run: TargetRun, execution: MigrationExecution, me: str, *, give_back: str = "", retry_after_s: float = 0.0
-) -> None:
-    """Write a run's outcome and the execution's counters (one transaction, the caller's); a run given back goes
-    to pending instead: ``unreachable`` (its database server was never reached) or ``deferred`` (a table lock
-    was held: it may be claimed again at ``retry_at``, by any lane, while this one runs others)."""
+) -> Callable[[], None]:
+    """Write a run's outcome (in the caller's transaction) and return the update of the execution's counters,
+    for the caller to run last before its commit; a run given back goes to pending instead: ``unreachable`` (its
+    database server was never reached) or ``deferred`` (a table lock was held: it may be claimed again at
+    ``retry_at``, by any lane, while this one runs others)."""
     if give_back:
         deferred = _deferred_fields(run, retry_after_s) if give_back == "deferred" else {}
         fields = {**PENDING_FIELDS, **deferred}
         TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(**fields)
         Leases.release(run_id=run.pk)
-        return
-    recorded = TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.RUNNING).update(
-        **{name: getattr(run, name) for name in OUTCOME_FIELDS}
-    )
+        return _nothing
+    recorded = _outcome_write(run, me)
     Leases.release(run_id=run.pk)
     if not recorded:  # recovered as lost meanwhile: that record stands
         logger.warning("target run was recovered before its outcome was recorded", extra={"target_run": run.pk})
-        return
-    timing = {}
-    if run.status == TargetStatus.SUCCEEDED and run.duration_ms is not None:
-        timing = {"run_duration_ms": F("run_duration_ms") + run.duration_ms, "runs_timed": F("runs_timed") + 1}
-    counter_add(execution_id=execution.pk, status=run.status, n=1, active_at=timezone.now(), **timing)
+        return _nothing
     if run.status == TargetStatus.FAILED:
         after_failure(run=run, execution=execution)
+    return lambda: outcome_count(execution_id=execution.pk, run=run)
+
+
+def _nothing() -> None:
+    return None
+
+
+def _outcome_write(run: TargetRun, me: str) -> bool:
+    """Store the outcome fields of a run this lane holds (one statement, composed once per process)."""
+    fields = [f for f in TargetRun._meta.concrete_fields if f.name in OUTCOME_FIELDS]
+    statement = _statements.get("outcome")
+    if statement is None:
+        assignments = ", ".join(f"{control_db.ops.quote_name(f.column or f.name)} = %s" for f in fields)
+        statement = f"UPDATE {_table(TargetRun)} SET {assignments} WHERE id = %s AND worker = %s AND status = %s"  # noqa: S608
+        _statements["outcome"] = statement
+    values = [f.get_db_prep_save(getattr(run, f.attname), connection=control_db) for f in fields]
+    with control_db.cursor() as cursor:
+        cursor.execute(statement, [*values, run.pk, me, TargetStatus.RUNNING])
+        return cursor.rowcount == 1
 
 
 @control_retry
-def _claim_id(execution: MigrationExecution, me: str) -> int | None:
+def _claim_now(execution: MigrationExecution, me: str) -> TargetRun | None:
     skip = list(servers_unreachable())
     with transaction.atomic():
         return _claim(execution, me, skip)
 
 
 @control_retry
-def _record_and_claim_id(
+def _record_and_claim_now(
     run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: str, retry_after_s: float
-) -> int | None:
-    """Record ``run``'s outcome and claim the next run in one transaction; the id of the claimed run."""
+) -> TargetRun | None:
+    """Record ``run``'s outcome and claim the next run in one transaction; the claimed run."""
     skip = list(servers_unreachable()) if claim else []
     with transaction.atomic():
-        _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
-        return _claim(execution, me, skip) if claim else None
+        count = _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
+        claimed = _claim(execution, me, skip) if claim else None
+        # The execution's row is written last, just before the commit: lanes recording at once wait on it for
+        # that one statement, never for each other's claims.
+        count()
+        return claimed
 
 
 def run_claim(*, execution: MigrationExecution, worker: str) -> TargetRun | None:
-    """Claim the next run for ``worker`` and read it (each step retried alone); the run, now under lease, or None."""
-    run_id = _claim_id(execution, worker)
-    return _claimed(run_id, execution)
+    """Claim the next run for ``worker`` (retried while the control database is unreachable); the run, now under
+    lease, or None."""
+    return _claimed(_claim_now(execution, worker), execution)
 
 
 def run_record_and_claim(
@@ -188,7 +231,9 @@ def run_record_and_claim(
     give_back: str = "",
     retry_after_s: float = 0.0,
 ) -> TargetRun | None:
-    """Record ``run``'s outcome and claim the next run (one transaction, retried as a whole), then read the
-    claimed run (retried alone); returns the claimed run, or None when none was claimed (or ``claim`` is false)."""
-    run_id = _record_and_claim_id(run, execution, worker, claim=claim, give_back=give_back, retry_after_s=retry_after_s)
-    return _claimed(run_id, execution)
+    """Record ``run``'s outcome and claim the next run (one transaction, retried as a whole); returns the claimed
+    run, now under lease, or None when none was claimed (or ``claim`` is false)."""
+    claimed = _record_and_claim_now(
+        run, execution, worker, claim=claim, give_back=give_back, retry_after_s=retry_after_s
+    )
+    return _claimed(claimed, execution)

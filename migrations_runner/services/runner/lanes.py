@@ -12,7 +12,12 @@ import time
 from django.db import transaction
 
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus, Waiting
-from migrations_runner.services.runner.apply import claimed_run_apply, lane_connections_close, lane_fingerprints_flush
+from migrations_runner.services.runner.apply import (
+    claimed_run_apply,
+    lane_connections_close,
+    lane_fingerprints_flush,
+    lane_sets_fresh,
+)
 from migrations_runner.services.runner.claims import run_claim, run_record_and_claim
 from migrations_runner.services.runner.control import control_retry
 from migrations_runner.services.runner.counters import runs_close_pending
@@ -61,6 +66,7 @@ def _wait_state(execution: MigrationExecution) -> str:
 def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
     """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left."""
     me = worker_name()
+    lane_sets_fresh()
     execution = _execution_of(execution_id)
     lane_seconds = host.lane_seconds
     deadline = time.monotonic() + lane_seconds if lane_seconds else None
