@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 from django.db import models
 
-if TYPE_CHECKING:
-    from migrations_runner.selection import TargetSelection
+# The selection is a value object below the models (they store it as scope + filters).
+from migrations_runner.selection import Scope, TargetSelection
+
+__all__ = ["Scope"]  # re-exported: the scope is a column of executions and schedules
 
 
 class ExecutionKind(models.TextChoices):
@@ -23,14 +24,6 @@ class Purpose(models.TextChoices):
     ROLLBACK = "rollback", "Rollback"
     PROVISIONING = "provisioning", "Tenant provisioning"
     RETRY = "retry", "Retry of failed targets"
-
-
-class Scope(models.TextChoices):
-    ALL = "all", "All"
-    ADMIN = "admin", "Admin"
-    REGIONAL = "regional", "Regional (shared + analytics)"
-    TENANT = "tenant", "Tenants"
-    SINGLE = "single", "Single target"
 
 
 class Origin(models.TextChoices):
@@ -139,8 +132,6 @@ class MigrationExecution(models.Model):
     @property
     def selection(self) -> TargetSelection:
         """The scope and filters this execution was started with."""
-        from migrations_runner.selection import TargetSelection
-
         return TargetSelection.from_stored(self.scope, self.filters)
 
 
@@ -246,8 +237,6 @@ class MigrationSchedule(models.Model):
     @property
     def selection(self) -> TargetSelection:
         """The scope and filters each firing runs over."""
-        from migrations_runner.selection import TargetSelection
-
         return TargetSelection.from_stored(self.scope, self.filters)
 
 
@@ -345,6 +334,4 @@ class FingerprintScan(models.Model):
     @property
     def selection(self) -> TargetSelection:
         """The scope and filters the scan reads."""
-        from migrations_runner.selection import TargetSelection
-
         return TargetSelection.from_stored(self.scope, self.filters)

@@ -12,10 +12,21 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from connections import validators
 from migrations_runner.exceptions import InvalidSelection
-from migrations_runner.models import Scope
+
+
+class Scope(models.TextChoices):
+    """Which database types an execution reaches (narrowed by the filters)."""
+
+    ALL = "all", "All"
+    ADMIN = "admin", "Admin"
+    REGIONAL = "regional", "Regional (shared + analytics)"
+    TENANT = "tenant", "Tenants"
+    SINGLE = "single", "Single target"
+
 
 FILTER_NAMES = ("regions", "connections", "tenants")
 _VALIDATORS: dict[str, Callable[[str], None]] = {
