@@ -219,12 +219,15 @@ def digest(objects: Mapping[str, Mapping[str, Any]]) -> str:
 def _normaliser(schema: str) -> Callable[[str], str]:
     """A function that takes ``schema``'s own name out of a definition (see the module docstring)."""
     quoted = '"' + schema.replace('"', '""') + '"'
-    qualified = re.compile(rf'(?<![\w$"])(?:{re.escape(quoted)}|{re.escape(schema)})\.(?=[\w"$])')
-    bare = re.compile(rf"(?<![\w$]){re.escape(schema)}(?![\w$])")
+    patterns: list[re.Pattern[str]] = []  # compiled at the first definition that names the schema, if any does
 
     def normalise(text: str) -> str:
         if schema not in text:
             return text
+        if not patterns:
+            patterns.append(re.compile(rf'(?<![\w$"])(?:{re.escape(quoted)}|{re.escape(schema)})\.(?=[\w"$])'))
+            patterns.append(re.compile(rf"(?<![\w$]){re.escape(schema)}(?![\w$])"))
+        qualified, bare = patterns
         return bare.sub(lambda _: SCHEMA_PLACEHOLDER, qualified.sub("", text))
 
     return normalise
