@@ -225,3 +225,41 @@ def test_a_server_marked_unreachable_long_ago_is_probed_before_its_targets_fail(
     execution = services.execution_run(execution=execution)
     assert execution.status == ExecutionStatus.COMPLETED
     assert servers_unreachable() == {}
+
+
+def test_a_set_changed_on_disk_mid_run_fails_the_targets_a_lane_claims_after_its_next_check(fleet, sets_dir):
+    """A lane stats the set files when it starts and then every SETS_RECHECK_S, not per target: the targets it
+    claims after the change is seen fail with set_changed, none applies the changed script."""
+    tenant = sets_dir / "tenant"
+    for script in tenant.iterdir():
+        script.unlink()
+    (tenant / "V1__slow.sql").write_text("CREATE TABLE slow (id int);\nSELECT pg_sleep(0.2);\n")
+    result: dict[str, MigrationExecution] = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            execution=services.execution_start(
+                selection=US_TENANTS,
+                options=ExecutionOptions(batch_size=1),
+                actor="test",
+                origin=Origin.API,
+                wait=True,
+            )
+        )
+    )
+    worker.start()
+    wait_until(
+        lambda: TargetRun.objects.filter(status=TargetStatus.SUCCEEDED).exists(),
+        timeout=30,
+        message="no target finished",
+    )
+    (tenant / "V1__slow.sql").write_text("CREATE TABLE changed (id int);\n")
+    worker.join(timeout=120)
+
+    runs = list(result["execution"].targets.order_by("id"))
+    assert len(runs) == 20
+    statuses = [r.status for r in runs]
+    assert statuses[0] == TargetStatus.SUCCEEDED
+    assert statuses[-1] == TargetStatus.FAILED  # claimed seconds after the change: the lane checked again
+    first_failed = statuses.index(TargetStatus.FAILED)
+    assert set(statuses[first_failed:]) == {TargetStatus.FAILED}  # one lane: in claim order, none after succeeds
+    assert {r.error["kind"] for r in runs[first_failed:]} == {"set_changed"}
