@@ -6,10 +6,9 @@ import uuid
 
 from django.db import models
 
-# The selection is a value object below the models (they store it as scope + filters).
+# The selection is a value object below the models (they store it as scope + filters); callers that import
+# Scope from here keep doing so.
 from migrations_runner.selection import Scope, TargetSelection
-
-__all__ = ["Scope"]  # re-exported: the scope is a column of executions and schedules
 
 
 class ExecutionKind(models.TextChoices):
