@@ -14,6 +14,9 @@ Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
   counts); the 1-lane run is broken down from its own records (before the execution row, until the first claim,
   the targets' claim-to-outcome time, the lane's time between targets). Then a no-op run over the N up-to-date
   tenants, through the service and through ``run_migrations --sync`` in a fresh process;
+- no-op (``--noop-sizes``, default 10,000): N tenants whose histories are written up to date directly, a run
+  over them through the service and through ``run_migrations --sync`` (process start included), against the
+  time one connection takes to read the N histories alone;
 - queued (``--queued-sizes``): lanes as django-q2 tasks of a real ``qcluster`` with 2 and 4 workers, on the ORM
   broker over a SQLite and over a PostgreSQL control database, and on Redis (Debian's ``redis-server``), with
   ``batch_size`` and ``MIGRATION_MAX_PER_DATABASE`` twice the workers. A child process submits the execution
@@ -84,6 +87,7 @@ from bench.support import (  # noqa: E402
     SETS_DIR,
     create_database,
     drop_database,
+    history_statements,
     register_fleet,
     sets_dir,
     write_results,
@@ -374,6 +378,48 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
     return row
 
 
+def noop_section(server, n: int, work: Work) -> dict:
+    """A no-op run over N tenants whose histories say they are up to date (written directly: nothing to apply),
+    through the service and through ``run_migrations --sync`` in a fresh process, against the time reading the N
+    histories alone takes the server (one connection, the engine's bulk read: what any tool pays)."""
+    import psycopg
+
+    database = f"noop_{n}"
+    create_database(server, database)
+    slugs = [f"noop{n}x{i:05d}" for i in range(n)]
+    connection = register_fleet(
+        server=server, database=database, name=f"shared-noop-{n}", region=f"rnoop-{n}", slugs=slugs
+    )
+    scripts = [*work.tenant_set.versions, *work.tenant_set.repeatables]
+    if any(script.uses_placeholders for script in work.tenant_set.repeatables):
+        raise SystemExit("the no-op fixture records the scripts' own checksums: no repeatable may use placeholders")
+    schemas = [f"tenant_{slug}" for slug in slugs]
+    with psycopg.connect(**server.conninfo(database), autocommit=True) as conn:
+        for schema in schemas:
+            create = sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema))
+            conn.execute(sql.SQL("; ").join([create, *history_statements(schema, scripts)]))
+    started = time.perf_counter()
+    with psycopg.connect(**server.conninfo(database), autocommit=True) as conn:
+        states = history.read_states(conn, schemas)
+    read_alone = time.perf_counter() - started
+    assert all(state.has_history for state in states.values())
+    service, command = noop_runs(server, connection, database, work)  # drops the database
+    row = {
+        "tenants": n,
+        "work": work.label,
+        "noop_service_s": round(service, 3),
+        "noop_command_s": round(command, 3),
+        "histories_read_alone_s": round(read_alone, 3),
+        "goal_command_s": 3.0 if n >= 10_000 else None,
+    }
+    print(
+        f"no-op N={n:<6} ({work.label})  service {service:.2f}s  run_migrations --sync {command:.2f}s  "
+        f"(reading the {n} histories alone, one connection: {read_alone:.2f}s)",
+        flush=True,
+    )
+    return row
+
+
 # --- queued lanes -------------------------------------------------------------------------------------------------
 
 
@@ -582,6 +628,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000], help="N of the in-process runs.")
     parser.add_argument("--queued-sizes", type=int, nargs="*", default=[1000, 10000], help="N of the queued runs.")
+    parser.add_argument(
+        "--noop-sizes", type=int, nargs="*", default=[10000], help="N of the no-op runs over up-to-date tenants."
+    )
     parser.add_argument("--rounds", type=int, default=2, help="Alternating in-process rounds; the best counts.")
     parser.add_argument("--quick", action="store_true", help="One round, and only the 4-worker queued variants.")
     parser.add_argument("--small-set-from", type=int, default=5000, help="From this N on, the small tenant set.")
@@ -598,9 +647,12 @@ def main() -> None:
         "overhead_definition": OVERHEAD_DEFINITION,
         "in_process": [],
         "queued": [],
+        "noop": [],
     }
     started = time.perf_counter()
     with temporary_server() as server:
+        for n in args.noop_sizes:
+            results["noop"].append(noop_section(server, n, work_for(n, args)))
         for n in sorted(set(args.sizes) | set(args.queued_sizes)):
             work = work_for(n, args)
             results["work_by_size"][str(n)] = work.label

@@ -52,7 +52,12 @@ def fleet_migrate(data: dict) -> list[str]:
     noops = [
         f"{number(row['tenants'])} up-to-date tenants: {number(row['noop_service_s'])} s through the service, "
         f"{number(row['noop_command_s'])} s through the command"
-        for row in data["in_process"]
+        + (
+            f" (the server takes {number(row['histories_read_alone_s'])} s to read the histories alone)"
+            if "histories_read_alone_s" in row
+            else ""
+        )
+        for row in [*data.get("noop", []), *data["in_process"]]
     ]
     if noops:
         lines += ["", f"  A no-op run over {'; over '.join(noops)}."]

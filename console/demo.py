@@ -271,9 +271,8 @@ def operator_ensure(*, username: str = OPERATOR) -> tuple[User, str | None]:
 def _pending_anywhere(targets: list[Target]) -> bool:
     """Tell whether any target has a version to apply (or could not be read), from the targets' histories."""
     sets = migrations.sets_load(types={t.database_type for t in targets})
-    states = migrations.schema_states(targets)
-    plans = [migrations.target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
-    return any(plan.pending or plan.error for plan in plans)
+    plans = migrations.target_plans(targets, migrations.schema_states(targets), sets)
+    return any(plan.pending or plan.error for plan in plans.values())
 
 
 def fleet_migrate(

@@ -39,7 +39,6 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import total_ordering
 from pathlib import Path
 
 from migrations_runner.engine import sqltext
@@ -137,7 +136,6 @@ class SetValidationError(Exception):
         self.problems = problems
 
 
-@total_ordering
 @dataclass(frozen=True)
 class Version:
     """A dotted numeric version; ``Version.parse("1_01") == Version.parse("1.1")``."""
@@ -148,8 +146,18 @@ class Version:
     def parse(cls, text: str) -> Version:
         return _parse_version(text)
 
+    # All four written out (not derived by functools.total_ordering): fleets compare millions of versions.
     def __lt__(self, other: Version) -> bool:
         return self.parts < other.parts
+
+    def __le__(self, other: Version) -> bool:
+        return self.parts <= other.parts
+
+    def __gt__(self, other: Version) -> bool:
+        return self.parts > other.parts
+
+    def __ge__(self, other: Version) -> bool:
+        return self.parts >= other.parts
 
     def __str__(self) -> str:
         return ".".join(str(part) for part in self.parts)

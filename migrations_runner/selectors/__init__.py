@@ -63,6 +63,7 @@ from migrations_runner.selectors.plans import (
     plan_timestamp,
     rollback_plan,
     target_plan,
+    target_plans,
 )
 from migrations_runner.selectors.schedules import (
     schedule_executions,
@@ -154,6 +155,7 @@ __all__ = [
     "sets_load",
     "sets_read",
     "target_plan",
+    "target_plans",
     "targets_resolve",
     "tenants_with_version",
     "version_pending_count",

@@ -74,9 +74,16 @@ def execution_targets_page(
     return TargetRunsPage(runs=page.rows, count=runs.count(), next=page.next, previous=page.previous)
 
 
+_SUMMARY_FIELDS = (
+    *("connection__name", "schema_name", "database_type", "region", "phase", "status", "from_version"),
+    *("to_version", "pending_versions", "applied_versions", "error", "skip_reason", "worker"),
+)
+
+
 def execution_summary(*, execution: MigrationExecution) -> dict[str, Any]:
     """The JSON summary of an execution: status, progress and each target run."""
-    runs = execution_targets(execution=execution)
+    # Rows, not model instances: an execution over a fleet has tens of thousands of runs.
+    runs = execution.targets.order_by("phase", "id").values_list(*_SUMMARY_FIELDS)
     return {
         "id": str(execution.pk),
         "kind": execution.kind,
@@ -88,20 +95,34 @@ def execution_summary(*, execution: MigrationExecution) -> dict[str, Any]:
         "progress": asdict(execution_progress(execution=execution)),
         "targets": [
             {
-                "target": run.label,
-                "database_type": run.database_type,
-                "region": run.region,
-                "phase": run.phase,
-                "status": run.status,
-                "from_version": run.from_version or None,
-                "to_version": run.to_version or None,
-                "pending": run.pending_versions,
-                "applied": [a["version"] or a["script"] for a in run.applied_versions],
-                "error": run.error,
-                "skip_reason": run.skip_reason or None,
-                "worker": run.worker or None,
+                "target": f"{connection}/{schema}",
+                "database_type": database_type,
+                "region": region,
+                "phase": phase,
+                "status": status,
+                "from_version": from_version or None,
+                "to_version": to_version or None,
+                "pending": pending,
+                "applied": [a["version"] or a["script"] for a in applied],
+                "error": error,
+                "skip_reason": skip_reason or None,
+                "worker": worker or None,
             }
-            for run in runs
+            for (
+                connection,
+                schema,
+                database_type,
+                region,
+                phase,
+                status,
+                from_version,
+                to_version,
+                pending,
+                applied,
+                error,
+                skip_reason,
+                worker,
+            ) in runs
         ],
     }
 

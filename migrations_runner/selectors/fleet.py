@@ -21,7 +21,7 @@ from migrations_runner.engine.sets import MigrationSet, Version
 from migrations_runner.exceptions import NoTargets
 from migrations_runner.models import Scope, TargetRun, TargetStatus
 from migrations_runner.selection import TargetSelection
-from migrations_runner.selectors.plans import TargetPlan, target_plan
+from migrations_runner.selectors.plans import TargetPlan, target_plans
 from migrations_runner.selectors.sets import sets_load
 from migrations_runner.selectors.targets import SCOPE_TYPES, schema_states, targets_resolve
 
@@ -43,8 +43,8 @@ def fleet_status_live(selection: TargetSelection | None = None) -> list[TargetPl
     except NoTargets:
         return []
     sets = sets_load(strict=False)
-    states = schema_states(targets)
-    return [target_plan(t, states[t.key], sets[t.database_type]) for t in targets]
+    plans = target_plans(targets, schema_states(targets), sets)
+    return [plans[t.key] for t in targets]
 
 
 # A target's state from its latest run: ``drifted`` when it failed on drift, ``failing`` when it failed otherwise,

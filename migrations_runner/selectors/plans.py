@@ -52,9 +52,15 @@ def plan_timestamp() -> str:
 
 
 def target_plan(
-    target: Target, state: history.SchemaState | str, mset: MigrationSet, *, out_of_order: bool = False
+    target: Target,
+    state: history.SchemaState | str,
+    mset: MigrationSet,
+    *,
+    out_of_order: bool = False,
+    timestamp: str | None = None,
 ) -> TargetPlan:
-    """Describe what a run would do on one target (``out_of_order``: the run allows out-of-order versions)."""
+    """Describe what a run would do on one target (``out_of_order``: the run allows out-of-order versions;
+    ``timestamp``: the run's ``plan_timestamp()``, read once for many targets)."""
     located = TargetPlan(
         target=target.label,
         connection=target.connection_name,
@@ -65,7 +71,7 @@ def target_plan(
     )
     if isinstance(state, str):
         return replace(located, error=state)
-    context = target.placeholders(timestamp=plan_timestamp(), environment=settings.ENVIRONMENT)
+    context = target.placeholders(timestamp=timestamp or plan_timestamp(), environment=settings.ENVIRONMENT)
     pending = pending_of(state, mset, context)
     late = out_of_order_of(state, pending)
     refused = bool(late) and not (out_of_order or mset.out_of_order)
@@ -87,12 +93,54 @@ def target_plan(
     )
 
 
+def target_plans(
+    targets: Iterable[Target],
+    states: Mapping[str, history.SchemaState | str],
+    sets: Mapping[str, MigrationSet],
+    *,
+    out_of_order: bool = False,
+) -> dict[str, TargetPlan]:
+    """``target_plan`` of each target (target key -> plan), for a run starting now.
+
+    Worked out once per set and distinct history (``SchemaState.signature``) when no repeatable script of the
+    set uses placeholders, since only those make a target's plan depend on the target: a fleet of 10,000
+    up-to-date tenants is one plan, relabelled.
+    """
+    at = plan_timestamp()
+    alike: dict[tuple, TargetPlan] = {}
+    plans: dict[str, TargetPlan] = {}
+    for target in targets:
+        state, mset = states[target.key], sets[target.database_type]
+        key = None
+        if (
+            not isinstance(state, str)
+            and state.signature is not None
+            and not any(script.uses_placeholders for script in mset.repeatables)
+        ):
+            key = (target.database_type, state.exists, state.has_history, state.signature)
+        shared = alike.get(key) if key else None
+        if shared is None:
+            plans[target.key] = target_plan(target, state, mset, out_of_order=out_of_order, timestamp=at)
+            if key:
+                alike[key] = plans[target.key]
+        else:
+            plans[target.key] = replace(
+                shared,
+                target=target.label,
+                connection=target.connection_name,
+                schema=target.schema,
+                region=target.region,
+                tenant=target.tenant_slug or None,
+            )
+    return plans
+
+
 def plan(selection: TargetSelection, *, out_of_order: bool = False) -> list[TargetPlan]:
     """What a run of this selection would do per target (reads each database's history); changes nothing."""
     targets = targets_resolve(selection)
     sets = sets_load(types={t.database_type for t in targets})
-    states = schema_states(targets)
-    return [target_plan(t, states[t.key], sets[t.database_type], out_of_order=out_of_order) for t in targets]
+    plans = target_plans(targets, schema_states(targets), sets, out_of_order=out_of_order)
+    return [plans[t.key] for t in targets]
 
 
 def lint_of(sets: Mapping[str, MigrationSet], pending: Mapping[str, Iterable[str]]) -> list[dict[str, Any]]:
@@ -155,9 +203,10 @@ def plan_preview(selection: TargetSelection, *, out_of_order: bool = False) -> P
     rows = []
     by_phase: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))
     by_type_region: dict[tuple[str, str], tuple[int, int]] = defaultdict(lambda: (0, 0))
+    plans = target_plans(targets, states, sets, out_of_order=out_of_order)
     for target in sorted(targets, key=lambda t: (phase_of[t.key], t.database_type, t.region, t.label)):
         phase = phase_of[target.key]
-        row = target_plan(target, states[target.key], sets[target.database_type], out_of_order=out_of_order)
+        row = plans[target.key]
         rows.append(replace(row, phase=phase))
         busy = int(bool(row.pending))
         seen, with_work = by_phase[phase]

@@ -9,11 +9,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
+from django.conf import settings
 from django.db import connection as control_db
 from django.db.models import QuerySet
 
 from connections import selectors as registry
-from connections.models import DatabaseConnection, DatabaseType, Tenant
+from connections.models import DatabaseConnection, DatabaseType
 from migrations_runner.engine import history
 from migrations_runner.engine.targets import Target
 from migrations_runner.exceptions import NoTargets
@@ -29,19 +30,24 @@ SCOPE_TYPES = {
 }
 
 
-def _target(connection: DatabaseConnection, set_type: str, schema: str, tenant: Tenant | None = None) -> Target:
+def _target(
+    connection: DatabaseConnection, set_type: str, schema: str, *, slug: str = "", tenant_id: int | None = None
+) -> Target:
     return Target(
         connection_id=str(connection.pk),
         connection_name=connection.name,
         database_type=set_type,
         region=connection.region,
         schema=schema,
-        tenant_slug=tenant.slug if tenant else "",
-        tenant_id=tenant.pk if tenant else None,
+        tenant_slug=slug,
+        tenant_id=tenant_id,
         create_schema=schema != "public",
         database=connection.database_name,
         user=connection.username,
     )
+
+
+_TENANT_FIELDS = ("pk", "slug", "schema_name", "connection_id")
 
 
 # Parameters a filtered query of the registry holds besides the values of one IN list (its other conditions).
@@ -57,10 +63,11 @@ def _slices(values: Sequence[str], *, beside: int = 0) -> Iterator[Sequence[str]
         yield values[start : start + size]
 
 
-def _tenants_named(tenants: QuerySet[Tenant], slugs: Sequence[str], *, beside: int = 0) -> list[Tenant]:
-    """The tenants of ``tenants`` with one of ``slugs``, in slug order, looked up a slice of slugs at a time."""
-    found = [tenant for part in _slices(slugs, beside=beside) for tenant in tenants.filter(slug__in=part)]
-    return sorted(found, key=lambda tenant: tenant.slug)
+def _tenants_named(tenants: QuerySet, slugs: Sequence[str], *, beside: int = 0) -> list[tuple]:
+    """The rows (``_TENANT_FIELDS``) of ``tenants`` with one of ``slugs``, in slug order, looked up a slice of
+    slugs at a time."""
+    found = [row for part in _slices(slugs, beside=beside) for row in tenants.filter(slug__in=part)]
+    return sorted(found, key=lambda row: row[1])
 
 
 def selection_unknown(selection: TargetSelection) -> dict[str, list[str]]:
@@ -105,18 +112,21 @@ def targets_resolve(selection: TargetSelection) -> list[Target]:
         for connection in live.filter(database_type__in=[t for t in types if t != "tenant"]):
             targets.append(_target(connection, connection.database_type, connection.default_schema))
     if "tenant" in types:
-        tenant_qs = registry.tenant_list_targetable().defer("connection__password")
+        tenant_qs = registry.tenant_list_targetable()
         if selection.regions:
             tenant_qs = tenant_qs.filter(connection__region__in=selection.regions)
         if selection.connections:
             tenant_qs = tenant_qs.filter(connection__name__in=selection.connections)
+        # Rows, not model instances (a fleet has tens of thousands), and each connection once.
+        rows = tenant_qs.values_list(*_TENANT_FIELDS)
         if selection.tenants:
             beside = len(selection.regions) + len(selection.connections)
-            tenants = _tenants_named(tenant_qs, selection.tenants, beside=beside)
+            tenants = _tenants_named(rows, selection.tenants, beside=beside)
         else:
-            tenants = list(tenant_qs)
-        for tenant in tenants:
-            targets.append(_target(tenant.connection, "tenant", tenant.schema_name, tenant))
+            tenants = list(rows)
+        owners = live.in_bulk({row[3] for row in tenants})
+        for pk, slug, schema, connection_id in tenants:
+            targets.append(_target(owners[connection_id], "tenant", schema, slug=slug, tenant_id=pk))
         if not selection.tenants:
             # A dedicated tenant database that no tenant row describes still gets the tenant set.
             bare = live.filter(database_type=DatabaseType.TENANT).exclude(tenants__isnull=False)
@@ -140,8 +150,14 @@ def _read_database(connection: DatabaseConnection, schemas: list[str]) -> dict[s
         return (exc.diag.message_primary or str(exc)).strip()
 
 
+# A database with many schemas has its histories read over several connections at once (the server opens every
+# history table: that work spreads over its cores), slices of at least this many schemas, at most
+# ``MIGRATION_MAX_PER_DATABASE`` connections per database.
+_STATES_SLICE = 1000
+
+
 def schema_states(targets: list[Target]) -> dict[str, history.SchemaState | str]:
-    """Read every target's history, one connection per database, databases in parallel.
+    """Read every target's history, databases in parallel, a database's schemas in slices over a few connections.
 
     Returns target key -> state, or an error message when the database was unreachable.
     """
@@ -149,14 +165,19 @@ def schema_states(targets: list[Target]) -> dict[str, history.SchemaState | str]
     for target in targets:
         by_connection[target.connection_id].append(target)
     connections = DatabaseConnection.objects.in_bulk(list(by_connection))
+    per_database = max(1, settings.MIGRATION_MAX_PER_DATABASE)
+    slices: list[tuple[str, list[Target]]] = []
+    for connection_id, group in by_connection.items():
+        count = min(per_database, max(1, len(group) // _STATES_SLICE))
+        slices += [(connection_id, group[i::count]) for i in range(count)]
 
-    def read(connection_id: str) -> tuple[list[Target], dict[str, history.SchemaState] | str]:
-        group = by_connection[connection_id]
+    def read(part: tuple[str, list[Target]]) -> tuple[list[Target], dict[str, history.SchemaState] | str]:
+        connection_id, group = part
         return group, _read_database(connections[uuid.UUID(connection_id)], [t.schema for t in group])
 
     result: dict[str, history.SchemaState | str] = {}
-    with ThreadPoolExecutor(max_workers=min(8, len(by_connection)) or 1) as pool:
-        for group, states in pool.map(read, list(by_connection)):
+    with ThreadPoolExecutor(max_workers=min(8, len(slices)) or 1) as pool:
+        for group, states in pool.map(read, slices):
             for target in group:
                 result[target.key] = states if isinstance(states, str) else states[target.schema]
     return result

@@ -14,8 +14,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.models import DatabaseConnection
+from infra_site.bulk import bulk_insert
 from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
+from migrations_runner.engine import history
 from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
 from migrations_runner.engine.targets import Target, dependency_problems, plan_phases
 from migrations_runner.exceptions import (
@@ -58,11 +60,11 @@ def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: d
     }
     for row in rows:
         row.server = servers[row.connection_id]
-    TargetRun.objects.bulk_create(rows, batch_size=500)
-    if not rows or rows[0].pk is None:  # a backend that does not return ids
-        ids = list(execution.targets.order_by("id").values_list("id", flat=True))
-        for row, pk in zip(rows, ids, strict=True):
-            row.pk = row.id = pk
+    bulk_insert(rows)
+    ids = list(execution.targets.order_by("id").values_list("id", flat=True))
+    for row, pk in zip(rows, ids, strict=True):
+        row.pk = row.id = pk
+        row._state.adding, row._state.db = False, execution._state.db
     changed = []
     for index, deps in requires.items():
         if deps:
@@ -127,12 +129,13 @@ def _record(
     sets = selectors.sets_load(types={t.database_type for t in targets})
     plan = plan_phases(targets, settings.MIGRATION_DEPENDENCIES)
     states = selectors.schema_states(targets)
+    plans = selectors.target_plans(targets, states, sets, out_of_order=out_of_order)
     ordered = [t for phase in plan.phases for t in phase]
     phase_of = {t.key: n for n, phase in enumerate(plan.phases) for t in phase}
     wave_of: dict[str, int] = {}
     wave_plan: list[dict] = []
     if waves.enabled:
-        wave_of, wave_plan = _plan_waves(waves, targets, states, sets, phase_of)
+        wave_of, wave_plan = _plan_waves(waves, targets, states, plans, phase_of)
         # Runs are claimed in id order within a phase: canaries first, then the smallest schemas.
         position = {key: n for n, key in enumerate(wave_of)}
         ordered.sort(key=lambda t: (phase_of[t.key], position.get(t.key, -1)))
@@ -159,12 +162,7 @@ def _record(
             started_at=now,
             **(_wave_fields(waves, wave_plan) if wave_plan else {}),
         )
-        rows = [
-            _planned_run(
-                execution, t, states[t.key], sets[t.database_type], phase_of[t.key], dry_run, now, out_of_order
-            )
-            for t in ordered
-        ]
+        rows = [_planned_run(execution, t, states[t.key], plans[t.key], phase_of[t.key], dry_run, now) for t in ordered]
         if not dry_run:
             _refuse_lint_errors(sets, rows)
         for row, target in zip(rows, ordered, strict=True):
@@ -214,20 +212,21 @@ def _refuse_lint_errors(sets: dict[str, MigrationSet], rows: list[TargetRun]) ->
         )
 
 
-def _has_work(target: Target, state, mset: MigrationSet) -> bool:
+def _has_work(state, plan: selectors.TargetPlan) -> bool:
     """Whether a run would try something on the target: pending versions without drift, or unreachable now."""
-    if isinstance(state, str):
-        return True
-    plan = selectors.target_plan(target, state, mset)
-    return bool(plan.pending) and not plan.drift
+    return isinstance(state, str) or (bool(plan.pending) and not plan.drift)
 
 
 def _plan_waves(
-    options: WaveOptions, targets: list[Target], states: dict, sets: dict[str, MigrationSet], phase_of: dict[str, int]
+    options: WaveOptions,
+    targets: list[Target],
+    states: dict,
+    plans: dict[str, selectors.TargetPlan],
+    phase_of: dict[str, int],
 ) -> tuple[dict[str, int], list[dict]]:
     """Assign the tenant targets with work to waves and move each wave to a phase of its own (``phase_of`` is
     updated); return the waves by target key and the plan ``[{"wave", "phase", "size"}]``."""
-    waved = [t for t in targets if t.database_type == "tenant" and _has_work(t, states[t.key], sets["tenant"])]
+    waved = [t for t in targets if t.database_type == "tenant" and _has_work(states[t.key], plans[t.key])]
     missing = canaries_missing(options, waved)
     if missing:
         raise InvalidWaves(
@@ -262,12 +261,11 @@ def _wave_fields(options: WaveOptions, plan: list[dict]) -> dict:
 def _planned_run(
     execution: MigrationExecution,
     target: Target,
-    state,
-    mset: MigrationSet,
+    state: history.SchemaState | str,
+    plan: selectors.TargetPlan,
     phase: int,
     dry_run: bool,
     now,
-    out_of_order: bool = False,
 ) -> TargetRun:
     run = TargetRun(
         execution=execution,
@@ -284,7 +282,6 @@ def _planned_run(
             run.status, run.completed_at = TargetStatus.FAILED, now
             run.error = {"kind": "connection", "message": state}
         return run
-    plan = selectors.target_plan(target, state, mset, out_of_order=out_of_order)
     run.from_version = plan.current_version or ""
     run.pending_versions = plan.pending
     if plan.drift or plan.refusal:

@@ -54,6 +54,33 @@ def test_run_migrations_exits_1_when_a_target_failed(small_fleet, sets_dir):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_the_report_counts_the_targets_that_were_up_to_date_and_lists_the_others(small_fleet, sets_dir):
+    assert run("run_migrations", "--scope", "tenant", "--sync")[0] == 0
+    (sets_dir / "tenant" / "V90__late.sql").write_text("CREATE TABLE late (x int);\n")
+    first, second = small_fleet.tenants_in("us-east")[:2]
+    with small_fleet.connect("shared-us") as conn:
+        conn.execute(f"CREATE TABLE {first.schema_name}.late (y int)")  # V90 fails there
+
+    code, out, _ = run("run_migrations", "--scope", "tenant", "--tenant", first.slug, "--tenant", second.slug, "--sync")
+
+    assert code == 1
+    assert re.search(rf"shared-us/{first.schema_name} +failed", out)
+    assert re.search(rf"shared-us/{second.schema_name} +succeeded .*-> 90", out)
+    assert "already up to date" not in out
+
+    code, out, _ = run("run_migrations", "--scope", "tenant", "--tenant", second.slug, "--sync")
+    lines = out.strip().splitlines()
+    assert code == 0
+    assert lines[0] == "1 target(s) already up to date (-v 2 lists them)."
+    assert lines[-1].endswith("1 target(s), 1 succeeded, 0 failed, 0 skipped, 0 cancelled.")
+    assert second.schema_name not in out
+
+    code, out, _ = run("run_migrations", "--scope", "tenant", "--tenant", second.slug, "--sync", "--verbosity", "2")
+    assert re.search(rf"shared-us/{second.schema_name} +succeeded +90 -> 90", out)
+    assert "already up to date" not in out
+
+
+@pytest.mark.django_db(transaction=True)
 def test_dry_run_command_lists_pending_versions(small_fleet):
     code, out, _ = run("run_migrations", "--scope", "tenant", "--tenant", "us000", "--dry-run")
     assert code == 0

@@ -77,6 +77,11 @@ def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _untouched(target: dict) -> bool:
+    """A target run that found its target up to date: succeeded, nothing applied, no error."""
+    return target["status"] == "succeeded" and not target["applied"] and not target["error"]
+
+
 def _approval_hint(execution: MigrationExecution) -> str:
     wave = execution.approved_wave + 1
     return (
@@ -187,15 +192,17 @@ class Command(BaseCommand):
         if as_json:
             self.stdout.write(to_json(data))
         else:
-            self._report(data)
+            self._report(data, verbosity=options["verbosity"])
         if execution.waiting == Waiting.APPROVAL and not as_json:
             self.stdout.write(_approval_hint(execution))
         if data["progress"]["failed"] or execution.status == ExecutionStatus.FAILED:
             raise CommandError(f"Execution {execution.pk} {execution.status}.", returncode=1)
 
-    def _report(self, data: dict) -> None:
+    def _report(self, data: dict, *, verbosity: int = 1) -> None:
         progress = data["progress"]
-        for target in data["targets"]:
+        # A fleet's targets that were up to date are counted, not listed (-v 2 lists them).
+        quiet = [] if verbosity > 1 or data["dry_run"] else [t for t in data["targets"] if _untouched(t)]
+        for target in data["targets"] if not quiet else [t for t in data["targets"] if not _untouched(t)]:
             if data["dry_run"]:
                 pending = ", ".join(target["pending"]) or "up to date"
                 line = f"{target['target']:<50} {target['from_version'] or '-':>8}  pending: {pending}"
@@ -213,6 +220,8 @@ class Command(BaseCommand):
             if target["skip_reason"]:
                 line += f"\n    skipped: {target['skip_reason']}"
             self.stdout.write(line)
+        if quiet:
+            self.stdout.write(f"{len(quiet)} target(s) already up to date (-v 2 lists them).")
         self.stdout.write(
             f"Execution {data['id']} {data['status']}: {progress['total']} target(s), {progress['completed']} "
             f"succeeded, {progress['failed']} failed, {progress['skipped']} skipped, {progress['cancelled']} cancelled."

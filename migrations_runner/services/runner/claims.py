@@ -26,13 +26,13 @@ from migrations_runner.services.runner.control import control_retry
 from migrations_runner.services.runner.counters import outcome_count
 from migrations_runner.services.runner.halting import after_failure
 from migrations_runner.services.runner.leases import Leases
-from migrations_runner.services.runner.reachability import servers_unreachable
+from migrations_runner.services.runner.reachability import servers_to_skip
 
 logger = logging.getLogger(__name__)
 
 _CLAIM_LOCK = 0x1F0C  # PostgreSQL control database: claims are serialized so the caps hold exactly
 _local = threading.local()  # per lane thread: the registry rows of the connections its runs were on
-_statements: dict[str, str] = {}  # hot statements, composed once per process (names from the models)
+_statements: dict[str, Any] = {}  # hot statements (and the claim's column readers), composed once per process
 
 OUTCOME_FIELDS = [
     "status",
@@ -64,28 +64,9 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> TargetRun
     """Claim the next pending run of the execution's current phase within both caps and on none of the ``skip``
     servers: the run as claimed, or None when none can be. The caller's transaction holds the claim lock until it
     commits: keep what follows it short."""
-    runs, executions = _table(TargetRun), _table(MigrationExecution)
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
     now = control_db.ops.adapt_datetimefield_value(timezone.now())
-    lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
-    unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * len(skip))})" if skip else ""
-    statement = f"""
-        UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
-        WHERE id = (
-            SELECT c.id FROM {runs} c
-            WHERE c.execution_id = %s AND c.status = %s
-              AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
-              AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s) < %s
-              AND c.server NOT IN (
-                  SELECT r.server FROM {runs} r WHERE r.status = %s GROUP BY r.server HAVING count(*) >= %s
-              )
-              AND (c.retry_at IS NULL OR c.retry_at <= %s)
-              {unreachable}
-            ORDER BY c.id LIMIT 1{lock}
-        )
-        RETURNING {_claimed_columns()}
-    """  # noqa: S608 (table names come from the models, values are parameters)
     params = [
         TargetStatus.RUNNING,
         me,
@@ -102,23 +83,67 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> TargetRun
         now,
         *skip,
     ]
-    if control_db.vendor == "postgresql":
-        with control_db.cursor() as cursor:
+    with control_db.cursor() as cursor:
+        if control_db.vendor == "postgresql":
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
-    # A raw query maps the returned columns onto a TargetRun with the fields' converters: no second read.
-    claimed = list(TargetRun.objects.raw(statement, params))
-    return claimed[0] if claimed else None
+        cursor.execute(_claim_statement(len(skip)), params)
+        row = cursor.fetchone()
+    return None if row is None else _claimed_run(row)
 
 
-def _claimed_columns() -> str:
-    """What a claim returns: every column of the run, its connection's ``updated_at`` and its tenant's slug."""
-    runs = _table(TargetRun)
-    columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
-    connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
-    return f"""{columns},
-        (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id) AS connection_updated_at,
-        (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id) AS tenant_slug
-    """  # noqa: S608 (table and column names come from the models)
+def _claim_statement(skipped: int) -> str:
+    """The claim's statement for ``skipped`` unreachable servers, composed once per process and count."""
+    key = f"claim:{skipped}"
+    statement = _statements.get(key)
+    if statement is None:
+        runs, executions = _table(TargetRun), _table(MigrationExecution)
+        lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+        unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * skipped)})" if skipped else ""
+        connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
+        columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
+        statement = f"""
+            UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
+            WHERE id = (
+                SELECT c.id FROM {runs} c
+                WHERE c.execution_id = %s AND c.status = %s
+                  AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
+                  AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s) < %s
+                  AND c.server NOT IN (
+                      SELECT r.server FROM {runs} r WHERE r.status = %s GROUP BY r.server HAVING count(*) >= %s
+                  )
+                  AND (c.retry_at IS NULL OR c.retry_at <= %s)
+                  {unreachable}
+                ORDER BY c.id LIMIT 1{lock}
+            )
+            RETURNING {columns},
+                (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id),
+                (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id)
+        """  # noqa: S608 (table and column names come from the models, values are parameters)
+        _statements[key] = statement
+    return statement
+
+
+def _claimed_run(row: tuple) -> TargetRun:
+    """The TargetRun a claim's returned row describes (every column through its field's converters, as the ORM
+    reads them), with its connection's ``updated_at`` and its tenant's slug as ``connection_updated_at`` and
+    ``tenant_slug``."""
+    readers = _statements.get("readers")
+    if readers is None:
+        readers = [
+            (field.attname, [*control_db.ops.get_db_converters(col), *col.get_db_converters(control_db)], col)
+            for field in TargetRun._meta.concrete_fields
+            for col in [field.get_col(TargetRun._meta.db_table)]
+        ]
+        _statements["readers"] = readers
+    values = []
+    for (_name, converters, col), value in zip(readers, row, strict=False):
+        for converter in converters:
+            value = converter(value, col, control_db)
+        values.append(value)
+    run = TargetRun.from_db(control_db.alias, [name for name, _, _ in readers], values)
+    run.connection_updated_at = row[len(readers)]  # type: ignore[attr-defined]
+    run.tenant_slug = row[len(readers) + 1]  # type: ignore[attr-defined]
+    return run
 
 
 @control_retry
@@ -196,7 +221,7 @@ def _outcome_write(run: TargetRun, me: str) -> bool:
 
 @control_retry
 def _claim_now(execution: MigrationExecution, me: str) -> TargetRun | None:
-    skip = list(servers_unreachable())
+    skip = servers_to_skip()
     with transaction.atomic():
         return _claim(execution, me, skip)
 
@@ -206,7 +231,7 @@ def _record_and_claim_now(
     run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: str, retry_after_s: float
 ) -> TargetRun | None:
     """Record ``run``'s outcome and claim the next run in one transaction; the claimed run."""
-    skip = list(servers_unreachable()) if claim else []
+    skip = servers_to_skip() if claim else []
     with transaction.atomic():
         count = _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
         claimed = _claim(execution, me, skip) if claim else None

@@ -24,7 +24,11 @@ from migrations_runner.services.runner.counters import runs_close_pending
 from migrations_runner.services.runner.hosts import ExecutionId, LaneHost, QueueHost
 from migrations_runner.services.runner.leases import Leases, worker_name
 from migrations_runner.services.runner.phases import execution_open, phase_advance
-from migrations_runner.services.runner.reachability import server_mark_unreachable, servers_wait_for
+from migrations_runner.services.runner.reachability import (
+    lane_marks_forget,
+    server_mark_unreachable,
+    servers_wait_for,
+)
 from migrations_runner.services.runner.recovery import runs_fail_lost_if_any
 from migrations_runner.services.runner.signals import lane_waiting_say
 
@@ -67,6 +71,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
     """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left."""
     me = worker_name()
     lane_sets_fresh()
+    lane_marks_forget()
     execution = _execution_of(execution_id)
     lane_seconds = host.lane_seconds
     deadline = time.monotonic() + lane_seconds if lane_seconds else None

@@ -8,6 +8,7 @@ its pending targets once it stayed unreachable for ``MIGRATION_FLEET_DB_WAIT`` s
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -27,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 UNREACHABLE_KEY = "migrations:fleet-unreachable"  # {server: {"since": epoch seconds, "error": str}}
 PROBE_TIMEOUT_S = 2
+MARKS_RECHECK_S = 1.0  # how stale a lane's view of the marks may be when it claims (its first claim reads them)
+_local = threading.local()  # per lane thread: (read at, servers) of the marks its claims skip
 
 
 def servers_unreachable() -> dict[str, dict[str, Any]]:
@@ -34,7 +37,23 @@ def servers_unreachable() -> dict[str, dict[str, Any]]:
     return cache.get(UNREACHABLE_KEY) or {}
 
 
+def servers_to_skip() -> list[str]:
+    """The servers a lane's claims skip: the marks, read from the shared cache at most once per
+    ``MARKS_RECHECK_S`` per lane (a claim on a server marked meanwhile only gives its target back)."""
+    now = time.monotonic()
+    seen = getattr(_local, "marks", None)
+    if seen is None or now - seen[0] >= MARKS_RECHECK_S:
+        seen = _local.marks = (now, list(servers_unreachable()))
+    return seen[1]
+
+
+def lane_marks_forget() -> None:
+    """The next claim of this lane thread reads the marks afresh (a lane starts, or it changed them)."""
+    _local.marks = None
+
+
 def _store_unreachable(marks: dict[str, dict[str, Any]]) -> None:
+    lane_marks_forget()
     if marks:
         cache.set(UNREACHABLE_KEY, marks, timeout=settings.MIGRATION_FLEET_DB_WAIT + 300)
     else:
