@@ -258,6 +258,28 @@ def test_dry_run_reports_pending_versions_and_changes_nothing(fleet, sets_dir):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_each_run_depends_on_the_runs_of_the_targets_it_needs(small_fleet, settings):
+    """Runs are inserted layer by layer, so each one is stored with the ids of the runs it depends on: a tenant on
+    its region's shared database, a shared or analytics database on the admin database."""
+    execution = services.execution_start(
+        selection=TargetSelection(scope="all"), options=ExecutionOptions(dry_run=True), actor="test", origin=Origin.API
+    )
+    runs = runs_by_label(execution)
+    by_id = {run.pk: run for run in runs.values()}
+    admin = [run for run in runs.values() if run.database_type == "admin"]
+    assert len(admin) == 1
+    assert admin[0].depends_on == []
+    for run in runs.values():
+        needed = [by_id[pk] for pk in run.depends_on]
+        if run.database_type in ("shared", "analytics"):
+            assert needed == admin, run.label
+        elif run.database_type == "tenant":
+            assert [(n.database_type, n.region) for n in needed] == [("shared", run.region)], run.label
+    assert {run.phase for run in runs.values()} == {0, 1, 2}
+    assert sorted(by_id) == [run.pk for run in execution.targets.order_by("id")]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_rollback_returns_every_target_to_its_previous_version(small_fleet, sets_dir):
     tenant_versions = tenant_set(sets_dir).versions
     # Start from a tenant fleet at version 2, so the rollback has somewhere to return to.
