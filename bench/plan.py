@@ -41,9 +41,6 @@ sys.path.insert(0, str(ROOT))
 from psycopg import sql  # noqa: E402
 
 from bench.support import RESULTS_DIR, create_database, history_statements, workdir, write_results  # noqa: E402
-from migrations_runner.models import Origin  # noqa: E402
-from migrations_runner.options import ExecutionOptions  # noqa: E402
-from migrations_runner.selection import TargetSelection  # noqa: E402
 
 MODES = ("selector", "dry_run", "api")
 CONNECTION = "plan-fleet"
@@ -154,7 +151,9 @@ def measure_main(argv: list[str]) -> None:
     from rest_framework.test import APIClient
 
     from migrations_runner import selectors, services
-    from migrations_runner.models import MigrationExecution
+    from migrations_runner.models import MigrationExecution, Origin
+    from migrations_runner.options import ExecutionOptions
+    from migrations_runner.selection import TargetSelection
 
     client = APIClient()
     client.force_authenticate(User.objects.get(username=USER[0]))
@@ -188,7 +187,7 @@ def measure_main(argv: list[str]) -> None:
     tracemalloc.stop()
     rss_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.mode == "selector":
-        pending = {len(row["pending"]) for row in outcome}
+        pending = {len(row.pending) for row in outcome}
         count, extra = len(outcome), {}
     elif args.mode == "dry_run":
         pending = {len(p) for p in outcome.targets.values_list("pending_versions", flat=True).iterator()}
