@@ -47,7 +47,7 @@ def execution_targets(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
 LISTED_RUN_FIELDS = (
     *("id", "execution", "connection__name", "tenant__slug", "schema_name", "database_type", "region", "phase"),
     *("status", "from_version", "to_version", "pending_versions", "applied_versions", "attempts", "error"),
-    *("skip_reason", "worker", "started_at", "completed_at", "duration_ms"),
+    *("skip_reason", "worker", "started_at", "completed_at", "duration_ms", "lock_waits", "waiting", "retry_at"),
 )
 
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.db import connection as control_db
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from connections import services as registry
@@ -138,6 +139,22 @@ def test_cursor_and_offset_together_are_a_400(execution, api_as):
     response = api_as("migrations:read").get(targets_url(execution), {"cursor": FIRST_PAGE.encode(), "offset": 5})
     assert response.status_code == 400
     assert response.json()["details"] == {"cursor": FIRST_PAGE.encode(), "offset": "5"}
+
+
+def test_a_page_costs_the_same_queries_whatever_its_size(execution, api_as, client, make_user):
+    """Every field a page shows is read with the page (no query per run for a field left out of it)."""
+    api = api_as("migrations:read")
+    client.force_login(make_user("migrations:read"))
+    admin_page = reverse("admin:migrations_runner_migrationexecution_change", args=[execution.pk])
+    counts = {}
+    for limit in (5, 100):
+        with CaptureQueriesContext(control_db) as queries:
+            assert api.get(targets_url(execution), {"limit": limit}).status_code == 200
+        counts[limit] = len(queries.captured_queries)
+    assert counts[5] == counts[100] <= 10, counts
+    with CaptureQueriesContext(control_db) as queries:
+        assert client.get(admin_page).status_code == 200
+    assert len(queries.captured_queries) <= 25, [q["sql"][:120] for q in queries.captured_queries]
 
 
 def test_the_admin_detail_page_walks_by_cursor(execution, client, make_user):
