@@ -17,7 +17,6 @@ from connections.models import DatabaseConnection
 from infra_site.bulk import bulk_insert
 from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
-from migrations_runner.engine import history
 from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
 from migrations_runner.engine.targets import Target, dependency_problems, plan_phases
 from migrations_runner.exceptions import (
@@ -157,7 +156,7 @@ def _record(
     wave_of: dict[str, int] = {}
     wave_plan: list[dict] = []
     if waves.enabled:
-        wave_of, wave_plan = _plan_waves(waves, targets, states, plans, phase_of)
+        wave_of, wave_plan = _plan_waves(waves, targets, plans, phase_of)
         # Runs are claimed in id order within a phase: canaries first, then the smallest schemas.
         position = {key: n for n, key in enumerate(wave_of)}
         ordered.sort(key=lambda t: (phase_of[t.key], position.get(t.key, -1)))
@@ -184,7 +183,7 @@ def _record(
             started_at=now,
             **(_wave_fields(waves, wave_plan) if wave_plan else {}),
         )
-        rows = [_planned_run(execution, t, states[t.key], plans[t.key], phase_of[t.key], dry_run, now) for t in ordered]
+        rows = [_planned_run(execution, t, plans[t.key], phase_of[t.key], dry_run, now) for t in ordered]
         if not dry_run:
             _refuse_lint_errors(sets, rows)
         for row, target in zip(rows, ordered, strict=True):
@@ -234,21 +233,20 @@ def _refuse_lint_errors(sets: dict[str, MigrationSet], rows: list[TargetRun]) ->
         )
 
 
-def _has_work(state, plan: selectors.TargetPlan) -> bool:
+def _has_work(plan: selectors.TargetPlan) -> bool:
     """Whether a run would try something on the target: pending versions without drift, or unreachable now."""
-    return isinstance(state, str) or (bool(plan.pending) and not plan.drift)
+    return plan.error is not None or (bool(plan.pending) and not plan.drift)
 
 
 def _plan_waves(
     options: WaveOptions,
     targets: list[Target],
-    states: dict,
     plans: dict[str, selectors.TargetPlan],
     phase_of: dict[str, int],
 ) -> tuple[dict[str, int], list[dict]]:
     """Assign the tenant targets with work to waves and move each wave to a phase of its own (``phase_of`` is
     updated); return the waves by target key and the plan ``[{"wave", "phase", "size"}]``."""
-    waved = [t for t in targets if t.database_type == "tenant" and _has_work(states[t.key], plans[t.key])]
+    waved = [t for t in targets if t.database_type == "tenant" and _has_work(plans[t.key])]
     missing = canaries_missing(options, waved)
     if missing:
         raise InvalidWaves(
@@ -283,7 +281,6 @@ def _wave_fields(options: WaveOptions, plan: list[dict]) -> dict:
 def _planned_run(
     execution: MigrationExecution,
     target: Target,
-    state: history.SchemaState | str,
     plan: selectors.TargetPlan,
     phase: int,
     dry_run: bool,
@@ -298,11 +295,11 @@ def _planned_run(
         region=target.region,
         phase=phase,
     )
-    if isinstance(state, str):
+    if plan.error is not None:
         # Unreachable at planning time: a real run still tries (and retries) it; a dry run reports it.
         if dry_run:
             run.status, run.completed_at = TargetStatus.FAILED, now
-            run.error = {"kind": "connection", "message": state}
+            run.error = {"kind": "connection", "message": plan.error}
         return run
     run.from_version = plan.current_version or ""
     run.pending_versions = plan.pending
