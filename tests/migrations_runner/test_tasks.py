@@ -93,7 +93,7 @@ def test_submitting_queues_one_lane_task_per_lane_and_run_lane_finishes_the_exec
 
 
 def test_a_lane_past_its_time_queues_a_successor_and_hands_over(small_fleet, queue_here):
-    queue_here.MIGRATION_LANE_SECONDS = 0.001  # every lane is past its time at its first target
+    queue_here.MIGRATION_LANE_SECONDS = 1e-6  # every lane is past its time at its first target (a claim takes longer)
     execution = services.execution_start(
         selection=US_TENANTS, options=ExecutionOptions(batch_size=1), actor="test", origin=Origin.API
     )
