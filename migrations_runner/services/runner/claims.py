@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 from django.conf import settings
 from django.db import connection as control_db
 from django.db import models, transaction
@@ -23,7 +24,11 @@ from django.utils import timezone
 from connections.models import DatabaseConnection, Tenant
 from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
 from migrations_runner.services.runner.control import control_retry
-from migrations_runner.services.runner.counters import outcome_count
+from migrations_runner.services.runner.counters import (
+    outcome_count,
+    outcome_count_assignments,
+    outcome_count_params,
+)
 from migrations_runner.services.runner.halting import after_failure
 from migrations_runner.services.runner.leases import Leases
 from migrations_runner.services.runner.reachability import servers_to_skip
@@ -64,10 +69,58 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> TargetRun
     """Claim the next pending run of the execution's current phase within both caps and on none of the ``skip``
     servers: the run as claimed, or None when none can be. The caller's transaction holds the claim lock until it
     commits: keep what follows it short."""
+    with control_db.cursor() as cursor:
+        if control_db.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
+        cursor.execute(_claim_statement(len(skip)), _claim_params(execution, me, skip))
+        row = cursor.fetchone()
+    return None if row is None else _claimed_run(row)
+
+
+def _claim_statement(skipped: int) -> str:
+    """The claim's statement for ``skipped`` unreachable servers, composed once per process and count."""
+    key = f"claim:{skipped}"
+    statement = _statements.get(key)
+    if statement is None:
+        statement = _statements[key] = _claim_update(skipped, after_record=False)
+    return statement
+
+
+def _claim_update(skipped: int, *, after_record: bool) -> str:
+    """The claim's ``UPDATE ... RETURNING`` (parameters: ``_claim_params``); ``after_record``: it is a CTE of a
+    statement whose CTE ``recorded`` writes an outcome, and the run recorded there no longer counts as running."""
+    runs, executions = _table(TargetRun), _table(MigrationExecution)
+    lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+    unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * skipped)})" if skipped else ""
+    recorded = " AND r.id NOT IN (SELECT id FROM recorded)" if after_record else ""
+    connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
+    columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
+    return f"""
+        UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
+        WHERE id = (
+            SELECT c.id FROM {runs} c
+            WHERE c.execution_id = %s AND c.status = %s
+              AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
+              AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s{recorded}) < %s
+              AND c.server NOT IN (
+                  SELECT r.server FROM {runs} r WHERE r.status = %s{recorded}
+                  GROUP BY r.server HAVING count(*) >= %s
+              )
+              AND (c.retry_at IS NULL OR c.retry_at <= %s)
+              {unreachable}
+            ORDER BY c.id LIMIT 1{lock}
+        )
+        RETURNING {columns},
+            (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id) AS connection_updated_at,
+            (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id) AS tenant_slug
+    """  # noqa: S608 (table and column names come from the models, values are parameters)
+
+
+def _claim_params(execution: MigrationExecution, me: str, skip: list[str]) -> list[Any]:
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
     now = control_db.ops.adapt_datetimefield_value(timezone.now())
-    params = [
+    return [
         TargetStatus.RUNNING,
         me,
         now,
@@ -83,44 +136,6 @@ def _claim(execution: MigrationExecution, me: str, skip: list[str]) -> TargetRun
         now,
         *skip,
     ]
-    with control_db.cursor() as cursor:
-        if control_db.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_CLAIM_LOCK])
-        cursor.execute(_claim_statement(len(skip)), params)
-        row = cursor.fetchone()
-    return None if row is None else _claimed_run(row)
-
-
-def _claim_statement(skipped: int) -> str:
-    """The claim's statement for ``skipped`` unreachable servers, composed once per process and count."""
-    key = f"claim:{skipped}"
-    statement = _statements.get(key)
-    if statement is None:
-        runs, executions = _table(TargetRun), _table(MigrationExecution)
-        lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
-        unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * skipped)})" if skipped else ""
-        connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
-        columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
-        statement = f"""
-            UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
-            WHERE id = (
-                SELECT c.id FROM {runs} c
-                WHERE c.execution_id = %s AND c.status = %s
-                  AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
-                  AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s) < %s
-                  AND c.server NOT IN (
-                      SELECT r.server FROM {runs} r WHERE r.status = %s GROUP BY r.server HAVING count(*) >= %s
-                  )
-                  AND (c.retry_at IS NULL OR c.retry_at <= %s)
-                  {unreachable}
-                ORDER BY c.id LIMIT 1{lock}
-            )
-            RETURNING {columns},
-                (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id),
-                (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id)
-        """  # noqa: S608 (table and column names come from the models, values are parameters)
-        _statements[key] = statement
-    return statement
 
 
 def _claimed_run(row: tuple) -> TargetRun:
@@ -205,18 +220,110 @@ def _nothing() -> None:
     return None
 
 
+def _outcome_statement() -> tuple[list[Any], str]:
+    """The outcome fields and their ``SET`` list (parameters: ``_outcome_params``), composed once per process."""
+    composed = _statements.get("outcome-set")
+    if composed is None:
+        fields = [f for f in TargetRun._meta.concrete_fields if f.name in OUTCOME_FIELDS]
+        assignments = ", ".join(f"{control_db.ops.quote_name(f.column or f.name)} = %s" for f in fields)
+        composed = _statements["outcome-set"] = (fields, assignments)
+    return composed
+
+
+def _outcome_params(run: TargetRun, me: str) -> list[Any]:
+    fields, _ = _outcome_statement()
+    values = [f.get_db_prep_save(getattr(run, f.attname), connection=control_db) for f in fields]
+    return [*values, run.pk, me, TargetStatus.RUNNING]
+
+
 def _outcome_write(run: TargetRun, me: str) -> bool:
     """Store the outcome fields of a run this lane holds (one statement, composed once per process)."""
-    fields = [f for f in TargetRun._meta.concrete_fields if f.name in OUTCOME_FIELDS]
-    statement = _statements.get("outcome")
-    if statement is None:
-        assignments = ", ".join(f"{control_db.ops.quote_name(f.column or f.name)} = %s" for f in fields)
-        statement = f"UPDATE {_table(TargetRun)} SET {assignments} WHERE id = %s AND worker = %s AND status = %s"  # noqa: S608
-        _statements["outcome"] = statement
-    values = [f.get_db_prep_save(getattr(run, f.attname), connection=control_db) for f in fields]
+    _, assignments = _outcome_statement()
+    statement = f"UPDATE {_table(TargetRun)} SET {assignments} WHERE id = %s AND worker = %s AND status = %s"  # noqa: S608
     with control_db.cursor() as cursor:
-        cursor.execute(statement, [*values, run.pk, me, TargetStatus.RUNNING])
+        cursor.execute(statement, _outcome_params(run, me))
         return cursor.rowcount == 1
+
+
+def _at_once(run: TargetRun, *, claim: bool, give_back: str) -> bool:
+    """Whether recording ``run``'s outcome and claiming the next run can go to the control database as one
+    transaction in one round trip: on PostgreSQL, outside any caller's transaction, for an outcome that is
+    recorded (not given back) and halts nothing (a failure may halt the execution before the next claim)."""
+    return (
+        claim
+        and not give_back
+        and run.status != TargetStatus.FAILED
+        and control_db.vendor == "postgresql"
+        and not control_db.in_atomic_block
+        and control_db.get_autocommit()
+    )
+
+
+def _record_and_claim_statement(status: str, skipped: int) -> str:
+    """One transaction in one round trip: take the claim lock, then (one statement, one snapshot) write the
+    outcome, count it on the execution only when it was written, and claim the next run with the recorded run
+    no longer counted as running; commit. The lock is released by the server's commit, never after a client's
+    turn. Parameters: ``_record_and_claim_params``."""
+    key = f"record-and-claim:{status}:{skipped}"
+    statement = _statements.get(key)
+    if statement is None:
+        _, assignments = _outcome_statement()
+        runs, executions = _table(TargetRun), _table(MigrationExecution)
+        statement = f"""BEGIN;
+            SELECT pg_advisory_xact_lock(%s);
+            WITH recorded AS (
+                UPDATE {runs} SET {assignments} WHERE id = %s AND worker = %s AND status = %s RETURNING id
+            ), counted AS (
+                UPDATE {executions} SET {outcome_count_assignments(status)}
+                WHERE id = %s AND EXISTS (SELECT FROM recorded)
+            ), claimed AS ({_claim_update(skipped, after_record=True)})
+            SELECT (SELECT count(*) FROM recorded), claimed.* FROM (VALUES (0)) AS one LEFT JOIN claimed ON true;
+            COMMIT"""  # noqa: S608 (table and column names come from the models, values are parameters)
+        _statements[key] = statement
+    return statement
+
+
+def _record_and_claim_params(run: TargetRun, execution: MigrationExecution, me: str, skip: list[str]) -> list[Any]:
+    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+    return [
+        _CLAIM_LOCK,
+        *_outcome_params(run, me),
+        *outcome_count_params(run),
+        execution_key,
+        *_claim_params(execution, me, skip),
+    ]
+
+
+def _record_and_claim_at_once(
+    run: TargetRun, execution: MigrationExecution, me: str, skip: list[str]
+) -> TargetRun | None:
+    """Record ``run``'s outcome and claim the next run in one round trip (see ``_record_and_claim_statement``)."""
+    statement = _record_and_claim_statement(run.status, len(skip))
+    params = _record_and_claim_params(run, execution, me, skip)
+    try:
+        with control_db.cursor() as cursor:
+            cursor.execute(statement, params)  # every statement's result is in: an error in any raised here
+            cursor.nextset()  # past BEGIN's and the lock's results to the recording's row
+            cursor.nextset()
+            row = cursor.fetchone()
+    except BaseException:
+        _rollback_left_open()
+        raise
+    Leases.release(run_id=run.pk)
+    if not row[0]:  # recovered as lost meanwhile: that record stands
+        logger.warning("target run was recovered before its outcome was recorded", extra={"target_run": run.pk})
+    return None if row[1] is None else _claimed_run(row[1:])
+
+
+def _rollback_left_open() -> None:
+    """End the transaction a failed round trip left open on the control connection (or drop the connection)."""
+    raw = control_db.connection
+    if raw is None or raw.closed or raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        return
+    try:
+        raw.rollback()
+    except psycopg.Error:
+        control_db.close()
 
 
 @control_retry
@@ -232,6 +339,8 @@ def _record_and_claim_now(
 ) -> TargetRun | None:
     """Record ``run``'s outcome and claim the next run in one transaction; the claimed run."""
     skip = servers_to_skip() if claim else []
+    if _at_once(run, claim=claim, give_back=give_back):
+        return _record_and_claim_at_once(run, execution, me, skip)
     with transaction.atomic():
         count = _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
         claimed = _claim(execution, me, skip) if claim else None

@@ -28,27 +28,35 @@ def counter_add(*, execution_id: ExecutionId, status: str, n: int, **extra: Any)
         MigrationExecution.objects.filter(pk=execution_id).update(**changes)
 
 
-_statements: dict[str | None, str] = {}  # per counter, composed once per process (names from the models)
+_statements: dict[str, str] = {}  # per outcome status, composed once per process (names from the models)
+
+
+def outcome_count_assignments(status: str) -> str:
+    """The ``SET`` list that adds one recorded outcome of ``status`` to an execution's counters and timing and marks
+    it active; its parameters are ``outcome_count_params``."""
+    counter = control_db.ops.quote_name(COUNTER_OF[status]) if status in COUNTER_OF else None
+    count = f"{counter} = {counter} + 1, " if counter else ""
+    return f"{count}active_at = %s, run_duration_ms = run_duration_ms + %s, runs_timed = runs_timed + %s"
+
+
+def outcome_count_params(run: TargetRun) -> list[Any]:
+    """The parameters of ``outcome_count_assignments`` for ``run``'s outcome, recorded now."""
+    timed = run.status == TargetStatus.SUCCEEDED and run.duration_ms is not None
+    now = control_db.ops.adapt_datetimefield_value(timezone.now())
+    return [now, run.duration_ms if timed else 0, 1 if timed else 0]
 
 
 def outcome_count(*, execution_id: ExecutionId, run: TargetRun) -> None:
     """Add one recorded outcome to the execution's counters and timing, and mark it active (one statement run
     for every target: composed once, not through the ORM)."""
-    timed = run.status == TargetStatus.SUCCEEDED and run.duration_ms is not None
-    counter = control_db.ops.quote_name(COUNTER_OF[run.status]) if run.status in COUNTER_OF else None
-    statement = _statements.get(counter)
+    statement = _statements.get(run.status)
     if statement is None:
         table = control_db.ops.quote_name(MigrationExecution._meta.db_table)
-        count = f"{counter} = {counter} + 1, " if counter else ""
-        statement = (
-            f"UPDATE {table} SET {count}active_at = %s, "  # noqa: S608 (names come from the models)
-            "run_duration_ms = run_duration_ms + %s, runs_timed = runs_timed + %s WHERE id = %s"
-        )
-        _statements[counter] = statement
+        statement = f"UPDATE {table} SET {outcome_count_assignments(run.status)} WHERE id = %s"  # noqa: S608
+        _statements[run.status] = statement
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution_id, control_db)
-    now = control_db.ops.adapt_datetimefield_value(timezone.now())
     with control_db.cursor() as cursor:
-        cursor.execute(statement, [now, run.duration_ms if timed else 0, 1 if timed else 0, execution_key])
+        cursor.execute(statement, [*outcome_count_params(run), execution_key])
 
 
 def runs_close_pending(*, execution_id: ExecutionId, status: str, reason: str) -> int:

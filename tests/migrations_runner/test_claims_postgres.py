@@ -1,0 +1,220 @@
+"""Recording an outcome and claiming the next run in one round trip, on a PostgreSQL control database.
+
+The suite's own control database is SQLite; these run a child process on a PostgreSQL control database (the path
+lanes take in production): lanes in threads of one process, the caps observed by the target server itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import pytest
+from psycopg import sql
+
+from tests.support.postgres import REGISTRY_PASSWORD, REGISTRY_USER
+from tests.support.qcluster import ROOT, control_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+
+TENANTS = 18
+CAP = 3  # MIGRATION_MAX_PER_DATABASE
+# Each tenant's script waits a moment, then stores how many of the fleet's scripts the server was running at once.
+PROBE = (
+    "SELECT pg_sleep(0.15) AS concurrency_probe;\n"
+    "CREATE TABLE seen AS SELECT count(*) AS n FROM pg_stat_activity\n"
+    "WHERE datname = current_database() AND state = 'active' AND query LIKE '%concurrency_probe%';\n"
+)
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import django
+    django.setup()
+    from django.core.management import call_command
+    call_command("migrate", verbosity=0)
+    import psycopg
+    from django.db import DataError, connection
+    from connections import services as registry
+    from migrations_runner import services
+    from migrations_runner.models import MigrationExecution, Origin, TargetRun
+    from migrations_runner.options import ExecutionOptions
+    from migrations_runner.selection import TargetSelection
+    from migrations_runner.services.runner import claims
+
+    args = json.loads(sys.argv[1])
+    shared = registry.connection_create(
+        actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
+        host=args["host"], port=args["port"], database_name=args["database"], username=args["user"],
+        password=args["password"], ssl_mode="disable", connect_timeout=5,
+    )
+    for index in range(args["tenants"]):
+        registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
+
+    at_once = []
+    original = claims._record_and_claim_at_once
+    def counted(*a, **k):
+        at_once.append(1)
+        return original(*a, **k)
+    claims._record_and_claim_at_once = counted
+
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"), options=ExecutionOptions(batch_size=6), actor="test",
+        origin=Origin.API, wait=True,
+    )
+    execution.refresh_from_db()
+    out = {
+        "status": execution.status,
+        "succeeded": execution.targets_succeeded,
+        "failed": execution.targets_failed,
+        "runs": sorted(execution.targets.values_list("status", flat=True)),
+        "at_once": len(at_once),
+    }
+
+    # The same runs again, claimed and recorded by hand, one at a time (a batch of 1: the run recorded must not
+    # count as running when the next is claimed in the same statement).
+    TargetRun.objects.filter(execution=execution).update(status="pending", worker="", started_at=None)
+    MigrationExecution.objects.filter(pk=execution.pk).update(
+        status="in_progress", current_phase=0, targets_succeeded=0, targets_failed=0, batch_size=1
+    )
+    execution.refresh_from_db()
+
+    def counters():
+        row = MigrationExecution.objects.filter(pk=execution.pk).values("targets_succeeded").get()
+        return row["targets_succeeded"]
+
+    def finished(run):
+        run.status, run.to_version, run.duration_ms = "succeeded", "1", 5
+        return run
+
+    # 1. Recovered as lost while it ran: the recovery's record stands, nothing is counted, the next is claimed.
+    first = claims.run_claim(execution=execution, worker="me")
+    TargetRun.objects.filter(pk=first.pk).update(status="failed")
+    second = claims.run_record_and_claim(run=finished(first), execution=execution, worker="me", claim=True)
+    out["recovered"] = {
+        "first": TargetRun.objects.get(pk=first.pk).status,
+        "second": TargetRun.objects.filter(pk=second.pk).values_list("status", "worker").get(),
+        "counted": counters(),
+    }
+
+    # 2. Recorded: written, counted, and the next run claimed in the same transaction.
+    third = claims.run_record_and_claim(run=finished(second), execution=execution, worker="me", claim=True)
+    out["recorded"] = {
+        "second": TargetRun.objects.get(pk=second.pk).status,
+        "third": TargetRun.objects.filter(pk=third.pk).values_list("status", "worker").get(),
+        "counted": counters(),
+    }
+
+    # 3. A round trip that fails (a value too long for its column): nothing of it stays, the connection is usable
+    # and not left in a transaction, and the claim lock is free.
+    bad = finished(third)
+    bad.to_version = "9" * 200
+    try:
+        claims.run_record_and_claim(run=bad, execution=execution, worker="me", claim=True)
+        raised = ""
+    except DataError as exc:
+        raised = type(exc).__name__
+    idle = connection.connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    settings = connection.settings_dict
+    with psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], password=settings["PASSWORD"],
+        dbname=settings["NAME"], autocommit=True,
+    ) as other:
+        lock_free = other.execute("SELECT pg_try_advisory_lock(%s)", [claims._CLAIM_LOCK]).fetchone()[0]
+    out["failed_round_trip"] = {
+        "raised": raised,
+        "idle": idle,
+        "lock_free": lock_free,
+        "third": TargetRun.objects.filter(pk=third.pk).values_list("status", "worker").get(),
+        "running": TargetRun.objects.filter(execution=execution, status="running").count(),
+        "counted": counters(),
+        "usable": TargetRun.objects.filter(execution=execution).count(),
+    }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture
+def fleet_database(pg_server):
+    name = f"claims_{uuid.uuid4().hex[:10]}"
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(REGISTRY_USER)))
+    yield name
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def pg_control(pg_server):
+    name = f"control_{uuid.uuid4().hex[:10]}"
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield f"postgresql://{pg_server.superuser}:{pg_server.superuser_password}@{pg_server.host}:{pg_server.port}/{name}"
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def test_outcomes_and_claims_in_one_round_trip_keep_the_cap_the_counters_and_the_recovery(
+    pg_server, pg_control, fleet_database, tmp_path
+):
+    sets = tmp_path / "sets"
+    for database_type in ("admin", "shared", "analytics", "tenant"):
+        (sets / database_type).mkdir(parents=True)
+    (sets / "tenant" / "V1__probe.sql").write_text(PROBE)
+    env = control_env(
+        ADMIN_DATABASE_URL=pg_control,
+        MIGRATIONS_DIR=str(sets),
+        MIGRATION_EXECUTOR="inline",
+        MIGRATION_MAX_PER_DATABASE=str(CAP),
+    )
+    args = {
+        "host": pg_server.host,
+        "port": pg_server.port,
+        "database": fleet_database,
+        "user": REGISTRY_USER,
+        "password": REGISTRY_PASSWORD,
+        "tenants": TENANTS,
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200
+    )
+    assert child.returncode == 0, child.stderr[-4000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+
+    # Lanes recorded and claimed in one round trip, and the execution's counters say what its runs say.
+    assert out["status"] == "completed"
+    assert out["runs"] == ["succeeded"] * TENANTS
+    assert (out["succeeded"], out["failed"]) == (TENANTS, 0)
+    assert out["at_once"] >= TENANTS - 6  # each lane's first claim is alone; every later one came with an outcome
+
+    # The per-server cap held, as the target server saw it, and was reached: the lanes did run side by side.
+    with pg_server.connect(fleet_database) as conn:
+        seen = [
+            conn.execute(sql.SQL("SELECT n FROM {}.seen").format(sql.Identifier(f"tenant_t{index:03d}"))).fetchone()[0]
+            for index in range(TENANTS)
+        ]
+    assert max(seen) <= CAP
+    assert max(seen) >= 2
+
+    recovered = out["recovered"]
+    assert recovered["first"] == "failed"  # the recovery's record stands
+    assert recovered["second"] == ["running", "me"]
+    assert recovered["counted"] == 0
+
+    recorded = out["recorded"]
+    assert recorded["second"] == "succeeded"
+    assert recorded["third"] == ["running", "me"]
+    assert recorded["counted"] == 1
+
+    failed = out["failed_round_trip"]
+    assert failed["raised"] == "DataError"
+    assert failed["idle"] is True
+    assert failed["lock_free"] is True
+    assert failed["third"] == ["running", "me"]  # its outcome was not written
+    assert failed["running"] == 1  # and no other run was claimed
+    assert failed["counted"] == 1
+    assert failed["usable"] == TENANTS
