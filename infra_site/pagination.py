@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import QuerySet
 from rest_framework import pagination
@@ -96,8 +97,14 @@ def keyset_rows(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, lim
         pks += list(rest[: limit - len(pks)])
     if not cursor.forward:
         pks.reverse()
-    by_pk = queryset.in_bulk(pks) if pks else {}
+    pk_name = queryset.model._meta.pk.attname
+    by_pk = {row_value(row, pk_name): row for row in queryset.filter(pk__in=pks)} if pks else {}
     return [by_pk[pk] for pk in pks if pk in by_pk]
+
+
+def row_value(row: Any, name: str) -> Any:
+    """A field of a listed row: a model instance, or a dict of a ``values()`` queryset."""
+    return row[name] if isinstance(row, dict) else getattr(row, name)
 
 
 @dataclass(frozen=True)
@@ -119,8 +126,8 @@ def keyset_page(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, lim
     major, minor = fields
     return KeysetPage(
         rows=rows,
-        next=Cursor(True, (getattr(rows[-1], major), getattr(rows[-1], minor))) if has_next else None,
-        previous=Cursor(False, (getattr(rows[0], major), getattr(rows[0], minor))) if has_previous else None,
+        next=Cursor(True, (row_value(rows[-1], major), row_value(rows[-1], minor))) if has_next else None,
+        previous=Cursor(False, (row_value(rows[0], major), row_value(rows[0], minor))) if has_previous else None,
     )
 
 

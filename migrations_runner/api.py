@@ -126,7 +126,7 @@ class ExecutionTargetsView(generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no execution id
             return TargetRun.objects.none()
         execution = selectors.execution_get(execution_id=self.kwargs["execution_id"])
-        qs = selectors.execution_targets_listed(execution=execution)
+        qs = selectors.execution_target_rows(execution=execution)
         wanted = self.request.query_params.get("status")
         return qs.filter(status=wanted) if wanted else qs
 

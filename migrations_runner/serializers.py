@@ -288,11 +288,40 @@ class ExecutionDetailSerializer(ExecutionSerializer):
 
 
 class TargetRunSerializer(serializers.ModelSerializer):
+    """A target run, from a model instance or from a row of ``selectors.execution_target_rows`` (a page of 100
+    rows is shown without building a model instance or looking each field up through its ``source``)."""
+
     connection = serializers.CharField(source="connection.name")
     tenant = serializers.CharField(
         source="tenant.slug", default=None, allow_null=True, help_text="Null for a target that is not a tenant's."
     )
     error = RedactedJSONField(read_only=True, allow_null=True)
+
+    # Fields whose representation is the stored value itself (strings, numbers, choices, JSON lists): the rest go
+    # through their field (dates, the redacted error).
+    _AS_STORED = (serializers.CharField, serializers.IntegerField, serializers.ChoiceField, serializers.JSONField)
+    _row_plan: list[tuple[str, str, Callable[[Any], Any] | None]] | None = None
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        if not isinstance(instance, dict):
+            return super().to_representation(instance)
+        plan = self._row_plan
+        if plan is None:
+            plan = self._row_plan = [
+                (
+                    str(field.field_name),
+                    "__".join(field.source_attrs),
+                    None
+                    if isinstance(field, self._AS_STORED) and not isinstance(field, RedactedMixin)
+                    else field.to_representation,
+                )
+                for field in self._readable_fields
+            ]
+        return {
+            name: value if value is None or show is None else show(value)
+            for name, key, show in plan
+            for value in (instance[key],)
+        }
 
     class Meta:
         model = TargetRun

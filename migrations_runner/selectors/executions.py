@@ -56,6 +56,13 @@ def execution_targets_listed(*, execution: MigrationExecution) -> QuerySet[Targe
     return execution_targets(execution=execution).only(*LISTED_RUN_FIELDS)
 
 
+def execution_target_rows(*, execution: MigrationExecution) -> QuerySet:
+    """The runs of an execution as the API's pages list them, in phase order: a dict per run of the fields of
+    ``LISTED_RUN_FIELDS`` (``connection__name`` and ``tenant__slug`` among them), no model instances."""
+    fields = [name for name in LISTED_RUN_FIELDS if name != "execution"]
+    return execution.targets.order_by("phase", "id").values(*fields)
+
+
 @dataclass(frozen=True)
 class TargetRunsPage:
     runs: list[TargetRun]

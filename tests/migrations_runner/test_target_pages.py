@@ -5,12 +5,15 @@ queries read an index in order instead of sorting every row."""
 from __future__ import annotations
 
 import base64
+import json
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from django.db import connection as control_db
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from connections import services as registry
 from infra_site.pagination import FIRST_PAGE, LAST_PAGE
@@ -219,3 +222,60 @@ def test_the_execution_list_reads_an_index_in_order(execution):
     """The API orders by creation time; the admin's changelist adds the id."""
     for queryset in (selectors.execution_list()[:50], selectors.execution_list().order_by("-created_at", "-pk")[:50]):
         assert_index_order(plan(queryset), "execution_newest")
+
+
+def test_a_page_shows_its_rows_as_the_model_instances_would_show_them(pg, api_as, make_user):
+    """The API's pages are built from rows, not model instances: every field the same, the error redacted alike."""
+    from rest_framework.test import APIRequestFactory
+
+    from connections.models import Tenant
+    from migrations_runner.serializers import TargetRunSerializer
+
+    target = registry.connection_create(actor="t", verify=False, **pg.connection_values())
+    tenant = Tenant.objects.create(slug="acme", name="Acme", connection=target)
+    execution = MigrationExecution.objects.create(scope="tenant", executed_by="t")
+    now = timezone.now()
+    error = {"kind": "sql", "message": f"could not connect to {target.host}:{target.port} as {target.username}"}
+    TargetRun.objects.bulk_create(
+        [
+            TargetRun(
+                execution=execution,
+                connection=target,
+                tenant=tenant,
+                schema_name="tenant_acme",
+                database_type="tenant",
+                region="us-east",
+                status=TargetStatus.FAILED,
+                from_version="2",
+                to_version="3",
+                pending_versions=["3", "4"],
+                applied_versions=[{"version": "3", "description": "x", "duration_ms": 5}],
+                attempts=2,
+                lock_waits=1,
+                waiting="waiting for a lock",
+                retry_at=now + timedelta(seconds=30),
+                error=error,
+                worker="host:1",
+                started_at=now - timedelta(seconds=2),
+                completed_at=now,
+                duration_ms=2000,
+            ),
+            TargetRun(execution=execution, connection=target, schema_name="public", database_type="shared", phase=1),
+        ]
+    )
+    instances = list(selectors.execution_targets_listed(execution=execution))
+    rows = list(selectors.execution_target_rows(execution=execution))
+    assert [row["id"] for row in rows] == [run.pk for run in instances]
+    for user in (make_user("migrations:read"), make_user("migrations:read", "databases:read")):
+        request = APIRequestFactory().get("/")
+        request.user = user
+        from_instances = TargetRunSerializer(instances, many=True, context={"request": request}).data
+        from_rows = TargetRunSerializer(rows, many=True, context={"request": request}).data
+        assert json.loads(json.dumps(from_rows)) == json.loads(json.dumps(from_instances))
+        assert from_rows[0]["tenant"] == "acme"
+        assert from_rows[1]["tenant"] is None
+        assert from_rows[0]["retry_at"].endswith("Z")
+    reader = api_as("migrations:read")
+    shown = reader.get(targets_url(execution)).json()["results"][0]
+    assert target.host not in json.dumps(shown["error"])  # redacted for a reader without databases:read
+    assert shown["applied_versions"] == [{"version": "3", "description": "x", "duration_ms": 5}]
