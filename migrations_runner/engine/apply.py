@@ -44,6 +44,7 @@ its lease), ``internal`` (an unexpected exception outside the engine).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -276,25 +277,54 @@ def _locate_failure(conn: psycopg.Connection, spec: TargetSpec, text: str, optio
     return -1, ""
 
 
-def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> list[str]:
-    """Return the INVALID indexes of ``schema`` (only among ``names`` when given), sorted by name.
+# The INVALID indexes of a schema (%(schema)s), among %(names)s unless that is NULL. Partitioned indexes (relkind
+# ``I``) are left out: one is invalid while a partition lacks its index, a state built on purpose with
+# ``CREATE INDEX ... ON ONLY``, not the leftover of a failed build.
+_INVALID_INDEXES = """
+    SELECT c.relname
+    FROM pg_index i
+    JOIN pg_class c ON c.oid = i.indexrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s AND c.relkind = 'i' AND NOT i.indisvalid
+      AND (%(names)s::text[] IS NULL OR c.relname = ANY(%(names)s::text[]))
+"""
 
-    Partitioned indexes (relkind ``I``) are left out: one is invalid while a partition lacks its index, a state
-    built on purpose with ``CREATE INDEX ... ON ONLY``, not the leftover of a failed build.
-    """
-    rows = conn.execute(
-        """
-        SELECT c.relname
-        FROM pg_index i
-        JOIN pg_class c ON c.oid = i.indexrelid
-        JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relkind = 'i' AND NOT i.indisvalid
-          AND (%s::text[] IS NULL OR c.relname = ANY(%s::text[]))
-        ORDER BY 1
-        """,
-        [schema, names, names],
-    )
+
+def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> list[str]:
+    """Return the INVALID indexes of ``schema`` (only among ``names`` when given), sorted by name."""
+    rows = conn.execute(_INVALID_INDEXES + " ORDER BY 1", {"schema": schema, "names": names})
     return [name for (name,) in rows]
+
+
+def _session_settings_and_invalid(
+    conn: psycopg.Connection, schema: str, options: ApplyOptions, names: list[str]
+) -> list[str]:
+    """Set the session's search path and statement timeout for a script run outside a transaction, and return
+    which of ``names`` are INVALID indexes of ``schema`` (left by an interrupted build): one round trip."""
+    row = conn.execute(
+        "SELECT set_config('search_path', %(path)s, false), set_config('statement_timeout', %(timeout)s, false), "
+        f"ARRAY({_INVALID_INDEXES} ORDER BY 1)",
+        {
+            "path": sql.Identifier(schema).as_string(None) + ", public",
+            "timeout": f"{options.statement_timeout_s}s",
+            "schema": schema,
+            "names": names,
+        },
+    ).fetchone()
+    assert row is not None
+    return list(row[2])
+
+
+def _record_unless_invalid(conn: psycopg.Connection, schema: str, row: Callable[..., sql.Composed]) -> bool:
+    """Insert the history row (``row(unless=...)``) unless ``schema`` holds an INVALID index, and reset the
+    session's settings: one round trip. Whether the row was inserted."""
+    invalid = sql.SQL(_INVALID_INDEXES.replace("%(names)s", "NULL").replace("%(schema)s", "{schema}")).format(
+        schema=sql.Literal(schema)
+    )
+    cursor = conn.execute(
+        sql.SQL("{insert}; RESET search_path; RESET statement_timeout").format(insert=row(unless=invalid))
+    )
+    return cursor.rowcount == 1
 
 
 def _render(script: Script, spec: TargetSpec, context: _ScriptContext) -> str:
@@ -316,13 +346,16 @@ def _run_script(
     spec: TargetSpec,
     script: Script,
     kind: str,
-    row: Callable[[int | None], sql.Composed],
+    row: Callable[..., sql.Composed],
     options: ApplyOptions,
     around: tuple[list[Script], list[Script]] = ([], []),
+    *,
+    guarded: bool = False,
 ) -> AppliedVersion:
     """Run one script with its history row, between its ``beforeEachMigrate`` and ``afterEachMigrate``
-    callbacks (``around``): in its transaction when it is transactional. Raises _Failed / TransientError
-    (psycopg.Error outside statements)."""
+    callbacks (``around``): in its transaction when it is transactional. ``guarded``: ``row`` takes ``unless``
+    (``history.insert_row``'s), so a script run outside a transaction records its row in the round trip that
+    checks for invalid indexes. Raises _Failed / TransientError (psycopg.Error outside statements)."""
     context: _ScriptContext = {"version": str(script.version or ""), "script": script.filename}
     text = _render(script, spec, context)
     before, after = ([_render(c, spec, context) for c in group] for group in around)
@@ -365,15 +398,16 @@ def _run_script(
             raise (TransientError(error) if _is_transient(exc) else _Failed(error)) from exc
 
     statements = _statements(text, context)
-    conn.execute(
-        "SELECT set_config('search_path', %s, false), set_config('statement_timeout', %s, false)",
-        [sql.Identifier(spec.schema).as_string(None) + ", public", f"{options.statement_timeout_s}s"],
-    )
+    # An interrupted build of an index this script creates left it INVALID; IF NOT EXISTS would keep it.
+    concurrent = created_concurrent_indexes(text, spec.schema)
+    leftovers = _session_settings_and_invalid(conn, spec.schema, options, concurrent)
+    reset = False
     try:
-        for callback in before:
-            execute(callback, None)
-        # An interrupted build of an index this script creates left it INVALID; IF NOT EXISTS would keep it.
-        for name in invalid_indexes(conn, spec.schema, created_concurrent_indexes(text, spec.schema)):
+        if before:
+            for callback in before:
+                execute(callback, None)
+            leftovers = invalid_indexes(conn, spec.schema, concurrent)  # as the callbacks left them
+        for name in leftovers:
             logger.warning(
                 "dropping an invalid index left by an interrupted build",
                 extra={"target": spec.label, "index": f"{spec.schema}.{name}", **context},
@@ -382,23 +416,35 @@ def _run_script(
             applied.notes.append(f"dropped invalid index {spec.schema}.{name} left by an interrupted build")
         for index, statement in enumerate(statements):
             execute(statement, index)
-        invalid = invalid_indexes(conn, spec.schema)
-        if invalid:
-            raise _Failed(
-                TargetError(
-                    kind="invalid_index",
-                    message=f"schema {spec.schema} holds invalid index(es) after {script.filename}: "
-                    f"{', '.join(invalid)} (a concurrent build failed or was interrupted); not recorded in the "
-                    "history: drop them with DROP INDEX CONCURRENTLY and retry",
-                    **context,
+
+        def refuse_invalid(invalid: list[str]) -> None:
+            if invalid:
+                raise _Failed(
+                    TargetError(
+                        kind="invalid_index",
+                        message=f"schema {spec.schema} holds invalid index(es) after {script.filename}: "
+                        f"{', '.join(invalid)} (a concurrent build failed or was interrupted); not recorded in the "
+                        "history: drop them with DROP INDEX CONCURRENTLY and retry",
+                        **context,
+                    )
                 )
-            )
-        for callback in after:
-            execute(callback, None)
-        applied.duration_ms = int((time.perf_counter() - started) * 1000)
-        conn.execute(row(applied.duration_ms))
+
+        if after or not guarded:
+            refuse_invalid(invalid_indexes(conn, spec.schema))
+            for callback in after:
+                execute(callback, None)
+            applied.duration_ms = int((time.perf_counter() - started) * 1000)
+            conn.execute(row(applied.duration_ms))
+        else:
+            # The usual script: the check, the history row and the settings' reset in one round trip.
+            applied.duration_ms = int((time.perf_counter() - started) * 1000)
+            recorded = _record_unless_invalid(conn, spec.schema, functools.partial(row, applied.duration_ms))
+            reset = True
+            if not recorded:
+                refuse_invalid(invalid_indexes(conn, spec.schema))
+                conn.execute(row(applied.duration_ms))  # the invalid index went meanwhile
     finally:
-        if not conn.broken:
+        if not reset and not conn.broken:
             conn.execute("RESET search_path; RESET statement_timeout")
     return applied
 
@@ -668,7 +714,9 @@ def apply_target(
             kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
             checksum = script.checksum_for(spec.context)
 
-            def row(duration: int | None, script=script, kind=kind, checksum=checksum) -> sql.Composed:
+            def row(
+                duration: int | None, script=script, kind=kind, checksum=checksum, unless: sql.Composable | None = None
+            ) -> sql.Composed:
                 return history.insert_row(
                     schema=spec.schema,
                     version=str(script.version) if script.version else None,
@@ -679,9 +727,10 @@ def apply_target(
                     installed_by=options.installed_by,
                     execution_id=options.execution_id,
                     execution_time_ms=duration,
+                    unless=unless,
                 )
 
-            outcome.applied.append(_run_script(conn, spec, script, kind, row, options, around))
+            outcome.applied.append(_run_script(conn, spec, script, kind, row, options, around, guarded=True))
             if script.version:
                 state.applied[script.version] = script.checksum
                 outcome.to_version = str(state.current)

@@ -196,8 +196,10 @@ def insert_row(
     installed_by: str,
     execution_id: str | None,
     execution_time_ms: int | None = None,
+    unless: sql.Composable | None = None,
 ) -> sql.Composed:
-    """An INSERT of one history row, composed client-side with literals (no user text in SQL).
+    """An INSERT of one history row, composed client-side with literals (no user text in SQL); with ``unless``
+    (a query), the row is inserted only when that query returns no row.
 
     With ``execution_time_ms`` None the duration is the time since the transaction began.
     """
@@ -206,12 +208,9 @@ def insert_row(
         if execution_time_ms is not None
         else sql.SQL("(extract(epoch FROM clock_timestamp() - now()) * 1000)::integer")
     )
-    return sql.SQL(
-        "INSERT INTO {table} (version, description, type, script, checksum, installed_by, execution_time_ms, "
-        "success, execution_id) VALUES ({version}, {description}, {kind}, {script}, {checksum}, {installed_by}, "
-        "{duration}, true, {execution_id})"
+    values = sql.SQL(
+        "{version}, {description}, {kind}, {script}, {checksum}, {installed_by}, {duration}, true, {execution_id}"
     ).format(
-        table=table(schema),
         version=sql.Literal(version),
         description=sql.Literal(description),
         kind=sql.Literal(kind),
@@ -219,5 +218,14 @@ def insert_row(
         checksum=sql.Literal(checksum),
         installed_by=sql.Literal(installed_by),
         duration=duration,
-        execution_id=sql.SQL("{}::uuid").format(sql.Literal(execution_id)) if execution_id else sql.SQL("NULL"),
+        execution_id=sql.SQL("{}::uuid").format(sql.Literal(execution_id)) if execution_id else sql.SQL("NULL::uuid"),
     )
+    rows = (
+        sql.SQL("VALUES ({})").format(values)
+        if unless is None
+        else sql.SQL("SELECT {} WHERE NOT EXISTS ({})").format(values, unless)
+    )
+    return sql.SQL(
+        "INSERT INTO {table} (version, description, type, script, checksum, installed_by, execution_time_ms, "
+        "success, execution_id) {rows}"
+    ).format(table=table(schema), rows=rows)

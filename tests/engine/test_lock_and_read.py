@@ -160,3 +160,33 @@ def test_history_committed_while_waiting_for_the_lock_is_seen_and_not_applied_ag
     assert outcome.applied == []  # V2 was seen in the history read after the lock
     assert outcome.to_version == "2"
     source.close()
+
+
+def test_a_script_outside_a_transaction_costs_its_statements_and_two_round_trips(pg, tenant_set):
+    """Settings and the check for an interrupted build's leftovers in one round trip; the check for invalid
+    indexes, the history row and the settings' reset in another; the session left as it was."""
+    source, sent = counting_source(pg)
+    first = apply_target(source, spec("tenant_c"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+    assert first.status == "succeeded"
+    (tenant_set / "V2__idx.sql").write_text("CREATE INDEX CONCURRENTLY t_x_idx ON t (x);\n")
+    sent.clear()
+
+    outcome = apply_target(source, spec("tenant_c"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+
+    assert outcome.status == "succeeded"
+    assert [applied.version for applied in outcome.applied] == ["2"]
+    texts = [text for text, _ in sent]
+    # try-lock + history (one pipeline), settings + leftovers, the script's statement, row + reset, the unlock
+    assert round_trips(sent) == 5, texts
+    assert "set_config('search_path'" in texts[2]
+    assert "indisvalid" in texts[2]
+    assert texts[3].startswith("CREATE INDEX CONCURRENTLY")
+    assert "WHERE NOT EXISTS" in texts[4]
+    assert "RESET search_path" in texts[4]
+    conn = source.get()
+    assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"
+    assert "tenant_c" not in conn.execute("SHOW search_path").fetchone()[0]
+    with pg.connect() as observer:
+        rows = observer.execute("SELECT version FROM tenant_c.infra_schema_history ORDER BY installed_rank").fetchall()
+        assert [version for (version,) in rows] == ["1", "2"]
+    source.close()
