@@ -76,14 +76,17 @@ class Cursor:
         return cls(forward=direction == "a", key=(numbers[0], numbers[1]) if numbers else None)
 
 
-def keyset_rows(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int) -> list:
+def keyset_rows(
+    queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int, values: tuple[str, ...] = ()
+) -> list:
     """Up to ``limit`` rows of ``queryset`` on the ``cursor`` side of its key, in ``(major, minor)`` order.
 
     The keys come first, from two range reads at most (the rest of the key's major value, then the following
     ones) rather than one ``(major, minor) > (a, b)`` condition: each is a plain range of an index
     ``(..., major, minor)`` on every database, so a page deep in the list costs what the first one does. They
     read no joined table, so that even a plan made on stale statistics (a freshly planned execution) sorts
-    narrow keys and not every joined row; then the page's rows, with their joins, by primary key."""
+    narrow keys and not every joined row; then the page's rows, with their joins, by primary key: model
+    instances, or dicts of the ``values`` fields when given."""
     major, minor = fields
     op = "gt" if cursor.forward else "lt"
     order = (major, minor) if cursor.forward else (f"-{major}", f"-{minor}")
@@ -98,7 +101,10 @@ def keyset_rows(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, lim
     if not cursor.forward:
         pks.reverse()
     pk_name = queryset.model._meta.pk.attname
-    by_pk = {row_value(row, pk_name): row for row in queryset.filter(pk__in=pks)} if pks else {}
+    page = queryset.filter(pk__in=pks)
+    if values:
+        page = page.values(*dict.fromkeys((pk_name, *values)))
+    by_pk = {row_value(row, pk_name): row for row in page} if pks else {}
     return [by_pk[pk] for pk in pks if pk in by_pk]
 
 
@@ -114,9 +120,11 @@ class KeysetPage:
     previous: Cursor | None
 
 
-def keyset_page(queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int) -> KeysetPage:
+def keyset_page(
+    queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int, values: tuple[str, ...] = ()
+) -> KeysetPage:
     """The page of ``limit`` rows on the ``cursor`` side of its key, and the cursors of its neighbours."""
-    rows = keyset_rows(queryset, fields, cursor, limit + 1)
+    rows = keyset_rows(queryset, fields, cursor, limit + 1, values)
     more = len(rows) > limit
     if more:
         rows = rows[:limit] if cursor.forward else rows[1:]
@@ -148,6 +156,7 @@ class KeysetPagination(LimitOffsetPagination):
 
     cursor_query_param = "cursor"
     key_fields: tuple[str, str]
+    row_fields: tuple[str, ...] = ()  # when set, a page's rows are dicts of these fields (``values()``)
     page: KeysetPage | None = None
 
     def paginate_queryset(self, queryset, request, view=None):
@@ -160,12 +169,14 @@ class KeysetPagination(LimitOffsetPagination):
                 },
             )
         if offset:
-            return super().paginate_queryset(queryset, request, view)
+            return super().paginate_queryset(
+                queryset.values(*self.row_fields) if self.row_fields else queryset, request, view
+            )
         self.url = remove_query_param(request.build_absolute_uri(), self.offset_query_param)
         self.limit = self.get_limit(request)
         cursor = cursor_param(request, self.cursor_query_param)
         self.count = self.get_count(queryset)
-        self.page = keyset_page(queryset, self.key_fields, cursor, self.limit)
+        self.page = keyset_page(queryset, self.key_fields, cursor, self.limit, self.row_fields)
         return self.page.rows
 
     def _link(self, cursor: Cursor) -> str:

@@ -112,6 +112,7 @@ class ExecutionStatusView(APIView):
 
 class TargetRunPages(KeysetPagination):
     key_fields = ("phase", "id")
+    row_fields = selectors.LISTED_ROW_FIELDS
 
 
 class ExecutionTargetsView(generics.ListAPIView):

@@ -43,12 +43,15 @@ class RedactedMixin(serializers.Field):
     """
 
     def to_representation(self, value):
+        shown = super().to_representation(value)
+        if not shown:  # no error: nothing to redact, and no read of the registry
+            return shown
         # The root serializer's context dict, shared by every field: one read of the registry per response.
         context = cast(dict[str, Any], self.context)
         if "error_redactor" not in context:
             request = context.get("request")
             context["error_redactor"] = registry.error_redactor(user=getattr(request, "user", None))
-        return context["error_redactor"](super().to_representation(value))
+        return context["error_redactor"](shown)
 
 
 def unredacted_context() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 connect to target databases; only those read more than the control database, the cache and the sets on disk."""
 
 from migrations_runner.selectors.executions import (
+    LISTED_ROW_FIELDS,
     LISTED_RUN_FIELDS,
     ExecutionsOverview,
     Progress,
@@ -93,6 +94,7 @@ from migrations_runner.selectors.workers import (
 __all__ = [
     "FLEET_PER_PAGE",
     "FLEET_STATES",
+    "LISTED_ROW_FIELDS",
     "LISTED_RUN_FIELDS",
     "MATCH",
     "OUTLIER",

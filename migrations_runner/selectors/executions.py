@@ -56,11 +56,14 @@ def execution_targets_listed(*, execution: MigrationExecution) -> QuerySet[Targe
     return execution_targets(execution=execution).only(*LISTED_RUN_FIELDS)
 
 
-def execution_target_rows(*, execution: MigrationExecution) -> QuerySet:
-    """The runs of an execution as the API's pages list them, in phase order: a dict per run of the fields of
-    ``LISTED_RUN_FIELDS`` (``connection__name`` and ``tenant__slug`` among them), no model instances."""
-    fields = [name for name in LISTED_RUN_FIELDS if name != "execution"]
-    return execution.targets.order_by("phase", "id").values(*fields)
+# What the API's pages show of each run, read as rows (``values(*LISTED_ROW_FIELDS)``), not model instances.
+LISTED_ROW_FIELDS = tuple(name for name in LISTED_RUN_FIELDS if name != "execution")
+
+
+def execution_target_rows(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
+    """The runs of an execution in phase order, joining nothing: a page reads its keys from it, then the rows of
+    those keys as ``values(*LISTED_ROW_FIELDS)`` (the connection's name and the tenant's slug among them)."""
+    return execution.targets.order_by("phase", "id")
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ def test_a_page_shows_its_rows_as_the_model_instances_would_show_them(pg, api_as
         ]
     )
     instances = list(selectors.execution_targets_listed(execution=execution))
-    rows = list(selectors.execution_target_rows(execution=execution))
+    rows = list(selectors.execution_target_rows(execution=execution).values(*selectors.LISTED_ROW_FIELDS))
     assert [row["id"] for row in rows] == [run.pk for run in instances]
     for user in (make_user("migrations:read"), make_user("migrations:read", "databases:read")):
         request = APIRequestFactory().get("/")
@@ -279,3 +279,16 @@ def test_a_page_shows_its_rows_as_the_model_instances_would_show_them(pg, api_as
     shown = reader.get(targets_url(execution)).json()["results"][0]
     assert target.host not in json.dumps(shown["error"])  # redacted for a reader without databases:read
     assert shown["applied_versions"] == [{"version": "3", "description": "x", "duration_ms": 5}]
+
+
+def test_a_page_counts_and_keys_its_runs_without_a_join(execution, api_as):
+    """Only the page's own rows are read with their connection and tenant: the count and the keys join nothing."""
+    with CaptureQueriesContext(control_db) as queries:
+        assert api_as("migrations:read").get(targets_url(execution), {"limit": 50}).status_code == 200
+    runs = [q["sql"] for q in queries.captured_queries if '"migrations_runner_targetrun"' in q["sql"]]
+    counts = [sql for sql in runs if "COUNT(*)" in sql]
+    keys = [sql for sql in runs if 'AS "pk"' in sql]
+    assert counts
+    assert keys
+    assert not any("JOIN" in sql for sql in counts + keys), counts + keys
+    assert sum("JOIN" in sql for sql in runs) == 1  # the page's rows
