@@ -351,11 +351,14 @@ def _run_script(
     around: tuple[list[Script], list[Script]] = ([], []),
     *,
     guarded: bool = False,
+    release: _HeldLock | None = None,
 ) -> AppliedVersion:
     """Run one script with its history row, between its ``beforeEachMigrate`` and ``afterEachMigrate``
     callbacks (``around``): in its transaction when it is transactional. ``guarded``: ``row`` takes ``unless``
     (``history.insert_row``'s), so a script run outside a transaction records its row in the round trip that
-    checks for invalid indexes. Raises _Failed / TransientError (psycopg.Error outside statements)."""
+    checks for invalid indexes. ``release``: the target's last script; a transactional one releases the schema's
+    lock in its own round trip, after its COMMIT. Raises _Failed / TransientError (psycopg.Error outside
+    statements)."""
     context: _ScriptContext = {"version": str(script.version or ""), "script": script.filename}
     text = _render(script, spec, context)
     before, after = ([_render(c, spec, context) for c in group] for group in around)
@@ -371,10 +374,13 @@ def _run_script(
                 *(sql.SQL(part) for part in (*before, text, *after)),
                 row(None),
                 sql.SQL("COMMIT"),
+                *([release.release_statement()] if release is not None else []),
             ]
         )
         try:
             conn.execute(body)
+            if release is not None:
+                release.held = False
         except psycopg.Error as exc:
             if not conn.broken:
                 conn.execute("ROLLBACK")
@@ -512,7 +518,21 @@ def _stop_point(options: ApplyOptions, script: Script) -> None:
         raise _Failed(TargetError(kind="cancelled", message="cancelled before " + script.filename))
 
 
-_Work = Callable[[psycopg.Connection, history.SchemaState, TargetOutcome], None]
+@dataclass
+class _HeldLock:
+    """The schema's migration lock an attempt holds; ``held`` turns False when a script's round trip released it."""
+
+    schema: str
+    held: bool = True
+
+    def release_statement(self) -> sql.Composed:
+        """The unlock, to end a script's round trip after its COMMIT (it runs only when everything before did)."""
+        return sql.SQL("SELECT pg_advisory_unlock({}, hashtext({}))").format(
+            sql.Literal(LOCK_NAMESPACE), sql.Literal(self.schema)
+        )
+
+
+_Work = Callable[[psycopg.Connection, history.SchemaState, TargetOutcome, _HeldLock], None]
 
 
 def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work: _Work) -> TargetOutcome:
@@ -534,14 +554,16 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
             conn = source.get()
             state = _lock_and_read(conn, spec.schema, options)
             outcome.reached = True
+            lock = _HeldLock(spec.schema)
             try:
                 if not state_read:
                     outcome.from_version, state_read = str(state.current or ""), True
                 outcome.to_version = str(state.current or "")
-                work(conn, state, outcome)
+                work(conn, state, outcome, lock)
             finally:
                 try:
-                    _unlock(conn, spec.schema)
+                    if lock.held:
+                        _unlock(conn, spec.schema)
                 except psycopg.Error:
                     source.discard()
         except _Failed as exc:
@@ -694,7 +716,7 @@ def apply_target(
             _run_callback(conn, spec, callback, options)
             outcome.callbacks.append(f"{event}: {callback.filename}")
 
-    def migrate(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+    def migrate(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome, lock: _HeldLock) -> None:
         drift = drift_of(state, mset)
         if drift:
             raise _Failed(TargetError(kind="drift", message="Drift: " + "; ".join(drift)))
@@ -709,6 +731,7 @@ def apply_target(
         if not state.has_history:
             history.ensure(conn, spec.schema, create_schema=spec.create_schema)
         callbacks(conn, "beforeMigrate", outcome)
+        last = pending[-1] if pending and not mset.callbacks_for("afterMigrate") else None
         for script in pending:
             _stop_point(options, script)
             kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
@@ -730,7 +753,10 @@ def apply_target(
                     unless=unless,
                 )
 
-            outcome.applied.append(_run_script(conn, spec, script, kind, row, options, around, guarded=True))
+            release = lock if script is last else None  # nothing runs after it under the lock
+            outcome.applied.append(
+                _run_script(conn, spec, script, kind, row, options, around, guarded=True, release=release)
+            )
             if script.version:
                 state.applied[script.version] = script.checksum
                 outcome.to_version = str(state.current)
@@ -738,9 +764,9 @@ def apply_target(
                 state.repeatables[script.filename] = checksum
         callbacks(conn, "afterMigrate", outcome)
 
-    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome, lock: _HeldLock) -> None:
         try:
-            migrate(conn, state, outcome)
+            migrate(conn, state, outcome, lock)
         except _Failed as exc:
             if exc.error.kind != "cancelled" and mset.callbacks_for("afterMigrateError"):
                 _after_error(conn, spec, mset, options, outcome)
@@ -777,7 +803,7 @@ def undo_target(
     was never run by this engine, so undoing a version under it would leave the schema in no known state.
     """
 
-    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome) -> None:
+    def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome, _lock: _HeldLock) -> None:
         below = sorted(v for v in versions if v in state.applied and state.below_baseline(v))
         if below:
             raise _Failed(

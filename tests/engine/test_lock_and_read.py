@@ -190,3 +190,31 @@ def test_a_script_outside_a_transaction_costs_its_statements_and_two_round_trips
         rows = observer.execute("SELECT version FROM tenant_c.infra_schema_history ORDER BY installed_rank").fetchall()
         assert [version for (version,) in rows] == ["1", "2"]
     source.close()
+
+
+def test_the_last_script_releases_the_lock_in_its_own_round_trip_and_a_failed_one_leaves_it_to_the_engine(
+    pg, tenant_set
+):
+    source, sent = counting_source(pg)
+    assert apply_target(
+        source, spec("tenant_d"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t")
+    ).status == ("succeeded")
+    (tenant_set / "V2__more.sql").write_text("CREATE TABLE u (x int);\n")
+    sent.clear()
+
+    outcome = apply_target(source, spec("tenant_d"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+
+    assert outcome.status == "succeeded"
+    texts = [text for text, _ in sent]
+    assert round_trips(sent) == 2, texts  # try-lock + history, then the version with its row, COMMIT and unlock
+    assert texts[-1].rstrip().endswith(f"pg_advisory_unlock({LOCK_NAMESPACE}, hashtext('tenant_d'))")
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0
+
+    (tenant_set / "V3__broken.sql").write_text("CREATE TABLE u (x int);\n")  # u exists: the script fails
+    failed = apply_target(source, spec("tenant_d"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+    assert failed.status == "failed"
+    assert failed.error.sqlstate == "42P07"
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0  # released by the engine after the script's round trip stopped short
+    source.close()
