@@ -2,8 +2,10 @@
 
 A lane claims the next pending target run of the execution's current phase with one conditional statement
 (respecting the batch size and ``MIGRATION_MAX_PER_DATABASE`` across all executions), and records a run's
-outcome and claims the next one in the same transaction. Each step is retried while the control database is
-unreachable.
+outcome and claims the next one in the same transaction. On PostgreSQL that transaction is one round trip for
+the usual outcome: the claim lock, then one statement that writes the outcome, counts it and claims, then the
+commit, so the lock serialising claims is held for the server's work alone. Each step is retried while the
+control database is unreachable.
 """
 
 from __future__ import annotations
