@@ -35,8 +35,9 @@ From ``--small-set-from`` tenants on (default 5,000), every side applies only th
 Overhead per target (queued), as in the earlier figures: ``(queued_s - raw_pool4_s) * min(workers, 4) / N`` in
 milliseconds, what each of the parallel lanes spends per target beyond the raw pool's work.
 
-``--quick``: one round, and only the 4-worker queued variants. Databases are dropped after each measurement; the
-embedded server, clusters, Redis and the work directory (control databases, scripts, logs) go at the end.
+``--quick``: only the 4-worker queued variants, and one round unless ``--rounds`` says otherwise. Databases are
+dropped after each measurement; the embedded server, clusters, Redis and the work directory (control databases,
+scripts, logs) go at the end.
 Prints the figures and writes them to ``bench/results/fleet_migrate.json``.
 """
 
@@ -631,13 +632,17 @@ def main() -> None:
     parser.add_argument(
         "--noop-sizes", type=int, nargs="*", default=[10000], help="N of the no-op runs over up-to-date tenants."
     )
-    parser.add_argument("--rounds", type=int, default=2, help="Alternating in-process rounds; the best counts.")
-    parser.add_argument("--quick", action="store_true", help="One round, and only the 4-worker queued variants.")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="Alternating in-process rounds; the best counts (default 2)."
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="Only the 4-worker queued variants, and one round unless --rounds."
+    )
     parser.add_argument("--small-set-from", type=int, default=5000, help="From this N on, the small tenant set.")
     parser.add_argument("--small-set-versions", type=int, default=3, help="Versions of the small tenant set.")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "fleet_migrate.json")
     args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
+    rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
     call_command("migrate", verbosity=0)
     results = {
         "machine": {"cpus": os.cpu_count()},
