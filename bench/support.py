@@ -135,14 +135,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def code_state() -> dict:
-    """The commit measured, and how many files of the working tree differed from it (read-only git)."""
+    """The commit measured, and how many tracked files of the working tree differed from it (read-only git): the
+    results files that earlier benchmarks of the same run wrote, and untracked files, are not code changes."""
     import subprocess
 
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else ""
 
-    return {"commit": git("rev-parse", "HEAD"), "changed_files": len(git("status", "--porcelain").splitlines())}
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
+    return {"commit": git("rev-parse", "HEAD"), "changed_files": len(changed.splitlines())}
 
 
 def write_results(path: Path, data: dict) -> None:
