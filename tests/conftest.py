@@ -55,6 +55,20 @@ def pg(pg_server: PgServer) -> Iterator[PgDatabase]:
 
 
 @pytest.fixture
+def pg_control(pg_server: PgServer) -> Iterator[str]:
+    """A fresh PostgreSQL control database on the session's server, as an ``ADMIN_DATABASE_URL`` for a child
+    process; dropped after the test."""
+    from psycopg import sql
+
+    name = f"control_{uuid.uuid4().hex[:10]}"
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield f"postgresql://{pg_server.superuser}:{pg_server.superuser_password}@{pg_server.host}:{pg_server.port}/{name}"
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
 def closed_port() -> int:
     """A TCP port on 127.0.0.1 where nothing listens."""
     with socket.socket() as sock:

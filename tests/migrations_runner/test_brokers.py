@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 
 import pytest
 from psycopg import sql
@@ -71,17 +70,6 @@ def run_on_two_clusters(env: dict, pg_server) -> None:
         with pg_server.connect() as conn:
             for database in databases.values():
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-
-
-@pytest.fixture
-def pg_control(pg_server):
-    """A fresh PostgreSQL control database URL."""
-    name = f"control_{uuid.uuid4().hex[:10]}"
-    with pg_server.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield f"postgresql://{pg_server.superuser}:{pg_server.superuser_password}@{pg_server.host}:{pg_server.port}/{name}"
-    with pg_server.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def test_two_clusters_share_the_orm_broker_on_a_postgresql_control_database(pg_server, pg_control, sets_dir):

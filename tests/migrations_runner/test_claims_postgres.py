@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from tests.support.postgres import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.support.qcluster import ROOT, control_env
+from tests.support.qcluster import FLEET_CHILD_PREAMBLE, ROOT, control_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
@@ -29,30 +29,15 @@ PROBE = (
     "WHERE datname = current_database() AND state = 'active' AND query LIKE '%concurrency_probe%';\n"
 )
 
-CHILD = textwrap.dedent(
+CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
     """
-    import json, sys
-    import django
-    django.setup()
-    from django.core.management import call_command
-    call_command("migrate", verbosity=0)
     import psycopg
     from django.db import DataError, connection
-    from connections import services as registry
     from migrations_runner import services
     from migrations_runner.models import MigrationExecution, Origin, TargetRun
     from migrations_runner.options import ExecutionOptions
     from migrations_runner.selection import TargetSelection
     from migrations_runner.services.runner import claims
-
-    args = json.loads(sys.argv[1])
-    shared = registry.connection_create(
-        actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
-        host=args["host"], port=args["port"], database_name=args["database"], username=args["user"],
-        password=args["password"], ssl_mode="disable", connect_timeout=5,
-    )
-    for index in range(args["tenants"]):
-        registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
 
     at_once = []
     original = claims._record_and_claim_at_once
@@ -144,16 +129,6 @@ def fleet_database(pg_server):
     with pg_server.connect() as conn:
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name), sql.Identifier(REGISTRY_USER)))
     yield name
-    with pg_server.connect() as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def pg_control(pg_server):
-    name = f"control_{uuid.uuid4().hex[:10]}"
-    with pg_server.connect() as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield f"postgresql://{pg_server.superuser}:{pg_server.superuser_password}@{pg_server.host}:{pg_server.port}/{name}"
     with pg_server.connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 

@@ -18,33 +18,19 @@ from psycopg import sql
 
 from infra_site.embedded_postgres import EmbeddedPostgres
 from tests.support.postgres import REGISTRY_PASSWORD, REGISTRY_USER
-from tests.support.qcluster import ROOT, Cluster, control_env
+from tests.support.qcluster import FLEET_CHILD_PREAMBLE, ROOT, Cluster, control_env
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.timeout(300)]
 
 TENANTS = 40
 
-SETUP = textwrap.dedent(
+SETUP = FLEET_CHILD_PREAMBLE + textwrap.dedent(
     """
-    import json, sys
-    import django
-    django.setup()
-    from django.core.management import call_command
-    call_command("migrate", verbosity=0)
-    from connections import services as registry
     from migrations_runner import services
     from migrations_runner.models import Origin
     from migrations_runner.options import ExecutionOptions
     from migrations_runner.selection import TargetSelection
-    args = json.loads(sys.argv[1])
-    shared = registry.connection_create(
-        actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
-        host=args["host"], port=args["port"], database_name=args["database"], username=args["user"],
-        password=args["password"], ssl_mode="disable", connect_timeout=5,
-    )
-    for index in range(args["tenants"]):
-        registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
     execution = services.execution_start(
         selection=TargetSelection(scope="tenant"), options=ExecutionOptions(batch_size=4), actor="test",
         origin=Origin.API,

@@ -22,6 +22,26 @@ from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The start of a child script (``python -c``) on the control database of its environment: Django set up and the
+# control database migrated, then a shared database ``shared-us`` registered with ``args["tenants"]`` tenants
+# t000, t001... from the JSON of its first argument (host, port, database, user, password, tenants).
+FLEET_CHILD_PREAMBLE = """
+import json, sys
+import django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+from connections import services as registry
+args = json.loads(sys.argv[1])
+shared = registry.connection_create(
+    actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
+    host=args["host"], port=args["port"], database_name=args["database"], username=args["user"],
+    password=args["password"], ssl_mode="disable", connect_timeout=5,
+)
+for index in range(args["tenants"]):
+    registry.tenant_create(slug=f"t{index:03d}", name=f"T {index}", connection=shared, actor="test")
+"""
+
 
 def control_env(**overrides: str) -> dict[str, str]:
     """The environment of a child process that shares this test's control database and settings."""
