@@ -290,6 +290,10 @@ _INVALID_INDEXES = """
 """
 
 
+# The same, of every name, for a statement composed client-side (``{schema}``: a literal).
+_INVALID_INDEXES_OF = sql.SQL(_INVALID_INDEXES.replace("%(names)s", "NULL").replace("%(schema)s", "{schema}"))
+
+
 def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> list[str]:
     """Return the INVALID indexes of ``schema`` (only among ``names`` when given), sorted by name."""
     rows = conn.execute(_INVALID_INDEXES + " ORDER BY 1", {"schema": schema, "names": names})
@@ -318,9 +322,7 @@ def _session_settings_and_invalid(
 def _record_unless_invalid(conn: psycopg.Connection, schema: str, row: Callable[..., sql.Composed]) -> bool:
     """Insert the history row (``row(unless=...)``) unless ``schema`` holds an INVALID index, and reset the
     session's settings: one round trip. Whether the row was inserted."""
-    invalid = sql.SQL(_INVALID_INDEXES.replace("%(names)s", "NULL").replace("%(schema)s", "{schema}")).format(
-        schema=sql.Literal(schema)
-    )
+    invalid = _INVALID_INDEXES_OF.format(schema=sql.Literal(schema))
     cursor = conn.execute(
         sql.SQL("{insert}; RESET search_path; RESET statement_timeout").format(insert=row(unless=invalid))
     )

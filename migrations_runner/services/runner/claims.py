@@ -240,8 +240,11 @@ def _outcome_params(run: TargetRun, me: str) -> list[Any]:
 
 def _outcome_write(run: TargetRun, me: str) -> bool:
     """Store the outcome fields of a run this lane holds (one statement, composed once per process)."""
-    _, assignments = _outcome_statement()
-    statement = f"UPDATE {_table(TargetRun)} SET {assignments} WHERE id = %s AND worker = %s AND status = %s"  # noqa: S608
+    statement = _statements.get("outcome")
+    if statement is None:
+        _, assignments = _outcome_statement()
+        statement = f"UPDATE {_table(TargetRun)} SET {assignments} WHERE id = %s AND worker = %s AND status = %s"  # noqa: S608
+        _statements["outcome"] = statement
     with control_db.cursor() as cursor:
         cursor.execute(statement, _outcome_params(run, me))
         return cursor.rowcount == 1
