@@ -9,12 +9,14 @@ the model's metadata, quoted by the backend; values are parameters.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from operator import attrgetter
 from typing import Any
 
 from django.db import connections, router
 from django.db.models import Model
-from django.db.models.fields import AutoFieldMixin
+from django.db.models.fields import AutoFieldMixin, DateField, DateTimeField, Field
 
 BATCH = 1000
 
@@ -41,21 +43,55 @@ def bulk_insert(objs: Sequence[Model], *, batch_size: int = BATCH) -> None:
         ", ".join(quote(f.column or f.name) for f in fields),
         ", ".join(["%s"] * len(fields)),
     )
-    prepared: list[dict[Any, Any]] = [{} for _ in fields]
-
-    def value(index: int, obj: Model) -> Any:
-        field = fields[index]
-        raw = field.pre_save(obj, True)
-        try:
-            return prepared[index][raw]
-        except KeyError:
-            result = prepared[index][raw] = field.get_db_prep_save(raw, connection)
-            return result
-        except TypeError:  # unhashable (a JSON list or dict): prepared each time
-            return field.get_db_prep_save(raw, connection)
-
-    columns = range(len(fields))
+    readers = [_reader(field) for field in fields]
+    prepared = [_Prepared(partial(field.get_db_prep_save, connection=connection)) for field in fields]
     with connection.cursor() as cursor:
         for start in range(0, len(objs), batch_size):
             batch = objs[start : start + batch_size]
-            cursor.executemany(statement, [tuple(value(i, obj) for i in columns) for obj in batch])
+            columns = [prepared[i].column(map(readers[i], batch)) for i in range(len(fields))]
+            cursor.executemany(statement, list(zip(*columns, strict=True)))
+
+
+class _Prepared(dict):
+    """A column's values prepared for the database, each distinct hashable value once (``__missing__``)."""
+
+    def __init__(self, prepare: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.prepare = prepare
+
+    def __missing__(self, raw: Any) -> Any:
+        result = self[raw] = self.prepare(raw)
+        return result
+
+    def column(self, raws: Iterable[Any]) -> list[Any]:
+        values = list(raws)
+        try:
+            return list(map(self.__getitem__, values))
+        except TypeError:  # unhashable values: JSON lists or dicts
+            return [self._unhashable(raw) for raw in values]
+
+    def _unhashable(self, raw: Any) -> Any:
+        """A JSON list or dict is prepared once per distinct ``repr``: exact for JSON's values (``1``, ``1.0``,
+        ``True`` and ``"1"`` differ), so equal reprs encode alike; any other value is prepared each time."""
+        if type(raw) not in (list, dict):
+            return self.prepare(raw)
+        key = (type(raw), repr(raw))
+        if key not in self:  # not self[key]: __missing__ would prepare the key
+            self[key] = self.prepare(raw)
+        return self[key]
+
+
+# Fields whose ``pre_save`` on insert only reads the attribute (a date without auto_now/auto_now_add too).
+_PLAIN_PRE_SAVE = {Field.pre_save, DateField.pre_save, DateTimeField.pre_save}
+
+
+def _reader(field: Field) -> Callable[[Model], Any]:
+    """How to read a field's value to insert: the attribute itself, unless ``pre_save`` computes it."""
+    computes = getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+    if type(field).pre_save in _PLAIN_PRE_SAVE and not computes:
+        return attrgetter(field.attname)
+    return partial(_pre_save, field)
+
+
+def _pre_save(field: Field, obj: Model) -> Any:
+    return field.pre_save(obj, True)

@@ -36,9 +36,27 @@ def application_errors() -> Iterator[None]:
         raise CommandError("\n".join([exc.message, *lines])) from exc
 
 
+_ONE_LINE = DjangoJSONEncoder(separators=(", ", ": "))  # no indent: the C encoder writes it
+
+
 def to_json(data: Any) -> str:
-    """Return ``data`` as indented JSON (UUIDs, datetimes and decimals included)."""
-    return json.dumps(data, indent=2, cls=DjangoJSONEncoder)
+    """Return ``data`` as indented JSON (UUIDs, datetimes and decimals included).
+
+    A list of objects at the top level of an object (an execution's target runs) has one object per line: as
+    readable as indented objects for a long list, easy to ``grep``, and written by the C encoder (indenting is
+    pure Python: seconds for 10,000 runs)."""
+    if not isinstance(data, dict):
+        return json.dumps(data, indent=2, cls=DjangoJSONEncoder)
+    members = []
+    for key, value in data.items():
+        name = json.dumps(str(key))
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            items = ",\n".join("    " + _ONE_LINE.encode(item) for item in value)
+            members.append(f"  {name}: [\n{items}\n  ]")
+        else:
+            # Strings hold no raw newline in JSON: every newline is indentation, shifted one level.
+            members.append(f"  {name}: " + json.dumps(value, indent=2, cls=DjangoJSONEncoder).replace("\n", "\n  "))
+    return "{\n" + ",\n".join(members) + "\n}" if members else "{}"
 
 
 class ProgressBar:

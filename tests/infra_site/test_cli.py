@@ -10,6 +10,7 @@ from io import StringIO
 
 import pytest
 from django.core.management.base import CommandError, OutputWrapper
+from django.core.serializers.json import DjangoJSONEncoder
 
 from infra_site.cli import ProgressBar, application_errors, to_json
 from infra_site.errors import Conflict
@@ -68,3 +69,25 @@ def test_application_errors_become_command_errors_with_their_details():
 def test_other_errors_pass_through_application_errors():
     with pytest.raises(KeyError), application_errors():
         raise KeyError("not an application error")
+
+
+def test_to_json_writes_a_list_of_objects_one_object_per_line_and_the_rest_indented():
+    data = {
+        "id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "progress": {"total": 2, "nested": {"deep": [1, 2]}},
+        "targets": [{"target": "a/s1", "error": None, "at": datetime(2024, 1, 2, tzinfo=UTC)}, {"target": "b/s2"}],
+        "empty": [],
+        "words": ["x", "y"],
+        "text": "line\nbreak",
+    }
+    text = to_json(data)
+    assert json.loads(text) == json.loads(json.dumps(data, cls=DjangoJSONEncoder))
+    lines = text.splitlines()
+    assert '    {"target": "a/s1", "error": null, "at": "2024-01-02T00:00:00Z"},' in lines
+    assert '    {"target": "b/s2"}' in lines
+    assert '  "progress": {' in lines
+    assert '    "nested": {' in lines
+    assert '      "deep": [' in lines
+    assert '  "text": "line\\nbreak"' in lines
+    assert to_json({}) == "{}"
+    assert json.loads(to_json([{"a": 1}])) == [{"a": 1}]

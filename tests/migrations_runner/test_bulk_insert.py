@@ -74,3 +74,17 @@ def test_a_model_with_a_uuid_key_keeps_its_keys_and_auto_now_add_is_set():
         assert isinstance(execution.pk, uuid.UUID)
         assert stored[execution.pk].metadata == execution.metadata
         assert stored[execution.pk].created_at >= before - dt.timedelta(seconds=1)
+
+
+def test_json_values_that_compare_equal_but_encode_differently_are_stored_each_as_itself(registered):
+    connection = registered["listed-eu"]
+    values = [[1], [True], [1.0], ["1"], [], {"n": 1}, {"n": True}, {"n": None}, {"n": 1}, [[1]], [[True]]]
+    ours = MigrationExecution.objects.create(scope="tenant", executed_by="t")
+    runs = [
+        TargetRun(execution=ours, connection=connection, schema_name=f"s{n}", database_type="tenant", error=value)
+        for n, value in enumerate(values)
+    ]
+    with transaction.atomic():
+        bulk_insert(runs)
+    stored = [r.error for r in ours.targets.order_by("id")]
+    assert [repr(v) for v in stored] == [repr(v) for v in values]
