@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -41,8 +42,9 @@ SCHEMA_PLACEHOLDER = "${schema}"
 IGNORED_TABLES = (history.TABLE, "flyway_schema_history")
 
 # The catalog objects of the schemas named by %(schemas)s: one row per schema that exists, with its objects as
-# one JSON document. Relations, functions and types are found through their dependency on the schema
-# (pg_depend's index), indexes, constraints and triggers through their table.
+# one JSON document (json, not jsonb: the keys are unique and the hash sorts them, and jsonb costs more to build).
+# Relations, functions and types are found through their dependency on the schema (pg_depend's index), indexes,
+# constraints and triggers through their table.
 CATALOG_QUERY = """
 WITH ns AS (
     SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(%(schemas)s::text[])
@@ -62,7 +64,7 @@ WITH ns AS (
 ), tables AS (
     SELECT * FROM rels WHERE relkind IN ('r', 'p', 'f')
 ), objects AS (
-    SELECT t.nsp, 'table:' || t.relname AS key, jsonb_build_object(
+    SELECT t.nsp, 'table:' || t.relname AS key, json_build_object(
         'kind', CASE t.relkind WHEN 'p' THEN 'partitioned table' WHEN 'f' THEN 'foreign table' ELSE 'table' END,
         'unlogged', t.relpersistence = 'u',
         'row_security', CASE WHEN t.relforcerowsecurity THEN 'forced' WHEN t.relrowsecurity THEN 'enabled' END,
@@ -76,7 +78,7 @@ WITH ns AS (
     ) AS value
     FROM tables t
     UNION ALL
-    SELECT t.nsp, 'column:' || t.relname || '.' || a.attname, jsonb_build_object(
+    SELECT t.nsp, 'column:' || t.relname || '.' || a.attname, json_build_object(
         'type', format_type(a.atttypid, a.atttypmod),
         'nullable', NOT a.attnotnull,
         'default', CASE WHEN a.attgenerated = '' THEN pg_get_expr(ad.adbin, ad.adrelid) END,
@@ -90,7 +92,7 @@ WITH ns AS (
     JOIN pg_type ty ON ty.oid = a.atttypid
     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
     UNION ALL
-    SELECT t.nsp, 'index:' || ic.relname, jsonb_build_object(
+    SELECT t.nsp, 'index:' || ic.relname, json_build_object(
         'table', t.relname, 'definition', pg_get_indexdef(i.indexrelid), 'valid', i.indisvalid
     )
     FROM tables t
@@ -101,7 +103,7 @@ WITH ns AS (
         WHERE k.conrelid = t.oid AND k.conindid = i.indexrelid AND k.contype IN ('p', 'u', 'x')
     )
     UNION ALL
-    SELECT t.nsp, 'constraint:' || t.relname || '.' || k.conname, jsonb_build_object(
+    SELECT t.nsp, 'constraint:' || t.relname || '.' || k.conname, json_build_object(
         'type', CASE k.contype WHEN 'p' THEN 'primary key' WHEN 'u' THEN 'unique' WHEN 'f' THEN 'foreign key'
                                WHEN 'c' THEN 'check' WHEN 'x' THEN 'exclusion' ELSE k.contype::text END,
         'definition', pg_get_constraintdef(k.oid)
@@ -109,7 +111,7 @@ WITH ns AS (
     FROM tables t
     JOIN pg_constraint k ON k.conrelid = t.oid AND k.contype NOT IN ('t', 'n')
     UNION ALL
-    SELECT t.nsp, 'trigger:' || t.relname || '.' || g.tgname, jsonb_build_object(
+    SELECT t.nsp, 'trigger:' || t.relname || '.' || g.tgname, json_build_object(
         'definition', pg_get_triggerdef(g.oid),
         'enabled', CASE g.tgenabled WHEN 'O' THEN 'yes' WHEN 'D' THEN 'no' WHEN 'R' THEN 'replica'
                                     WHEN 'A' THEN 'always' END
@@ -118,13 +120,13 @@ WITH ns AS (
     JOIN pg_trigger g ON g.tgrelid = t.oid AND NOT g.tgisinternal
     UNION ALL
     SELECT v.nsp, CASE v.relkind WHEN 'm' THEN 'materialized view:' ELSE 'view:' END || v.relname,
-           jsonb_build_object(
+           json_build_object(
                'definition', pg_get_viewdef(v.oid),
                'options', (SELECT string_agg(o, ', ' ORDER BY o) FROM unnest(v.reloptions) o)
            )
     FROM rels v WHERE v.relkind IN ('v', 'm')
     UNION ALL
-    SELECT s.nsp, 'sequence:' || s.relname, jsonb_build_object(
+    SELECT s.nsp, 'sequence:' || s.relname, json_build_object(
         'type', format_type(q.seqtypid, NULL), 'start', q.seqstart, 'increment', q.seqincrement,
         'min', q.seqmin, 'max', q.seqmax, 'cache', q.seqcache, 'cycle', q.seqcycle,
         'owned_by', o.owner
@@ -146,36 +148,36 @@ WITH ns AS (
            CASE p.prokind WHEN 'p' THEN 'procedure:' WHEN 'a' THEN 'aggregate:' ELSE 'function:' END
                || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
            CASE WHEN p.prokind = 'a'
-                THEN jsonb_build_object('returns', pg_get_function_result(p.oid))
-                ELSE jsonb_build_object('definition', pg_get_functiondef(p.oid)) END
+                THEN json_build_object('returns', pg_get_function_result(p.oid))
+                ELSE json_build_object('definition', pg_get_functiondef(p.oid)) END
     FROM members m JOIN pg_proc p ON p.oid = m.objid
     WHERE m.classid = 'pg_proc'::regclass
     UNION ALL
     SELECT m.nsp, 'type:' || ty.typname, CASE ty.typtype
-        WHEN 'e' THEN jsonb_build_object('kind', 'enum', 'labels', (
-            SELECT jsonb_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = ty.oid
+        WHEN 'e' THEN json_build_object('kind', 'enum', 'labels', (
+            SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder) FROM pg_enum e WHERE e.enumtypid = ty.oid
         ))
-        WHEN 'd' THEN jsonb_build_object(
+        WHEN 'd' THEN json_build_object(
             'kind', 'domain', 'base', format_type(ty.typbasetype, ty.typtypmod), 'nullable', NOT ty.typnotnull,
             'default', ty.typdefault, 'constraints', (
-                SELECT jsonb_object_agg(k.conname, pg_get_constraintdef(k.oid))
+                SELECT json_object_agg(k.conname, pg_get_constraintdef(k.oid))
                 FROM pg_constraint k WHERE k.contypid = ty.oid
             )
         )
-        WHEN 'c' THEN jsonb_build_object('kind', 'composite', 'attributes', (
-            SELECT jsonb_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
+        WHEN 'c' THEN json_build_object('kind', 'composite', 'attributes', (
+            SELECT json_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod) ORDER BY a.attnum)
             FROM pg_attribute a WHERE a.attrelid = ty.typrelid AND a.attnum > 0 AND NOT a.attisdropped
         ))
-        WHEN 'r' THEN jsonb_build_object('kind', 'range', 'subtype', (
+        WHEN 'r' THEN json_build_object('kind', 'range', 'subtype', (
             SELECT format_type(r.rngsubtype, NULL) FROM pg_range r WHERE r.rngtypid = ty.oid
         ))
-        ELSE jsonb_build_object('kind', ty.typtype::text) END
+        ELSE json_build_object('kind', ty.typtype::text) END
     FROM members m JOIN pg_type ty ON ty.oid = m.objid
     WHERE m.classid = 'pg_type'::regclass AND ty.typtype IN ('e', 'd', 'c', 'r')
 )
-SELECT ns.nspname, coalesce(o.objects, '{}'::jsonb)
+SELECT ns.nspname, coalesce(o.objects, '{}'::json)
 FROM ns
-LEFT JOIN (SELECT nsp, jsonb_object_agg(key, value) AS objects FROM objects GROUP BY nsp) o ON o.nsp = ns.oid
+LEFT JOIN (SELECT nsp, json_object_agg(key, value) AS objects FROM objects GROUP BY nsp) o ON o.nsp = ns.oid
 """
 
 # How each kind of object is named in a diff, and the order in which diffs list them.
@@ -217,7 +219,15 @@ def digest(objects: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def _normaliser(schema: str) -> Callable[[str], str]:
-    """A function that takes ``schema``'s own name out of a definition (see the module docstring)."""
+    """A function that takes ``schema``'s own name out of a definition (see the module docstring): a reference
+    qualified with the name (``"name".`` or ``name.``, not inside a longer identifier, before an identifier)
+    loses the qualifier, then the name standing alone (not inside a longer identifier) becomes ``${schema}``.
+
+    A name of word characters and ``$`` (every tenant schema) is found with ``str.find`` and its neighbours
+    checked by hand: a lane fingerprints each schema once, and compiling two patterns per schema cost more
+    than the rest of the normalisation. Any other name goes through the equivalent regular expressions."""
+    if _PLAIN_NAME.fullmatch(schema):
+        return partial(_normalise_plain, schema)
     quoted = '"' + schema.replace('"', '""') + '"'
     patterns: list[re.Pattern[str]] = []  # compiled at the first definition that names the schema, if any does
 
@@ -231,6 +241,61 @@ def _normaliser(schema: str) -> Callable[[str], str]:
         return bare.sub(lambda _: SCHEMA_PLACEHOLDER, qualified.sub("", text))
 
     return normalise
+
+
+_PLAIN_NAME = re.compile(r"[\w$]+")
+
+
+def _identifier_char(char: str) -> bool:
+    r"""Whether ``char`` may continue an unquoted identifier: what ``[\w$]`` matches (``\w`` is ``isalnum()``
+    or ``_`` for the ``re`` module's Unicode patterns)."""
+    return char.isalnum() or char in "_$"
+
+
+def _free_before(text: str, index: int, quote: bool = False) -> bool:
+    """Whether no identifier character (nor a double quote, with ``quote``) comes just before ``index``."""
+    return index == 0 or not (_identifier_char(text[index - 1]) or (quote and text[index - 1] == '"'))
+
+
+def _identifier_at(text: str, index: int, quote: bool = False) -> bool:
+    """Whether an identifier character (or a double quote, with ``quote``) is at ``index``."""
+    return index < len(text) and (_identifier_char(text[index]) or (quote and text[index] == '"'))
+
+
+def _normalise_plain(schema: str, text: str) -> str:
+    r"""``_normaliser``'s two substitutions for a name of ``[\w$]`` characters, left to right as ``re.sub``."""
+    if schema not in text:
+        return text
+    size = len(schema)
+    # 1. Qualifiers: '"name".' or 'name.' after a character that is not [\w$"], before one that is [\w"$].
+    kept: list[str] = []
+    start = position = 0
+    while (found := text.find(schema, position)) >= 0:
+        after = found + size
+        quoted = found > 0 and text[found - 1] == '"' and text.startswith('".', after)
+        if quoted and _free_before(text, found - 1, quote=True) and _identifier_at(text, after + 2, quote=True):
+            kept.append(text[start : found - 1])
+            start = position = after + 2
+        elif (
+            text.startswith(".", after)
+            and _free_before(text, found, quote=True)
+            and _identifier_at(text, after + 1, quote=True)
+        ):
+            kept.append(text[start:found])
+            start = position = after + 1
+        else:
+            position = found + 1
+    text = "".join([*kept, text[start:]]) if kept else text
+    # 2. The name standing alone: no [\w$] character just before or just after it.
+    kept, start, position = [], 0, 0
+    while (found := text.find(schema, position)) >= 0:
+        after = found + size
+        if _free_before(text, found) and not _identifier_at(text, after):
+            kept += [text[start:found], SCHEMA_PLACEHOLDER]
+            start = position = after
+        else:
+            position = found + 1
+    return "".join([*kept, text[start:]]) if kept else text
 
 
 def _normalised(value: Any, normalise: Callable[[str], str]) -> Any:
