@@ -95,3 +95,16 @@ def _reader(field: Field) -> Callable[[Model], Any]:
 
 def _pre_save(field: Field, obj: Model) -> Any:
     return field.pre_save(obj, True)
+
+
+def analyze(model: type[Model]) -> None:
+    """Refresh PostgreSQL's planner statistics of ``model``'s table after a bulk insert, so that queries on the
+    new rows are planned on their numbers at once rather than after autovacuum's next pass (a table's statistics
+    from before 10,000 runs of one execution were inserted make a page of them sort all 10,000: 3-5 ms a page
+    against 0.05). Nothing on other databases, nor inside a transaction (the lock it takes would be held to its
+    end): autovacuum then does it."""
+    connection = connections[router.db_for_write(model)]
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE " + connection.ops.quote_name(model._meta.db_table))

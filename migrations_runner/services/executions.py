@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.models import DatabaseConnection
-from infra_site.bulk import bulk_insert
+from infra_site.bulk import analyze, bulk_insert
 from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
 from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
@@ -47,6 +47,9 @@ from migrations_runner.services.targets import finish_execution
 from migrations_runner.services.waves import canaries_missing, waves_assign
 
 logger = logging.getLogger(__name__)
+
+# Runs to apply from which planning refreshes the runs table's statistics (PostgreSQL; infra_site.bulk.analyze).
+ANALYZE_FROM = 1000
 
 
 def _bulk_runs(execution: MigrationExecution, rows: list[TargetRun], requires: dict[int, list[int]]) -> None:
@@ -190,6 +193,8 @@ def _record(
             row.wave = wave_of.get(target.key)
         requires = {index_of[k]: [index_of[d] for d in deps] for k, deps in plan.requires.items()}
         _bulk_runs(execution, rows, requires)
+    if sum(row.status == TargetStatus.PENDING for row in rows) >= ANALYZE_FROM:
+        analyze(TargetRun)  # the claims and the pages of its runs are planned on their numbers from the start
     logger.info(
         "execution planned",
         extra={

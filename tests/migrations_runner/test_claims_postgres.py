@@ -193,3 +193,124 @@ def test_outcomes_and_claims_in_one_round_trip_keep_the_cap_the_counters_and_the
     assert failed["running"] == 1  # and no other run was claimed
     assert failed["counted"] == 1
     assert failed["usable"] == TENANTS
+
+
+PLAN_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import django
+    django.setup()
+    from django.core.management import call_command
+    call_command("migrate", verbosity=0)
+    from django.db import connection
+    from connections import services as registry
+    from migrations_runner.models import MigrationExecution, TargetRun
+    from migrations_runner.services.runner import claims
+
+    args = json.loads(sys.argv[1])
+    shared = registry.connection_create(
+        actor="test", verify=False, name="shared-us", database_type="shared", region="us-east",
+        host=args["host"], port=args["port"], database_name="unused", username="u", password="p",
+        ssl_mode="disable", connect_timeout=5,
+    )
+    execution = MigrationExecution.objects.create(
+        scope="tenant", executed_by="test", status="in_progress", batch_size=4, current_phase=0
+    )
+    TargetRun.objects.bulk_create(
+        TargetRun(execution=execution, connection=shared, schema_name=f"tenant_{n:05d}", database_type="tenant",
+                  server="127.0.0.1:1")
+        for n in range(args["runs"])
+    )
+    table = TargetRun._meta.db_table
+    with connection.cursor() as cursor:
+        # Statistics taken while every run was pending, kept so while most of them finish.
+        cursor.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        cursor.execute(f"ANALYZE {table}")
+    ids = list(execution.targets.order_by("id").values_list("id", flat=True))
+    TargetRun.objects.filter(id__in=ids[: args["done"]]).update(status="succeeded")
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + claims._claim_statement(0), claims._claim_params(execution, "me", []))
+        plan = [row[0] for row in cursor.fetchall()]
+    claimed = claims.run_claim(execution=execution, worker="me")
+    print(json.dumps({
+        "candidate_scan": [line.strip() for line in plan if f"on {table} c" in line],
+        "claimed": claimed.pk,
+        "first_pending": ids[args["done"]],
+    }))
+    """
+)
+
+
+def test_a_claim_reads_the_claim_index_even_on_statistics_from_before_the_runs_finished(pg_server, pg_control):
+    # Planned on statistics where every run is pending, an order by id alone let the primary key serve the claim
+    # and walk past every run finished since: O(runs done) a claim.
+    env = control_env(ADMIN_DATABASE_URL=pg_control)
+    args = {"host": pg_server.host, "port": pg_server.port, "runs": 3000, "done": 2900}
+    child = subprocess.run(
+        [sys.executable, "-c", PLAN_CHILD, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert child.returncode == 0, child.stderr[-4000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    assert len(out["candidate_scan"]) == 1
+    assert "target_run_claim" in out["candidate_scan"][0]
+    assert out["claimed"] == out["first_pending"]  # the same run as ordering by id: the lowest pending one
+
+
+ANALYZE_CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
+    """
+    from django.db import connection
+    from migrations_runner import services
+    from migrations_runner.models import Origin, TargetRun
+    from migrations_runner.options import ExecutionOptions
+    from migrations_runner.selection import TargetSelection
+    from migrations_runner.services import executions
+
+    executions.ANALYZE_FROM = args["tenants"]
+
+    def analyzed():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = %s",
+                [TargetRun._meta.db_table],
+            )
+            return cursor.fetchone()[0]
+
+    def start(**options):
+        return services.execution_start(
+            selection=TargetSelection(scope="tenant"), options=ExecutionOptions(**options), actor="test",
+            origin=Origin.API,
+        )
+
+    out = {"before": analyzed()}
+    start(dry_run=True)
+    out["after_dry_run"] = analyzed()
+    queued = start()
+    out["after_run"] = analyzed()
+    out["pending"] = queued.targets.filter(status="pending").count()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_planning_enough_runs_to_apply_refreshes_the_statistics_of_the_runs_table(
+    pg_server, pg_control, fleet_database, tmp_path
+):
+    sets = tmp_path / "sets"
+    for database_type in ("admin", "shared", "analytics", "tenant"):
+        (sets / database_type).mkdir(parents=True)
+    (sets / "tenant" / "V1__t.sql").write_text("CREATE TABLE t (id int);\n")
+    env = control_env(ADMIN_DATABASE_URL=pg_control, MIGRATIONS_DIR=str(sets), MIGRATION_EXECUTOR="queue")
+    args = {
+        "host": pg_server.host,
+        "port": pg_server.port,
+        "database": fleet_database,
+        "user": REGISTRY_USER,
+        "password": REGISTRY_PASSWORD,
+        "tenants": 6,
+    }
+    child = subprocess.run(
+        [sys.executable, "-c", ANALYZE_CHILD, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert child.returncode == 0, child.stderr[-4000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    assert out == {"before": False, "after_dry_run": False, "after_run": True, "pending": 6}

@@ -90,9 +90,20 @@ def _claim_statement(skipped: int) -> str:
 
 def _claim_update(skipped: int, *, after_record: bool) -> str:
     """The claim's ``UPDATE ... RETURNING`` (parameters: ``_claim_params``); ``after_record``: it is a CTE of a
-    statement whose CTE ``recorded`` writes an outcome, and the run recorded there no longer counts as running."""
+    statement whose CTE ``recorded`` writes an outcome, and the run recorded there no longer counts as running.
+
+    On PostgreSQL the candidate's status is matched as the range ``pending..pending`` and the order is ``status,
+    phase, id`` (the same rows, in the same order): a status matched by equality is a constant to the planner,
+    the order reduces to ``id``, and the primary key gives it too. A plan made on statistics from before the
+    execution ran walks that key past every run claimed before: 10 ms a claim with 9,000 of 10,000 runs done,
+    against 0.2 ms through ``target_run_claim``, the only index with this order. SQLite's planner takes that
+    index for the plain equality, and would sort for the range."""
     runs, executions = _table(TargetRun), _table(MigrationExecution)
-    lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+    postgresql = control_db.vendor == "postgresql"
+    lock = " FOR UPDATE OF c SKIP LOCKED" if postgresql else ""
+    status, order = (
+        ("c.status >= %s AND c.status <= %s", "c.status, c.phase, c.id") if postgresql else ("c.status = %s", "c.id")
+    )
     unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * skipped)})" if skipped else ""
     recorded = " AND r.id NOT IN (SELECT id FROM recorded)" if after_record else ""
     connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
@@ -101,7 +112,7 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
         UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
         WHERE id = (
             SELECT c.id FROM {runs} c
-            WHERE c.execution_id = %s AND c.status = %s
+            WHERE c.execution_id = %s AND {status}
               AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
               AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s{recorded}) < %s
               AND c.server NOT IN (
@@ -110,7 +121,7 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
               )
               AND (c.retry_at IS NULL OR c.retry_at <= %s)
               {unreachable}
-            ORDER BY c.id LIMIT 1{lock}
+            ORDER BY {order} LIMIT 1{lock}
         )
         RETURNING {columns},
             (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id) AS connection_updated_at,
@@ -128,7 +139,7 @@ def _claim_params(execution: MigrationExecution, me: str, skip: list[str]) -> li
         now,
         now,
         execution_key,
-        TargetStatus.PENDING,
+        *([TargetStatus.PENDING] * (2 if control_db.vendor == "postgresql" else 1)),  # see _claim_update
         execution_key,
         execution_key,
         TargetStatus.RUNNING,
