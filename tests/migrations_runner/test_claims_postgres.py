@@ -133,32 +133,46 @@ def fleet_database(pg_server):
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def test_outcomes_and_claims_in_one_round_trip_keep_the_cap_the_counters_and_the_recovery(
-    pg_server, pg_control, fleet_database, tmp_path
-):
-    sets = tmp_path / "sets"
+def _fleet_child(code: str, pg_server, database: str, *, tenants: int, script: str, sets, **env: str) -> dict:
+    """Run ``code`` (after ``FLEET_CHILD_PREAMBLE``'s fleet of ``tenants`` on ``database``, whose tenant set has one
+    version, ``script``) in a child process with ``env``; what it printed last, as JSON."""
     for database_type in ("admin", "shared", "analytics", "tenant"):
         (sets / database_type).mkdir(parents=True)
-    (sets / "tenant" / "V1__probe.sql").write_text(PROBE)
-    env = control_env(
-        ADMIN_DATABASE_URL=pg_control,
-        MIGRATIONS_DIR=str(sets),
-        MIGRATION_EXECUTOR="inline",
-        MIGRATION_MAX_PER_DATABASE=str(CAP),
-    )
+    (sets / "tenant" / "V1__probe.sql").write_text(script)
     args = {
         "host": pg_server.host,
         "port": pg_server.port,
-        "database": fleet_database,
+        "database": database,
         "user": REGISTRY_USER,
         "password": REGISTRY_PASSWORD,
-        "tenants": TENANTS,
+        "tenants": tenants,
     }
     child = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200
+        [sys.executable, "-c", code, json.dumps(args)],
+        cwd=ROOT,
+        env=control_env(MIGRATIONS_DIR=str(sets), **env),
+        capture_output=True,
+        text=True,
+        timeout=200,
     )
     assert child.returncode == 0, child.stderr[-4000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def test_outcomes_and_claims_in_one_round_trip_keep_the_cap_the_counters_and_the_recovery(
+    pg_server, pg_control, fleet_database, tmp_path
+):
+    out = _fleet_child(
+        CHILD,
+        pg_server,
+        fleet_database,
+        tenants=TENANTS,
+        script=PROBE,
+        sets=tmp_path / "sets",
+        ADMIN_DATABASE_URL=pg_control,
+        MIGRATION_EXECUTOR="inline",
+        MIGRATION_MAX_PER_DATABASE=str(CAP),
+    )
 
     # Lanes recorded and claimed in one round trip, and the execution's counters say what its runs say.
     assert out["status"] == "completed"
@@ -295,22 +309,14 @@ ANALYZE_CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
 def test_planning_enough_runs_to_apply_refreshes_the_statistics_of_the_runs_table(
     pg_server, pg_control, fleet_database, tmp_path
 ):
-    sets = tmp_path / "sets"
-    for database_type in ("admin", "shared", "analytics", "tenant"):
-        (sets / database_type).mkdir(parents=True)
-    (sets / "tenant" / "V1__t.sql").write_text("CREATE TABLE t (id int);\n")
-    env = control_env(ADMIN_DATABASE_URL=pg_control, MIGRATIONS_DIR=str(sets), MIGRATION_EXECUTOR="queue")
-    args = {
-        "host": pg_server.host,
-        "port": pg_server.port,
-        "database": fleet_database,
-        "user": REGISTRY_USER,
-        "password": REGISTRY_PASSWORD,
-        "tenants": 6,
-    }
-    child = subprocess.run(
-        [sys.executable, "-c", ANALYZE_CHILD, json.dumps(args)], cwd=ROOT, env=env, capture_output=True, text=True
+    out = _fleet_child(
+        ANALYZE_CHILD,
+        pg_server,
+        fleet_database,
+        tenants=6,
+        script="CREATE TABLE t (id int);\n",
+        sets=tmp_path / "sets",
+        ADMIN_DATABASE_URL=pg_control,
+        MIGRATION_EXECUTOR="queue",
     )
-    assert child.returncode == 0, child.stderr[-4000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
     assert out == {"before": False, "after_dry_run": False, "after_run": True, "pending": 6}
