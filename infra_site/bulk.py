@@ -58,6 +58,7 @@ class _Prepared(dict):
     def __init__(self, prepare: Callable[[Any], Any]) -> None:
         super().__init__()
         self.prepare = prepare
+        self.by_repr: dict[tuple[type, str], Any] = {}
 
     def __missing__(self, raw: Any) -> Any:
         result = self[raw] = self.prepare(raw)
@@ -67,18 +68,22 @@ class _Prepared(dict):
         values = list(raws)
         try:
             return list(map(self.__getitem__, values))
-        except TypeError:  # unhashable values: JSON lists or dicts
-            return [self._unhashable(raw) for raw in values]
+        except TypeError:  # some values are unhashable: JSON lists or dicts
+            return [self._one(raw) for raw in values]
 
-    def _unhashable(self, raw: Any) -> Any:
-        """A JSON list or dict is prepared once per distinct ``repr``: exact for JSON's values (``1``, ``1.0``,
-        ``True`` and ``"1"`` differ), so equal reprs encode alike; any other value is prepared each time."""
-        if type(raw) not in (list, dict):
-            return self.prepare(raw)
+    def _one(self, raw: Any) -> Any:
+        """A value of a column that holds unhashable ones: a JSON list or dict is prepared once per distinct
+        ``repr`` (exact for JSON's values: ``1``, ``1.0``, ``True`` and ``"1"`` differ, so equal reprs encode
+        alike), any other unhashable value each time."""
+        try:
+            return self[raw]
+        except TypeError:
+            if type(raw) not in (list, dict):
+                return self.prepare(raw)
         key = (type(raw), repr(raw))
-        if key not in self:  # not self[key]: __missing__ would prepare the key
-            self[key] = self.prepare(raw)
-        return self[key]
+        if key not in self.by_repr:
+            self.by_repr[key] = self.prepare(raw)
+        return self.by_repr[key]
 
 
 # Fields whose ``pre_save`` on insert only reads the attribute (a date without auto_now/auto_now_add too).
