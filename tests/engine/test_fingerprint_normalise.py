@@ -35,7 +35,7 @@ def texts_naming(draw, schema_strategy=schemas):
     return schema, "".join(draw(st.lists(pieces, max_size=14)))
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(texts_naming())
 def test_a_plain_name_is_taken_out_exactly_as_the_regular_expressions_take_it(case):
     schema, text = case
