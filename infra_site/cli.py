@@ -44,7 +44,7 @@ def to_json(data: Any) -> str:
 
     A list of objects at the top level of an object (an execution's target runs) has one object per line: as
     readable as indented objects for a long list, easy to ``grep``, and written by the C encoder (indenting is
-    pure Python: seconds for 10,000 runs)."""
+    pure Python: about 0.1 s for an execution of 10,000 runs, against 0.04 s so)."""
     if not isinstance(data, dict):
         return json.dumps(data, indent=2, cls=DjangoJSONEncoder)
     members = []
