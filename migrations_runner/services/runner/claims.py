@@ -99,11 +99,8 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
     against 0.2 ms through ``target_run_claim``, the only index with this order. SQLite's planner takes that
     index for the plain equality, and would sort for the range."""
     runs, executions = _table(TargetRun), _table(MigrationExecution)
-    postgresql = control_db.vendor == "postgresql"
-    lock = " FOR UPDATE OF c SKIP LOCKED" if postgresql else ""
-    status, order = (
-        ("c.status >= %s AND c.status <= %s", "c.status, c.phase, c.id") if postgresql else ("c.status = %s", "c.id")
-    )
+    lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+    status, order, _ = _pending_match()
     unreachable = f"AND c.server NOT IN ({', '.join(['%s'] * skipped)})" if skipped else ""
     recorded = " AND r.id NOT IN (SELECT id FROM recorded)" if after_record else ""
     connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
@@ -129,6 +126,14 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
     """  # noqa: S608 (table and column names come from the models, values are parameters)
 
 
+def _pending_match() -> tuple[str, str, int]:
+    """How the claim matches a pending candidate on this control database (see ``_claim_update``): the condition,
+    the order, and how many ``pending`` parameters the condition takes."""
+    if control_db.vendor == "postgresql":
+        return "c.status >= %s AND c.status <= %s", "c.status, c.phase, c.id", 2
+    return "c.status = %s", "c.id", 1
+
+
 def _claim_params(execution: MigrationExecution, me: str, skip: list[str]) -> list[Any]:
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
@@ -139,7 +144,7 @@ def _claim_params(execution: MigrationExecution, me: str, skip: list[str]) -> li
         now,
         now,
         execution_key,
-        *([TargetStatus.PENDING] * (2 if control_db.vendor == "postgresql" else 1)),  # see _claim_update
+        *[TargetStatus.PENDING] * _pending_match()[2],
         execution_key,
         execution_key,
         TargetStatus.RUNNING,
