@@ -9,7 +9,9 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_site.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from infra_site.process_exit import run
+
+    run(lambda: execute_from_command_line(sys.argv))
 
 
 if __name__ == "__main__":
