@@ -14,7 +14,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from connections.models import DatabaseConnection
-from infra_site.bulk import analyze, bulk_insert
+from infra_site.bulk import analyze, bulk_insert, maker
 from infra_site.errors import ValidationFailed
 from migrations_runner import selectors
 from migrations_runner.engine.sets import DATABASE_TYPES, MigrationSet, Version
@@ -186,7 +186,8 @@ def _record(
             started_at=now,
             **(_wave_fields(waves, wave_plan) if wave_plan else {}),
         )
-        rows = [_planned_run(execution, t, plans[t.key], phase_of[t.key], dry_run, now) for t in ordered]
+        make = maker(TargetRun, execution=execution)
+        rows = [_planned_run(make, t, plans[t.key], phase_of[t.key], dry_run, now) for t in ordered]
         if not dry_run:
             _refuse_lint_errors(sets, rows)
         for row, target in zip(rows, ordered, strict=True):
@@ -284,15 +285,14 @@ def _wave_fields(options: WaveOptions, plan: list[dict]) -> dict:
 
 
 def _planned_run(
-    execution: MigrationExecution,
+    make: Callable[..., TargetRun],
     target: Target,
     plan: selectors.TargetPlan,
     phase: int,
     dry_run: bool,
     now,
 ) -> TargetRun:
-    run = TargetRun(
-        execution=execution,
+    run = make(
         connection_id=uuid.UUID(target.connection_id),
         tenant_id=target.tenant_id,
         schema_name=target.schema,
@@ -353,9 +353,9 @@ def execution_rollback(
             },
             started_at=timezone.now(),
         )
+        make = maker(TargetRun, execution=rollback)
         rows = [
-            TargetRun(
-                execution=rollback,
+            make(
                 connection_id=r.connection_id,
                 tenant_id=r.tenant_id,
                 schema_name=r.schema_name,
