@@ -64,7 +64,7 @@ def maker(model: type[M], **fixed: Any) -> Callable[..., M]:
 def _own_default(field: Field) -> Callable[[], Any] | None:
     """How each instance gets its own default of ``field``: a callable default is called for each; any other
     value is shared, as the constructor shares it."""
-    return field.get_default if field.default is not NOT_PROVIDED and callable(field.default) else None
+    return field.default if field.default is not NOT_PROVIDED and callable(field.default) else None
 
 
 def bulk_insert(objs: Sequence[Model], *, batch_size: int = BATCH) -> None:
