@@ -12,11 +12,13 @@ Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
 - in-process (``--sizes``): ``services.execution_start`` with its lanes as threads of this process
   (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in alternating rounds with psql (the best of each
   counts); the 1-lane run is broken down from its own records (before the execution row, until the first claim,
-  the targets' claim-to-outcome time, the lane's time between targets). Then a no-op run over the N up-to-date
-  tenants, through the service and through ``run_migrations --sync`` in a fresh process;
-- no-op (``--noop-sizes``, default 10,000): N tenants whose histories are written up to date directly, a run
-  over them through the service and through ``run_migrations --sync`` (process start included), against the
-  time one connection takes to read the N histories alone;
+  the targets' claim-to-outcome time, the lane's time between targets). Then no-op runs over the N up-to-date
+  tenants, through the service and through ``run_migrations --sync`` in a fresh process (as many rounds, the
+  best counts);
+- no-op (``--noop-sizes``, default 10,000): N tenants whose histories are written up to date directly, runs
+  over them through the service and through ``run_migrations --sync`` (process start and exit included;
+  alternating, as many rounds, the best of each counts), against the time one connection takes to read the N
+  histories alone;
 - queued (``--queued-sizes``): lanes as django-q2 tasks of a real ``qcluster`` with 2 and 4 workers, on the ORM
   broker over a SQLite and over a PostgreSQL control database, and on Redis (Debian's ``redis-server``), with
   ``batch_size`` and ``MIGRATION_MAX_PER_DATABASE`` twice the workers. A child process submits the execution
@@ -289,31 +291,46 @@ def inprocess_run(server, n: int, work: Work, *, batch_size: int, label: str) ->
     return result, connection, database
 
 
-def noop_runs(server, connection: DatabaseConnection, database: str, work: Work) -> tuple[float, float]:
-    """Seconds of a run over N up-to-date tenants: the service, and ``run_migrations --sync`` in a fresh process."""
+def noop_runs(
+    server, connection: DatabaseConnection, database: str, work: Work, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``rounds`` runs each over N up-to-date tenants: the service, and ``run_migrations --sync`` in a
+    fresh process (alternating); then the database goes."""
     DatabaseConnection.objects.filter(pk=connection.pk).update(is_active=True)
-    with override_settings(MIGRATIONS_DIR=work.migrations_dir):
-        started = time.perf_counter()
-        execution = services.execution_start(
-            selection=TargetSelection(scope="tenant", connections=[connection.name]),
-            options=ExecutionOptions(batch_size=1),
-            actor="bench",
-            origin=Origin.API,
-            wait=True,
-        )
-        service = time.perf_counter() - started
-    assert execution.status == "completed", execution.status
     command = [sys.executable, str(ROOT / "manage.py"), "run_migrations", "--scope", "tenant"]
     command += ["--connection", connection.name, "--sync", "--json"]
     env = {**os.environ, "MIGRATIONS_DIR": str(work.migrations_dir)}
-    started = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
-    cli = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"no-op command failed: {result.stderr[-2000:]}")
+    service: list[float] = []
+    cli: list[float] = []
+    for _ in range(rounds):
+        with override_settings(MIGRATIONS_DIR=work.migrations_dir):
+            started = time.perf_counter()
+            execution = services.execution_start(
+                selection=TargetSelection(scope="tenant", connections=[connection.name]),
+                options=ExecutionOptions(batch_size=1),
+                actor="bench",
+                origin=Origin.API,
+                wait=True,
+            )
+            service.append(time.perf_counter() - started)
+        assert execution.status == "completed", execution.status
+        started = time.perf_counter()
+        result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+        cli.append(time.perf_counter() - started)
+        if result.returncode != 0:
+            raise SystemExit(f"no-op command failed: {result.stderr[-2000:]}")
     DatabaseConnection.objects.filter(pk=connection.pk).update(is_active=False)
     drop_database(server, database)
     return service, cli
+
+
+def _noop_figures(service: list[float], cli: list[float]) -> dict:
+    """The best round of each (as for the other timings) and every round."""
+    return {
+        "noop_service_s": round(min(service), 3),
+        "noop_command_s": round(min(cli), 3),
+        "noop_rounds_s": {"service": [round(v, 3) for v in service], "command": [round(v, 3) for v in cli]},
+    }
 
 
 def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[float]) -> dict:
@@ -341,7 +358,7 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
                 keep = (connection, database)
             else:
                 drop_database(server, database)
-    noop, noop_cli = noop_runs(server, *keep, work)
+    noop = _noop_figures(*noop_runs(server, *keep, work, rounds))
     psql_times.extend(times["psql"])
     psql, lanes1, lanes4 = (min(times[k]) for k in ("psql", "lanes1", "lanes4"))
     row = {
@@ -359,13 +376,12 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
         "all_rounds_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
         "load_average_1min_after_each_round": loads,
         "lanes1_breakdown_of_best_round": min(breakdowns, key=lambda b: b["seconds"]),
-        "noop_service_s": round(noop, 3),
-        "noop_command_s": round(noop_cli, 3),
+        **noop,
     }
     print(
         f"in-process N={n:<6} ({work.label})  psql {psql:8.2f}s  1 lane {lanes1:8.2f}s "
         f"(x{row['ratio_lanes1_vs_psql']}, goal <= 1.15)  4 lanes {lanes4:8.2f}s (x{row['ratio_lanes4_vs_psql']})  "
-        f"no-op {noop:.2f}s service / {noop_cli:.2f}s command",
+        f"no-op {noop['noop_service_s']:.2f}s service / {noop['noop_command_s']:.2f}s command",
         flush=True,
     )
     parts = row["lanes1_breakdown_of_best_round"]
@@ -379,7 +395,7 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
     return row
 
 
-def noop_section(server, n: int, work: Work) -> dict:
+def noop_section(server, n: int, work: Work, rounds: int) -> dict:
     """A no-op run over N tenants whose histories say they are up to date (written directly: nothing to apply),
     through the service and through ``run_migrations --sync`` in a fresh process, against the time reading the N
     histories alone takes the server (one connection, the engine's bulk read: what any tool pays)."""
@@ -404,12 +420,12 @@ def noop_section(server, n: int, work: Work) -> dict:
         states = history.read_states(conn, schemas)
     read_alone = time.perf_counter() - started
     assert all(state.has_history for state in states.values())
-    service, command = noop_runs(server, connection, database, work)  # drops the database
+    noop = _noop_figures(*noop_runs(server, connection, database, work, rounds))  # drops the database
+    service, command = noop["noop_service_s"], noop["noop_command_s"]
     row = {
         "tenants": n,
         "work": work.label,
-        "noop_service_s": round(service, 3),
-        "noop_command_s": round(command, 3),
+        **noop,
         "histories_read_alone_s": round(read_alone, 3),
         "goal_command_s": 3.0 if n >= 10_000 else None,
     }
@@ -657,7 +673,7 @@ def main() -> None:
     started = time.perf_counter()
     with temporary_server() as server:
         for n in args.noop_sizes:
-            results["noop"].append(noop_section(server, n, work_for(n, args)))
+            results["noop"].append(noop_section(server, n, work_for(n, args), rounds))
         for n in sorted(set(args.sizes) | set(args.queued_sizes)):
             work = work_for(n, args)
             results["work_by_size"][str(n)] = work.label
