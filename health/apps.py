@@ -12,7 +12,6 @@ class HealthConfig(AppConfig):
 
     def ready(self) -> None:
         from health import checks as app_checks
-        from health import schema  # noqa: F401 (registers the schema extension)
 
         for check in (
             app_checks.check_migrations_dir,

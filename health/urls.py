@@ -9,6 +9,7 @@ from typing import cast
 from django.urls import path
 from rest_framework.views import APIView
 
+import health.schema  # noqa: F401 (registers the schema extension: the API's schema is made from the URLs)
 from health import api
 
 

@@ -34,8 +34,6 @@ class InfraSiteConfig(AppConfig):
     verbose_name = "Control plane"
 
     def ready(self) -> None:
-        from infra_site.auth import schema  # noqa: F401 (registers the schema extensions)
-
         connection_created.connect(keep_sqlite_files_private, dispatch_uid="infra_site.private_sqlite")
 
 

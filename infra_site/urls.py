@@ -6,6 +6,7 @@ from django.urls import include, path
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView, OIDCLogoutView
 
 from infra_site import views
+from infra_site.auth import schema  # noqa: F401 (registers the schema extensions: the schema is made from the URLs)
 from infra_site.auth import views as auth_views
 
 urlpatterns = [

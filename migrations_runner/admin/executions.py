@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from infra_site import roles
 from infra_site.errors import ApplicationError
-from infra_site.pagination import LAST_PAGE, cursor_param
+from infra_site.keyset import LAST_PAGE, cursor_param
 from migrations_runner import selectors, services
 from migrations_runner.forms import RunForm
 from migrations_runner.models import (

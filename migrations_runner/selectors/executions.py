@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
-from infra_site.pagination import Cursor, keyset_page
+from infra_site.keyset import Cursor, keyset_page
 from migrations_runner.exceptions import ExecutionNotFound
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus, Waiting
 from migrations_runner.selectors.workers import execution_waiting_for_worker, executions_waiting_for_worker

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from connections import services as registry
-from infra_site.pagination import FIRST_PAGE, LAST_PAGE
+from infra_site.keyset import FIRST_PAGE, LAST_PAGE
 from migrations_runner import selectors
 from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
 
