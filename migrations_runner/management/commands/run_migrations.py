@@ -40,24 +40,25 @@ FLAGS = {
 
 
 class _Follower:
-    """Reports the target runs of a running execution as they end, with a progress bar."""
+    """Reports the target runs of a running execution as they end, with a progress bar; nothing when ``quiet``
+    (the JSON summary at the end says it all), and then it reads nothing either."""
 
     def __init__(self, stdout, *, quiet: bool) -> None:
         self.stdout, self.quiet = stdout, quiet
         self.seen: set[int] | None = None
         self.bar: ProgressBar | None = None
 
-    def _start(self, execution: MigrationExecution) -> set[int]:
+    def _start(self, execution: MigrationExecution) -> tuple[set[int], ProgressBar]:
         # Targets that were up to date at planning time end without running: the bar counts the others.
         planned = execution.targets.filter(status__in=FINISHED_TARGET_STATUSES, started_at__isnull=True)
         seen = set(planned.values_list("pk", flat=True))
-        if not self.quiet:
-            self.bar = ProgressBar(self.stdout, execution.targets_total - len(seen), tty=self.stdout.isatty())
-        return seen
+        return seen, ProgressBar(self.stdout, execution.targets_total - len(seen), tty=self.stdout.isatty())
 
     def step(self, execution: MigrationExecution) -> None:
-        if self.seen is None:
-            self.seen = self._start(execution)
+        if self.quiet:
+            return
+        if self.seen is None or self.bar is None:
+            self.seen, self.bar = self._start(execution)
         finished = (
             execution.targets.select_related("connection")
             .filter(status__in=FINISHED_TARGET_STATUSES)
@@ -65,8 +66,7 @@ class _Follower:
         )
         for run in finished:
             self.seen.add(run.pk)
-            if self.bar:
-                self.bar.advance(run.label, run.status)
+            self.bar.advance(run.label, run.status)
 
     def close(self) -> None:
         if self.bar:
