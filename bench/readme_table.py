@@ -49,16 +49,18 @@ def fleet_migrate(data: dict) -> list[str]:
             f"({number(row['overhead_ms_per_target'])} ms/target over the raw pool) | {number(row['psql_s'])} s "
             f"({times(row['ratio_vs_psql'])}) | {number(row['raw_pool4_s'])} s ({times(row['ratio_vs_raw_pool4'])}) |"
         )
-    noops = [
-        f"{number(row['tenants'])} up-to-date tenants: {number(row['noop_service_s'])} s through the service, "
-        f"{number(row['noop_command_s'])} s through the command"
-        + (
-            f" (the server takes {number(row['histories_read_alone_s'])} s to read the histories alone)"
-            if "histories_read_alone_s" in row
-            else ""
+    noops = []
+    for row in [*data.get("noop", []), *data["in_process"]]:
+        notes = []
+        if "noop_rounds_s" in row:
+            rounds = row["noop_rounds_s"]["command"]
+            notes.append(f"best of {len(rounds)} rounds: {', '.join(number(v) for v in rounds)} s")
+        if "histories_read_alone_s" in row:
+            notes.append(f"the server takes {number(row['histories_read_alone_s'])} s to read the histories alone")
+        noops.append(
+            f"{number(row['tenants'])} up-to-date tenants: {number(row['noop_service_s'])} s through the service, "
+            f"{number(row['noop_command_s'])} s through the command" + (f" ({'; '.join(notes)})" if notes else "")
         )
-        for row in [*data.get("noop", []), *data["in_process"]]
-    ]
     if noops:
         lines += ["", f"  A no-op run over {'; over '.join(noops)}."]
     return lines
