@@ -10,12 +10,14 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.core.management.base import OutputWrapper
 from django.db import connections as django_connections
+from django.utils import timezone
 from django_q.models import OrmQ
 
 from migrations_runner import tasks
 from migrations_runner.management.commands.run_migrations import _Follower
-from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetStatus
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
 from migrations_runner.services.runner.apply import lane_connections_close
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -139,13 +141,75 @@ def test_wait_with_json_exits_1_when_a_target_failed(small_fleet, sets_dir, queu
 def test_with_json_the_progress_follower_reads_nothing(db, django_assert_num_queries):
     # It reported nothing there yet read every finished run's key each poll (10,000 keys at 10,000 tenants).
     execution = MigrationExecution.objects.create(scope="tenant", executed_by="t", targets_total=10)
-    quiet, loud = _Follower(StringIO(), quiet=True), _Follower(StringIO(), quiet=False)
+    quiet = _Follower(StringIO(), quiet=True)
     with django_assert_num_queries(0):
         quiet.step(execution)
         quiet.step(execution)
         quiet.close()
-    with django_assert_num_queries(2):  # the runs up to date at planning time, then those that ended since
-        loud.step(execution)
+
+
+def _follow(follower: _Follower, execution: MigrationExecution) -> list:
+    """One poll of ``follower``; return the parameters of each query it made."""
+    sent: list = []
+
+    def record(execute, sql, params, many, context):
+        sent.append(list(params or ()))
+        return execute(sql, params, many, context)
+
+    with django_connections["default"].execute_wrapper(record):
+        follower.step(execution)
+    return sent
+
+
+def test_the_progress_follower_reports_each_run_once_as_it_ends_and_sends_few_keys(registered):
+    at = timezone.now()
+    execution = MigrationExecution.objects.create(scope="tenant", executed_by="t", targets_total=60, started_at=at)
+    connection = registered["listed-eu"]
+    runs = [
+        TargetRun.objects.create(
+            execution=execution, connection=connection, schema_name=f"tenant_{n:02d}", database_type="tenant"
+        )
+        for n in range(60)
+    ]
+    planned = runs[1::10]  # up to date at planning time: ended at the execution's start, never reported
+    TargetRun.objects.filter(pk__in=[r.pk for r in planned]).update(status=TargetStatus.SUCCEEDED, completed_at=at)
+    out = StringIO()
+    follower = _Follower(OutputWrapper(out), quiet=False)
+
+    def end(selected, status=TargetStatus.SUCCEEDED):
+        ending = TargetRun.objects.filter(pk__in=[r.pk for r in selected if r not in planned])
+        now = timezone.now()
+        ran = status in (TargetStatus.SUCCEEDED, TargetStatus.FAILED)  # skipped and cancelled runs never started
+        ending.update(status=status, completed_at=now, started_at=now if ran else None)
+
+    end(runs[:20])  # in key order, but for runs[3] (still running) ...
+    TargetRun.objects.filter(pk=runs[3].pk).update(status=TargetStatus.RUNNING, completed_at=None)
+    end(runs[40:45], TargetStatus.FAILED)  # ... and a few far ahead
+    first = _follow(follower, execution)
+    end(runs[20:40], TargetStatus.SKIPPED)
+    end([runs[3]])
+    second = _follow(follower, execution)
+    end(runs[45:], TargetStatus.CANCELLED)
+    third = _follow(follower, execution)
+    fourth = _follow(follower, execution)
+    follower.close()
+
+    lines = out.getvalue().splitlines()
+    ran = [r for r in runs if r not in planned]
+    assert len(lines) == len(ran) == 54
+    assert [line.split()[0] for line in lines] == [f"{n}/54" for n in range(1, 55)]
+    assert sorted(line.split()[2] for line in lines) == sorted(f"listed-eu/{r.schema_name}" for r in ran)
+    # The first poll reported the 17 runs ended of the first 20 and the 4 far ahead; tenant_03 then came first.
+    assert lines[21].endswith(" succeeded listed-eu/tenant_03")
+    statuses = {line.split()[2]: line.split()[1] for line in lines}
+    assert statuses["listed-eu/tenant_40"] == "failed"
+    assert statuses["listed-eu/tenant_59"] == "cancelled"
+    # What a poll sends: the runs reported above the frontier only (while tenant_03 ran, the 20 that ended after
+    # it), never all it has seen (60 keys by the last poll); once nothing is left behind, a handful of values.
+    assert max(len(params) for params in second) <= 30
+    assert max(len(params) for poll in (third, fourth) for params in poll) <= 10
+    assert fourth  # it still looks
+    assert len(out.getvalue().splitlines()) == 54  # a poll with nothing new reports nothing
 
 
 def test_the_report_says_why_targets_were_skipped(small_fleet, sets_dir):
