@@ -46,8 +46,8 @@ class _Follower:
     Runs are claimed in key order, so those ending are found above a frontier: the lowest key of a run not yet
     ended. A poll reads the runs ended above it that it has not reported (those it has are few: the runs that
     ended before a run below them), then moves the frontier up, so that what a poll reads and sends does not
-    grow with the runs ended before (at 10,000 tenants it sent every key it had seen). Runs up to date at
-    planning time ended then (their end is the execution's start) and are not reported.
+    grow with the runs ended before it. Runs up to date at planning time ended then (their end is the
+    execution's start) and are not reported.
     """
 
     def __init__(self, stdout, *, quiet: bool) -> None:
@@ -79,7 +79,9 @@ class _Follower:
         for run in ended:
             self.reported.add(run.pk)
             self.bar.advance(run.label, run.status)
-        self.frontier = frontier if frontier is not None else max(self.reported | {self.frontier - 1}) + 1
+        if frontier is None:  # every run had ended: none above the last one reported is left to report
+            frontier = max(self.reported | {self.frontier - 1}) + 1
+        self.frontier = frontier
         self.reported = {pk for pk in self.reported if pk >= self.frontier}
 
     def close(self) -> None:
