@@ -35,6 +35,9 @@ class InfraSiteConfig(AppConfig):
 
     def ready(self) -> None:
         connection_created.connect(keep_sqlite_files_private, dispatch_uid="infra_site.private_sqlite")
+        from infra_site.auth import basic_cache
+
+        basic_cache.connect_signals()
 
 
 class InfraAdminConfig(admin_apps.AdminConfig):

@@ -103,6 +103,13 @@ AUTHENTICATION_BACKENDS = [
     "infra_site.auth.backends.LocalPasswordBackend",
 ]
 LOCAL_LOGIN_ENABLED = env.bool("LOCAL_LOGIN_ENABLED", default=True)
+# HTTP Basic: a username and password verified from a client address are let in again from it for this many
+# seconds without the lockout checks, the password hash and the user's queries (infra_site.auth.basic_cache).
+# Wrong passwords are never remembered. A password, deactivation or role change made in another process reaches
+# a worker's remembered logins within this time (in the same process at once). 0 checks every request in full.
+BASIC_AUTH_CACHE_SECONDS = env.int("BASIC_AUTH_CACHE_SECONDS", default=30)
+if BASIC_AUTH_CACHE_SECONDS < 0:
+    raise ImproperlyConfigured("BASIC_AUTH_CACHE_SECONDS must be 0 or more seconds.")
 
 # Password guessing (admin form, HTTP Basic), both limits checked before any password is hashed (see
 # infra_site.auth.lockout): django-axes counts failed password logins per user and client address in the control

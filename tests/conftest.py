@@ -105,16 +105,21 @@ def silent_port() -> Iterator[int]:
 
 @pytest.fixture(autouse=True)
 def fresh_content_types(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Forget cached content types around each test: a transactional test's flush recreates them with new ids,
-    and a stale cache would point admin log entries and permissions at rows that no longer exist."""
+    """Forget cached content types and verified Basic logins around each test: a transactional test's flush
+    recreates content types with new ids, and a stale cache would point admin log entries and permissions at rows
+    that no longer exist; a test's rolled-back users must not log in in the next test."""
     if not request.config.pluginmanager.hasplugin("django"):
         yield  # a run without Django (the engine's tests) caches nothing
         return
     from django.contrib.contenttypes.models import ContentType
 
+    from infra_site.auth import basic_cache
+
     ContentType.objects.clear_cache()
+    basic_cache.clear()
     yield
     ContentType.objects.clear_cache()
+    basic_cache.clear()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,9 @@ from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, BasicAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from infra_site.auth import introspection, provider, services, tokens
+from infra_site import roles
+from infra_site.auth import basic_cache, introspection, provider, services, tokens
+from infra_site.client_address import client_address
 
 
 class KeycloakBearerAuthentication(BaseAuthentication):
@@ -51,11 +53,20 @@ class LockoutBasicAuthentication(BasicAuthentication):
     after the password was checked (an unlimited guessing oracle). A POSTed form is parsed before the password
     is checked, for the same reason: one Django cannot read is refused (400) with no password tried. On a
     lockout, ``axes.middleware.AxesMiddleware`` answers 429 (``infra_site.auth.lockout.lockout_response``).
+
+    Credentials verified from the same address less than ``BASIC_AUTH_CACHE_SECONDS`` ago are let in without
+    any of it (``infra_site.auth.basic_cache``).
     """
 
     def authenticate_credentials(self, userid: str, password: str, request: Request | None = None):
         assert request is not None  # BasicAuthentication.authenticate() always passes it
         http_request = request._request
         http_request.POST  # noqa: B018 (parsing is the point)
+        address = client_address(http_request)
+        remembered = basic_cache.get(address, userid, password)
+        if remembered is not None:
+            return remembered, None
         # The stubs say DRF's Request; DRF only hands it on to django.contrib.auth.authenticate(), which takes this.
-        return super().authenticate_credentials(userid, password, http_request)  # type: ignore[arg-type]
+        user, auth = super().authenticate_credentials(userid, password, http_request)  # type: ignore[arg-type]
+        basic_cache.put(address, userid, password, user, roles.user_roles(user))
+        return user, auth

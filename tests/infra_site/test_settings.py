@@ -302,6 +302,15 @@ def test_env_file_is_honoured(tmp_path):
     assert result.stdout.split() == ["7", "42"]
 
 
+def test_verified_basic_logins_are_remembered_30_seconds_unless_configured(tmp_path):
+    code = "from django.conf import settings; print(settings.BASIC_AUTH_CACHE_SECONDS)"
+    assert run_django(code, tmp_path).stdout.strip() == "30"
+    assert run_django(code, tmp_path, BASIC_AUTH_CACHE_SECONDS="0").stdout.strip() == "0"
+    refused = run_django(code, tmp_path, BASIC_AUTH_CACHE_SECONDS="-1")
+    assert refused.returncode != 0
+    assert "BASIC_AUTH_CACHE_SECONDS must be 0 or more" in refused.stderr
+
+
 def test_token_introspection_is_off_unless_a_cache_period_is_given(tmp_path):
     code = "from django.conf import settings; print(settings.OIDC_INTROSPECTION_CACHE_SECONDS)"
     assert run_django(code, tmp_path).stdout.strip() == "None"
