@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,17 @@ class Cursor:
         return cls(forward=direction == "a", key=(numbers[0], numbers[1]) if numbers else None)
 
 
+# Reads the rows of a page's keys: ``fetch(queryset, pks)``, rows in any order, each with its key fields and pk.
+RowFetch = Callable[[QuerySet, list], Iterable[Any]]
+
+
 def keyset_rows(
-    queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int, values: tuple[str, ...] = ()
+    queryset: QuerySet,
+    fields: tuple[str, str],
+    cursor: Cursor,
+    limit: int,
+    values: tuple[str, ...] = (),
+    fetch: RowFetch | None = None,
 ) -> list:
     """Up to ``limit`` rows of ``queryset`` on the ``cursor`` side of its key, in ``(major, minor)`` order.
 
@@ -61,7 +71,7 @@ def keyset_rows(
     ``(..., major, minor)`` on every database, so a page deep in the list costs what the first one does. They
     read no joined table, so that even a plan made on stale statistics (a freshly planned execution) sorts
     narrow keys and not every joined row; then the page's rows, with their joins, by primary key: model
-    instances, or dicts of the ``values`` fields when given."""
+    instances, dicts of the ``values`` fields when given, or what ``fetch`` reads of those keys."""
     major, minor = fields
     op = "gt" if cursor.forward else "lt"
     order = (major, minor) if cursor.forward else (f"-{major}", f"-{minor}")
@@ -76,10 +86,15 @@ def keyset_rows(
     if not cursor.forward:
         pks.reverse()
     pk_name = queryset.model._meta.pk.attname
-    page = queryset.filter(pk__in=pks)
-    if values:
-        page = page.values(*dict.fromkeys((pk_name, *values)))
-    by_pk = {row_value(row, pk_name): row for row in page} if pks else {}
+    if not pks:
+        return []
+    if fetch is not None:
+        page: Iterable[Any] = fetch(queryset, pks)
+    else:
+        page = queryset.filter(pk__in=pks)
+        if values:
+            page = page.values(*dict.fromkeys((pk_name, *values)))
+    by_pk = {row_value(row, pk_name): row for row in page}
     return [by_pk[pk] for pk in pks if pk in by_pk]
 
 
@@ -96,10 +111,15 @@ class KeysetPage:
 
 
 def keyset_page(
-    queryset: QuerySet, fields: tuple[str, str], cursor: Cursor, limit: int, values: tuple[str, ...] = ()
+    queryset: QuerySet,
+    fields: tuple[str, str],
+    cursor: Cursor,
+    limit: int,
+    values: tuple[str, ...] = (),
+    fetch: RowFetch | None = None,
 ) -> KeysetPage:
     """The page of ``limit`` rows on the ``cursor`` side of its key, and the cursors of its neighbours."""
-    rows = keyset_rows(queryset, fields, cursor, limit + 1, values)
+    rows = keyset_rows(queryset, fields, cursor, limit + 1, values, fetch)
     more = len(rows) > limit
     if more:
         rows = rows[:limit] if cursor.forward else rows[1:]

@@ -3,12 +3,14 @@ pages by key; bad values are a 400."""
 
 from __future__ import annotations
 
+from django.http import HttpResponse
 from rest_framework import pagination
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from infra_site.errors import ValidationFailed
-from infra_site.keyset import LAST_PAGE, Cursor, KeysetPage, cursor_param, keyset_page
+from infra_site.keyset import LAST_PAGE, Cursor, KeysetPage, RowFetch, cursor_param, keyset_page
 
 
 def _bounded_int(request, name: str, default: int, low: int, high: int | None) -> int:
@@ -45,6 +47,7 @@ class KeysetPagination(LimitOffsetPagination):
     key_fields: tuple[str, str]
     row_fields: tuple[str, ...] = ()  # when set, a page's rows are dicts of these fields (``values()``)
     page: KeysetPage | None = None
+    fetch: RowFetch | None = None
 
     def paginate_queryset(self, queryset, request, view=None):
         offset = self.offset_query_param in request.query_params
@@ -63,8 +66,13 @@ class KeysetPagination(LimitOffsetPagination):
         self.limit = self.get_limit(request)
         cursor = cursor_param(request, self.cursor_query_param)
         self.count = self.get_count(queryset)
-        self.page = keyset_page(queryset, self.key_fields, cursor, self.limit, self.row_fields)
+        self.fetch = self.rows_fetch(request)
+        self.page = keyset_page(queryset, self.key_fields, cursor, self.limit, self.row_fields, self.fetch)
         return self.page.rows
+
+    def rows_fetch(self, request) -> RowFetch | None:
+        """What reads a page's rows from its keys, when not the queryset (rows of ``row_fields``) itself."""
+        return None
 
     def _link(self, cursor: Cursor) -> str:
         return replace_query_param(self.url, self.cursor_query_param, cursor.encode())
@@ -92,6 +100,22 @@ class KeysetPagination(LimitOffsetPagination):
                 "results": data,
             }
         )
+
+    def get_rendered_response(self, results: list[str]) -> HttpResponse:
+        """The page's response when each of its results is already JSON text: what ``get_paginated_response``
+        answers with JSONRenderer, without parsing or encoding the results again."""
+        envelope = JSONRenderer().render(
+            {
+                "count": self.count,
+                "next": self.get_next_link(),
+                "previous": self.get_previous_link(),
+                "last": self.get_last_link(),
+                "results": [],
+            }
+        )
+        assert envelope.endswith(b"[]}")
+        body = b"".join((envelope[:-2], ",".join(results).encode(), b"]}"))
+        return HttpResponse(body, content_type=JSONRenderer.media_type)
 
     def get_paginated_response_schema(self, schema):
         response = super().get_paginated_response_schema(schema)

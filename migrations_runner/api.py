@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status, viewsets
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -114,6 +115,12 @@ class TargetRunPages(KeysetPagination):
     key_fields = ("phase", "id")
     row_fields = selectors.LISTED_ROW_FIELDS
 
+    def rows_fetch(self, request):
+        # Pages by cursor answered in JSON get their rows rendered by a PostgreSQL control database.
+        if request.accepted_renderer.format == "json" and selectors.target_rows_rendered_here():
+            return selectors.execution_target_rows_rendered
+        return None
+
 
 class ExecutionTargetsView(generics.ListAPIView):
     """The target runs of an execution in phase order; ``?status=`` filters. ``next``, ``previous`` and ``last``
@@ -130,6 +137,23 @@ class ExecutionTargetsView(generics.ListAPIView):
         qs = selectors.execution_target_rows(execution=execution)
         wanted = self.request.query_params.get("status")
         return qs.filter(status=wanted) if wanted else qs
+
+    def list(self, request: Request, *args, **kwargs):
+        rows = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        paginator = self.paginator
+        assert isinstance(paginator, TargetRunPages)
+        assert rows is not None
+        if paginator.fetch is None:
+            return self.get_paginated_response(self.get_serializer(rows, many=True).data)
+        # Rendered by the database, but for runs with an error, which the serializer redacts per caller.
+        shown = iter(self.get_serializer([row for row in rows if selectors.RENDERED not in row], many=True).data)
+        renderer = JSONRenderer()
+        return paginator.get_rendered_response(
+            [
+                row[selectors.RENDERED] if selectors.RENDERED in row else renderer.render(next(shown)).decode()
+                for row in rows
+            ]
+        )
 
 
 class CancelView(APIView):

@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+from django.conf import settings as django_settings
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.fields import SkipField
+from rest_framework.relations import PKOnlyObject
 
 from connections import selectors as registry
 from connections import validators
@@ -79,6 +83,65 @@ class FilterListField(serializers.ListField):
         if isinstance(data, list) and len(data) > MAX_FILTER_VALUES[self.filter_name]:
             raise serializers.ValidationError(too_many(self.filter_name, len(data)))
         return super().to_internal_value(data)
+
+
+# The fields whose representation of a model's value is that value (``PlannedRepresentation``).
+_STORED_AS_SHOWN = {
+    kind.to_representation
+    for kind in (
+        serializers.CharField,
+        serializers.IntegerField,
+        serializers.BooleanField,
+        serializers.ChoiceField,
+        serializers.JSONField,
+    )
+}
+
+
+class PlannedRepresentation(serializers.Serializer):
+    """Shows rows (model instances, or dicts of ``values()`` named by the fields' sources) from a plan of its
+    fields made once per serializer: a field whose representation is the stored value itself (strings, numbers,
+    booleans, choices, JSON) is read and shown as it is, a time goes through its field with the current time zone
+    looked up once, the rest go through their field as DRF does. The output is DRF's own, at a fraction of the cost
+    for a list of many rows."""
+
+    _plan: list[tuple[str, str, serializers.Field, bool]] | None = None
+
+    def _representation_plan(self) -> list[tuple[str, str, serializers.Field, bool]]:
+        if self._plan is None:
+            zone = timezone.get_current_timezone() if django_settings.USE_TZ else None
+            plan = []
+            for field in self._readable_fields:
+                if zone is not None and isinstance(field, serializers.DateTimeField) and "timezone" not in vars(field):
+                    field.timezone = zone  # what DRF's enforce_timezone() would look up for each value
+                # Not a subclass that shows its value otherwise (a redacted error).
+                as_stored = type(field).to_representation in _STORED_AS_SHOWN
+                plan.append((str(field.field_name), "__".join(field.source_attrs), field, as_stored))
+            self._plan = plan
+        return self._plan
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        plan = self._representation_plan()
+        shown: dict[str, Any] = {}
+        if isinstance(instance, dict):
+            for name, key, field, as_stored in plan:
+                value = instance[key]
+                shown[name] = value if value is None or as_stored else field.to_representation(value)
+            return shown
+        for name, key, field, as_stored in plan:
+            if as_stored and "__" not in key and key:
+                value = getattr(instance, key)
+            else:
+                try:
+                    value = field.get_attribute(instance)
+                except SkipField:
+                    continue
+                check = value.pk if isinstance(value, PKOnlyObject) else value
+                if check is None:
+                    shown[name] = None
+                    continue
+            shown[name] = value if value is None or as_stored else field.to_representation(value)
+        return shown
 
 
 class ResultSerializer(serializers.Serializer):
@@ -217,7 +280,11 @@ class ExecutionProgressSerializer(ResultSerializer):
     )
 
 
-class ExecutionSerializer(serializers.ModelSerializer):
+# Shows each execution's progress (a ResultSerializer keeps no state: one for all).
+_PROGRESS = ExecutionProgressSerializer()
+
+
+class ExecutionSerializer(PlannedRepresentation, serializers.ModelSerializer):
     progress = serializers.SerializerMethodField()
     error = RedactedCharField(read_only=True)
     error_message = RedactedCharField(source="error", read_only=True, help_text="The seed's name for `error`.")
@@ -258,7 +325,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
         progress = execution_progress(
             execution=execution, running_targets=None if running is None else running.get(execution.pk, [])
         )
-        return ExecutionProgressSerializer(progress).data
+        return _PROGRESS.to_representation(progress)
 
 
 class WaveProgressSerializer(ResultSerializer):
@@ -290,41 +357,15 @@ class ExecutionDetailSerializer(ExecutionSerializer):
         return list(WaveProgressSerializer(execution_waves(execution=execution), many=True).data)
 
 
-class TargetRunSerializer(serializers.ModelSerializer):
+class TargetRunSerializer(PlannedRepresentation, serializers.ModelSerializer):
     """A target run, from a model instance or from a row of ``selectors.execution_target_rows`` (a page of 100
-    rows is shown without building a model instance or looking each field up through its ``source``)."""
+    rows is shown without building a model instance)."""
 
     connection = serializers.CharField(source="connection.name")
     tenant = serializers.CharField(
         source="tenant.slug", default=None, allow_null=True, help_text="Null for a target that is not a tenant's."
     )
     error = RedactedJSONField(read_only=True, allow_null=True)
-
-    # Fields whose representation is the stored value itself (strings, numbers, choices, JSON lists): the rest go
-    # through their field (dates, the redacted error).
-    _AS_STORED = (serializers.CharField, serializers.IntegerField, serializers.ChoiceField, serializers.JSONField)
-    _row_plan: list[tuple[str, str, Callable[[Any], Any] | None]] | None = None
-
-    def to_representation(self, instance: Any) -> dict[str, Any]:
-        if not isinstance(instance, dict):
-            return super().to_representation(instance)
-        plan = self._row_plan
-        if plan is None:
-            plan = self._row_plan = [
-                (
-                    str(field.field_name),
-                    "__".join(field.source_attrs),
-                    None
-                    if isinstance(field, self._AS_STORED) and not isinstance(field, RedactedMixin)
-                    else field.to_representation,
-                )
-                for field in self._readable_fields
-            ]
-        return {
-            name: value if value is None or show is None else show(value)
-            for name, key, show in plan
-            for value in (instance[key],)
-        }
 
     class Meta:
         model = TargetRun

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.db import connection as db_connection
 from django.db.models import Count, QuerySet
 from django.utils import timezone
 
@@ -58,6 +59,60 @@ def execution_targets_listed(*, execution: MigrationExecution) -> QuerySet[Targe
 
 # What the API's pages show of each run, read as rows (``values(*LISTED_ROW_FIELDS)``), not model instances.
 LISTED_ROW_FIELDS = tuple(name for name in LISTED_RUN_FIELDS if name != "execution")
+
+# Set on a row of ``execution_target_rows_rendered``: the run's JSON as the API shows it.
+RENDERED = "__rendered__"
+
+
+def _iso_utc(column: str) -> str:
+    """SQL showing a ``timestamptz`` column as DRF shows a time in UTC: ISO 8601 with ``Z``, the microseconds only
+    when there are some (``datetime.isoformat``); NULL stays NULL."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN mod(extract(microseconds FROM {utc})::bigint,"
+        f" 1000000) = 0 THEN '' ELSE to_char({utc}, '.US') END || 'Z'"
+    )
+
+
+# A run as the targets endpoint shows it (``TargetRunSerializer``'s fields, in its order), each field as SQL.
+# ``error`` is left out: a run with an error is shown through the serializer, which redacts it per caller.
+# The query's text is made of these constants and the models' table names; the keys are its one parameter.
+RENDERED_RUN_FIELDS = {
+    **{"id": "r.id", "connection": "c.name"},
+    "tenant": f'(SELECT t.slug FROM "{TargetRun._meta.get_field("tenant").related_model._meta.db_table}" t'  # noqa: S608
+    " WHERE t.id = r.tenant_id)",
+    **{name: f"r.{name}" for name in ("schema_name", "database_type", "region", "phase", "status", "from_version")},
+    **{name: f"r.{name}" for name in ("to_version", "pending_versions", "applied_versions", "attempts")},
+    **{"lock_waits": "r.lock_waits", "waiting": "r.waiting", "retry_at": _iso_utc("r.retry_at"), "error": "NULL"},
+    **{"skip_reason": "r.skip_reason", "worker": "r.worker", "started_at": _iso_utc("r.started_at")},
+    **{"completed_at": _iso_utc("r.completed_at"), "duration_ms": "r.duration_ms"},
+}
+_RENDERED_ROWS_SQL = (
+    "SELECT r.id, r.phase, CASE WHEN r.error IS NULL THEN json_build_object("  # noqa: S608
+    + ", ".join(f"'{name}', {expression}" for name, expression in RENDERED_RUN_FIELDS.items())
+    + f""")::text END FROM "{TargetRun._meta.db_table}" r"""
+    + f""" JOIN "{TargetRun._meta.get_field("connection").related_model._meta.db_table}" c ON c.id = r.connection_id"""
+    + " WHERE r.id = ANY(%s)"
+)
+
+
+def target_rows_rendered_here() -> bool:
+    """Whether the control database renders the targets endpoint's rows (PostgreSQL, times shown in UTC)."""
+    return db_connection.vendor == "postgresql" and timezone.get_current_timezone_name() == "UTC"
+
+
+def execution_target_rows_rendered(runs: QuerySet[TargetRun], pks: list[int]) -> list[dict[str, Any]]:
+    """The runs ``pks`` of ``runs`` as the targets endpoint shows them, in one query that PostgreSQL answers with
+    each run's JSON (``target_rows_rendered_here()`` must hold): rows of ``id``, ``phase`` and ``RENDERED``,
+    except a run with an error, whose row is ``values(*LISTED_ROW_FIELDS)`` (its error is redacted per caller)."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(_RENDERED_ROWS_SQL, [pks])
+        found = cursor.fetchall()
+    rows: list[dict[str, Any]] = [{"id": pk, "phase": phase, RENDERED: text} for pk, phase, text in found if text]
+    with_error = [pk for pk, _, text in found if text is None]
+    if with_error:
+        rows += runs.filter(pk__in=with_error).values(*LISTED_ROW_FIELDS)
+    return rows
 
 
 def execution_target_rows(*, execution: MigrationExecution) -> QuerySet[TargetRun]:

@@ -1,0 +1,171 @@
+"""A PostgreSQL control database renders the targets endpoint's rows itself: the pages it answers are, value for
+value, what the serializer shows of the same runs (times, text of every kind, JSON, tenants or none), and runs
+with an error still go through the serializer, which redacts them per caller.
+
+The suite's own control database is SQLite; this runs a child process on a PostgreSQL control database.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tests.support.qcluster import ROOT, control_env
+from tests.support.tools import coverage_env
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+
+CHILD = textwrap.dedent(
+    """
+    import json
+    from datetime import datetime, timedelta, timezone as tz
+
+    import django
+    django.setup()
+    from django.contrib.auth.models import Group, User
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.test import APIClient, APIRequestFactory
+
+    call_command("migrate", verbosity=0)
+    from connections import services as registry
+    from connections.models import Tenant
+    from migrations_runner import selectors
+    from migrations_runner.models import MigrationExecution, TargetRun
+    from migrations_runner.serializers import TargetRunSerializer
+
+    target = registry.connection_create(
+        actor="t", verify=False, name="shared-eu", database_type="shared", region="eu-west",
+        host="db-7.internal.example", port=6543, database_name="fleet", username="svc_fleet",
+        password="not-shown-anywhere", ssl_mode="disable", connect_timeout=5,
+    )
+    tenant = Tenant.objects.create(slug="acme", name="Acme", connection=target)
+    execution = MigrationExecution.objects.create(scope="tenant", executed_by="t")
+    whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=tz.utc)  # no microseconds: shown without a fraction
+    texts = ['quote " backslash \\\\ slash /', "line\\nbreak\\ttab\\r\\x01\\x1f", "é ß 東京 😀", "</script>", ""]
+    runs = []
+    for n in range(60):
+        text = texts[n % len(texts)]
+        runs.append(TargetRun(
+            execution=execution,
+            connection=target,
+            tenant=tenant if n % 2 else None,
+            schema_name=f"tenant_{n:03d}",
+            database_type="tenant",
+            region="eu-west",
+            phase=n % 3,
+            status=["succeeded", "failed", "pending", "running", "skipped"][n % 5],
+            from_version=str(n),
+            to_version=str(n + 1) if n % 4 else "",
+            pending_versions=[str(n + 1), "R__views.sql"] if n % 3 else [],
+            applied_versions=[
+                {"version": str(n), "script": f"V{n}__x.sql", "duration_ms": n, "ratio": 1.5, "big": 2**60,
+                 "ok": True, "none": None, "text": text, "nested": {"b": [1, 2.0], "a": "é"}},
+            ] if n % 2 else [],
+            attempts=n % 4,
+            lock_waits=n % 7,
+            waiting=text if n % 5 == 1 else "",
+            retry_at=whole + timedelta(microseconds=n) if n % 6 == 0 else None,
+            error=(
+                {"kind": "sql", "message": "could not connect to db-7.internal.example:6543 as svc_fleet"}
+                if n % 10 == 7 else None
+            ),
+            skip_reason=text if n % 5 == 4 else "",
+            worker=f"host-{n}:{1000 + n}",
+            started_at=(whole - timedelta(days=n, microseconds=n * 1001)) if n % 4 else None,
+            completed_at=whole + timedelta(seconds=n) if n % 3 else None,
+            duration_ms=n * 10 if n % 2 else None,
+        ))
+    TargetRun.objects.bulk_create(runs)
+    instances = list(selectors.execution_targets_listed(execution=execution))
+
+    reader = User.objects.create_user("reader", password="reader-password")
+    reader.groups.add(Group.objects.get_or_create(name="migrations:read")[0])
+    admin = User.objects.create_user("dba", password="dba-password")
+    admin.groups.add(
+        Group.objects.get_or_create(name="migrations:read")[0], Group.objects.get_or_create(name="databases:read")[0]
+    )
+
+    def walk(client, url):
+        pages, sql = [], []
+        while url:
+            with CaptureQueriesContext(connection) as captured:
+                response = client.get(url)
+            assert response.status_code == 200, response.content[:500]
+            sql += [query["sql"] for query in captured.captured_queries]
+            pages.append({"type": response["Content-Type"], "body": json.loads(response.content)})
+            url = pages[-1]["body"]["next"]
+        return pages, sql
+
+    out = {"rendered_here": selectors.target_rows_rendered_here()}
+    url = f"/api/v1/migrations/{execution.pk}/targets/?limit=25"
+    for user in (reader, admin):
+        client = APIClient()
+        client.force_authenticate(user)
+        request = APIRequestFactory().get("/")
+        request.user = user
+        expected = json.loads(JSONRenderer().render(
+            TargetRunSerializer(instances, many=True, context={"request": request}).data
+        ))
+        rendered, sql = walk(client, url)
+        last = client.get(rendered[0]["body"]["last"])
+        selectors_rendered_here = selectors.target_rows_rendered_here
+        import migrations_runner.api as api_module
+        api_module.selectors.target_rows_rendered_here = lambda: False
+        try:
+            plain, plain_sql = walk(client, url)
+            plain_last = client.get(plain[0]["body"]["last"])
+        finally:
+            api_module.selectors.target_rows_rendered_here = selectors_rendered_here
+        out[user.username] = {
+            "expected": expected,
+            "rendered": [run for page in rendered for run in page["body"]["results"]],
+            "plain": [run for page in plain for run in page["body"]["results"]],
+            "envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in rendered],
+            "plain_envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in plain],
+            "types": sorted({page["type"] for page in rendered + plain}),
+            "rendered_sql": sum("json_build_object" in q for q in sql),
+            "plain_sql": sum("json_build_object" in q for q in plain_sql),
+            "last": json.loads(last.content),
+            "plain_last": json.loads(plain_last.content),
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control):
+    env = control_env(ADMIN_DATABASE_URL=pg_control, **coverage_env())
+    child = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-4000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    assert out["rendered_here"] is True
+    for username in ("reader", "dba"):
+        seen = out[username]
+        assert seen["rendered_sql"] == 3  # one query of rows a page
+        assert seen["plain_sql"] == 0
+        assert seen["types"] == ["application/json"]
+        assert len(seen["expected"]) == 60
+        # In the pages' (phase, id) order, every field equal to the serializer's, and to the pages it renders.
+        by_id = {run["id"]: run for run in seen["expected"]}
+        assert [run["id"] for run in seen["rendered"]] == [run["id"] for run in seen["plain"]]
+        assert seen["rendered"] == [by_id[run["id"]] for run in seen["rendered"]]
+        assert seen["plain"] == seen["rendered"]
+        assert seen["envelopes"] == seen["plain_envelopes"]
+        assert seen["last"] == seen["plain_last"]
+    reader, dba = out["reader"]["rendered"], out["dba"]["rendered"]
+    errors = [run["error"] for run in reader if run["error"]]
+    assert len(errors) == 6
+    assert not any("db-7.internal.example" in json.dumps(error) for error in errors)  # redacted for a reader
+    assert all("db-7.internal.example" in json.dumps(run["error"]) for run in dba if run["error"])
+    times = [run["completed_at"] for run in reader if run["completed_at"]]
+    assert "2026-03-04T05:06:08Z" in times  # a whole second: no fraction, as the serializer shows it
+    assert any(run["retry_at"] == "2026-03-04T05:06:07.000006Z" for run in reader)
+    assert {run["tenant"] for run in reader} == {"acme", None}
+    assert "not-shown-anywhere" not in json.dumps(out)

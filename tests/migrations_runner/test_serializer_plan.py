@@ -1,0 +1,122 @@
+"""The list serializers show each row from a plan of their fields made once (``PlannedRepresentation``): the
+output is, field for field, what DRF's own ``to_representation`` gives, errors redacted alike, in any time zone."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.utils import timezone
+from rest_framework import serializers
+from rest_framework.renderers import JSONRenderer
+from rest_framework.test import APIRequestFactory
+
+from connections import services as registry
+from connections.models import Tenant
+from migrations_runner import selectors
+from migrations_runner.models import MigrationExecution, TargetRun
+from migrations_runner.serializers import ExecutionSerializer, TargetRunSerializer
+
+pytestmark = pytest.mark.django_db
+
+HOST = "db-9.internal.example"
+
+
+def shown(data) -> list:
+    return json.loads(JSONRenderer().render(data))
+
+
+@pytest.fixture
+def fleet(make_user):
+    target = registry.connection_create(
+        actor="t", verify=False, name="shared-eu", database_type="shared", region="eu-west", host=HOST, port=6543,
+        database_name="fleet", username="svc_fleet", password="pw-for-tests", ssl_mode="disable", connect_timeout=5,
+    )  # fmt: skip
+    tenant = Tenant.objects.create(slug="acme", name="Acme", connection=target)
+    whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    first = MigrationExecution.objects.create(scope="tenant", executed_by="t")
+    executions = [first]
+    for n in range(1, 12):
+        executions.append(
+            MigrationExecution.objects.create(
+                scope=["tenant", "all", "shared"][n % 3],
+                status=["completed", "failed", "in_progress", "cancelled"][n % 4],
+                executed_by=f"user-{n} é",
+                filters={"regions": ["eu-west"], "tenants": [], "connections": []} if n % 2 else {},
+                dry_run=bool(n % 2),
+                parent=first if n % 3 == 0 else None,
+                cancel_requested=n % 5 == 0,
+                error=f"could not connect to {HOST}:6543 as svc_fleet" if n % 4 == 1 else "",
+                started_at=whole + timedelta(microseconds=n) if n % 2 else whole,
+                completed_at=whole + timedelta(minutes=n) if n % 3 else None,
+                failure_budget=["0", "2", "5%"][n % 3],
+                wave_pause_s=n * 7,
+                wave_approval=n % 2 == 0,
+                waiting="waiting for a worker" if n == 5 else "",
+                targets_total=n * 10,
+                targets_succeeded=n,
+                targets_failed=n % 3,
+            )
+        )
+    runs = TargetRun.objects.bulk_create(
+        TargetRun(
+            execution=first,
+            connection=target,
+            tenant=tenant if n % 2 else None,
+            schema_name=f"tenant_{n}",
+            database_type="tenant",
+            phase=n % 2,
+            status=["succeeded", "failed", "pending"][n % 3],
+            pending_versions=["2"] if n % 2 else [],
+            applied_versions=[{"version": "1", "ratio": 1.5}] if n % 2 else [],
+            error={"message": f"could not connect to {HOST}"} if n == 3 else None,
+            retry_at=whole if n % 4 == 0 else None,
+            started_at=whole - timedelta(microseconds=n),
+            duration_ms=n or None,
+        )
+        for n in range(8)
+    )
+    return {"executions": executions, "runs": runs, "first": first}
+
+
+def requests_for(make_user):
+    for granted in (("migrations:read",), ("migrations:read", "databases:read")):
+        request = APIRequestFactory().get("/")
+        request.user = make_user(*granted)
+        yield request
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Paris", "America/St_Johns"])
+def test_executions_are_shown_as_drf_shows_them(fleet, make_user, zone):
+    executions = list(selectors.execution_list().order_by("created_at"))
+    running = selectors.executions_running(execution_ids=[e.pk for e in executions])
+    for request in requests_for(make_user):
+        context = {"request": request, "running": running}
+        with timezone.override(zone):
+            planned = shown(ExecutionSerializer(executions, many=True, context=context).data)
+            reference = ExecutionSerializer(context=context)
+            expected = shown([serializers.ModelSerializer.to_representation(reference, e) for e in executions])
+        assert planned == expected
+        assert len(planned) == 12
+        redacted = [e["error"] for e in planned if e["error"]]
+        assert redacted
+        assert all((HOST in error) == (len(request.user.groups.all()) == 2) for error in redacted)
+        if zone != "UTC":
+            assert not any(e["started_at"].endswith("Z") for e in planned if e["started_at"])
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kolkata"])
+def test_target_runs_are_shown_as_drf_shows_them_from_instances_and_from_rows(fleet, make_user, zone):
+    instances = list(selectors.execution_targets_listed(execution=fleet["first"]))
+    rows = list(selectors.execution_target_rows(execution=fleet["first"]).values(*selectors.LISTED_ROW_FIELDS))
+    for request in requests_for(make_user):
+        context = {"request": request}
+        with timezone.override(zone):
+            from_instances = shown(TargetRunSerializer(instances, many=True, context=context).data)
+            from_rows = shown(TargetRunSerializer(rows, many=True, context=context).data)
+            reference = TargetRunSerializer(context=context)
+            expected = shown([serializers.ModelSerializer.to_representation(reference, run) for run in instances])
+        assert from_instances == expected
+        assert from_rows == expected
+        assert {run["tenant"] for run in expected} == {"acme", None}
