@@ -184,24 +184,29 @@ def history_executions(count: int) -> None:
 
 def query_plans(big) -> dict[str, dict]:
     """PostgreSQL's plans (``EXPLAIN ANALYZE``) of the queries the targets endpoint makes for the first and the last
-    page of 100 runs by cursor (the keys, then the rows of those keys) and by offset, and of the list's page: the
-    index each reads, whether it sorts, and its execution time."""
+    page of 100 runs by cursor (the keys, then the rows of those keys, rendered as JSON by PostgreSQL) and by
+    offset, and of the list's page: the index each reads, whether it sorts, and its execution time."""
+    from django.db import connection
+
     from migrations_runner import selectors
     from migrations_runner.models import MigrationExecution
+    from migrations_runner.selectors import executions
 
     runs = selectors.execution_target_rows(execution=selectors.execution_get(execution_id=big))
     count = runs.count()
     first_keys = list(runs.values_list("pk", flat=True)[:101])
     queries = {
         "targets first page (keys)": runs.values_list("pk", flat=True)[:101],
-        "targets first page (rows)": runs.filter(pk__in=first_keys).values(*selectors.LISTED_ROW_FIELDS),
         "targets last page (cursor, keys)": runs.order_by("-phase", "-id").values_list("pk", flat=True)[:101],
         "targets last page (offset)": runs.values(*selectors.LISTED_ROW_FIELDS)[max(0, count - 100) : count],
         "list": MigrationExecution.objects.all()[:50],
     }
+    with connection.cursor() as cursor:  # what a page by cursor reads its rows with (rendered by PostgreSQL)
+        cursor.execute("EXPLAIN ANALYZE " + executions._RENDERED_ROWS_SQL, [first_keys])
+        rendered = "\n".join(row[0] for row in cursor.fetchall())
     plans = {}
-    for name, queryset in queries.items():
-        text = queryset.explain(analyze=True)
+    for name, queryset in [*queries.items(), ("targets first page (rows, rendered)", rendered)]:
+        text = queryset if isinstance(queryset, str) else queryset.explain(analyze=True)
         indexes = sorted({line.split(" using ")[1].split()[0] for line in text.splitlines() if " using " in line})
         plans[name] = {
             "indexes": indexes,
