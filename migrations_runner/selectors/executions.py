@@ -29,8 +29,9 @@ def execution_get(*, execution_id: uuid.UUID | str) -> MigrationExecution:
 
 
 def execution_list(*, status: str | None = None) -> QuerySet[MigrationExecution]:
-    """Return the executions, narrowed to one status when given."""
-    qs = MigrationExecution.objects.all()
+    """Return the executions, narrowed to one status when given, without their ``metadata`` (the sets and options
+    each ran with: kilobytes of JSON an execution, which a list does not show)."""
+    qs = MigrationExecution.objects.defer("metadata")
     if status:
         qs = qs.filter(status=status)
     return qs

@@ -1,5 +1,6 @@
 """The list serializers show each row from a plan of their fields made once (``PlannedRepresentation``): the
-output is, field for field, what DRF's own ``to_representation`` gives, errors redacted alike, in any time zone."""
+output is, field for field, what DRF's own ``to_representation`` gives, errors redacted alike, in any time zone.
+And the executions' list reads only what it shows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from django.db import connection as control_db
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
@@ -120,3 +123,20 @@ def test_target_runs_are_shown_as_drf_shows_them_from_instances_and_from_rows(fl
         assert from_instances == expected
         assert from_rows == expected
         assert {run["tenant"] for run in expected} == {"acme", None}
+
+
+def test_the_list_reads_no_metadata_and_the_status_shows_it(fleet, api_as):
+    """The sets and options an execution ran with (kilobytes of JSON each) stay in the database for a list."""
+    sets = {"tenant": {"versions": [{"version": str(n), "checksum": "c" * 64} for n in range(200)]}}
+    MigrationExecution.objects.filter(pk=fleet["first"].pk).update(metadata={"sets": sets})
+    reader = api_as("migrations:read")
+    with CaptureQueriesContext(control_db) as captured:
+        listed = reader.get("/api/v1/migrations/", {"limit": 100})
+    assert listed.status_code == 200
+    assert len(listed.json()["results"]) == 12
+    assert all("metadata" not in execution for execution in listed.json()["results"])
+    reads = [q["sql"] for q in captured.captured_queries if 'FROM "migrations_runner_migrationexecution"' in q["sql"]]
+    assert reads
+    assert not any('"metadata"' in sql for sql in reads), reads
+    detail = reader.get(f"/api/v1/migrations/status/{fleet['first'].pk}/").json()
+    assert detail["metadata"]["sets"] == sets
