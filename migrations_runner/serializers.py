@@ -36,7 +36,7 @@ from migrations_runner.options import (
     ExecutionOptions,
 )
 from migrations_runner.selection import FILTER_NAMES, MAX_FILTER_VALUES, TargetSelection, too_many
-from migrations_runner.selectors.executions import execution_progress, execution_waves
+from migrations_runner.selectors.executions import NOT_RUNNING, execution_progress, execution_waves
 from migrations_runner.selectors.plans import TargetPlan
 
 
@@ -323,7 +323,7 @@ class ExecutionSerializer(PlannedRepresentation, serializers.ModelSerializer):
         # A list view hands the running targets of the whole page in the context (one query per page).
         running = self.context.get("running")
         progress = execution_progress(
-            execution=execution, running_targets=None if running is None else running.get(execution.pk, [])
+            execution=execution, running_targets=None if running is None else running.get(execution.pk, NOT_RUNNING)
         )
         return _PROGRESS.to_representation(progress)
 

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection as db_connection
 from django.db.models import Count, QuerySet
@@ -209,15 +210,31 @@ def execution_eta(*, execution: MigrationExecution) -> datetime | None:
     return timezone.now() + timedelta(milliseconds=mean_ms * remaining / parallel)
 
 
-def executions_running(*, execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
-    """The labels of the running targets of several executions, in one query: {execution id: [label, ...]}."""
-    running: dict[uuid.UUID, list[str]] = defaultdict(list)
+@dataclass(frozen=True, slots=True)
+class RunningTargets:
+    """The running target runs of an execution: their labels, and whether one of them holds a live lease."""
+
+    labels: list[str]
+    leased: bool
+
+
+NOT_RUNNING = RunningTargets(labels=[], leased=False)
+
+
+def executions_running(*, execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, RunningTargets]:
+    """The running targets of several executions, in one query: {execution id: RunningTargets} (executions with
+    none left out)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+    labels: dict[uuid.UUID, list[str]] = defaultdict(list)
+    leased: set[uuid.UUID] = set()
     rows = TargetRun.objects.filter(execution_id__in=execution_ids, status=TargetStatus.RUNNING).values_list(
-        "execution_id", "connection__name", "schema_name"
+        "execution_id", "connection__name", "schema_name", "heartbeat_at"
     )
-    for execution_id, name, schema in rows:
-        running[execution_id].append(f"{name}/{schema}")
-    return running
+    for execution_id, name, schema, heartbeat in rows:
+        labels[execution_id].append(f"{name}/{schema}")
+        if heartbeat is not None and heartbeat >= cutoff:
+            leased.add(execution_id)
+    return {key: RunningTargets(labels=value, leased=key in leased) for key, value in labels.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,18 +255,23 @@ class Progress:
     state: str  # finished, awaiting_approval, soaking, waiting_for_worker or running
 
 
-def execution_progress(*, execution: MigrationExecution, running_targets: list[str] | None = None) -> Progress:
+def execution_progress(*, execution: MigrationExecution, running_targets: RunningTargets | None = None) -> Progress:
     """Totals (from the execution's counters), current targets, completion percentage, ETA, and whether the
     execution waits for a worker. Reads only the running target runs (or takes them from ``running_targets``)."""
     finished = _finished(execution)
     total = execution.targets_total
-    if running_targets is not None or execution.is_finished:
-        labels = running_targets or []
-    else:
-        labels = executions_running(execution_ids=[execution.pk]).get(execution.pk, [])
+    if running_targets is None:
+        running_targets = (
+            NOT_RUNNING
+            if execution.is_finished
+            else executions_running(execution_ids=[execution.pk]).get(execution.pk, NOT_RUNNING)
+        )
+    labels = running_targets.labels
     running = len(labels)
     pending = max(0, total - finished - running)
-    no_worker = execution_waiting_for_worker(execution=execution, running=running, pending=pending)
+    no_worker = execution_waiting_for_worker(
+        execution=execution, running=running, pending=pending, leased=running_targets.leased
+    )
     return Progress(
         total=total,
         completed=execution.targets_succeeded,

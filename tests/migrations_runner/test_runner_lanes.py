@@ -12,8 +12,9 @@ from datetime import timedelta
 
 import pytest
 from django.core.cache import cache
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, connection
 from django.db import connections as django_connections
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_q.models import OrmQ
 
@@ -193,13 +194,23 @@ def test_a_lane_waiting_for_a_slot_hands_its_worker_back_and_is_no_progress(smal
         Leases.release(run_id=other.pk)
 
 
-def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fleet, queue_here):
+def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fleet, queue_here, api_as):
     queue_here.MIGRATION_WORKER_WAIT = 0
     queue_here.MIGRATION_LEASE_SECONDS = 5
     execution = submitted(batch_size=2)
     run = run_claim(execution=execution, worker="other-host:9")
+    reader = api_as("migrations:read")
+
+    def listed_state() -> str:
+        (shown,) = [e for e in reader.get("/api/v1/migrations/").json()["results"] if e["id"] == str(execution.pk)]
+        return shown["progress"]["state"]
+
     try:
-        assert not selectors.execution_progress(execution=execution).no_worker
+        with CaptureQueriesContext(connection) as captured:
+            assert not selectors.execution_progress(execution=execution).no_worker
+        # The running runs' labels and leases come in one read.
+        assert sum('"migrations_runner_targetrun"' in q["sql"] for q in captured.captured_queries) == 1
+        assert listed_state() == "running"
         queue = probes.system_health(only=probes.TASK_QUEUE).services[0]
         assert queue.is_healthy, queue.details  # no periodic check ran, but a lane renews its lease
         assert queue.details["last_worker_activity"] is not None
@@ -210,6 +221,7 @@ def test_a_run_whose_lease_expired_is_no_worker_and_a_live_lease_is_one(small_fl
         execution.refresh_from_db()
         progress = selectors.execution_progress(execution=execution)
         assert (progress.running, progress.no_worker, progress.state) == (1, True, "waiting_for_worker")
+        assert listed_state() == "waiting_for_worker"
         assert not probes.system_health(only=probes.TASK_QUEUE).services[0].is_healthy
     finally:
         Leases.release(run_id=run.pk)
