@@ -6,3 +6,7 @@ from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "infra_site.settings")
 application = get_asgi_application()
+
+from infra_site import serving  # noqa: E402 (needs the settings that making the application set up)
+
+serving.prepare()

@@ -4,13 +4,53 @@ the WSGI and ASGI applications serving a request."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from wsgiref.util import setup_testing_defaults
 
 import pytest
 from django.test import RequestFactory
 
 from infra_site import views
+from tests.support.tools import coverage_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """Importing an entry point freezes the objects of start-up (``infra_site.serving``): not the suite's."""
+    yield
+    gc.unfreeze()
+
+
+@pytest.mark.parametrize("entry", ["infra_site.wsgi", "infra_site.asgi"])
+def test_an_entry_point_loads_the_urls_and_freezes_the_objects_of_start_up(entry, tmp_path):
+    code = (
+        f"import gc, sys, {entry}\n"
+        "print(gc.get_freeze_count(), len(gc.get_objects()), 'rest_framework.views' in sys.modules, "
+        "'migrations_runner.api' in sys.modules)"
+    )
+    env = {
+        "PATH": os.environ["PATH"],
+        **coverage_env(),
+        "DJANGO_SETTINGS_MODULE": "infra_site.settings",
+        "ENVIRONMENT": "testing",
+        "ENV_FILE": os.devnull,
+        "ADMIN_DATABASE_URL": f"sqlite:///{tmp_path / 'control.sqlite3'}",
+    }
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frozen, tracked, framework, views_loaded = result.stdout.split()
+    # The URLconf's modules are loaded, and start-up's objects (over 50,000) left out of collections.
+    assert (framework, views_loaded) == ("True", "True")
+    assert int(frozen) > 50_000
+    assert int(tracked) < int(frozen) // 10
 
 
 def test_the_home_page_redirects_to_the_admin(client):
@@ -46,7 +86,7 @@ def test_an_unknown_api_path_is_a_json_404_and_an_unknown_page_is_html(client):
     assert page["Content-Type"].startswith("text/html")
 
 
-def test_the_wsgi_application_serves_the_liveness_check():
+def test_the_wsgi_application_serves_the_liveness_check(unfrozen):
     from infra_site.wsgi import application
 
     environ: dict = {"PATH_INFO": "/health/", "REQUEST_METHOD": "GET"}
@@ -57,7 +97,7 @@ def test_the_wsgi_application_serves_the_liveness_check():
     assert json.loads(body)["status"] == "healthy"
 
 
-def test_the_asgi_application_serves_the_liveness_check():
+def test_the_asgi_application_serves_the_liveness_check(unfrozen):
     from infra_site.asgi import application
 
     sent: list[dict] = []
