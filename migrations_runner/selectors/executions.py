@@ -110,7 +110,9 @@ def execution_target_rows_rendered(runs: QuerySet[TargetRun], pks: list[int]) ->
     with db_connection.cursor() as cursor:
         cursor.execute(_RENDERED_ROWS_SQL, [pks])
         found = cursor.fetchall()
-    rows: list[dict[str, Any]] = [{"id": pk, "phase": phase, RENDERED: text} for pk, phase, text in found if text]
+    rows: list[dict[str, Any]] = [
+        {"id": pk, "phase": phase, RENDERED: text} for pk, phase, text in found if text is not None
+    ]
     with_error = [pk for pk, _, text in found if text is None]
     if with_error:
         rows += runs.filter(pk__in=with_error).values(*LISTED_ROW_FIELDS)
