@@ -85,9 +85,15 @@ def keyset_rows(
         pks += list(rest[: limit - len(pks)])
     if not cursor.forward:
         pks.reverse()
-    pk_name = queryset.model._meta.pk.attname
+    return rows_of_keys(queryset, pks, values, fetch)
+
+
+def rows_of_keys(queryset: QuerySet, pks: list, values: tuple[str, ...] = (), fetch: RowFetch | None = None) -> list:
+    """The rows of ``queryset`` with the primary keys ``pks``, in that order, read by primary key (with their
+    joins): model instances, dicts of the ``values`` fields when given, or what ``fetch`` reads of those keys."""
     if not pks:
         return []
+    pk_name = queryset.model._meta.pk.attname
     if fetch is not None:
         page: Iterable[Any] = fetch(queryset, pks)
     else:

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from infra_site.errors import ValidationFailed
-from infra_site.keyset import LAST_PAGE, Cursor, KeysetPage, RowFetch, cursor_param, keyset_page
+from infra_site.keyset import LAST_PAGE, Cursor, KeysetPage, RowFetch, cursor_param, keyset_page, rows_of_keys
 
 
 def _bounded_int(request, name: str, default: int, low: int, high: int | None) -> int:
@@ -40,8 +40,9 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
 
 class KeysetPagination(LimitOffsetPagination):
     """Pages by key: ``next``, ``previous`` and ``last`` are ``?cursor=`` links, and any page costs two index
-    range reads, however deep. ``?offset=`` still pages by offset (with offset links), as before; ``count``
-    is in both. The view's queryset must be unique on ``key_fields`` (integers), in that order."""
+    range reads, however deep. ``?offset=`` still pages by offset (with offset links), as before, reading the
+    page's keys by offset and then its rows; ``count`` is in both. The view's queryset must be unique on
+    ``key_fields`` (integers), in that order."""
 
     cursor_query_param = "cursor"
     key_fields: tuple[str, str]
@@ -59,9 +60,10 @@ class KeysetPagination(LimitOffsetPagination):
                 },
             )
         if offset:
-            return super().paginate_queryset(
-                queryset.values(*self.row_fields) if self.row_fields else queryset, request, view
-            )
+            # The keys of the page first (an index's entries skipped, not every joined row sorted), then its rows.
+            keys: list | None = super().paginate_queryset(queryset.values_list("pk", flat=True), request, view)
+            self.fetch = self.rows_fetch(request)
+            return rows_of_keys(queryset, list(keys or ()), self.row_fields, self.fetch)
         self.url = remove_query_param(request.build_absolute_uri(), self.offset_query_param)
         self.limit = self.get_limit(request)
         cursor = cursor_param(request, self.cursor_query_param)

@@ -116,7 +116,7 @@ class TargetRunPages(KeysetPagination):
     row_fields = selectors.LISTED_ROW_FIELDS
 
     def rows_fetch(self, request):
-        # Pages by cursor answered in JSON get their rows rendered by a PostgreSQL control database.
+        # Pages answered in JSON get their rows rendered by a PostgreSQL control database.
         if request.accepted_renderer.format == "json" and selectors.target_rows_rendered_here():
             return selectors.execution_target_rows_rendered
         return None

@@ -123,6 +123,16 @@ CHILD = textwrap.dedent(
             plain_last = client.get(plain[0]["body"]["last"])
         finally:
             api_module.selectors.target_rows_rendered_here = selectors_rendered_here
+        by_offset, offset_sql = [], []
+        for offset in (0, 25, 50):
+            with CaptureQueriesContext(connection) as captured:
+                response = client.get(f"{url}&offset={offset}")
+            assert response.status_code == 200, response.content[:500]
+            by_offset += json.loads(response.content)["results"]
+            offset_sql += [query["sql"] for query in captured.captured_queries]
+        out[user.username + "_offsets"] = {
+            "runs": by_offset, "rendered_sql": sum("json_build_object" in q for q in offset_sql)
+        }
         out[user.username] = {
             "expected": expected,
             "rendered": [run for page in rendered for run in page["body"]["results"]],
@@ -159,6 +169,9 @@ def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control)
         assert seen["plain"] == seen["rendered"]
         assert seen["envelopes"] == seen["plain_envelopes"]
         assert seen["last"] == seen["plain_last"]
+        # Pages by offset are rendered alike, in the same order.
+        assert out[username + "_offsets"]["runs"] == seen["rendered"]
+        assert out[username + "_offsets"]["rendered_sql"] == 3
     reader, dba = out["reader"]["rendered"], out["dba"]["rendered"]
     errors = [run["error"] for run in reader if run["error"]]
     assert len(errors) == 6
