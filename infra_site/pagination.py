@@ -92,29 +92,22 @@ class KeysetPagination(LimitOffsetPagination):
     def get_last_link(self) -> str | None:
         return None if self.page is None else self._link(LAST_PAGE)
 
+    def _body(self, results: list) -> dict:
+        return {
+            "count": self.count,
+            "next": self.get_next_link(),
+            "previous": self.get_previous_link(),
+            "last": self.get_last_link(),
+            "results": results,
+        }
+
     def get_paginated_response(self, data):
-        return Response(
-            {
-                "count": self.count,
-                "next": self.get_next_link(),
-                "previous": self.get_previous_link(),
-                "last": self.get_last_link(),
-                "results": data,
-            }
-        )
+        return Response(self._body(data))
 
     def get_rendered_response(self, results: list[str]) -> HttpResponse:
         """The page's response when each of its results is already JSON text: what ``get_paginated_response``
         answers with JSONRenderer, without parsing or encoding the results again."""
-        envelope = JSONRenderer().render(
-            {
-                "count": self.count,
-                "next": self.get_next_link(),
-                "previous": self.get_previous_link(),
-                "last": self.get_last_link(),
-                "results": [],
-            }
-        )
+        envelope = JSONRenderer().render(self._body([]))
         assert envelope.endswith(b"[]}")
         body = b"".join((envelope[:-2], ",".join(results).encode(), b"]}"))
         return HttpResponse(body, content_type=JSONRenderer.media_type)

@@ -55,24 +55,16 @@ def executions_waiting_for_worker(
     ]
 
 
-def execution_waiting_for_worker(
-    *, execution: MigrationExecution, running: int, pending: int, leased: bool | None = None
-) -> bool:
+def execution_waiting_for_worker(*, execution: MigrationExecution, running: int, pending: int, leased: bool) -> bool:
     """Whether an execution has work that no worker has taken up for ``MIGRATION_WORKER_WAIT`` seconds.
 
-    A run whose lease expired has no worker: it does not count as running. A lane waiting for a slot does.
-    ``leased``: whether one of the running runs holds a live lease, when the caller has read it (else a query).
+    A run whose lease expired has no worker: it does not count as running (``leased``: one of the running runs
+    holds a live lease, as ``executions_running`` reads it). A lane waiting for a slot does.
     """
     if execution.is_finished or execution.waiting or not pending:
         return False
-    if running:
-        if leased is None:
-            lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
-            leased = TargetRun.objects.filter(
-                execution_id=execution.pk, status=TargetStatus.RUNNING, heartbeat_at__gte=timezone.now() - lease
-            ).exists()
-        if leased:
-            return False
+    if running and leased:
+        return False
     if lane_waiting(execution_id=execution.pk):
         return False
     since = execution.active_at or execution.started_at or execution.created_at
