@@ -56,6 +56,7 @@ import psycopg
 from psycopg import sql
 
 from migrations_runner.engine import history
+from migrations_runner.engine.rendered import rendered
 from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
 from migrations_runner.engine.sqltext import SqlSyntaxError, created_concurrent_indexes, split_statements
 
@@ -258,6 +259,12 @@ def _local_settings(schema: str, options: ApplyOptions) -> sql.Composed:
     )
 
 
+def _local_settings_rendered(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> sql.SQL:
+    """``_local_settings`` rendered for ``conn`` once per schema and timeouts (every script of a target sends it)."""
+    key = ("local-settings", schema, options.statement_timeout_s, options.lock_timeout_s)
+    return rendered(conn, key, lambda: _local_settings(schema, options))
+
+
 def _locate_failure(conn: psycopg.Connection, spec: TargetSpec, text: str, options: ApplyOptions) -> tuple[int, str]:
     """Replay a failed transactional script statement by statement (rolled back) to find the failing one."""
     try:
@@ -319,7 +326,7 @@ def _session_settings_and_invalid(
     return list(row[2])
 
 
-def _record_unless_invalid(conn: psycopg.Connection, schema: str, row: Callable[..., sql.Composed]) -> bool:
+def _record_unless_invalid(conn: psycopg.Connection, schema: str, row: Callable[..., sql.SQL | sql.Composed]) -> bool:
     """Insert the history row (``row(unless=...)``) unless ``schema`` holds an INVALID index, and reset the
     session's settings: one round trip. Whether the row was inserted."""
     invalid = _INVALID_INDEXES_OF.format(schema=sql.Literal(schema))
@@ -348,7 +355,7 @@ def _run_script(
     spec: TargetSpec,
     script: Script,
     kind: str,
-    row: Callable[..., sql.Composed],
+    row: Callable[..., sql.SQL | sql.Composed],
     options: ApplyOptions,
     around: tuple[list[Script], list[Script]] = ([], []),
     *,
@@ -372,7 +379,7 @@ def _run_script(
         body = sql.SQL(";\n").join(
             [
                 sql.SQL("BEGIN"),
-                _local_settings(spec.schema, options),
+                _local_settings_rendered(conn, spec.schema, options),
                 *(sql.SQL(part) for part in (*before, text, *after)),
                 row(None),
                 sql.SQL("COMMIT"),
@@ -741,7 +748,19 @@ def apply_target(
 
             def row(
                 duration: int | None, script=script, kind=kind, checksum=checksum, unless: sql.Composable | None = None
-            ) -> sql.Composed:
+            ) -> sql.SQL | sql.Composed:
+                if duration is None and unless is None:  # in the script's transaction: the same for every target
+                    return history.insert_row_rendered(
+                        conn,
+                        schema=spec.schema,
+                        version=str(script.version) if script.version else None,
+                        description=script.description,
+                        kind=kind,
+                        script=script.filename,
+                        checksum=checksum,
+                        installed_by=options.installed_by,
+                        execution_id=options.execution_id,
+                    )
                 return history.insert_row(
                     schema=spec.schema,
                     version=str(script.version) if script.version else None,

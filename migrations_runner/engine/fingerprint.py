@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -42,7 +43,9 @@ SCHEMA_PLACEHOLDER = "${schema}"
 IGNORED_TABLES = (history.TABLE, "flyway_schema_history")
 
 # The catalog objects of the schemas named by %(schemas)s: one row per schema that exists, with its objects as
-# one JSON document (json, not jsonb: the keys are unique and the hash sorts them, and jsonb costs more to build).
+# one JSON document (json, not jsonb: the keys are unique and the hash sorts them, and jsonb costs more to build),
+# its keys in order, so schemas holding the same objects get the same text but for their names; as text, decoded
+# by ``fingerprint_of_text`` only when needed.
 # Relations, functions and types are found through their dependency on the schema (pg_depend's index), indexes,
 # constraints and triggers through their table.
 CATALOG_QUERY = """
@@ -175,9 +178,11 @@ WITH ns AS (
     FROM members m JOIN pg_type ty ON ty.oid = m.objid
     WHERE m.classid = 'pg_type'::regclass AND ty.typtype IN ('e', 'd', 'c', 'r')
 )
-SELECT ns.nspname, coalesce(o.objects, '{}'::json)
+SELECT ns.nspname, coalesce(o.objects, '{}'::json)::text
 FROM ns
-LEFT JOIN (SELECT nsp, json_object_agg(key, value) AS objects FROM objects GROUP BY nsp) o ON o.nsp = ns.oid
+LEFT JOIN (
+    SELECT nsp, json_object_agg(key, value ORDER BY key) AS objects FROM objects GROUP BY nsp
+) o ON o.nsp = ns.oid
 """
 
 # How each kind of object is named in a diff, and the order in which diffs list them.
@@ -212,10 +217,13 @@ class Fingerprint:
     exists: bool = True
 
 
+def _canonical(objects: Mapping[str, Mapping[str, Any]]) -> str:
+    return json.dumps({"format": FORMAT, "objects": objects}, sort_keys=True, separators=(",", ":"))
+
+
 def digest(objects: Mapping[str, Mapping[str, Any]]) -> str:
     """Return the SHA-256 (hex) of the canonical JSON of ``objects``."""
-    canonical = json.dumps({"format": FORMAT, "objects": objects}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(_canonical(objects).encode()).hexdigest()
 
 
 def _normaliser(schema: str) -> Callable[[str], str]:
@@ -315,6 +323,64 @@ def fingerprint_of(schema: str, raw: Mapping[str, Any], *, exists: bool = True) 
     return Fingerprint(schema=schema, hash=digest(objects), objects=objects, exists=exists)
 
 
+# --- the same objects in many schemas -----------------------------------------------------------------------------
+#
+# A fleet's tenants hold the same objects under their own names: the catalog query's JSON text of one schema is
+# another's with the other name. The text with the name taken out (its *template*) then gives the same objects
+# and hash, kept from the first schema, with no decoding, normalising or hashing (most of a fingerprint's cost).
+# That holds when the name is found in the text where the decoded strings hold it, and the result no longer holds
+# the name (every occurrence was a qualifier or stood alone; none kept in a longer identifier, a key or a
+# number, nor one of two overlapping occurrences, which always keep each other):
+# - an ASCII name ([A-Za-z0-9_$]), written in the text as it is;
+# - no occurrence overlaps a JSON escape (``\u00E9`` is not ``u00E9``);
+# - the normalised objects, as hashed, do not contain the name.
+# Any other case is computed in full, and is not kept.
+
+_SHAPES_MAX = 64  # templates kept (each the JSON text of one schema's objects)
+_shapes: dict[str, tuple[str, Objects]] = {}
+_shapes_lock = threading.Lock()
+_ASCII_NAME = re.compile(r"[A-Za-z0-9_$]+")
+_JSON_ESCAPE = re.compile(r"\\(?:u[0-9a-fA-F]{4}|.)", re.DOTALL)
+_HOLE = "\x00"  # never in the JSON text of a definition (PostgreSQL text holds no NUL; JSON writes it \u0000)
+
+
+def _occurrences_clear_of_escapes(text: str, schema: str) -> bool:
+    """Whether no occurrence of ``schema`` in the JSON ``text`` overlaps an escape sequence."""
+    if "\\" not in text:
+        return True
+    size, position = len(schema), text.find(schema)
+    for escape in _JSON_ESCAPE.finditer(text):
+        while position != -1 and position + size <= escape.start():
+            position = text.find(schema, position + size)
+        if position == -1:
+            return True
+        if position < escape.end():
+            return False
+    return True
+
+
+def _template(schema: str, text: str) -> str | None:
+    """``text`` with ``schema`` replaced by a hole, when the text's fingerprint can be kept for the template."""
+    if not _ASCII_NAME.fullmatch(schema) or _HOLE in text or not _occurrences_clear_of_escapes(text, schema):
+        return None
+    return text.replace(schema, _HOLE)
+
+
+def fingerprint_of_text(schema: str, text: str) -> Fingerprint:
+    """The fingerprint of ``schema`` from the catalog query's JSON text of its objects: kept per template, so
+    schemas that hold the same objects under their own names are decoded, normalised and hashed once."""
+    template = _template(schema, text)
+    if template is not None and (kept := _shapes.get(template)) is not None:
+        return Fingerprint(schema=schema, hash=kept[0], objects=kept[1])
+    found = fingerprint_of(schema, json.loads(text))
+    if template is not None and schema not in _canonical(found.objects):
+        with _shapes_lock:  # lanes are threads
+            if len(_shapes) >= _SHAPES_MAX:
+                _shapes.pop(next(iter(_shapes)), None)
+            _shapes[template] = (found.hash, found.objects)
+    return found
+
+
 def read_fingerprints(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, Fingerprint]:
     """Fingerprint each of ``schemas`` of the database ``conn`` is connected to, in one query; changes nothing.
 
@@ -323,9 +389,10 @@ def read_fingerprints(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[
     wanted = list(dict.fromkeys(schemas))
     if not wanted:
         return {}
-    # Prepared at once: a lane's connection sends it after every target it migrates, so its plan is reused.
+    # Prepared at once: a lane's connection sends it after every target it migrates, so its plan is reused. The
+    # objects come as JSON text, decoded here only when no schema with the same objects was (fingerprint_of_text).
     rows = conn.execute(CATALOG_QUERY, {"schemas": wanted, "ignored": list(IGNORED_TABLES)}, prepare=True).fetchall()
-    found = {schema: fingerprint_of(schema, objects) for schema, objects in rows}
+    found = {schema: fingerprint_of_text(schema, text) for schema, text in rows}
     return {schema: found.get(schema) or fingerprint_of(schema, {}, exists=False) for schema in wanted}
 
 

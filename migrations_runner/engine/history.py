@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from migrations_runner.engine.rendered import rendered_text
 from migrations_runner.engine.sets import HISTORY_TABLE, Version
 
 TABLE = HISTORY_TABLE
@@ -185,6 +186,38 @@ def try_lock_and_read(conn: psycopg.Connection, schema: str, lock_namespace: int
     return bool(locked), state
 
 
+_SERVER_DURATION = sql.SQL("(extract(epoch FROM clock_timestamp() - now()) * 1000)::integer")
+_INSERT = (
+    "INSERT INTO {table} (version, description, type, script, checksum, installed_by, execution_time_ms, success, "
+    "execution_id) {rows}"
+)
+
+
+def _values(
+    *,
+    version: str | None,
+    description: str,
+    kind: str,
+    script: str,
+    checksum: str,
+    installed_by: str,
+    execution_id: str | None,
+    execution_time_ms: int | None,
+) -> sql.Composed:
+    return sql.SQL(
+        "{version}, {description}, {kind}, {script}, {checksum}, {installed_by}, {duration}, true, {execution_id}"
+    ).format(
+        version=sql.Literal(version),
+        description=sql.Literal(description),
+        kind=sql.Literal(kind),
+        script=sql.Literal(script),
+        checksum=sql.Literal(checksum),
+        installed_by=sql.Literal(installed_by),
+        duration=sql.Literal(execution_time_ms) if execution_time_ms is not None else _SERVER_DURATION,
+        execution_id=sql.SQL("{}::uuid").format(sql.Literal(execution_id)) if execution_id else sql.SQL("NULL::uuid"),
+    )
+
+
 def insert_row(
     *,
     schema: str,
@@ -203,29 +236,52 @@ def insert_row(
 
     With ``execution_time_ms`` None the duration is the time since the transaction began.
     """
-    duration = (
-        sql.Literal(execution_time_ms)
-        if execution_time_ms is not None
-        else sql.SQL("(extract(epoch FROM clock_timestamp() - now()) * 1000)::integer")
-    )
-    values = sql.SQL(
-        "{version}, {description}, {kind}, {script}, {checksum}, {installed_by}, {duration}, true, {execution_id}"
-    ).format(
-        version=sql.Literal(version),
-        description=sql.Literal(description),
-        kind=sql.Literal(kind),
-        script=sql.Literal(script),
-        checksum=sql.Literal(checksum),
-        installed_by=sql.Literal(installed_by),
-        duration=duration,
-        execution_id=sql.SQL("{}::uuid").format(sql.Literal(execution_id)) if execution_id else sql.SQL("NULL::uuid"),
+    values = _values(
+        version=version,
+        description=description,
+        kind=kind,
+        script=script,
+        checksum=checksum,
+        installed_by=installed_by,
+        execution_id=execution_id,
+        execution_time_ms=execution_time_ms,
     )
     rows = (
         sql.SQL("VALUES ({})").format(values)
         if unless is None
         else sql.SQL("SELECT {} WHERE NOT EXISTS ({})").format(values, unless)
     )
-    return sql.SQL(
-        "INSERT INTO {table} (version, description, type, script, checksum, installed_by, execution_time_ms, "
-        "success, execution_id) {rows}"
-    ).format(table=table(schema), rows=rows)
+    return sql.SQL(_INSERT).format(table=table(schema), rows=rows)
+
+
+def insert_row_rendered(
+    conn: psycopg.Connection,
+    *,
+    schema: str,
+    version: str | None,
+    description: str,
+    kind: str,
+    script: str,
+    checksum: str,
+    installed_by: str,
+    execution_id: str | None,
+) -> sql.SQL:
+    """``insert_row`` with the duration taken by the server (a script run in its own transaction), rendered for
+    ``conn``: the values once per script and execution, the table once per schema (``rendered``), not for each
+    row a lane writes."""
+    table_text = rendered_text(conn, ("history-table", schema), lambda: table(schema))
+    values_text = rendered_text(
+        conn,
+        ("history-values", version, description, kind, script, checksum, installed_by, execution_id),
+        lambda: _values(
+            version=version,
+            description=description,
+            kind=kind,
+            script=script,
+            checksum=checksum,
+            installed_by=installed_by,
+            execution_id=execution_id,
+            execution_time_ms=None,
+        ),
+    )
+    return sql.SQL(_INSERT.format(table=table_text, rows=f"VALUES ({values_text})"))

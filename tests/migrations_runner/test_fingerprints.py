@@ -116,6 +116,31 @@ def test_one_statement_reads_many_schemas(pg):
 
 
 @pytest.mark.postgres
+def test_tenants_with_the_same_objects_are_decoded_once_and_hash_as_computed_in_full(pg, monkeypatch):
+    """The catalog writes each schema's objects in the same order, so tenants migrated alike give the same text
+    but for their names: the first is decoded and hashed, the others take its fingerprint."""
+    schemas = ["tenant_a", "tenant_b", "tenant_c"]
+    for schema in schemas:
+        migrate_schema(pg, schema)
+    fingerprint._shapes.clear()
+    decoded, real = [], fingerprint.fingerprint_of
+    monkeypatch.setattr(
+        fingerprint, "fingerprint_of", lambda schema, raw, **kw: decoded.append(schema) or real(schema, raw, **kw)
+    )
+    with pg.connect() as conn:
+        prints = fingerprint.read_fingerprints(conn, schemas)
+        texts = dict(
+            conn.execute(
+                fingerprint.CATALOG_QUERY, {"schemas": schemas, "ignored": list(fingerprint.IGNORED_TABLES)}
+            ).fetchall()
+        )
+    assert decoded == ["tenant_a"]
+    for schema in schemas:
+        assert prints[schema] == real(schema, json.loads(texts[schema]))
+        assert prints[schema].schema == schema
+
+
+@pytest.mark.postgres
 def test_the_history_table_and_object_ids_do_not_count(pg):
     for schema in ("tenant_a", "tenant_b"):
         migrate_schema(pg, schema)

@@ -1,0 +1,93 @@
+"""History rows and settings rendered once and sent as text (``engine.rendered``) are exactly what composing them
+for the connection gives, also where the connection writes literals differently (engine only, no ORM)."""
+
+import pytest
+from psycopg import sql
+
+from migrations_runner.engine import history, rendered
+from migrations_runner.engine.apply import ApplyOptions, _local_settings, _local_settings_rendered
+
+pytestmark = pytest.mark.postgres
+
+ROWS = [
+    {"version": "1.2", "description": "add invoices", "kind": "SQL", "script": "V1_2__add_invoices.sql"},
+    {"version": None, "description": "views", "kind": "REPEATABLE", "script": "R__views.sql"},
+    {"version": "3", "description": "it's a \\ back\\slash", "kind": "SQL", "script": "V3__it's.sql"},
+    {"version": "4", "description": "données ✓ 日本", "kind": "SQL", "script": "V4__données.sql"},
+]
+
+
+def _row_values(row: dict, execution_id: str | None) -> dict:
+    return {**row, "checksum": "c" * 64, "installed_by": "ops's", "execution_id": execution_id}
+
+
+@pytest.mark.parametrize("execution_id", ["2c5f2d43-2f67-4c3e-9b0e-5a1c3f3f2f11", None])
+def test_a_rendered_row_is_the_composed_row_as_the_connection_sends_it(pg, execution_id):
+    with pg.connect() as conn:
+        for row in ROWS:
+            values = _row_values(row, execution_id)
+            composed = history.insert_row(schema='tenant "q"', execution_time_ms=None, **values)
+            for _ in range(2):  # made, then from the cache
+                text = history.insert_row_rendered(conn, schema='tenant "q"', **values)
+                assert text.as_string(conn) == composed.as_string(conn)
+
+
+@pytest.mark.parametrize(
+    ("setting", "row"),
+    [
+        ("SET standard_conforming_strings = off", ROWS[2]),
+        ("SET client_encoding = 'LATIN1'", ROWS[3] | {"description": "données"}),
+    ],
+)
+def test_rendered_rows_are_stored_as_written_on_connections_that_read_literals_otherwise(pg, setting, row):
+    """Texts are kept per quoting context: a connection where backslashes in literals are escapes, or whose
+    client encoding is another, stores the values exactly, alternating with an ordinary connection."""
+    values = _row_values(row, None)
+    with pg.connect() as plain, pg.connect() as other:
+        other.execute(setting)
+        assert rendered.quoting_context(plain) != rendered.quoting_context(other)
+        plain.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier("tenant_r")))
+        plain.execute(sql.SQL(history.CREATE_TABLE).format(table=history.table("tenant_r")))
+        for conn in (plain, other, plain, other):
+            conn.execute(history.insert_row_rendered(conn, schema="tenant_r", **values))
+        stored = plain.execute(
+            sql.SQL("SELECT description, script, installed_by FROM {} ORDER BY installed_rank").format(
+                history.table("tenant_r")
+            )
+        ).fetchall()
+    assert stored == [(values["description"], values["script"], "ops's")] * 4
+
+
+def test_rendered_settings_are_the_composed_settings(pg):
+    options = ApplyOptions(installed_by="ops", statement_timeout_s=7, lock_timeout_s=0.25)
+    with pg.connect() as conn:
+        for schema in ("tenant_a", 'odd "name"', "tenant_a"):
+            text = _local_settings_rendered(conn, schema, options)
+            assert text.as_string(conn) == _local_settings(schema, options).as_string(conn)
+        other = ApplyOptions(installed_by="ops", statement_timeout_s=9, lock_timeout_s=0.25)
+        assert "9s" in _local_settings_rendered(conn, "tenant_a", other).as_string(conn)
+
+
+def test_the_texts_kept_are_bounded(pg, monkeypatch):
+    monkeypatch.setattr(rendered, "_texts", {})
+    with pg.connect() as conn:
+        for index in range(rendered.RENDERED_MAX + 10):
+            text = rendered.rendered_text(conn, ("n", index), lambda index=index: sql.Literal(index))
+            assert text == str(index)
+        assert len(rendered._texts) <= rendered.RENDERED_MAX
+        last = (*rendered.quoting_context(conn), "n", rendered.RENDERED_MAX + 9)
+        assert rendered._texts[last] == str(rendered.RENDERED_MAX + 9)
+
+
+def test_a_made_text_is_kept_per_key(pg, monkeypatch):
+    monkeypatch.setattr(rendered, "_texts", {})
+    made = []
+
+    def make() -> sql.Composable:
+        made.append(1)
+        return sql.Literal("x")
+
+    with pg.connect() as conn:
+        for _ in range(3):
+            assert rendered.rendered(conn, ("k",), make).as_string(conn) == "'x'"
+    assert len(made) == 1
