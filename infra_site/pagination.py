@@ -41,16 +41,22 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
 class KeysetPagination(LimitOffsetPagination):
     """Pages by key: ``next``, ``previous`` and ``last`` are ``?cursor=`` links, and any page costs two index
     range reads, however deep. ``?offset=`` still pages by offset (with offset links), as before, reading the
-    page's keys by offset and then its rows; ``count`` is in both. The view's queryset must be unique on
-    ``key_fields`` (integers), in that order."""
+    page's keys by offset and then its rows; ``count`` is in both (the view's ``count_known`` when it has one,
+    else counted). The view's queryset must be unique on ``key_fields`` (integers), in that order."""
 
     cursor_query_param = "cursor"
     key_fields: tuple[str, str]
     row_fields: tuple[str, ...] = ()  # when set, a page's rows are dicts of these fields (``values()``)
     page: KeysetPage | None = None
     fetch: RowFetch | None = None
+    known_count: int | None = None
+
+    def get_count(self, queryset) -> int:
+        """The number of rows: the view's ``count_known`` when it knows it (no count query), else counted."""
+        return self.known_count if self.known_count is not None else super().get_count(queryset)
 
     def paginate_queryset(self, queryset, request, view=None):
+        self.known_count = getattr(view, "count_known", None)
         offset = self.offset_query_param in request.query_params
         if offset and self.cursor_query_param in request.query_params:
             raise ValidationFailed(

@@ -129,6 +129,7 @@ class ExecutionTargetsView(generics.ListAPIView):
     permission_classes = [READ]
     serializer_class = TargetRunSerializer
     pagination_class = TargetRunPages
+    count_known: int | None = None
 
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no execution id
@@ -136,6 +137,8 @@ class ExecutionTargetsView(generics.ListAPIView):
         execution = selectors.execution_get(execution_id=self.kwargs["execution_id"])
         qs = selectors.execution_target_rows(execution=execution)
         wanted = self.request.query_params.get("status")
+        # Every run of an execution is made at its planning, which counts them: no count query for the whole list.
+        self.count_known = None if wanted else execution.targets_total
         return qs.filter(status=wanted) if wanted else qs
 
     def list(self, request: Request, *args, **kwargs):

@@ -83,6 +83,7 @@ CHILD = textwrap.dedent(
             duration_ms=n * 10 if n % 2 else None,
         ))
     TargetRun.objects.bulk_create(runs)
+    MigrationExecution.objects.filter(pk=execution.pk).update(targets_total=len(runs))  # as planning counts them
     instances = list(selectors.execution_targets_listed(execution=execution))
 
     reader = User.objects.create_user("reader", password="reader-password")

@@ -43,6 +43,7 @@ def execution(pg) -> MigrationExecution:
         )
         for i in range(2 * RUNS)
     )
+    MigrationExecution.objects.update(targets_total=RUNS)  # as planning counts them
     return executions[0]
 
 
@@ -284,7 +285,8 @@ def test_a_page_shows_its_rows_as_the_model_instances_would_show_them(pg, api_as
 def test_a_page_counts_and_keys_its_runs_without_a_join(execution, api_as):
     """Only the page's own rows are read with their connection and tenant: the count and the keys join nothing."""
     with CaptureQueriesContext(control_db) as queries:
-        assert api_as("migrations:read").get(targets_url(execution), {"limit": 50}).status_code == 200
+        response = api_as("migrations:read").get(targets_url(execution), {"limit": 50, "status": "failed"})
+        assert response.status_code == 200
     runs = [q["sql"] for q in queries.captured_queries if '"migrations_runner_targetrun"' in q["sql"]]
     counts = [sql for sql in runs if "COUNT(*)" in sql]
     keys = [sql for sql in runs if 'AS "pk"' in sql]
@@ -306,3 +308,22 @@ def test_an_offset_page_reads_its_keys_by_offset_then_its_rows(execution, api_as
     assert 'AS "pk"' in offsets[0] or offsets[0].startswith('SELECT "migrations_runner_targetrun"."id" FROM')
     assert "JOIN" not in offsets[0]
     assert sum("JOIN" in sql for sql in runs) == 1  # the page's rows, by key
+
+
+def test_the_whole_list_takes_its_count_from_the_execution_and_a_filtered_one_counts(execution, api_as):
+    """Planning makes every run of an execution and counts them: the unfiltered pages, by cursor or offset, show
+    that count without a count query; a page filtered by status counts its runs."""
+    client = api_as("migrations:read")
+
+    def page_and_counts(params: dict) -> tuple[dict, list[str]]:
+        with CaptureQueriesContext(control_db) as queries:
+            page = client.get(targets_url(execution), params).json()
+        return page, [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"]]
+
+    for params in ({"limit": 20}, {"limit": 20, "offset": 240}, {"limit": 20, "cursor": LAST_PAGE.encode()}):
+        page, counts = page_and_counts(params)
+        assert page["count"] == len(in_order(execution)) == RUNS
+        assert counts == []
+    page, counts = page_and_counts({"limit": 20, "status": "failed"})
+    assert page["count"] == len(in_order(execution, status=TargetStatus.FAILED)) < RUNS
+    assert len(counts) == 1
