@@ -84,9 +84,12 @@ class ExecutionListView(generics.ListAPIView):
 
     def list(self, request: Request, *args, **kwargs) -> Response:
         page = self.paginate_queryset(self.filter_queryset(self.get_queryset())) or []
+        # A finished execution runs nothing (it finishes only once no run of it runs): a page of finished ones,
+        # the usual list, reads no runs at all.
+        unfinished = [e.pk for e in page if not e.is_finished]
         context = {
             **self.get_serializer_context(),
-            "running": selectors.executions_running(execution_ids=[e.pk for e in page]),
+            "running": selectors.executions_running(execution_ids=unfinished) if unfinished else {},
         }
         return self.get_paginated_response(ExecutionSerializer(page, many=True, context=context).data)
 
@@ -134,7 +137,7 @@ class ExecutionTargetsView(generics.ListAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # the schema generator has no execution id
             return TargetRun.objects.none()
-        execution = selectors.execution_get(execution_id=self.kwargs["execution_id"])
+        execution = selectors.execution_get(execution_id=self.kwargs["execution_id"], only=("targets_total",))
         qs = selectors.execution_target_rows(execution=execution)
         wanted = self.request.query_params.get("status")
         # Every run of an execution is made at its planning, which counts them: no count query for the whole list.

@@ -318,6 +318,11 @@ def test_the_whole_list_takes_its_count_from_the_execution_and_a_filtered_one_co
     def page_and_counts(params: dict) -> tuple[dict, list[str]]:
         with CaptureQueriesContext(control_db) as queries:
             page = client.get(targets_url(execution), params).json()
+        # The execution is read for its key and count only, not its 40 columns and kilobytes of JSON.
+        read = [q["sql"] for q in queries.captured_queries if 'FROM "migrations_runner_migrationexecution"' in q["sql"]]
+        assert len(read) == 1
+        assert '"metadata"' not in read[0]
+        assert '"targets_total"' in read[0]
         return page, [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"]]
 
     for params in ({"limit": 20}, {"limit": 20, "offset": 240}, {"limit": 20, "cursor": LAST_PAGE.encode()}):
@@ -327,3 +332,27 @@ def test_the_whole_list_takes_its_count_from_the_execution_and_a_filtered_one_co
     page, counts = page_and_counts({"limit": 20, "status": "failed"})
     assert page["count"] == len(in_order(execution, status=TargetStatus.FAILED)) < RUNS
     assert len(counts) == 1
+
+
+def test_the_list_reads_running_targets_only_for_unfinished_executions(execution, api_as):
+    """An execution finishes only once none of its runs runs: a page of finished executions reads no runs; an
+    unfinished one on the page still shows what runs."""
+    client = api_as("migrations:read")
+    MigrationExecution.objects.update(status="completed")
+
+    def listed() -> tuple[dict, list[str]]:
+        with CaptureQueriesContext(control_db) as queries:
+            body = client.get("/api/v1/migrations/", {"limit": 10}).json()
+        runs = [q["sql"] for q in queries.captured_queries if '"migrations_runner_targetrun"' in q["sql"]]
+        return {e["id"]: e["progress"] for e in body["results"]}, runs
+
+    progress, runs = listed()
+    assert len(progress) == 2
+    assert runs == []
+    assert all(p["current_targets"] == [] and p["running"] == 0 for p in progress.values())
+    run = execution.targets.order_by("id").first()
+    TargetRun.objects.filter(pk=run.pk).update(status=TargetStatus.RUNNING, heartbeat_at=timezone.now())
+    MigrationExecution.objects.filter(pk=execution.pk).update(status="in_progress")
+    progress, runs = listed()
+    assert len(runs) == 1
+    assert progress[str(execution.pk)]["current_targets"] == [f"{run.connection.name}/{run.schema_name}"]
