@@ -746,33 +746,22 @@ def apply_target(
             kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
             checksum = script.checksum_for(spec.context)
 
+            values = history.RowValues(
+                version=str(script.version) if script.version else None,
+                description=script.description,
+                kind=kind,
+                script=script.filename,
+                checksum=checksum,
+                installed_by=options.installed_by,
+                execution_id=options.execution_id,
+            )
+
             def row(
-                duration: int | None, script=script, kind=kind, checksum=checksum, unless: sql.Composable | None = None
+                duration: int | None, values=values, unless: sql.Composable | None = None
             ) -> sql.SQL | sql.Composed:
                 if duration is None and unless is None:  # in the script's transaction: the same for every target
-                    return history.insert_row_rendered(
-                        conn,
-                        schema=spec.schema,
-                        version=str(script.version) if script.version else None,
-                        description=script.description,
-                        kind=kind,
-                        script=script.filename,
-                        checksum=checksum,
-                        installed_by=options.installed_by,
-                        execution_id=options.execution_id,
-                    )
-                return history.insert_row(
-                    schema=spec.schema,
-                    version=str(script.version) if script.version else None,
-                    description=script.description,
-                    kind=kind,
-                    script=script.filename,
-                    checksum=checksum,
-                    installed_by=options.installed_by,
-                    execution_id=options.execution_id,
-                    execution_time_ms=duration,
-                    unless=unless,
-                )
+                    return history.insert_row_rendered(conn, spec.schema, values)
+                return history.insert_row_of(spec.schema, values, execution_time_ms=duration, unless=unless)
 
             release = lock if script is last else None  # nothing runs after it under the lock
             outcome.applied.append(

@@ -193,29 +193,37 @@ _INSERT = (
 )
 
 
-def _values(
-    *,
-    version: str | None,
-    description: str,
-    kind: str,
-    script: str,
-    checksum: str,
-    installed_by: str,
-    execution_id: str | None,
-    execution_time_ms: int | None,
-) -> sql.Composed:
-    return sql.SQL(
-        "{version}, {description}, {kind}, {script}, {checksum}, {installed_by}, {duration}, true, {execution_id}"
-    ).format(
-        version=sql.Literal(version),
-        description=sql.Literal(description),
-        kind=sql.Literal(kind),
-        script=sql.Literal(script),
-        checksum=sql.Literal(checksum),
-        installed_by=sql.Literal(installed_by),
-        duration=sql.Literal(execution_time_ms) if execution_time_ms is not None else _SERVER_DURATION,
-        execution_id=sql.SQL("{}::uuid").format(sql.Literal(execution_id)) if execution_id else sql.SQL("NULL::uuid"),
-    )
+@dataclass(frozen=True)
+class RowValues:
+    """What a history row records of a script run, but its schema and duration."""
+
+    version: str | None
+    description: str
+    kind: str
+    script: str
+    checksum: str
+    installed_by: str
+    execution_id: str | None
+
+    def composed(self, execution_time_ms: int | None) -> sql.Composed:
+        """The row's values as literals; the duration ``execution_time_ms``, or (None) the time since the
+        transaction began."""
+        return sql.SQL(
+            "{version}, {description}, {kind}, {script}, {checksum}, {installed_by}, {duration}, true, {execution_id}"
+        ).format(
+            version=sql.Literal(self.version),
+            description=sql.Literal(self.description),
+            kind=sql.Literal(self.kind),
+            script=sql.Literal(self.script),
+            checksum=sql.Literal(self.checksum),
+            installed_by=sql.Literal(self.installed_by),
+            duration=sql.Literal(execution_time_ms) if execution_time_ms is not None else _SERVER_DURATION,
+            execution_id=(
+                sql.SQL("{}::uuid").format(sql.Literal(self.execution_id))
+                if self.execution_id
+                else sql.SQL("NULL::uuid")
+            ),
+        )
 
 
 def insert_row(
@@ -236,52 +244,27 @@ def insert_row(
 
     With ``execution_time_ms`` None the duration is the time since the transaction began.
     """
-    values = _values(
-        version=version,
-        description=description,
-        kind=kind,
-        script=script,
-        checksum=checksum,
-        installed_by=installed_by,
-        execution_id=execution_id,
-        execution_time_ms=execution_time_ms,
-    )
+    values = RowValues(version, description, kind, script, checksum, installed_by, execution_id)
+    return insert_row_of(schema, values, execution_time_ms=execution_time_ms, unless=unless)
+
+
+def insert_row_of(
+    schema: str, values: RowValues, *, execution_time_ms: int | None = None, unless: sql.Composable | None = None
+) -> sql.Composed:
+    """``insert_row`` of ``values``."""
+    composed = values.composed(execution_time_ms)
     rows = (
-        sql.SQL("VALUES ({})").format(values)
+        sql.SQL("VALUES ({})").format(composed)
         if unless is None
-        else sql.SQL("SELECT {} WHERE NOT EXISTS ({})").format(values, unless)
+        else sql.SQL("SELECT {} WHERE NOT EXISTS ({})").format(composed, unless)
     )
     return sql.SQL(_INSERT).format(table=table(schema), rows=rows)
 
 
-def insert_row_rendered(
-    conn: psycopg.Connection,
-    *,
-    schema: str,
-    version: str | None,
-    description: str,
-    kind: str,
-    script: str,
-    checksum: str,
-    installed_by: str,
-    execution_id: str | None,
-) -> sql.SQL:
-    """``insert_row`` with the duration taken by the server (a script run in its own transaction), rendered for
+def insert_row_rendered(conn: psycopg.Connection, schema: str, values: RowValues) -> sql.SQL:
+    """``insert_row_of`` with the duration taken by the server (a script run in its own transaction), rendered for
     ``conn``: the values once per script and execution, the table once per schema (``rendered``), not for each
     row a lane writes."""
     table_text = rendered_text(conn, ("history-table", schema), lambda: table(schema))
-    values_text = rendered_text(
-        conn,
-        ("history-values", version, description, kind, script, checksum, installed_by, execution_id),
-        lambda: _values(
-            version=version,
-            description=description,
-            kind=kind,
-            script=script,
-            checksum=checksum,
-            installed_by=installed_by,
-            execution_id=execution_id,
-            execution_time_ms=None,
-        ),
-    )
+    values_text = rendered_text(conn, ("history-values", values), lambda: values.composed(None))
     return sql.SQL(_INSERT.format(table=table_text, rows=f"VALUES ({values_text})"))

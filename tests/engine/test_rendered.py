@@ -21,6 +21,10 @@ def _row_values(row: dict, execution_id: str | None) -> dict:
     return {**row, "checksum": "c" * 64, "installed_by": "ops's", "execution_id": execution_id}
 
 
+def _rendered(conn, schema: str, values: dict):
+    return history.insert_row_rendered(conn, schema, history.RowValues(**values))
+
+
 @pytest.mark.parametrize("execution_id", ["2c5f2d43-2f67-4c3e-9b0e-5a1c3f3f2f11", None])
 def test_a_rendered_row_is_the_composed_row_as_the_connection_sends_it(pg, execution_id):
     with pg.connect() as conn:
@@ -28,7 +32,7 @@ def test_a_rendered_row_is_the_composed_row_as_the_connection_sends_it(pg, execu
             values = _row_values(row, execution_id)
             composed = history.insert_row(schema='tenant "q"', execution_time_ms=None, **values)
             for _ in range(2):  # made, then from the cache
-                text = history.insert_row_rendered(conn, schema='tenant "q"', **values)
+                text = _rendered(conn, 'tenant "q"', values)
                 assert text.as_string(conn) == composed.as_string(conn)
 
 
@@ -49,7 +53,7 @@ def test_rendered_rows_are_stored_as_written_on_connections_that_read_literals_o
         plain.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier("tenant_r")))
         plain.execute(sql.SQL(history.CREATE_TABLE).format(table=history.table("tenant_r")))
         for conn in (plain, other, plain, other):
-            conn.execute(history.insert_row_rendered(conn, schema="tenant_r", **values))
+            conn.execute(_rendered(conn, "tenant_r", values))
         stored = plain.execute(
             sql.SQL("SELECT description, script, installed_by FROM {} ORDER BY installed_rank").format(
                 history.table("tenant_r")
