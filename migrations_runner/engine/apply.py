@@ -56,7 +56,7 @@ import psycopg
 from psycopg import sql
 
 from migrations_runner.engine import history
-from migrations_runner.engine.rendered import rendered
+from migrations_runner.engine.rendered import rendered, rendered_text
 from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
 from migrations_runner.engine.sqltext import SqlSyntaxError, created_concurrent_indexes, split_statements
 
@@ -329,7 +329,9 @@ def _session_settings_and_invalid(
 def _record_unless_invalid(conn: psycopg.Connection, schema: str, row: Callable[..., sql.SQL | sql.Composed]) -> bool:
     """Insert the history row (``row(unless=...)``) unless ``schema`` holds an INVALID index, and reset the
     session's settings: one round trip. Whether the row was inserted."""
-    invalid = _INVALID_INDEXES_OF.format(schema=sql.Literal(schema))
+    invalid = rendered(
+        conn, ("invalid-indexes", schema), lambda: _INVALID_INDEXES_OF.format(schema=sql.Literal(schema))
+    )
     cursor = conn.execute(
         sql.SQL("{insert}; RESET search_path; RESET statement_timeout").format(insert=row(unless=invalid))
     )
@@ -376,14 +378,18 @@ def _run_script(
     if script.transactional:
         # One round trip: the transaction, its settings, the callbacks, the script and its history row. When a
         # statement fails the server skips the rest (the INSERT and COMMIT included) and we roll back.
-        body = sql.SQL(";\n").join(
+        # Joined as text: its pieces are rendered already (the settings, the row and the unlock once per schema
+        # or script), and composing them again would cost more than the rest of the lane's work on the script.
+        body = ";\n".join(
             [
-                sql.SQL("BEGIN"),
-                _local_settings_rendered(conn, spec.schema, options),
-                *(sql.SQL(part) for part in (*before, text, *after)),
-                row(None),
-                sql.SQL("COMMIT"),
-                *([release.release_statement()] if release is not None else []),
+                "BEGIN",
+                _local_settings_rendered(conn, spec.schema, options).as_string(conn),
+                *before,
+                text,
+                *after,
+                row(None).as_string(conn),
+                "COMMIT",
+                *([release.release_statement(conn)] if release is not None else []),
             ]
         )
         try:
@@ -534,10 +540,15 @@ class _HeldLock:
     schema: str
     held: bool = True
 
-    def release_statement(self) -> sql.Composed:
-        """The unlock, to end a script's round trip after its COMMIT (it runs only when everything before did)."""
-        return sql.SQL("SELECT pg_advisory_unlock({}, hashtext({}))").format(
-            sql.Literal(LOCK_NAMESPACE), sql.Literal(self.schema)
+    def release_statement(self, conn: psycopg.Connection) -> str:
+        """The unlock, to end a script's round trip after its COMMIT (it runs only when everything before did),
+        rendered for ``conn`` once per schema."""
+        return rendered_text(
+            conn,
+            ("unlock", self.schema),
+            lambda: sql.SQL("SELECT pg_advisory_unlock({}, hashtext({}))").format(
+                sql.Literal(LOCK_NAMESPACE), sql.Literal(self.schema)
+            ),
         )
 
 

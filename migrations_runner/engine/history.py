@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from migrations_runner.engine.rendered import rendered_text
+from migrations_runner.engine.rendered import rendered, rendered_text
 from migrations_runner.engine.sets import HISTORY_TABLE, Version
 
 TABLE = HISTORY_TABLE
@@ -74,12 +74,18 @@ def table(schema: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(TABLE))
 
 
+def table_text(conn: psycopg.Connection, schema: str) -> str:
+    """``table(schema)`` rendered for ``conn``, once per schema (``rendered``): a lane names it in every
+    statement of a target's history."""
+    return rendered_text(conn, ("history-table", schema), lambda: table(schema))
+
+
 def ensure(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> None:
     """Create the schema (when asked) and its history table when missing."""
     statements = []
     if create_schema:
         statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    statements.append(sql.SQL(CREATE_TABLE).format(table=table(schema)))
+    statements.append(sql.SQL(CREATE_TABLE).format(table=sql.SQL(table_text(conn, schema))))
     conn.execute(sql.SQL("; ").join(statements))
 
 
@@ -159,9 +165,13 @@ def try_lock_and_read(conn: psycopg.Connection, schema: str, lock_namespace: int
     When the lock was not taken the state may be stale: the caller waits for the lock and reads again. On an
     error other than a missing history table the lock is released before the error propagates.
     """
-    history_rows = sql.SQL(
-        "SELECT version, type, script, checksum FROM {table} WHERE success ORDER BY installed_rank"
-    ).format(table=table(schema))
+    history_rows = rendered(
+        conn,
+        ("history-rows", schema),
+        lambda: sql.SQL(
+            "SELECT version, type, script, checksum FROM {table} WHERE success ORDER BY installed_rank"
+        ).format(table=table(schema)),
+    )
     lock = conn.cursor()
     rows = conn.cursor()
     has_history = True
@@ -265,6 +275,5 @@ def insert_row_rendered(conn: psycopg.Connection, schema: str, values: RowValues
     """``insert_row_of`` with the duration taken by the server (a script run in its own transaction), rendered for
     ``conn``: the values once per script and execution, the table once per schema (``rendered``), not for each
     row a lane writes."""
-    table_text = rendered_text(conn, ("history-table", schema), lambda: table(schema))
     values_text = rendered_text(conn, ("history-values", values), lambda: values.composed(None))
-    return sql.SQL(_INSERT.format(table=table_text, rows=f"VALUES ({values_text})"))
+    return sql.SQL(_INSERT.format(table=table_text(conn, schema), rows=f"VALUES ({values_text})"))

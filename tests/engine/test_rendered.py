@@ -1,10 +1,11 @@
 """History rows and settings rendered once and sent as text (``engine.rendered``) are exactly what composing them
 for the connection gives, also where the connection writes literals differently (engine only, no ORM)."""
 
+import psycopg
 import pytest
 from psycopg import sql
 
-from migrations_runner.engine import history, rendered
+from migrations_runner.engine import apply, history, rendered
 from migrations_runner.engine.apply import ApplyOptions, _local_settings, _local_settings_rendered
 
 pytestmark = pytest.mark.postgres
@@ -95,3 +96,51 @@ def test_a_made_text_is_kept_per_key(pg, monkeypatch):
         for _ in range(3):
             assert rendered.rendered(conn, ("k",), make).as_string(conn) == "'x'"
     assert len(made) == 1
+
+
+def test_the_statements_rendered_once_per_schema_name_their_schema(pg, monkeypatch):
+    """The history table, the history read, the unlock and the invalid-index check a lane sends for each target
+    are rendered once per schema: alternating schemas on one connection, each statement is its own schema's."""
+    monkeypatch.setattr(rendered, "_texts", {})
+    schemas = ["tenant_a", 'tenant "b"', "tenant_a", 'tenant "b"']
+    with pg.connect() as conn:
+        conn.autocommit = True
+        for schema, version in (("tenant_a", "1"), ('tenant "b"', "2")):
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            history.ensure(conn, schema, create_schema=False)
+            values = _row_values({**ROWS[0], "version": version}, None)
+            conn.execute(_rendered(conn, schema, values))
+        for schema in schemas:
+            assert history.table_text(conn, schema) == history.table(schema).as_string(conn)
+            unlock = apply._HeldLock(schema).release_statement(conn)
+            assert unlock == sql.SQL("SELECT pg_advisory_unlock({}, hashtext({}))").format(
+                sql.Literal(apply.LOCK_NAMESPACE), sql.Literal(schema)
+            ).as_string(conn)
+            locked, state = history.try_lock_and_read(conn, schema, apply.LOCK_NAMESPACE)
+            assert locked
+            own, other = ("1", "2") if schema == "tenant_a" else ("2", "1")
+            read = {str(v) for v in state.applied}
+            assert own in read
+            assert other not in read
+            conn.execute(unlock)
+            held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
+            assert held.fetchone() == (0,)
+            recorded = apply._record_unless_invalid(
+                conn,
+                schema,
+                lambda unless, schema=schema: history.insert_row_of(
+                    schema, history.RowValues("9", "x", "SQL", "V9__x.sql", "c", "ops", None), unless=unless
+                ),
+            )
+            assert recorded
+        conn.execute(sql.SQL("CREATE TABLE {} (n int)").format(sql.Identifier("tenant_a", "t")))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1), (1)").format(sql.Identifier("tenant_a", "t")))
+        with pytest.raises(psycopg.errors.UniqueViolation):  # an invalid index in tenant_a only: a failed build
+            conn.execute(
+                sql.SQL("CREATE UNIQUE INDEX CONCURRENTLY t_n ON {} (n)").format(sql.Identifier("tenant_a", "t"))
+            )
+        for schema in ('tenant "b"', "tenant_a"):
+            row = lambda unless, schema=schema: history.insert_row_of(  # noqa: E731
+                schema, history.RowValues("10", "x", "SQL", "V10__x.sql", "c", "ops", None), unless=unless
+            )
+            assert apply._record_unless_invalid(conn, schema, row) == (schema != "tenant_a")
