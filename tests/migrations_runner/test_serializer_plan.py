@@ -14,12 +14,19 @@ from django.utils import timezone
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIRequestFactory
+from rest_framework.utils.serializer_helpers import BindingDict
 
 from connections import services as registry
 from connections.models import Tenant
 from migrations_runner import selectors
+from migrations_runner import serializers as shapes
 from migrations_runner.models import MigrationExecution, TargetRun
-from migrations_runner.serializers import ExecutionSerializer, TargetRunSerializer
+from migrations_runner.serializers import (
+    ExecutionSerializer,
+    PlannedRepresentation,
+    RedactedCharField,
+    TargetRunSerializer,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -83,6 +90,15 @@ def fleet(make_user):
     return {"executions": executions, "runs": runs, "first": first}
 
 
+def built_afresh(serializer):
+    """``serializer`` with the fields DRF builds for it from the model now, not copies of its class's."""
+    fields = BindingDict(serializer)
+    for name, field in serializers.ModelSerializer.get_fields(serializer).items():
+        fields[name] = field
+    serializer.__dict__["fields"] = fields
+    return serializer
+
+
 def requests_for(make_user):
     for granted in (("migrations:read",), ("migrations:read", "databases:read")):
         request = APIRequestFactory().get("/")
@@ -98,7 +114,7 @@ def test_executions_are_shown_as_drf_shows_them(fleet, make_user, zone):
         context = {"request": request, "running": running}
         with timezone.override(zone):
             planned = shown(ExecutionSerializer(executions, many=True, context=context).data)
-            reference = ExecutionSerializer(context=context)
+            reference = built_afresh(ExecutionSerializer(context=context))
             expected = shown([serializers.ModelSerializer.to_representation(reference, e) for e in executions])
         assert planned == expected
         assert len(planned) == 12
@@ -118,7 +134,7 @@ def test_target_runs_are_shown_as_drf_shows_them_from_instances_and_from_rows(fl
         with timezone.override(zone):
             from_instances = shown(TargetRunSerializer(instances, many=True, context=context).data)
             from_rows = shown(TargetRunSerializer(rows, many=True, context=context).data)
-            reference = TargetRunSerializer(context=context)
+            reference = built_afresh(TargetRunSerializer(context=context))
             expected = shown([serializers.ModelSerializer.to_representation(reference, run) for run in instances])
         assert from_instances == expected
         assert from_rows == expected
@@ -140,3 +156,39 @@ def test_the_list_reads_no_metadata_and_the_status_shows_it(fleet, api_as):
     assert not any('"metadata"' in sql for sql in reads), reads
     detail = reader.get(f"/api/v1/migrations/status/{fleet['first'].pk}/").json()
     assert detail["metadata"]["sets"] == sets
+
+
+def test_fields_are_built_once_per_class_and_each_serializer_binds_its_own(fleet, make_user, monkeypatch):
+    built = []
+    build = serializers.ModelSerializer.get_fields
+    monkeypatch.setattr(serializers.ModelSerializer, "get_fields", lambda self: built.append(type(self)) or build(self))
+    monkeypatch.setattr(shapes, "_PROTOTYPES", {})
+    failed = next(e for e in fleet["executions"] if e.error)
+    reader, holder = requests_for(make_user)
+    serializers_made = [ExecutionSerializer(context={"request": request}) for request in (reader, holder, reader)]
+    shown_errors = [serializer.to_representation(failed)["error"] for serializer in serializers_made]
+    assert built == [ExecutionSerializer]
+    assert [HOST in error for error in shown_errors] == [False, True, False]
+    fields = [serializer.fields for serializer in serializers_made]
+    for name in fields[0]:
+        assert len({id(of[name]) for of in fields}) == 3, name
+        assert all(of[name].parent is serializer for of, serializer in zip(fields, serializers_made, strict=True))
+    TargetRunSerializer(context={"request": reader}).fields  # noqa: B018 - builds them
+    assert built == [ExecutionSerializer, TargetRunSerializer]
+
+
+class _Errors(PlannedRepresentation):
+    errors = serializers.ListField(child=RedactedCharField())
+
+
+def test_a_field_holding_another_is_copied_in_depth(fleet, make_user):
+    """A list's child is bound to the list: shared between serializers, it would show every error with the
+    context of the one that bound it first."""
+    reader, holder = requests_for(make_user)
+    row = {"errors": [f"could not connect to {HOST}:6543"]}
+    for order in ((reader, holder), (holder, reader)):
+        made = [_Errors(context={"request": request}) for request in order]
+        for serializer, request in zip(made, order, strict=True):
+            assert serializer.fields["errors"].child.root is serializer
+            (error,) = serializer.to_representation(row)["errors"]
+            assert (HOST in error) == (request is holder)
