@@ -113,7 +113,7 @@ class PlannedRepresentation(serializers.Serializer):
 
     Its fields are built once per class (``get_fields``): these serializers only show."""
 
-    _plan: list[tuple[str, str, serializers.Field, bool]] | None = None
+    _plan: list[tuple[str, str, serializers.Field, bool, bool]] | None = None
 
     def get_fields(self) -> dict[str, serializers.Field]:
         """DRF's fields, built from the model once per class instead of once per serializer (a model serializer
@@ -128,16 +128,23 @@ class PlannedRepresentation(serializers.Serializer):
             ]
         return {name: copy.copy(field) if shallow else copy.deepcopy(field) for name, field, shallow in prototypes}
 
-    def _representation_plan(self) -> list[tuple[str, str, serializers.Field, bool]]:
+    def _representation_plan(self) -> list[tuple[str, str, serializers.Field, bool, bool]]:
+        """Per field: its name, its source (``__``-joined), the field, whether its value is shown as stored, and
+        whether an instance's value is its attribute (a column of the model, or a value shown as stored by a
+        plain source) rather than what ``field.get_attribute`` finds (a relation's key, a method's result)."""
         if self._plan is None:
             zone = timezone.get_current_timezone() if django_settings.USE_TZ else None
+            model = getattr(getattr(self, "Meta", None), "model", None)
+            columns = {f.name for f in model._meta.concrete_fields if not f.is_relation} if model else set()
             plan = []
             for field in self._readable_fields:
                 if zone is not None and isinstance(field, serializers.DateTimeField) and "timezone" not in vars(field):
                     field.timezone = zone  # what DRF's enforce_timezone() would look up for each value
                 # Not a subclass that shows its value otherwise (a redacted error).
                 as_stored = type(field).to_representation in _STORED_AS_SHOWN
-                plan.append((str(field.field_name), "__".join(field.source_attrs), field, as_stored))
+                key = "__".join(field.source_attrs)
+                attribute = bool(key) and "__" not in key and (as_stored or key in columns)
+                plan.append((str(field.field_name), key, field, as_stored, attribute))
             self._plan = plan
         return self._plan
 
@@ -145,12 +152,12 @@ class PlannedRepresentation(serializers.Serializer):
         plan = self._representation_plan()
         shown: dict[str, Any] = {}
         if isinstance(instance, dict):
-            for name, key, field, as_stored in plan:
+            for name, key, field, as_stored, _ in plan:
                 value = instance[key]
                 shown[name] = value if value is None or as_stored else field.to_representation(value)
             return shown
-        for name, key, field, as_stored in plan:
-            if as_stored and "__" not in key and key:
+        for name, key, field, as_stored, attribute in plan:
+            if attribute:
                 value = getattr(instance, key)
             else:
                 try:
