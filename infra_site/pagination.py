@@ -37,6 +37,25 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
     def get_offset(self, request) -> int:
         return _bounded_int(request, self.offset_query_param, 0, 0, None)
 
+    def _body(self, results: list) -> dict:
+        return {
+            "count": self.count,
+            "next": self.get_next_link(),
+            "previous": self.get_previous_link(),
+            "results": results,
+        }
+
+    def get_paginated_response(self, data):
+        return Response(self._body(data))
+
+    def get_rendered_response(self, results: list[str]) -> HttpResponse:
+        """The page's response when each of its results is already JSON text: what ``get_paginated_response``
+        answers with JSONRenderer, without parsing or encoding the results again."""
+        envelope = JSONRenderer().render(self._body([]))
+        assert envelope.endswith(b"[]}")
+        body = b"".join((envelope[:-2], ",".join(results).encode(), b"]}"))
+        return HttpResponse(body, content_type=JSONRenderer.media_type)
+
 
 class KeysetPagination(LimitOffsetPagination):
     """Pages by key: ``next``, ``previous`` and ``last`` are ``?cursor=`` links, and any page costs two index
@@ -106,17 +125,6 @@ class KeysetPagination(LimitOffsetPagination):
             "last": self.get_last_link(),
             "results": results,
         }
-
-    def get_paginated_response(self, data):
-        return Response(self._body(data))
-
-    def get_rendered_response(self, results: list[str]) -> HttpResponse:
-        """The page's response when each of its results is already JSON text: what ``get_paginated_response``
-        answers with JSONRenderer, without parsing or encoding the results again."""
-        envelope = JSONRenderer().render(self._body([]))
-        assert envelope.endswith(b"[]}")
-        body = b"".join((envelope[:-2], ",".join(results).encode(), b"]}"))
-        return HttpResponse(body, content_type=JSONRenderer.media_type)
 
     def get_paginated_response_schema(self, schema):
         response = super().get_paginated_response_schema(schema)

@@ -17,7 +17,7 @@ from infra_site.errors import ValidationFailed
 from infra_site.pagination import KeysetPagination, LimitOffsetPagination
 from infra_site.permissions import require_roles
 from migrations_runner import selectors, services
-from migrations_runner.models import ExecutionStatus, Origin, Scope, TargetRun
+from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, Scope, TargetRun
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.serializers import (
@@ -42,6 +42,7 @@ from migrations_runner.serializers import (
     SetsSerializer,
     TargetPlanSerializer,
     TargetRunSerializer,
+    with_progress,
 )
 
 READ = require_roles(read=roles.MIGRATIONS_READ)
@@ -82,16 +83,38 @@ class ExecutionListView(generics.ListAPIView):
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
 
-    def list(self, request: Request, *args, **kwargs) -> Response:
-        page = self.paginate_queryset(self.filter_queryset(self.get_queryset())) or []
+    def list(self, request: Request, *args, **kwargs):
+        executions = self.filter_queryset(self.get_queryset())
+        rendered = request.accepted_renderer.format == "json" and selectors.rows_rendered_here()
+        if rendered:  # the page's keys, then its executions, the finished ones rendered by the control database
+            keys = self.paginate_queryset(executions.values_list("pk", flat=True)) or []
+            page = selectors.executions_rendered(pks=list(keys))
+        else:
+            page = self.paginate_queryset(executions) or []
         # A finished execution runs nothing (it finishes only once no run of it runs): a page of finished ones,
         # the usual list, reads no runs at all.
-        unfinished = [e.pk for e in page if not e.is_finished]
+        unfinished = [e.pk for e in page if isinstance(e, MigrationExecution) and not e.is_finished]
         context = {
             **self.get_serializer_context(),
             "running": selectors.executions_running(execution_ids=unfinished) if unfinished else {},
         }
-        return self.get_paginated_response(ExecutionSerializer(page, many=True, context=context).data)
+        if not rendered:
+            return self.get_paginated_response(ExecutionSerializer(page, many=True, context=context).data)
+        # Finished ones rendered; the others (their progress reads runs, their error is redacted per caller) go
+        # through the serializer.
+        whole = [e for e in page if not isinstance(e, selectors.RenderedExecution)]
+        shown = iter(ExecutionSerializer(whole, many=True, context=context).data)
+        renderer = JSONRenderer()
+        paginator = self.paginator
+        assert isinstance(paginator, LimitOffsetPagination)
+        return paginator.get_rendered_response(
+            [
+                with_progress(e)
+                if isinstance(e, selectors.RenderedExecution)
+                else renderer.render(next(shown)).decode()
+                for e in page
+            ]
+        )
 
     def get_queryset(self):
         wanted = self.request.query_params.get("status")
@@ -120,7 +143,7 @@ class TargetRunPages(KeysetPagination):
 
     def rows_fetch(self, request):
         # Pages answered in JSON get their rows rendered by a PostgreSQL control database.
-        if request.accepted_renderer.format == "json" and selectors.target_rows_rendered_here():
+        if request.accepted_renderer.format == "json" and selectors.rows_rendered_here():
             return selectors.execution_target_rows_rendered
         return None
 

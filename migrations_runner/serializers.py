@@ -12,6 +12,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.fields import SkipField
 from rest_framework.relations import PKOnlyObject
+from rest_framework.renderers import JSONRenderer
 
 from connections import selectors as registry
 from connections import validators
@@ -37,7 +38,12 @@ from migrations_runner.options import (
     ExecutionOptions,
 )
 from migrations_runner.selection import FILTER_NAMES, MAX_FILTER_VALUES, TargetSelection, too_many
-from migrations_runner.selectors.executions import NOT_RUNNING, execution_progress, execution_waves
+from migrations_runner.selectors.executions import (
+    NOT_RUNNING,
+    RenderedExecution,
+    execution_progress,
+    execution_waves,
+)
 from migrations_runner.selectors.plans import TargetPlan
 
 
@@ -354,6 +360,13 @@ class ExecutionSerializer(PlannedRepresentation, serializers.ModelSerializer):
             execution=execution, running_targets=None if running is None else running.get(execution.pk, NOT_RUNNING)
         )
         return _PROGRESS.to_representation(progress)
+
+
+def with_progress(execution: RenderedExecution) -> str:
+    """An execution the control database rendered but for its progress (``selectors.executions_rendered``),
+    with its progress as ``ExecutionSerializer`` shows it (its last field)."""
+    progress = JSONRenderer().render(_PROGRESS.to_representation(execution.progress)).decode()
+    return f'{execution.text[:-1]}, "progress" : {progress}}}'
 
 
 class WaveProgressSerializer(ResultSerializer):

@@ -99,14 +99,15 @@ _RENDERED_ROWS_SQL = (
 )
 
 
-def target_rows_rendered_here() -> bool:
-    """Whether the control database renders the targets endpoint's rows (PostgreSQL, times shown in UTC)."""
+def rows_rendered_here() -> bool:
+    """Whether the control database renders the rows of the targets endpoint and of the executions' list
+    (PostgreSQL, times shown in UTC)."""
     return db_connection.vendor == "postgresql" and timezone.get_current_timezone_name() == "UTC"
 
 
 def execution_target_rows_rendered(runs: QuerySet[TargetRun], pks: list[int]) -> list[dict[str, Any]]:
     """The runs ``pks`` of ``runs`` as the targets endpoint shows them, in one query that PostgreSQL answers with
-    each run's JSON (``target_rows_rendered_here()`` must hold): rows of ``id``, ``phase`` and ``RENDERED``,
+    each run's JSON (``rows_rendered_here()`` must hold): rows of ``id``, ``phase`` and ``RENDERED``,
     except a run with an error, whose row is ``values(*LISTED_ROW_FIELDS)`` (its error is redacted per caller)."""
     with db_connection.cursor() as cursor:
         cursor.execute(_RENDERED_ROWS_SQL, [pks])
@@ -118,6 +119,56 @@ def execution_target_rows_rendered(runs: QuerySet[TargetRun], pks: list[int]) ->
     if with_error:
         rows += runs.filter(pk__in=with_error).values(*LISTED_ROW_FIELDS)
     return rows
+
+
+# A finished execution as the executions' list shows it (``ExecutionSerializer``'s fields in its order) but for
+# its progress, which its counters give (``finished_progress``). Neither an unfinished execution (its progress
+# reads its runs) nor one with an error (redacted per caller) is rendered: the serializer shows them.
+# The query's text is made of these constants and the table's name; the statuses and keys are its parameters.
+_RENDERED_EXECUTION_FIELDS = {
+    "id": "id::text",
+    **{name: name for name in ("kind", "purpose", "scope", "filters", "dry_run", "status", "on_failure")},
+    **{name: name for name in ("batch_size", "executed_by", "origin")},
+    **{"parent": "parent_id::text", "cancel_requested": "cancel_requested", "error": "error", "error_message": "error"},
+    **{name: _iso_utc(name) for name in ("created_at", "started_at", "completed_at")},
+    **{name: name for name in ("failure_budget", "wave_pause_s", "wave_approval", "waiting")},
+}
+_COUNTERS = ("targets_total", "targets_succeeded", "targets_failed", "targets_skipped", "targets_cancelled")
+_RENDERED_EXECUTIONS_SQL = (
+    "SELECT id, CASE WHEN error = '' AND status NOT IN (%s, %s) THEN json_build_object("  # noqa: S608
+    + ", ".join(f"'{name}', {expression}" for name, expression in _RENDERED_EXECUTION_FIELDS.items())
+    + f""")::text END, {", ".join(_COUNTERS)} FROM "{MigrationExecution._meta.db_table}" WHERE id = ANY(%s)"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedExecution:
+    """A finished execution with no error, as the executions' list shows it: ``text``, its JSON but the progress,
+    rendered by PostgreSQL, and its progress."""
+
+    pk: uuid.UUID
+    text: str
+    progress: Progress
+
+
+def executions_rendered(*, pks: list[uuid.UUID]) -> list[MigrationExecution | RenderedExecution]:
+    """The executions ``pks``, in that order, for the executions' list (``rows_rendered_here()`` must hold): a
+    finished one with no error rendered (no model instance), the others whole but their metadata
+    (``execution_list``)."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(_RENDERED_EXECUTIONS_SQL, [ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS, pks])
+        rows = cursor.fetchall()
+    found: dict[uuid.UUID, MigrationExecution | RenderedExecution] = {}
+    for pk, text, total, succeeded, failed, skipped, cancelled in rows:
+        if text is not None:
+            progress = finished_progress(
+                total=total, succeeded=succeeded, failed=failed, skipped=skipped, cancelled=cancelled
+            )
+            found[pk] = RenderedExecution(pk=pk, text=text, progress=progress)
+    whole = [pk for pk in pks if pk not in found]
+    if whole:
+        found.update((execution.pk, execution) for execution in execution_list().filter(pk__in=whole).order_by())
+    return [found[pk] for pk in pks if pk in found]
 
 
 def execution_target_rows(*, execution: MigrationExecution) -> QuerySet[TargetRun]:
@@ -258,9 +309,41 @@ class Progress:
     state: str  # finished, awaiting_approval, soaking, waiting_for_worker or running
 
 
+def finished_progress(*, total: int, succeeded: int, failed: int, skipped: int, cancelled: int) -> Progress:
+    """The progress of a finished execution, from its counters alone: nothing of it runs (it finishes only once
+    no run of it runs), waits or remains to estimate."""
+    finished = succeeded + failed + skipped + cancelled
+    return Progress(
+        total=total,
+        completed=succeeded,
+        failed=failed,
+        skipped=skipped,
+        cancelled=cancelled,
+        running=0,
+        pending=max(0, total - finished),
+        current_targets=[],
+        completion_percentage=_percentage(finished, total),
+        estimated_completion=None,
+        no_worker=False,
+        state="finished",
+    )
+
+
+def _percentage(finished: int, total: int) -> float:
+    return round(100.0 * finished / total, 1) if total else 100.0
+
+
 def execution_progress(*, execution: MigrationExecution, running_targets: RunningTargets | None = None) -> Progress:
     """Totals (from the execution's counters), current targets, completion percentage, ETA, and whether the
     execution waits for a worker. Reads only the running target runs (or takes them from ``running_targets``)."""
+    if execution.is_finished and (running_targets is None or not running_targets.labels):
+        return finished_progress(
+            total=execution.targets_total,
+            succeeded=execution.targets_succeeded,
+            failed=execution.targets_failed,
+            skipped=execution.targets_skipped,
+            cancelled=execution.targets_cancelled,
+        )
     finished = _finished(execution)
     total = execution.targets_total
     if running_targets is None:
@@ -284,7 +367,7 @@ def execution_progress(*, execution: MigrationExecution, running_targets: Runnin
         running=running,
         pending=pending,
         current_targets=labels[:20],
-        completion_percentage=round(100.0 * finished / total, 1) if total else 100.0,
+        completion_percentage=_percentage(finished, total),
         estimated_completion=execution_eta(execution=execution),
         no_worker=no_worker,
         state=_progress_state(execution, no_worker),

@@ -104,7 +104,7 @@ CHILD = textwrap.dedent(
             url = pages[-1]["body"]["next"]
         return pages, sql
 
-    out = {"rendered_here": selectors.target_rows_rendered_here()}
+    out = {"rendered_here": selectors.rows_rendered_here()}
     url = f"/api/v1/migrations/{execution.pk}/targets/?limit=25"
     for user in (reader, admin):
         client = APIClient()
@@ -116,14 +116,14 @@ CHILD = textwrap.dedent(
         ))
         rendered, sql = walk(client, url)
         last = client.get(rendered[0]["body"]["last"])
-        selectors_rendered_here = selectors.target_rows_rendered_here
+        selectors_rendered_here = selectors.rows_rendered_here
         import migrations_runner.api as api_module
-        api_module.selectors.target_rows_rendered_here = lambda: False
+        api_module.selectors.rows_rendered_here = lambda: False
         try:
             plain, plain_sql = walk(client, url)
             plain_last = client.get(plain[0]["body"]["last"])
         finally:
-            api_module.selectors.target_rows_rendered_here = selectors_rendered_here
+            api_module.selectors.rows_rendered_here = selectors_rendered_here
         by_offset, offset_sql = [], []
         for offset in (0, 25, 50):
             with CaptureQueriesContext(connection) as captured:
@@ -182,4 +182,169 @@ def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control)
     assert "2026-03-04T05:06:08Z" in times  # a whole second: no fraction, as the serializer shows it
     assert any(run["retry_at"] == "2026-03-04T05:06:07.000006Z" for run in reader)
     assert {run["tenant"] for run in reader} == {"acme", None}
+    assert "not-shown-anywhere" not in json.dumps(out)
+
+
+LIST_CHILD = textwrap.dedent(
+    """
+    import json
+    from datetime import datetime, timedelta, timezone as tz
+
+    import django
+    django.setup()
+    from django.contrib.auth.models import Group, User
+    from django.core.management import call_command
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.renderers import JSONRenderer
+    from rest_framework.test import APIClient, APIRequestFactory
+
+    call_command("migrate", verbosity=0)
+    from connections import services as registry
+    from migrations_runner import selectors
+    from migrations_runner.models import MigrationExecution, TargetRun
+    from migrations_runner.serializers import ExecutionSerializer
+
+    target = registry.connection_create(
+        actor="t", verify=False, name="shared-eu", database_type="shared", region="eu-west",
+        host="db-7.internal.example", port=6543, database_name="fleet", username="svc_fleet",
+        password="not-shown-anywhere", ssl_mode="disable", connect_timeout=5,
+    )
+    whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=tz.utc)
+    texts = ['quote " backslash \\\\ slash /', "line\\nbreak\\ttab\\r\\x01\\x1f", "é ß 東京 😀", "</script>", ""]
+    statuses = ["completed", "failed", "cancelled", "rolled_back", "pending", "in_progress"]
+    # Totals and outcomes whose percentage rounds on a tie (1 of 16: 6.25), repeats (1 of 3), or has no target.
+    counts = [(16, 1, 0), (3, 1, 1), (0, 0, 0), (7, 7, 0), (10000, 3333, 1), (8, 0, 3)]
+    executions = []
+    for n in range(40):
+        total, succeeded, failed = counts[n % len(counts)]
+        text = texts[n % len(texts)]
+        executions.append(MigrationExecution.objects.create(
+            kind=["migrate", "rollback"][n % 2],
+            scope=["tenant", "all", "shared"][n % 3],
+            filters={"regions": [text or "eu-west"], "tenants": [], "connections": ["shared-eu"]} if n % 2 else {},
+            dry_run=n % 3 == 0,
+            status=statuses[n % len(statuses)],
+            executed_by=f"user {text}",
+            parent=executions[0] if n and n % 4 == 0 else None,
+            cancel_requested=n % 5 == 0,
+            error="could not connect to db-7.internal.example:6543 as svc_fleet" if n % 9 == 4 else "",
+            targets_total=total,
+            targets_succeeded=succeeded,
+            targets_failed=failed,
+            targets_skipped=n % 2 if total > succeeded + failed else 0,
+            run_duration_ms=45 * succeeded,
+            runs_timed=succeeded,
+            failure_budget=["0", "2", "5%"][n % 3],
+            wave_pause_s=n * 7,
+            wave_approval=n % 2 == 0,
+            waiting="approval" if n % 6 == 4 else "",
+        ))
+        MigrationExecution.objects.filter(pk=executions[-1].pk).update(
+            created_at=whole + timedelta(minutes=n, microseconds=n if n % 2 else 0),
+            started_at=whole + timedelta(seconds=n, microseconds=1001 * n) if n % 3 else None,
+            completed_at=whole + timedelta(hours=n) if n % 4 else None,
+        )
+    running = MigrationExecution.objects.filter(status="in_progress").first()
+    TargetRun.objects.create(
+        execution=running, connection=target, schema_name="tenant_r", database_type="tenant", status="running",
+        started_at=whole,
+    )
+
+    reader = User.objects.create_user("reader", password="reader-password")
+    reader.groups.add(Group.objects.get_or_create(name="migrations:read")[0])
+    admin = User.objects.create_user("dba", password="dba-password")
+    admin.groups.add(
+        Group.objects.get_or_create(name="migrations:read")[0], Group.objects.get_or_create(name="databases:read")[0]
+    )
+    from django.utils import timezone
+    now = timezone.now()
+    timezone.now = lambda: now  # an unfinished execution's ETA is counted from now: the same in every page
+
+    def walk(client, url):
+        pages, queries = [], []
+        while url:
+            with CaptureQueriesContext(connection) as captured:
+                response = client.get(url)
+            assert response.status_code == 200, response.content[:500]
+            queries.append([query["sql"] for query in captured.captured_queries])
+            pages.append({"type": response["Content-Type"], "body": json.loads(response.content)})
+            url = pages[-1]["body"]["next"]
+        return pages, queries
+
+    out = {"rendered_here": selectors.rows_rendered_here()}
+    rendered_here = selectors.rows_rendered_here
+    for user in (reader, admin):
+        client = APIClient()
+        client.force_authenticate(user)
+        request = APIRequestFactory().get("/")
+        request.user = user
+        ordered = list(selectors.execution_list().order_by("-created_at"))
+        expected = json.loads(JSONRenderer().render(
+            ExecutionSerializer(ordered, many=True, context={"request": request}).data
+        ))
+        seen = {"expected": expected}
+        lists = (("all", "/api/v1/migrations/?limit=15"), ("failed", "/api/v1/migrations/?status=failed&limit=3"))
+        for name, url in lists:
+            rendered, queries = walk(client, url)
+            selectors.rows_rendered_here = lambda: False
+            try:
+                plain, plain_queries = walk(client, url)
+            finally:
+                selectors.rows_rendered_here = rendered_here
+            seen[name] = {
+                "rendered": [e for page in rendered for e in page["body"]["results"]],
+                "plain": [e for page in plain for e in page["body"]["results"]],
+                "envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in rendered],
+                "plain_envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in plain],
+                "types": sorted({page["type"] for page in rendered + plain}),
+                "rendering": [sum("json_build_object" in q for q in page) for page in queries],
+                "queries": [len(page) for page in queries],
+                "plain_queries": [len(page) for page in plain_queries],
+                "plain_rendering": sum("json_build_object" in q for page in plain_queries for q in page),
+            }
+        out[user.username] = seen
+    print(json.dumps(out))
+    """
+)
+
+
+def test_the_executions_list_rendered_by_postgresql_shows_what_the_serializer_shows(pg_control):
+    env = control_env(ADMIN_DATABASE_URL=pg_control, **coverage_env())
+    child = subprocess.run([sys.executable, "-c", LIST_CHILD], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-4000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    assert out["rendered_here"] is True
+    for username in ("reader", "dba"):
+        seen = out[username]
+        assert len(seen["expected"]) == 40
+        by_id = {execution["id"]: execution for execution in seen["expected"]}
+        for name in ("all", "failed"):
+            pages = seen[name]
+            # Newest first as the serializer's pages, every field equal, envelopes alike.
+            assert pages["rendered"] == pages["plain"]
+            assert pages["rendered"] == [by_id[e["id"]] for e in pages["rendered"]]
+            assert pages["envelopes"] == pages["plain_envelopes"]
+            assert pages["types"] == ["application/json"]
+            assert all(count == 1 for count in pages["rendering"]), (pages["rendering"], pages["queries"])
+            assert pages["plain_rendering"] == 0
+        assert [e["id"] for e in seen["all"]["rendered"]] == [e["id"] for e in seen["expected"]]
+        assert {e["status"] for e in seen["failed"]["rendered"]} == {"failed"}
+        assert len(seen["failed"]["rendered"]) == 7
+        # The keys, and the unfinished and failed ones whole, beside what the serializer's pages read: no query
+        # per execution shown.
+        for name in ("all", "failed"):
+            pairs = zip(seen[name]["queries"], seen[name]["plain_queries"], strict=True)
+            assert all(queries <= plain + 2 for queries, plain in pairs), seen[name]
+    reader, dba = out["reader"]["all"]["rendered"], out["dba"]["all"]["rendered"]
+    errors = [e["error"] for e in reader if e["error"]]
+    assert len(errors) == 4
+    assert not any("db-7.internal.example" in error for error in errors)  # redacted for a reader
+    assert all("db-7.internal.example" in e["error"] for e in dba if e["error"])
+    progress = {(e["progress"]["total"], e["progress"]["completed"]): e["progress"] for e in reader}
+    assert progress[(16, 1)]["completion_percentage"] == 6.2  # Python's rounding of 6.25, as the serializer's
+    assert progress[(0, 0)]["completion_percentage"] == 100.0
+    assert any(e["progress"]["current_targets"] == ["shared-eu/tenant_r"] for e in reader)
+    assert any(e["progress"]["estimated_completion"] for e in reader)
+    assert "2026-03-04T05:06:07Z" in {e["created_at"] for e in reader}  # a whole second: no fraction
     assert "not-shown-anywhere" not in json.dumps(out)

@@ -192,3 +192,29 @@ def test_a_field_holding_another_is_copied_in_depth(fleet, make_user):
             assert serializer.fields["errors"].child.root is serializer
             (error,) = serializer.to_representation(row)["errors"]
             assert (HOST in error) == (request is holder)
+
+
+@pytest.mark.parametrize(
+    ("counters", "pending", "percentage"),
+    [((16, 1, 0, 0, 0), 15, 6.2), ((3, 1, 1, 0, 0), 1, 66.7), ((0, 0, 0, 0, 0), 0, 100.0), ((8, 2, 3, 1, 2), 0, 100.0)],
+)
+def test_a_finished_execution_s_progress_is_its_counters(counters, pending, percentage):
+    """What the list shows of a finished execution without a model instance (``finished_progress``), and what
+    ``execution_progress`` gives of one: nothing running, waiting or left to estimate; Python's rounding (6.25
+    shows as 6.2)."""
+    total, succeeded, failed, skipped, cancelled = counters
+    execution = MigrationExecution(
+        status="failed", targets_total=total, targets_succeeded=succeeded, targets_failed=failed,
+        targets_skipped=skipped, targets_cancelled=cancelled, runs_timed=1, run_duration_ms=10,
+    )  # fmt: skip
+    for progress in (
+        selectors.execution_progress(execution=execution),
+        selectors.finished_progress(
+            total=total, succeeded=succeeded, failed=failed, skipped=skipped, cancelled=cancelled
+        ),
+    ):
+        assert progress == selectors.Progress(
+            total=total, completed=succeeded, failed=failed, skipped=skipped, cancelled=cancelled, running=0,
+            pending=pending, current_targets=[], completion_percentage=percentage, estimated_completion=None,
+            no_worker=False, state="finished",
+        )  # fmt: skip
