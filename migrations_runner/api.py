@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, status, viewsets
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -42,6 +41,7 @@ from migrations_runner.serializers import (
     SetsSerializer,
     TargetPlanSerializer,
     TargetRunSerializer,
+    json_texts,
     with_progress,
 )
 
@@ -102,19 +102,9 @@ class ExecutionListView(generics.ListAPIView):
             return self.get_paginated_response(ExecutionSerializer(page, many=True, context=context).data)
         # Finished ones rendered; the others (their progress reads runs, their error is redacted per caller) go
         # through the serializer.
-        whole = [e for e in page if not isinstance(e, selectors.RenderedExecution)]
-        shown = iter(ExecutionSerializer(whole, many=True, context=context).data)
-        renderer = JSONRenderer()
         paginator = self.paginator
         assert isinstance(paginator, LimitOffsetPagination)
-        return paginator.get_rendered_response(
-            [
-                with_progress(e)
-                if isinstance(e, selectors.RenderedExecution)
-                else renderer.render(next(shown)).decode()
-                for e in page
-            ]
-        )
+        return paginator.get_rendered_response(json_texts(page, _rendered_execution, ExecutionSerializer, context))
 
     def get_queryset(self):
         wanted = self.request.query_params.get("status")
@@ -175,14 +165,16 @@ class ExecutionTargetsView(generics.ListAPIView):
         if paginator.fetch is None:
             return self.get_paginated_response(self.get_serializer(rows, many=True).data)
         # Rendered by the database, but for runs with an error, which the serializer redacts per caller.
-        shown = iter(self.get_serializer([row for row in rows if selectors.RENDERED not in row], many=True).data)
-        renderer = JSONRenderer()
-        return paginator.get_rendered_response(
-            [
-                row[selectors.RENDERED] if selectors.RENDERED in row else renderer.render(next(shown)).decode()
-                for row in rows
-            ]
-        )
+        rendered = json_texts(rows, _rendered_run, TargetRunSerializer, self.get_serializer_context())
+        return paginator.get_rendered_response(rendered)
+
+
+def _rendered_execution(execution) -> str | None:
+    return with_progress(execution) if isinstance(execution, selectors.RenderedExecution) else None
+
+
+def _rendered_run(row: dict) -> str | None:
+    return row.get(selectors.RENDERED)
 
 
 class CancelView(APIView):

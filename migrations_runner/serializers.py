@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 from django.conf import settings as django_settings
@@ -367,6 +367,18 @@ def with_progress(execution: RenderedExecution) -> str:
     with its progress as ``ExecutionSerializer`` shows it (its last field)."""
     progress = JSONRenderer().render(_PROGRESS.to_representation(execution.progress)).decode()
     return f'{execution.text[:-1]}, "progress" : {progress}}}'
+
+
+def json_texts(
+    rows: list, rendered: Callable[[Any], str | None], serializer: type[serializers.Serializer], context: Mapping
+) -> list[str]:
+    """Each row's JSON, in order: the text ``rendered`` gives of it (the control database's), else what
+    ``serializer`` shows of it (a run or an execution with an error, which it redacts per caller), encoded."""
+    texts = [rendered(row) for row in rows]
+    others = [row for row, text in zip(rows, texts, strict=True) if text is None]
+    shown = iter(serializer(others, many=True, context=context).data if others else ())
+    renderer = JSONRenderer()
+    return [renderer.render(next(shown)).decode() if text is None else text for text in texts]
 
 
 class WaveProgressSerializer(ResultSerializer):
