@@ -185,8 +185,8 @@ def history_executions(count: int) -> None:
 def query_plans(big) -> dict[str, dict]:
     """PostgreSQL's plans (``EXPLAIN ANALYZE``) of the queries the targets endpoint makes for the first and the last
     page of 100 runs by cursor (the keys, then the rows of those keys, rendered as JSON by PostgreSQL) and the
-    keys of the last by offset, and of the list's page: the index each reads, whether it sorts, and its execution
-    time."""
+    keys of the last by offset, and of the list's first page (its count, its keys, then its executions rendered
+    as JSON by PostgreSQL): the index each reads, whether it sorts, and its execution time."""
     from django.db import connection
 
     from migrations_runner import selectors
@@ -200,13 +200,22 @@ def query_plans(big) -> dict[str, dict]:
         "targets first page (keys)": runs.values_list("pk", flat=True)[:101],
         "targets last page (cursor, keys)": runs.order_by("-phase", "-id").values_list("pk", flat=True)[:101],
         "targets last page (offset, keys)": runs.values_list("pk", flat=True)[max(0, count - 100) : count],
-        "list": MigrationExecution.objects.all()[:50],
+        "list (keys)": selectors.execution_list().values_list("pk", flat=True)[:50],
     }
-    with connection.cursor() as cursor:  # what a page by cursor reads its rows with (rendered by PostgreSQL)
-        cursor.execute("EXPLAIN ANALYZE " + executions._RENDERED_ROWS_SQL, [first_keys])
-        rendered = "\n".join(row[0] for row in cursor.fetchall())
+    list_keys = list(queries["list (keys)"])
+    raw: dict[str, tuple[str, list]] = {
+        # What a page by cursor reads its rows with, and the list its executions (rendered by PostgreSQL).
+        "targets first page (rows, rendered)": (executions._RENDERED_ROWS_SQL, [first_keys]),
+        "list (count)": (f'SELECT count(*) FROM "{MigrationExecution._meta.db_table}"', []),  # noqa: S608
+        "list (executions, rendered)": (executions._RENDERED_EXECUTIONS_SQL, ["pending", "in_progress", list_keys]),
+    }
+    explained = {}
+    with connection.cursor() as cursor:
+        for name, (query, params) in raw.items():
+            cursor.execute("EXPLAIN ANALYZE " + query, params)
+            explained[name] = "\n".join(row[0] for row in cursor.fetchall())
     plans = {}
-    for name, queryset in [*queries.items(), ("targets first page (rows, rendered)", rendered)]:
+    for name, queryset in [*queries.items(), *explained.items()]:
         text = queryset if isinstance(queryset, str) else queryset.explain(analyze=True)
         indexes = sorted({line.split(" using ")[1].split()[0] for line in text.splitlines() if " using " in line})
         plans[name] = {

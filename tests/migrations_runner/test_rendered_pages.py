@@ -19,7 +19,9 @@ from tests.support.tools import coverage_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
-CHILD = textwrap.dedent(
+# What both children start with: a control database, a registered connection whose host and user a reader must
+# not see in errors, a reader and a holder of databases:read.
+PROLOGUE = textwrap.dedent(
     """
     import json
     from datetime import datetime, timedelta, timezone as tz
@@ -38,17 +40,28 @@ CHILD = textwrap.dedent(
     from connections.models import Tenant
     from migrations_runner import selectors
     from migrations_runner.models import MigrationExecution, TargetRun
-    from migrations_runner.serializers import TargetRunSerializer
+    from migrations_runner.serializers import ExecutionSerializer, TargetRunSerializer
 
     target = registry.connection_create(
         actor="t", verify=False, name="shared-eu", database_type="shared", region="eu-west",
         host="db-7.internal.example", port=6543, database_name="fleet", username="svc_fleet",
         password="not-shown-anywhere", ssl_mode="disable", connect_timeout=5,
     )
+    reader = User.objects.create_user("reader", password="reader-password")
+    reader.groups.add(Group.objects.get_or_create(name="migrations:read")[0])
+    admin = User.objects.create_user("dba", password="dba-password")
+    admin.groups.add(
+        Group.objects.get_or_create(name="migrations:read")[0], Group.objects.get_or_create(name="databases:read")[0]
+    )
+    texts = ['quote " backslash \\\\ slash /', "line\\nbreak\\ttab\\r\\x01\\x1f", "é ß 東京 😀", "</script>", ""]
+    """
+)
+
+CHILD = PROLOGUE + textwrap.dedent(
+    """
     tenant = Tenant.objects.create(slug="acme", name="Acme", connection=target)
     execution = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=tz.utc)  # no microseconds: shown without a fraction
-    texts = ['quote " backslash \\\\ slash /', "line\\nbreak\\ttab\\r\\x01\\x1f", "é ß 東京 😀", "</script>", ""]
     runs = []
     for n in range(60):
         text = texts[n % len(texts)]
@@ -86,12 +99,6 @@ CHILD = textwrap.dedent(
     MigrationExecution.objects.filter(pk=execution.pk).update(targets_total=len(runs))  # as planning counts them
     instances = list(selectors.execution_targets_listed(execution=execution))
 
-    reader = User.objects.create_user("reader", password="reader-password")
-    reader.groups.add(Group.objects.get_or_create(name="migrations:read")[0])
-    admin = User.objects.create_user("dba", password="dba-password")
-    admin.groups.add(
-        Group.objects.get_or_create(name="migrations:read")[0], Group.objects.get_or_create(name="databases:read")[0]
-    )
 
     def walk(client, url):
         pages, sql = [], []
@@ -185,33 +192,9 @@ def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control)
     assert "not-shown-anywhere" not in json.dumps(out)
 
 
-LIST_CHILD = textwrap.dedent(
+LIST_CHILD = PROLOGUE + textwrap.dedent(
     """
-    import json
-    from datetime import datetime, timedelta, timezone as tz
-
-    import django
-    django.setup()
-    from django.contrib.auth.models import Group, User
-    from django.core.management import call_command
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-    from rest_framework.renderers import JSONRenderer
-    from rest_framework.test import APIClient, APIRequestFactory
-
-    call_command("migrate", verbosity=0)
-    from connections import services as registry
-    from migrations_runner import selectors
-    from migrations_runner.models import MigrationExecution, TargetRun
-    from migrations_runner.serializers import ExecutionSerializer
-
-    target = registry.connection_create(
-        actor="t", verify=False, name="shared-eu", database_type="shared", region="eu-west",
-        host="db-7.internal.example", port=6543, database_name="fleet", username="svc_fleet",
-        password="not-shown-anywhere", ssl_mode="disable", connect_timeout=5,
-    )
     whole = datetime(2026, 3, 4, 5, 6, 7, tzinfo=tz.utc)
-    texts = ['quote " backslash \\\\ slash /', "line\\nbreak\\ttab\\r\\x01\\x1f", "é ß 東京 😀", "</script>", ""]
     statuses = ["completed", "failed", "cancelled", "rolled_back", "pending", "in_progress"]
     # Totals and outcomes whose percentage rounds on a tie (1 of 16: 6.25), repeats (1 of 3), or has no target.
     counts = [(16, 1, 0), (3, 1, 1), (0, 0, 0), (7, 7, 0), (10000, 3333, 1), (8, 0, 3)]
@@ -251,12 +234,6 @@ LIST_CHILD = textwrap.dedent(
         started_at=whole,
     )
 
-    reader = User.objects.create_user("reader", password="reader-password")
-    reader.groups.add(Group.objects.get_or_create(name="migrations:read")[0])
-    admin = User.objects.create_user("dba", password="dba-password")
-    admin.groups.add(
-        Group.objects.get_or_create(name="migrations:read")[0], Group.objects.get_or_create(name="databases:read")[0]
-    )
     from django.utils import timezone
     now = timezone.now()
     timezone.now = lambda: now  # an unfinished execution's ETA is counted from now: the same in every page
