@@ -10,7 +10,8 @@ Everything runs on one embedded PostgreSQL 16 and the loopback interface:
 - a finished execution of 10,000 target runs: planned by a dry run of ``services.execution_start`` over 10,000
   tenants (registered in bulk, ``bench.support.register_fleet``), then its runs and counters set in bulk to
   what a completed run of the tenant set records (a fixture: status, applied versions, timings, worker); and
-  10,000 older finished executions (``--executions``, rows only) for the list;
+  10,000 older finished executions (``--executions``, rows only) for the list; both tables then vacuumed and
+  analyzed, as autovacuum leaves a table after many inserts;
 - a running execution: a real ``qcluster`` (ORM broker on the control database, 2 workers) works its lanes over
   600 real tenant targets of a second database, with a tenant set of 2 versions that each ``pg_sleep`` 0.3 s,
   claiming and recording targets throughout the measurement (checked before and after);
@@ -182,6 +183,18 @@ def history_executions(count: int) -> None:
     MigrationExecution.objects.bulk_update(created, ["created_at"], batch_size=1000)
 
 
+def settle(*models) -> None:
+    """``VACUUM ANALYZE`` the tables the fixture wrote in bulk: what autovacuum does to a table after many inserts
+    (PostgreSQL 13 and later vacuum on inserts too), so the measurement sees a control database in its steady
+    state rather than the minute after a bulk load: plans on the tables' statistics (planning a run analyzes the
+    runs table itself, services/executions.py), counts from the visibility map."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for model in models:
+            cursor.execute("VACUUM ANALYZE " + connection.ops.quote_name(model._meta.db_table))
+
+
 def query_plans(big) -> dict[str, dict]:
     """PostgreSQL's plans (``EXPLAIN ANALYZE``) of the queries the targets endpoint makes for the first and the last
     page of 100 runs by cursor (the keys, then the rows of those keys, rendered as JSON by PostgreSQL) and the
@@ -217,7 +230,14 @@ def query_plans(big) -> dict[str, dict]:
     plans = {}
     for name, queryset in [*queries.items(), *explained.items()]:
         text = queryset if isinstance(queryset, str) else queryset.explain(analyze=True)
-        indexes = sorted({line.split(" using ")[1].split()[0] for line in text.splitlines() if " using " in line})
+        indexes = sorted(
+            {line.split(" using ")[1].split()[0] for line in text.splitlines() if " using " in line}
+            | {
+                line.split("Bitmap Index Scan on ")[1].split()[0]
+                for line in text.splitlines()
+                if "Bitmap Index" in line
+            }
+        )
         plans[name] = {
             "indexes": indexes,
             "sorts": "Sort" in text,
@@ -486,17 +506,13 @@ def main() -> None:
             import django
 
             django.setup()
-            from infra_site.bulk import analyze
             from migrations_runner.models import MigrationExecution, TargetRun
 
             started = time.perf_counter()
             big = big_execution(server, args.targets)
             history_executions(args.executions)
             reader_user()
-            # Planning a run analyzes the runs table (services/executions.py), and autovacuum keeps up while it runs;
-            # this fixture wrote its rows in bulk instead, so it takes those statistics itself.
-            analyze(MigrationExecution)
-            analyze(TargetRun)
+            settle(MigrationExecution, TargetRun)
             fixture_s = time.perf_counter() - started
             print(
                 f"fixture: execution of {args.targets} target runs and {args.executions} older executions in "
