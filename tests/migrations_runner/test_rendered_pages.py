@@ -158,12 +158,19 @@ CHILD = PROLOGUE + textwrap.dedent(
 )
 
 
-def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control):
-    env = control_env(ADMIN_DATABASE_URL=pg_control, **coverage_env())
-    child = subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True)
+def run_child(script: str, control_url: str) -> dict:
+    """Run ``script`` on the PostgreSQL control database ``control_url``; what it printed last, where the control
+    database renders rows."""
+    env = control_env(ADMIN_DATABASE_URL=control_url, **coverage_env())
+    child = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True)
     assert child.returncode == 0, child.stderr[-4000:]
     out = json.loads(child.stdout.strip().splitlines()[-1])
     assert out["rendered_here"] is True
+    return out
+
+
+def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control):
+    out = run_child(CHILD, pg_control)
     for username in ("reader", "dba"):
         seen = out[username]
         assert seen["rendered_sql"] == 3  # one query of rows a page
@@ -287,11 +294,7 @@ LIST_CHILD = PROLOGUE + textwrap.dedent(
 
 
 def test_the_executions_list_rendered_by_postgresql_shows_what_the_serializer_shows(pg_control):
-    env = control_env(ADMIN_DATABASE_URL=pg_control, **coverage_env())
-    child = subprocess.run([sys.executable, "-c", LIST_CHILD], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert child.returncode == 0, child.stderr[-4000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
-    assert out["rendered_here"] is True
+    out = run_child(LIST_CHILD, pg_control)
     for username in ("reader", "dba"):
         seen = out[username]
         assert len(seen["expected"]) == 40
