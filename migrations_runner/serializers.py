@@ -123,7 +123,7 @@ class PlannedRepresentation(serializers.Serializer):
 
     def get_fields(self) -> dict[str, serializers.Field]:
         """DRF's fields, built from the model once per class instead of once per serializer (a model serializer
-        builds each field from the model's: a fifth of a status request's time); each serializer binds copies
+        builds each field from the model's: about a third of a status request's CPU); each serializer binds copies
         of its own, since a bound field keeps its parent (whose context decides what an error shows), name and
         source. A field holding another (a list's child) is copied as DRF copies declared fields, in depth."""
         prototypes = _PROTOTYPES.get(type(self))
