@@ -94,9 +94,10 @@ def test_a_real_qcluster_runs_the_check_on_schedule(pg, settings, clusters):
     settings.HEALTH_CHECK_INTERVAL = 2
     services.ensure_health_schedule()
     cluster = clusters(workers=1)
-    # django-q2's scheduler looks at the schedules about every 30 s.
+    # django-q2's scheduler looks at the schedules about every 30 s. The check writes the snapshots, then its run
+    # (two commits): the run is the end of it.
     wait_until(
-        lambda: ConnectionSnapshot.objects.filter(connection=connection).exists(),
+        lambda: CheckRun.objects.exists() and ConnectionSnapshot.objects.filter(connection=connection).exists(),
         timeout=75,
         interval=0.5,
         message=lambda: f"no snapshot was written:\n{cluster.output()[-3000:]}",
