@@ -216,7 +216,8 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
 
 def measure(server, *, n: int, lanes: int, work: Work, sample_s: float) -> dict:
     """The raw pool of ``lanes`` connections, then the queued run of ``lanes`` lanes, over N new schemas each."""
-    raw_s, raw_cpu_s = run_raw_pool(server, n, work, threads=lanes)
+    raw = run_raw_pool(server, n, work, threads=lanes)
+    raw_s, raw_cpu_s = raw.seconds, raw.client_cpu_s
     queued = queued_run(server, n=n, lanes=lanes, work=work, sample_s=sample_s)
     queued_s, waits = queued["seconds"], queued["lock_waits"]
     return {

@@ -24,9 +24,15 @@ Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
   ``batch_size`` and ``MIGRATION_MAX_PER_DATABASE`` twice the workers. A child process submits the execution
   through ``services.execution_start`` (what ``run_migrations`` calls) and polls the execution's row every
   0.25 s (``run_migrations --wait`` would add its own per-poll target query to the machine's load). The time is
-  the execution's ``started_at`` to ``completed_at``. Also the CPU time of the cluster's processes per target,
-  and the raw pool's client CPU per target. The raw pool runs before and after the variants (the best counts);
-  psql is the best of the in-process rounds of that N (run once here when there were none).
+  the execution's ``started_at`` to ``completed_at``. Each variant runs between two raw pool runs (raw, variant,
+  raw, variant, ..., raw, the variants' order reversed every other round) and its ratio is to the mean of those
+  two: this machine's speed drifts by up to 2x within the hour, more than the difference measured, so only runs
+  a minute apart compare. Per variant the median of its rounds' ratios counts (``--rounds``), its figures are
+  those of its median round. Also the CPU time of the cluster's processes per target, the whole machine's busy
+  CPU per target during the variant and during the raw pool runs around it (the control plane's whole cost,
+  PostgreSQL's included, whatever the wall clock does), the share of CPU the machine's host stole meanwhile, and
+  the raw pool's client CPU per target. psql is the best of the in-process rounds of that N (run once here when
+  there were none).
 
 The machine's 1-minute load average is recorded with each figure: the benchmark shares the machine.
 
@@ -57,6 +63,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -196,8 +203,16 @@ def run_psql(server, n: int, work: Work) -> float:
     return elapsed
 
 
-def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> tuple[float, float]:
-    """Seconds ``threads`` psycopg connections take to apply the work to N new schemas, and this process's CPU s."""
+class RawPoolRun(NamedTuple):
+    seconds: float
+    client_cpu_s: float  # this process's
+    machine_busy_s: float  # the whole machine's, PostgreSQL's included
+    steal_s: float  # taken by the machine's host
+
+
+def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> RawPoolRun:
+    """``threads`` psycopg connections applying the work to N new schemas: the seconds, this process's CPU seconds
+    and the machine's busy and stolen CPU seconds meanwhile."""
     from concurrent.futures import ThreadPoolExecutor
 
     import psycopg
@@ -212,12 +227,22 @@ def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> tuple[float, f
                 for operation in raw_operations(schema, work.tenant_set):
                     conn.execute(operation)
 
-    cpu, started = time.process_time(), time.perf_counter()
+    (busy, steal), cpu, started = machine_cpu_s(), time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(apply, [schemas[i::threads] for i in range(threads)]))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    busy_end, steal_end = machine_cpu_s()
     drop_database(server, database)
-    return elapsed, cpu
+    return RawPoolRun(elapsed, cpu, busy_end - busy, steal_end - steal)
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine has spent so far: busy (user, system, interrupts) and stolen by its host."""
+    import psutil
+
+    times = psutil.cpu_times()
+    busy = times.user + times.nice + times.system + times.irq + times.softirq
+    return busy, times.steal
 
 
 # --- in-process lanes ---------------------------------------------------------------------------------------------
@@ -527,11 +552,21 @@ def queued_run(server, n: int, work: Work, *, workers: int, broker: str) -> dict
     seconds = (
         datetime.fromisoformat(data["completed_at"]) - datetime.fromisoformat(data["started_at"])
     ).total_seconds()
-    return {"seconds": seconds, "succeeded": data["targets_succeeded"], "cluster_cpu_s": cpu, "load": load}
+    return {
+        "seconds": seconds,
+        "succeeded": data["targets_succeeded"],
+        "cluster_cpu_s": cpu,
+        "machine_busy_s": data["machine_busy_s"],
+        "steal_s": data["steal_s"],
+        "load": load,
+    }
 
 
-def queued_section(server, n: int, work: Work, *, quick: bool, psql_times: list[float]) -> list[dict]:
-    raw_first, raw_cpu = run_raw_pool(server, n, work)
+def queued_section(server, n: int, work: Work, *, quick: bool, rounds: int, psql_times: list[float]) -> list[dict]:
+    """Each queued variant between two raw pool runs (raw, variant, raw, variant, ..., raw; the order reversed
+    every other round): its ratio is to the mean of the two runs around it, measured within a minute of it,
+    because this machine's speed drifts by more than the difference measured over a longer span. Per variant
+    the median of its rounds counts."""
     if not psql_times:  # the in-process rounds of this N measured it already
         psql_times.append(run_psql(server, n, work))
     variants = [(broker, workers) for broker in ("orm-sqlite", "orm-postgresql", "redis") for workers in (2, 4)]
@@ -540,45 +575,71 @@ def queued_section(server, n: int, work: Work, *, quick: bool, psql_times: list[
     if not shutil.which("redis-server"):
         print("redis-server is not installed: no Redis figures", flush=True)
         variants = [(broker, workers) for broker, workers in variants if broker != "redis"]
-    outcomes = [
-        (broker, workers, queued_run(server, n, work, workers=workers, broker=broker)) for broker, workers in variants
-    ]
-    raw_last, raw_cpu_last = run_raw_pool(server, n, work)  # the raw pool again after, the best of both counts
-    raw = min(raw_first, raw_last)
-    raw_cpu = min(raw_cpu, raw_cpu_last)
+    measured: dict[tuple[str, int], list[dict]] = {variant: [] for variant in variants}
+    raw = run_raw_pool(server, n, work)
+    for round_no in range(rounds):
+        for broker, workers in variants if round_no % 2 == 0 else list(reversed(variants)):
+            outcome = queued_run(server, n, work, workers=workers, broker=broker)
+            after = run_raw_pool(server, n, work)
+            measured[(broker, workers)].append({**outcome, "raw": [raw, after]})
+            raw = after
     psql = min(psql_times)
-    rows = []
-    for broker, workers, outcome in outcomes:
-        seconds = outcome["seconds"]
-        row = {
-            "tenants": n,
-            "work": work.label,
-            "broker": broker,
-            "workers": workers,
-            "lanes": workers * 2,
-            "queued_s": round(seconds, 3),
-            "targets_per_s": round(n / seconds, 1),
-            "succeeded": outcome["succeeded"],
-            "psql_s": round(psql, 3),
-            "raw_pool4_s": round(raw, 3),
-            "raw_pool4_rounds_s": [round(raw_first, 3), round(raw_last, 3)],
-            "ratio_vs_psql": round(seconds / psql, 3),
-            "ratio_vs_raw_pool4": round(seconds / raw, 3),
-            "overhead_ms_per_target": round((seconds - raw) * min(workers, 4) / n * 1000, 2),
-            "cluster_cpu_ms_per_target": round(outcome["cluster_cpu_s"] * 1000 / n, 2),
-            "raw_pool4_client_cpu_ms_per_target": round(raw_cpu * 1000 / n, 2),
-            "load_average_1min_at_end": round(outcome["load"], 2),
-        }
-        rows.append(row)
+    rows = [_queued_row(n, work, broker, workers, runs, psql) for (broker, workers), runs in measured.items()]
+    for row in rows:
         print(
-            f"queued N={n:<6} {broker:<15} {workers} workers {seconds:8.2f}s ({row['targets_per_s']:7.1f}/s)  "
-            f"psql {psql:7.2f}s (x{row['ratio_vs_psql']})  raw pool4 {raw:7.2f}s (x{row['ratio_vs_raw_pool4']})  "
-            f"overhead {row['overhead_ms_per_target']:6.2f} ms/target  cluster CPU "
-            f"{row['cluster_cpu_ms_per_target']:.2f} ms/target "
-            f"(raw pool client {row['raw_pool4_client_cpu_ms_per_target']:.2f})",
+            f"queued N={n:<6} {row['broker']:<15} {row['workers']} workers {row['queued_s']:8.2f}s "
+            f"({row['targets_per_s']:7.1f}/s)  psql {psql:7.2f}s (x{row['ratio_vs_psql']})  raw pool4 around it "
+            f"{row['raw_pool4_s']:7.2f}s (x{row['ratio_vs_raw_pool4']}, rounds {row['ratio_vs_raw_pool4_rounds']})  "
+            f"overhead {row['overhead_ms_per_target']:6.2f} ms/target  machine CPU "
+            f"{row['machine_cpu_ms_per_target']:.2f} ms/target (raw pool "
+            f"{row['raw_pool4_machine_cpu_ms_per_target']:.2f})  cluster CPU "
+            f"{row['cluster_cpu_ms_per_target']:.2f} ms/target (raw pool client "
+            f"{row['raw_pool4_client_cpu_ms_per_target']:.2f})",
             flush=True,
         )
     return rows
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict], psql: float) -> dict:
+    """A variant's figures: those of its median round (by its ratio to the raw pool around it), with every
+    round's ratio and the raw pool runs around each."""
+    for run in runs:
+        around = [raw.seconds for raw in run["raw"]]
+        run["raw_s"] = sum(around) / 2
+        run["ratio"] = run["seconds"] / run["raw_s"]
+    ratios = [run["ratio"] for run in runs]
+    run = sorted(runs, key=lambda r: r["ratio"])[(len(runs) - 1) // 2]
+    seconds, raw = run["seconds"], run["raw_s"]
+    raw_busy = sum(raw.machine_busy_s for raw in run["raw"]) / 2
+    return {
+        "tenants": n,
+        "work": work.label,
+        "broker": broker,
+        "workers": workers,
+        "lanes": workers * 2,
+        "queued_s": round(seconds, 3),
+        "targets_per_s": round(n / seconds, 1),
+        "succeeded": run["succeeded"],
+        "psql_s": round(psql, 3),
+        "raw_pool4_s": round(raw, 3),
+        "raw_pool4_rounds_s": [round(raw.seconds, 3) for raw in run["raw"]],
+        "ratio_vs_psql": round(seconds / psql, 3),
+        "ratio_vs_raw_pool4": round(_median(ratios), 3),
+        "ratio_vs_raw_pool4_rounds": [round(ratio, 3) for ratio in ratios],
+        "overhead_ms_per_target": round((seconds - raw) * min(workers, 4) / n * 1000, 2),
+        "cluster_cpu_ms_per_target": round(run["cluster_cpu_s"] * 1000 / n, 2),
+        "machine_cpu_ms_per_target": round(run["machine_busy_s"] * 1000 / n, 2),
+        "raw_pool4_machine_cpu_ms_per_target": round(raw_busy * 1000 / n, 2),
+        "raw_pool4_client_cpu_ms_per_target": round(min(raw.client_cpu_s for raw in run["raw"]) * 1000 / n, 2),
+        "steal_share": round(run["steal_s"] / max(run["steal_s"] + run["machine_busy_s"], 1e-9), 3),
+        "load_average_1min_at_end": round(run["load"], 2),
+    }
 
 
 def overhead_growth(rows: list[dict]) -> list[dict]:
@@ -628,6 +689,7 @@ def submit_main(argv: list[str]) -> None:
         actor="bench",
         origin=Origin.API,
     )
+    busy, steal = machine_cpu_s()  # from the execution's queueing to its end: its lanes' work, and nothing else's
     fields = ["status", "started_at", "completed_at", "targets_total", "targets_succeeded", "targets_failed", "error"]
     deadline = time.monotonic() + args.timeout
     while True:
@@ -635,7 +697,8 @@ def submit_main(argv: list[str]) -> None:
         if row["status"] not in ("pending", "in_progress") or time.monotonic() > deadline:
             break
         time.sleep(0.25)
-    print(json.dumps(row, default=str))
+    busy_end, steal_end = machine_cpu_s()
+    print(json.dumps({**row, "machine_busy_s": busy_end - busy, "steal_s": steal_end - steal}, default=str))
 
 
 # --- main ---------------------------------------------------------------------------------------------------------
@@ -649,7 +712,10 @@ def main() -> None:
         "--noop-sizes", type=int, nargs="*", default=[10000], help="N of the no-op runs over up-to-date tenants."
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="Alternating in-process rounds; the best counts (default 2)."
+        "--rounds",
+        type=int,
+        default=None,
+        help="Alternating rounds (in-process: the best counts; queued: the median; default 2).",
     )
     parser.add_argument(
         "--quick", action="store_true", help="Only the 4-worker queued variants, and one round unless --rounds."
@@ -681,7 +747,9 @@ def main() -> None:
             if n in args.sizes:
                 results["in_process"].append(inprocess_section(server, n, work, rounds, psql_times))
             if n in args.queued_sizes:
-                results["queued"] += queued_section(server, n, work, quick=args.quick, psql_times=psql_times)
+                results["queued"] += queued_section(
+                    server, n, work, quick=args.quick, rounds=rounds, psql_times=psql_times
+                )
     results["overhead_growth"] = overhead_growth(results["queued"])
     results["bench_seconds"] = round(time.perf_counter() - started, 1)
     print(f"queued overhead per target, {OVERHEAD_DEFINITION}:")

@@ -42,13 +42,32 @@ def fleet_migrate(data: dict) -> list[str]:
         lines.append(
             f"  | {n} | in-process, 4 lanes | {number(row['lanes4_s'])} s | {times(row['ratio_lanes4_vs_psql'])} | |"
         )
+    bracketed = False
     for row in data["queued"]:
         ours = f"queued, {BROKERS.get(row['broker'], row['broker'])}, {row['workers']} workers"
+        raw = f"{number(row['raw_pool4_s'])} s ({times(row['ratio_vs_raw_pool4'])})"
+        cpu = ""
+        if "ratio_vs_raw_pool4_rounds" in row:  # each round between two raw pool runs: the median round's figures
+            bracketed = True
+            rounds = ", ".join(times(ratio) for ratio in row["ratio_vs_raw_pool4_rounds"])
+            raw = f"{number(row['raw_pool4_s'])} s around it (median {times(row['ratio_vs_raw_pool4'])}; {rounds})"
+            cpu = (
+                f"; machine CPU {number(row['machine_cpu_ms_per_target'])} ms/target, raw pool "
+                f"{number(row['raw_pool4_machine_cpu_ms_per_target'])}"
+            )
         lines.append(
             f"  | {number(row['tenants'])} ({row['work']}) | {ours} | {number(row['queued_s'])} s "
-            f"({number(row['overhead_ms_per_target'])} ms/target over the raw pool) | {number(row['psql_s'])} s "
-            f"({times(row['ratio_vs_psql'])}) | {number(row['raw_pool4_s'])} s ({times(row['ratio_vs_raw_pool4'])}) |"
+            f"({number(row['overhead_ms_per_target'])} ms/target over the raw pool{cpu}) | {number(row['psql_s'])} s "
+            f"({times(row['ratio_vs_psql'])}) | {raw} |"
         )
+    if bracketed:
+        lines += [
+            "",
+            "  Each queued round runs between two raw pool runs, and is compared with their mean: this machine's "
+            "speed drifts by more than the difference measured, so only runs a minute apart compare. The ratio is "
+            "the median of the rounds (each round's is listed); the times and CPU figures are the median round's "
+            "(machine CPU: the whole machine's busy CPU time, PostgreSQL's included, per target).",
+        ]
     noops = []
     for row in [*data.get("noop", []), *data["in_process"]]:
         notes = []
