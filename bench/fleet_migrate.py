@@ -10,11 +10,12 @@ Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
 - raw pool: 4 threads of this process, each with one psycopg connection, sending the same statements (no
   bookkeeping at all);
 - in-process (``--sizes``): ``services.execution_start`` with its lanes as threads of this process
-  (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in alternating rounds with psql (the best of each
-  counts); the 1-lane run is broken down from its own records (before the execution row, until the first claim,
-  the targets' claim-to-outcome time, the lane's time between targets). Then no-op runs over the N up-to-date
-  tenants, through the service and through ``run_migrations --sync`` in a fresh process (as many rounds, the
-  best counts);
+  (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in rounds with psql (the order reversed every other
+  round, the 1-lane run always next to its round's psql run): each round's ratios are to its psql run, the
+  median of the rounds counts, and the times are the median round's; the 1-lane run is broken down from its own
+  records (before the execution row, until the first claim, the targets' claim-to-outcome time, the lane's time
+  between targets). Then no-op runs over the N up-to-date tenants, through the service and through
+  ``run_migrations --sync`` in a fresh process (as many rounds, the best counts);
 - no-op (``--noop-sizes``, default 10,000): N tenants whose histories are written up to date directly, runs
   over them through the service and through ``run_migrations --sync`` (process start and exit included;
   alternating, as many rounds, the best of each counts), against the time one connection takes to read the N
@@ -364,8 +365,9 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
     breakdowns: list[dict] = []
     keep = None  # the last 1-lane fleet, up to date: the no-op runs use it
     for round_no in range(rounds):
-        # Alternate the order so checkpoints and cache state do not favour one side.
-        order = ["psql", "lanes1", "lanes4"] if round_no % 2 == 0 else ["lanes1", "lanes4", "psql"]
+        # Alternate the order so checkpoints and cache state do not favour one side; the 1-lane run always next
+        # to the psql run it is compared with (this machine's speed drifts by more than what is measured).
+        order = ["psql", "lanes1", "lanes4"] if round_no % 2 == 0 else ["lanes4", "lanes1", "psql"]
         for kind in order:
             if kind == "psql":
                 times["psql"].append(run_psql(server, n, work))
@@ -385,22 +387,29 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
                 drop_database(server, database)
     noop = _noop_figures(*noop_runs(server, *keep, work, rounds))
     psql_times.extend(times["psql"])
-    psql, lanes1, lanes4 = (min(times[k]) for k in ("psql", "lanes1", "lanes4"))
+    # Each round's ratios are to that round's psql run; the median round (the lower of two middle ones) gives the
+    # times, the median of the rounds the ratios.
+    ratios1 = [one / psql for one, psql in zip(times["lanes1"], times["psql"], strict=True)]
+    ratios4 = [four / psql for four, psql in zip(times["lanes4"], times["psql"], strict=True)]
+    middle = sorted(range(rounds), key=lambda r: ratios1[r])[(rounds - 1) // 2]
+    psql, lanes1, lanes4 = (times[k][middle] for k in ("psql", "lanes1", "lanes4"))
     row = {
         "tenants": n,
         "work": work.label,
         "psql_s": round(psql, 3),
         "lanes1_s": round(lanes1, 3),
         "lanes4_s": round(lanes4, 3),
-        "ratio_lanes1_vs_psql": round(lanes1 / psql, 3),
+        "ratio_lanes1_vs_psql": round(_median(ratios1), 3),
+        "ratio_lanes1_vs_psql_rounds": [round(ratio, 3) for ratio in ratios1],
         "goal_lanes1_vs_psql": 1.15,
-        "ratio_lanes4_vs_psql": round(lanes4 / psql, 3),
+        "ratio_lanes4_vs_psql": round(_median(ratios4), 3),
+        "ratio_lanes4_vs_psql_rounds": [round(ratio, 3) for ratio in ratios4],
         "psql_ms_per_target": round(psql * 1000 / n, 3),
         "lanes1_ms_per_target": round(lanes1 * 1000 / n, 3),
         "lanes4_ms_per_target": round(lanes4 * 1000 / n, 3),
         "all_rounds_s": {k: [round(v, 3) for v in vs] for k, vs in times.items()},
         "load_average_1min_after_each_round": loads,
-        "lanes1_breakdown_of_best_round": min(breakdowns, key=lambda b: b["seconds"]),
+        "lanes1_breakdown_of_median_round": breakdowns[middle],
         **noop,
     }
     print(
@@ -409,7 +418,7 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
         f"no-op {noop['noop_service_s']:.2f}s service / {noop['noop_command_s']:.2f}s command",
         flush=True,
     )
-    parts = row["lanes1_breakdown_of_best_round"]
+    parts = row["lanes1_breakdown_of_median_round"]
     detail = "  ".join(f"{name} {ms:.3f}" for name, ms in parts["ms_per_target"].items())
     low, high = parts["scripts_ms_per_target_range"]
     print(

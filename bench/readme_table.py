@@ -33,15 +33,21 @@ def times(ratio: float) -> str:
     return f"\N{MULTIPLICATION SIGN}{number(ratio)}"
 
 
+def rounds_of(row: dict, lanes: int) -> str:
+    return ", ".join(times(ratio) for ratio in row[f"ratio_lanes{lanes}_vs_psql_rounds"])
+
+
 def fleet_migrate(data: dict) -> list[str]:
     lines = ["", "  | N | Ours | Time | One `psql` | Raw pool of 4 |", "  |---|---|---|---|---|"]
     for row in data["in_process"]:
         n = f"{number(row['tenants'])} ({row['work']})"
         psql = f"{number(row['psql_s'])} s ({times(row['ratio_lanes1_vs_psql'])})"
+        four = times(row["ratio_lanes4_vs_psql"])
+        if "ratio_lanes1_vs_psql_rounds" in row:  # each round to its own psql run: the median, then each round's
+            psql = f"{number(row['psql_s'])} s (median {psql[psql.index('(') + 1 : -1]}; {rounds_of(row, 1)})"
+            four = f"median {four}; {rounds_of(row, 4)}"
         lines.append(f"  | {n} | in-process, 1 lane | {number(row['lanes1_s'])} s | {psql} | |")
-        lines.append(
-            f"  | {n} | in-process, 4 lanes | {number(row['lanes4_s'])} s | {times(row['ratio_lanes4_vs_psql'])} | |"
-        )
+        lines.append(f"  | {n} | in-process, 4 lanes | {number(row['lanes4_s'])} s | {four} | |")
     bracketed = False
     for row in data["queued"]:
         ours = f"queued, {BROKERS.get(row['broker'], row['broker'])}, {row['workers']} workers"
@@ -63,10 +69,11 @@ def fleet_migrate(data: dict) -> list[str]:
     if bracketed:
         lines += [
             "",
-            "  Each queued round runs between two raw pool runs, and is compared with their mean: this machine's "
-            "speed drifts by more than the difference measured, so only runs a minute apart compare. The ratio is "
-            "the median of the rounds (each round's is listed); the times and CPU figures are the median round's "
-            "(machine CPU: the whole machine's busy CPU time, PostgreSQL's included, per target).",
+            "  Each queued round runs between two raw pool runs, and is compared with their mean (an in-process "
+            "round with the psql run next to it): this machine's speed drifts by more than the difference measured, "
+            "so only runs a minute apart compare. The ratio is the median of the rounds (each round's is listed); "
+            "the times and CPU figures are the median round's, the lower of the two middle ones for an even number "
+            "of rounds (machine CPU: the whole machine's busy CPU time, PostgreSQL's included, per target).",
         ]
     noops = []
     for row in [*data.get("noop", []), *data["in_process"]]:
