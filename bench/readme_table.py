@@ -33,30 +33,33 @@ def times(ratio: float) -> str:
     return f"\N{MULTIPLICATION SIGN}{number(ratio)}"
 
 
-def rounds_of(row: dict, lanes: int) -> str:
-    return ", ".join(times(ratio) for ratio in row[f"ratio_lanes{lanes}_vs_psql_rounds"])
+def median_and_rounds(ratio: float, rounds: list[float]) -> str:
+    """The median ratio of a benchmark's rounds, then each round's (``median \N{MULTIPLICATION SIGN}1.2; ...``)."""
+    return f"median {times(ratio)}; {', '.join(times(r) for r in rounds)}"
 
 
 def fleet_migrate(data: dict) -> list[str]:
     lines = ["", "  | N | Ours | Time | One `psql` | Raw pool of 4 |", "  |---|---|---|---|---|"]
+    paired = bracketed = False
     for row in data["in_process"]:
         n = f"{number(row['tenants'])} ({row['work']})"
-        psql = f"{number(row['psql_s'])} s ({times(row['ratio_lanes1_vs_psql'])})"
-        four = times(row["ratio_lanes4_vs_psql"])
+        one, four = times(row["ratio_lanes1_vs_psql"]), times(row["ratio_lanes4_vs_psql"])
         if "ratio_lanes1_vs_psql_rounds" in row:  # each round to its own psql run: the median, then each round's
-            psql = f"{number(row['psql_s'])} s (median {psql[psql.index('(') + 1 : -1]}; {rounds_of(row, 1)})"
-            four = f"median {four}; {rounds_of(row, 4)}"
-        lines.append(f"  | {n} | in-process, 1 lane | {number(row['lanes1_s'])} s | {psql} | |")
+            paired = True
+            one = median_and_rounds(row["ratio_lanes1_vs_psql"], row["ratio_lanes1_vs_psql_rounds"])
+            four = median_and_rounds(row["ratio_lanes4_vs_psql"], row["ratio_lanes4_vs_psql_rounds"])
+        lines.append(
+            f"  | {n} | in-process, 1 lane | {number(row['lanes1_s'])} s | {number(row['psql_s'])} s ({one}) | |"
+        )
         lines.append(f"  | {n} | in-process, 4 lanes | {number(row['lanes4_s'])} s | {four} | |")
-    bracketed = False
     for row in data["queued"]:
         ours = f"queued, {BROKERS.get(row['broker'], row['broker'])}, {row['workers']} workers"
         raw = f"{number(row['raw_pool4_s'])} s ({times(row['ratio_vs_raw_pool4'])})"
         cpu = ""
         if "ratio_vs_raw_pool4_rounds" in row:  # each round between two raw pool runs: the median round's figures
             bracketed = True
-            rounds = ", ".join(times(ratio) for ratio in row["ratio_vs_raw_pool4_rounds"])
-            raw = f"{number(row['raw_pool4_s'])} s around it (median {times(row['ratio_vs_raw_pool4'])}; {rounds})"
+            ratio = median_and_rounds(row["ratio_vs_raw_pool4"], row["ratio_vs_raw_pool4_rounds"])
+            raw = f"{number(row['raw_pool4_s'])} s around it ({ratio})"
             cpu = (
                 f"; machine CPU {number(row['machine_cpu_ms_per_target'])} ms/target, raw pool "
                 f"{number(row['raw_pool4_machine_cpu_ms_per_target'])}"
@@ -66,11 +69,18 @@ def fleet_migrate(data: dict) -> list[str]:
             f"({number(row['overhead_ms_per_target'])} ms/target over the raw pool{cpu}) | {number(row['psql_s'])} s "
             f"({times(row['ratio_vs_psql'])}) | {raw} |"
         )
-    if bracketed:
+    if paired or bracketed:
+        compared = [
+            *(["each in-process round is compared with the psql run next to it"] if paired else []),
+            *(
+                ["each queued round runs between two raw pool runs and is compared with their mean"]
+                if bracketed
+                else []
+            ),
+        ]
         lines += [
             "",
-            "  Each queued round runs between two raw pool runs, and is compared with their mean (an in-process "
-            "round with the psql run next to it): this machine's speed drifts by more than the difference measured, "
+            f"  {'; '.join(compared).capitalize()}: this machine's speed drifts by more than the difference measured, "
             "so only runs a minute apart compare. The ratio is the median of the rounds (each round's is listed); "
             "the times and CPU figures are the median round's, the lower of the two middle ones for an even number "
             "of rounds (machine CPU: the whole machine's busy CPU time, PostgreSQL's included, per target).",

@@ -69,3 +69,33 @@ def test_a_benchmark_without_results_says_so_and_an_unknown_results_file_is_an_e
     (results / "mystery.json").write_text("{}")
     with pytest.raises(SystemExit, match=r"mystery\.json"):
         readme_table.render(results)
+
+
+def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
+    path = results / "fleet_migrate.json"
+    data = json.loads(path.read_text())
+    queued = data["queued"][0]
+    queued.update(ratio_vs_raw_pool4=1.21, ratio_vs_raw_pool4_rounds=[1.34, 1.1, 1.21])
+    queued.update(machine_cpu_ms_per_target=61.02, raw_pool4_machine_cpu_ms_per_target=51.25, raw_pool4_s=32.87)
+    in_process = data["in_process"][0]
+    in_process.update(ratio_lanes1_vs_psql=1.07, ratio_lanes1_vs_psql_rounds=[1.65, 0.96, 1.07])
+    in_process.update(ratio_lanes4_vs_psql=0.51, ratio_lanes4_vs_psql_rounds=[0.53, 0.36, 0.51])
+    path.write_text(json.dumps(data))
+    text = readme_table.render(results)
+    assert "32.87 s around it (median \N{MULTIPLICATION SIGN}1.21; \N{MULTIPLICATION SIGN}1.34, " in text
+    assert "machine CPU 61.02 ms/target, raw pool 51.25" in text
+    assert "(median \N{MULTIPLICATION SIGN}1.07; \N{MULTIPLICATION SIGN}1.65, \N{MULTIPLICATION SIGN}0.96, " in text
+    assert "| median \N{MULTIPLICATION SIGN}0.51; \N{MULTIPLICATION SIGN}0.53, " in text
+    assert "Each in-process round is compared with the psql run next to it; each queued round runs between" in text
+
+    for key in ("ratio_vs_raw_pool4_rounds", "machine_cpu_ms_per_target"):
+        queued.pop(key)
+    for row in data["queued"]:
+        row.pop("ratio_vs_raw_pool4_rounds", None)
+    for key in ("ratio_lanes1_vs_psql_rounds", "ratio_lanes4_vs_psql_rounds"):
+        in_process.pop(key)
+    path.write_text(json.dumps(data))
+    text = readme_table.render(results)
+    for shown_only_for_rounds in ("around it", "median", "compared with"):
+        assert shown_only_for_rounds not in text
+    assert "32.87 s (\N{MULTIPLICATION SIGN}1.21) |" in text
