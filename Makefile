@@ -18,8 +18,10 @@ $(STAMP): requirements.lock
 venv: $(STAMP)
 
 ## Re-lock after any change to requirements.txt or requirements-dev.txt (tests/infra_site/test_lock.py checks).
+## The lock keeps each package's extras (coverage[toml], ...): pip's hash-checking mode then holds a package
+## asked for with an extra to its pinned version too, instead of failing on a newer release on the index.
 lock: $(STAMP)
-	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --no-strip-extras \
 		--custom-compile-command "make lock" --output-file requirements.lock requirements-dev.txt
 
 # The test OpenID Connect provider (oidc-provider on the machine's Node.js), reinstalled when its lock changes.

@@ -5,6 +5,7 @@ When one of these fails, run ``make lock`` after changing requirements.txt or re
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -64,3 +65,30 @@ def test_every_locked_package_carries_sha256_hashes():
     unhashed = [name for name, (_, hashes) in locked().items() if not hashes]
     assert not unhashed, f"no hash for {unhashed}: run `make lock`"
     assert all(h.startswith("sha256:") for _, hashes in locked().values() for h in hashes)
+
+
+def locked_extras() -> dict[str, set[str]]:
+    """The extras each locked package is locked with (``coverage[toml]==...``)."""
+    return {
+        canonicalize_name(requirement.name): set(requirement.extras)
+        for line in _logical_lines(LOCK)
+        for requirement in [Requirement(line.split(" --hash=")[0].strip())]
+    }
+
+
+def test_a_package_that_an_installed_package_asks_for_with_extras_is_locked_with_them():
+    # pip's hash-checking mode holds a requirement with extras (pytest-cov's ``coverage[toml]>=...``) to the
+    # lock's pin only when the lock names the same extras; otherwise it tries the newest release on the index
+    # first and fails on its missing hash as soon as there is a newer one.
+    extras = locked_extras()
+    missing = []
+    for dist in importlib.metadata.distributions():
+        if canonicalize_name(dist.metadata["Name"]) not in extras:
+            continue
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            name = canonicalize_name(requirement.name)
+            applies = requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+            if applies and requirement.extras and name in extras and not requirement.extras <= extras[name]:
+                missing.append(f"{dist.metadata['Name']} asks for {requirement}")
+    assert not missing, f"locked without the extras asked for: {missing}: run `make lock`"
