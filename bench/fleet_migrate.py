@@ -57,6 +57,7 @@ import atexit
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -391,7 +392,7 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
     # times, the median of the rounds the ratios.
     ratios1 = [one / psql for one, psql in zip(times["lanes1"], times["psql"], strict=True)]
     ratios4 = [four / psql for four, psql in zip(times["lanes4"], times["psql"], strict=True)]
-    middle = sorted(range(rounds), key=lambda r: ratios1[r])[(rounds - 1) // 2]
+    middle = median_round(ratios1)
     psql, lanes1, lanes4 = (times[k][middle] for k in ("psql", "lanes1", "lanes4"))
     row = {
         "tenants": n,
@@ -399,10 +400,10 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
         "psql_s": round(psql, 3),
         "lanes1_s": round(lanes1, 3),
         "lanes4_s": round(lanes4, 3),
-        "ratio_lanes1_vs_psql": round(_median(ratios1), 3),
+        "ratio_lanes1_vs_psql": round(statistics.median(ratios1), 3),
         "ratio_lanes1_vs_psql_rounds": [round(ratio, 3) for ratio in ratios1],
         "goal_lanes1_vs_psql": 1.15,
-        "ratio_lanes4_vs_psql": round(_median(ratios4), 3),
+        "ratio_lanes4_vs_psql": round(statistics.median(ratios4), 3),
         "ratio_lanes4_vs_psql_rounds": [round(ratio, 3) for ratio in ratios4],
         "psql_ms_per_target": round(psql * 1000 / n, 3),
         "lanes1_ms_per_target": round(lanes1 * 1000 / n, 3),
@@ -609,23 +610,20 @@ def queued_section(server, n: int, work: Work, *, quick: bool, rounds: int, psql
     return rows
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+def median_round(ratios: list[float]) -> int:
+    """The index of the median round by its ratio (the lower of the two middle ones for an even number)."""
+    return sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
 
 
 def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict], psql: float) -> dict:
     """A variant's figures: those of its median round (by its ratio to the raw pool around it), with every
     round's ratio and the raw pool runs around each."""
-    for run in runs:
-        around = [raw.seconds for raw in run["raw"]]
-        run["raw_s"] = sum(around) / 2
-        run["ratio"] = run["seconds"] / run["raw_s"]
-    ratios = [run["ratio"] for run in runs]
-    run = sorted(runs, key=lambda r: r["ratio"])[(len(runs) - 1) // 2]
-    seconds, raw = run["seconds"], run["raw_s"]
-    raw_busy = sum(raw.machine_busy_s for raw in run["raw"]) / 2
+    raws = [sum(pool.seconds for pool in run["raw"]) / 2 for run in runs]
+    ratios = [run["seconds"] / raw for run, raw in zip(runs, raws, strict=True)]
+    middle = median_round(ratios)
+    run, raw = runs[middle], raws[middle]
+    seconds = run["seconds"]
+    raw_busy = sum(pool.machine_busy_s for pool in run["raw"]) / 2
     return {
         "tenants": n,
         "work": work.label,
@@ -637,15 +635,15 @@ def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict],
         "succeeded": run["succeeded"],
         "psql_s": round(psql, 3),
         "raw_pool4_s": round(raw, 3),
-        "raw_pool4_rounds_s": [round(raw.seconds, 3) for raw in run["raw"]],
+        "raw_pool4_rounds_s": [round(pool.seconds, 3) for pool in run["raw"]],
         "ratio_vs_psql": round(seconds / psql, 3),
-        "ratio_vs_raw_pool4": round(_median(ratios), 3),
+        "ratio_vs_raw_pool4": round(statistics.median(ratios), 3),
         "ratio_vs_raw_pool4_rounds": [round(ratio, 3) for ratio in ratios],
         "overhead_ms_per_target": round((seconds - raw) * min(workers, 4) / n * 1000, 2),
         "cluster_cpu_ms_per_target": round(run["cluster_cpu_s"] * 1000 / n, 2),
         "machine_cpu_ms_per_target": round(run["machine_busy_s"] * 1000 / n, 2),
         "raw_pool4_machine_cpu_ms_per_target": round(raw_busy * 1000 / n, 2),
-        "raw_pool4_client_cpu_ms_per_target": round(min(raw.client_cpu_s for raw in run["raw"]) * 1000 / n, 2),
+        "raw_pool4_client_cpu_ms_per_target": round(min(pool.client_cpu_s for pool in run["raw"]) * 1000 / n, 2),
         "steal_share": round(run["steal_s"] / max(run["steal_s"] + run["machine_busy_s"], 1e-9), 3),
         "load_average_1min_at_end": round(run["load"], 2),
     }

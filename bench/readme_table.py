@@ -70,14 +70,11 @@ def fleet_migrate(data: dict) -> list[str]:
             f"({times(row['ratio_vs_psql'])}) | {raw} |"
         )
     if paired or bracketed:
-        compared = [
-            *(["each in-process round is compared with the psql run next to it"] if paired else []),
-            *(
-                ["each queued round runs between two raw pool runs and is compared with their mean"]
-                if bracketed
-                else []
-            ),
-        ]
+        compared = []
+        if paired:
+            compared.append("each in-process round is compared with the psql run next to it")
+        if bracketed:
+            compared.append("each queued round runs between two raw pool runs and is compared with their mean")
         lines += [
             "",
             f"  {'; '.join(compared).capitalize()}: this machine's speed drifts by more than the difference measured, "
