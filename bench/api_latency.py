@@ -197,13 +197,12 @@ def settle(*models) -> None:
 
 def query_plans(big) -> dict[str, dict]:
     """PostgreSQL's plans (``EXPLAIN ANALYZE``) of the queries the targets endpoint makes for the first and the last
-    page of 100 runs by cursor (the keys, then the rows of those keys, rendered as JSON by PostgreSQL) and the
-    keys of the last by offset, and of the list's first page (its count, its keys, then its executions rendered
-    as JSON by PostgreSQL): the index each reads, whether it sorts, and its execution time."""
+    page of 100 runs by cursor (the keys, then the rows of those keys, each with the JSON PostgreSQL keeps of it)
+    and the keys of the last by offset, and of the list's first page (its count, kept by triggers, its keys, then
+    its executions' JSON): the index each reads, whether it sorts, and its execution time."""
     from django.db import connection
 
     from migrations_runner import selectors
-    from migrations_runner.models import MigrationExecution
     from migrations_runner.selectors import executions
 
     runs = selectors.execution_target_rows(execution=selectors.execution_get(execution_id=big))
@@ -217,10 +216,10 @@ def query_plans(big) -> dict[str, dict]:
     }
     list_keys = list(queries["list (keys)"])
     raw: dict[str, tuple[str, list]] = {
-        # What a page by cursor reads its rows with, and the list its executions (rendered by PostgreSQL).
+        # What a page by cursor reads its rows with, the list its count and its executions (the JSON PostgreSQL keeps).
         "targets first page (rows, rendered)": (executions._RENDERED_ROWS_SQL, [first_keys]),
-        "list (count)": (f'SELECT count(*) FROM "{MigrationExecution._meta.db_table}"', []),  # noqa: S608
-        "list (executions, rendered)": (executions._RENDERED_EXECUTIONS_SQL, ["pending", "in_progress", list_keys]),
+        "list (count, kept)": (executions._EXECUTION_COUNT_SQL, []),
+        "list (executions, rendered)": (executions._RENDERED_EXECUTIONS_SQL, [list_keys]),
     }
     explained = {}
     with connection.cursor() as cursor:

@@ -28,8 +28,18 @@ def _bounded_int(request, name: str, default: int, low: int, high: int | None) -
 
 
 class LimitOffsetPagination(pagination.LimitOffsetPagination):
+    """``count`` is the view's ``count_known`` when it has one (no count query), else counted."""
+
     default_limit = 50
     max_limit = 100
+    known_count: int | None = None
+
+    def paginate_queryset(self, queryset, request, view=None):
+        self.known_count = getattr(view, "count_known", None)
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_count(self, queryset) -> int:
+        return self.known_count if self.known_count is not None else super().get_count(queryset)
 
     def get_limit(self, request) -> int:
         return _bounded_int(request, self.limit_query_param, self.default_limit, 1, self.max_limit)
@@ -68,11 +78,6 @@ class KeysetPagination(LimitOffsetPagination):
     row_fields: tuple[str, ...] = ()  # when set, a page's rows are dicts of these fields (``values()``)
     page: KeysetPage | None = None
     fetch: RowFetch | None = None
-    known_count: int | None = None
-
-    def get_count(self, queryset) -> int:
-        """The number of rows: the view's ``count_known`` when it knows it (no count query), else counted."""
-        return self.known_count if self.known_count is not None else super().get_count(queryset)
 
     def paginate_queryset(self, queryset, request, view=None):
         self.known_count = getattr(view, "count_known", None)

@@ -67,35 +67,17 @@ LISTED_ROW_FIELDS = tuple(name for name in LISTED_RUN_FIELDS if name != "executi
 RENDERED = "__rendered__"
 
 
-def _iso_utc(column: str) -> str:
-    """SQL showing a ``timestamptz`` column as DRF shows a time in UTC: ISO 8601 with ``Z``, the microseconds only
-    when there are some (``datetime.isoformat``); NULL stays NULL."""
-    utc = f"({column} AT TIME ZONE 'UTC')"
-    return (
-        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN mod(extract(microseconds FROM {utc})::bigint,"
-        f" 1000000) = 0 THEN '' ELSE to_char({utc}, '.US') END || 'Z'"
-    )
-
-
-# A run as the targets endpoint shows it (``TargetRunSerializer``'s fields, in its order), each field as SQL.
-# ``error`` is left out: a run with an error is shown through the serializer, which redacts it per caller.
-# The query's text is made of these constants and the models' table names; the keys are its one parameter.
-RENDERED_RUN_FIELDS = {
-    **{"id": "r.id", "connection": "c.name"},
-    "tenant": f'(SELECT t.slug FROM "{TargetRun._meta.get_field("tenant").related_model._meta.db_table}" t'  # noqa: S608
-    " WHERE t.id = r.tenant_id)",
-    **{name: f"r.{name}" for name in ("schema_name", "database_type", "region", "phase", "status", "from_version")},
-    **{name: f"r.{name}" for name in ("to_version", "pending_versions", "applied_versions", "attempts")},
-    **{"lock_waits": "r.lock_waits", "waiting": "r.waiting", "retry_at": _iso_utc("r.retry_at"), "error": "NULL"},
-    **{"skip_reason": "r.skip_reason", "worker": "r.worker", "started_at": _iso_utc("r.started_at")},
-    **{"completed_at": _iso_utc("r.completed_at"), "duration_ms": "r.duration_ms"},
-}
+# A run as the targets endpoint shows it (``TargetRunSerializer``'s fields, in its order): its id, connection and
+# tenant, joined for each page (they can be renamed), then ``listed``, the rest of its JSON, which PostgreSQL keeps
+# with the row (migration 0014); a run with an error has none: the serializer shows it, redacted per caller.
+# The query's text is made of constants and the models' table names; the keys are its one parameter.
+_TENANTS = TargetRun._meta.get_field("tenant").related_model._meta.db_table
+_CONNECTIONS = TargetRun._meta.get_field("connection").related_model._meta.db_table
 _RENDERED_ROWS_SQL = (
-    "SELECT r.id, r.phase, CASE WHEN r.error IS NULL THEN json_build_object("  # noqa: S608
-    + ", ".join(f"'{name}', {expression}" for name, expression in RENDERED_RUN_FIELDS.items())
-    + f""")::text END FROM "{TargetRun._meta.db_table}" r"""
-    + f""" JOIN "{TargetRun._meta.get_field("connection").related_model._meta.db_table}" c ON c.id = r.connection_id"""
-    + " WHERE r.id = ANY(%s)"
+    """SELECT r.id, r.phase, '{"id" : ' || r.id || ', "connection" : ' || to_json(c.name)"""  # noqa: S608
+    f""" || ', "tenant" : ' || COALESCE(to_json((SELECT t.slug FROM "{_TENANTS}" t WHERE t.id = r.tenant_id))::text,"""
+    """ 'null') || ', ' || r.listed"""
+    f""" FROM "{TargetRun._meta.db_table}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id WHERE r.id = ANY(%s)"""
 )
 
 
@@ -121,24 +103,16 @@ def execution_target_rows_rendered(runs: QuerySet[TargetRun], pks: list[int]) ->
     return rows
 
 
-# A finished execution as the executions' list shows it (``ExecutionSerializer``'s fields in its order) but for
-# its progress, which its counters give (``finished_progress``). Neither an unfinished execution (its progress
-# reads its runs) nor one with an error (redacted per caller) is rendered: the serializer shows them.
-# The query's text is made of these constants and the table's name; the statuses and keys are its parameters.
-_RENDERED_EXECUTION_FIELDS = {
-    "id": "id::text",
-    **{name: name for name in ("kind", "purpose", "scope", "filters", "dry_run", "status", "on_failure")},
-    **{name: name for name in ("batch_size", "executed_by", "origin")},
-    **{"parent": "parent_id::text", "cancel_requested": "cancel_requested", "error": "error", "error_message": "error"},
-    **{name: _iso_utc(name) for name in ("created_at", "started_at", "completed_at")},
-    **{name: name for name in ("failure_budget", "wave_pause_s", "wave_approval", "waiting")},
-}
+# A finished execution as the executions' list shows it (``ExecutionSerializer``'s fields in its order): ``listed``,
+# which PostgreSQL keeps with the row (migration 0014), but its progress, which its counters give
+# (``finished_progress``). An unfinished execution (its progress reads its runs) and one with an error (redacted per
+# caller) have none: the serializer shows them. The query's text is constant; the keys are its parameter.
 _COUNTERS = ("targets_total", "targets_succeeded", "targets_failed", "targets_skipped", "targets_cancelled")
 _RENDERED_EXECUTIONS_SQL = (
-    "SELECT id, CASE WHEN error = '' AND status NOT IN (%s, %s) THEN json_build_object("  # noqa: S608
-    + ", ".join(f"'{name}', {expression}" for name, expression in _RENDERED_EXECUTION_FIELDS.items())
-    + f""")::text END, {", ".join(_COUNTERS)} FROM "{MigrationExecution._meta.db_table}" WHERE id = ANY(%s)"""
+    f"""SELECT id, listed, {", ".join(_COUNTERS)} FROM "{MigrationExecution._meta.db_table}" WHERE id = ANY(%s)"""  # noqa: S608
 )
+# Rows whose sum is the number of executions, kept by triggers on a PostgreSQL control database (migration 0014).
+_EXECUTION_COUNT_SQL = "SELECT COALESCE(sum(n), 0) FROM migrations_runner_execution_count"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +130,7 @@ def executions_rendered(*, pks: list[uuid.UUID]) -> list[MigrationExecution | Re
     finished one with no error rendered (no model instance), the others whole but their metadata
     (``execution_list``)."""
     with db_connection.cursor() as cursor:
-        cursor.execute(_RENDERED_EXECUTIONS_SQL, [ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS, pks])
+        cursor.execute(_RENDERED_EXECUTIONS_SQL, [pks])
         rows = cursor.fetchall()
     found: dict[uuid.UUID, MigrationExecution | RenderedExecution] = {}
     for pk, text, total, succeeded, failed, skipped, cancelled in rows:
@@ -169,6 +143,14 @@ def executions_rendered(*, pks: list[uuid.UUID]) -> list[MigrationExecution | Re
     if whole:
         found.update((execution.pk, execution) for execution in execution_list().filter(pk__in=whole).order_by())
     return [found[pk] for pk in pks if pk in found]
+
+
+def executions_count() -> int:
+    """How many executions there are, without counting them (``rows_rendered_here()`` must hold): what
+    ``MigrationExecution.objects.count()`` says in this transaction, read from the rows the triggers keep."""
+    with db_connection.cursor() as cursor:
+        cursor.execute(_EXECUTION_COUNT_SQL)
+        return int(cursor.fetchone()[0])
 
 
 def execution_target_rows(*, execution: MigrationExecution) -> QuerySet[TargetRun]:

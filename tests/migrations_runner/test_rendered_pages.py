@@ -139,7 +139,7 @@ CHILD = PROLOGUE + textwrap.dedent(
             by_offset += json.loads(response.content)["results"]
             offset_sql += [query["sql"] for query in captured.captured_queries]
         out[user.username + "_offsets"] = {
-            "runs": by_offset, "rendered_sql": sum("json_build_object" in q for q in offset_sql)
+            "runs": by_offset, "rendered_sql": sum("r.listed" in q for q in offset_sql)
         }
         out[user.username] = {
             "expected": expected,
@@ -148,11 +148,35 @@ CHILD = PROLOGUE + textwrap.dedent(
             "envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in rendered],
             "plain_envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in plain],
             "types": sorted({page["type"] for page in rendered + plain}),
-            "rendered_sql": sum("json_build_object" in q for q in sql),
-            "plain_sql": sum("json_build_object" in q for q in plain_sql),
+            "rendered_sql": sum("r.listed" in q for q in sql),
+            "plain_sql": sum("r.listed" in q for q in plain_sql),
             "last": json.loads(last.content),
             "plain_last": json.loads(plain_last.content),
         }
+
+    # The stored JSON follows every change of a run, and a page shows its connection's and tenant's names of now.
+    TargetRun.objects.filter(execution=execution, phase=1).update(
+        status="cancelled", attempts=3, applied_versions=[{"version": "9", "script": "V9__late.sql"}],
+        completed_at=whole + timedelta(microseconds=5), error=None,
+    )
+    run = TargetRun.objects.filter(execution=execution, phase=2).order_by("id").first()
+    run.skip_reason, run.waiting = "changed since", "pid 7 holds a lock"
+    run.save()
+    type(target).objects.filter(pk=target.pk).update(name="shared-eu-renamed")
+    Tenant.objects.filter(pk=tenant.pk).update(slug="acme-renamed")
+    client = APIClient()
+    client.force_authenticate(reader)
+    request = APIRequestFactory().get("/")
+    request.user = reader
+    instances = list(selectors.execution_targets_listed(execution=execution))
+    rendered, sql = walk(client, url)
+    out["changed"] = {
+        "expected": json.loads(JSONRenderer().render(
+            TargetRunSerializer(instances, many=True, context={"request": request}).data
+        )),
+        "rendered": [run for page in rendered for run in page["body"]["results"]],
+        "rendered_sql": sum("r.listed" in q for q in sql),
+    }
     print(json.dumps(out))
     """
 )
@@ -197,6 +221,20 @@ def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control)
     assert any(run["retry_at"] == "2026-03-04T05:06:07.000006Z" for run in reader)
     assert {run["tenant"] for run in reader} == {"acme", None}
     assert "not-shown-anywhere" not in json.dumps(out)
+    # After runs changed (by queryset and by model) and the connection and tenant were renamed: still what the
+    # serializer shows, read from the stored JSON.
+    changed = out["changed"]
+    assert changed["rendered_sql"] == 3
+    by_id = {run["id"]: run for run in changed["expected"]}
+    assert changed["rendered"] == [by_id[run["id"]] for run in changed["rendered"]]
+    assert len(changed["rendered"]) == 60
+    late = [run for run in changed["rendered"] if run["phase"] == 1]
+    assert {run["status"] for run in late} == {"cancelled"}
+    assert {run["completed_at"] for run in late} == {"2026-03-04T05:06:07.000005Z"}
+    assert all(run["applied_versions"] == [{"version": "9", "script": "V9__late.sql"}] for run in late)
+    assert any(run["waiting"] == "pid 7 holds a lock" for run in changed["rendered"])
+    assert {run["connection"] for run in changed["rendered"]} == {"shared-eu-renamed"}
+    assert {run["tenant"] for run in changed["rendered"]} == {"acme-renamed", None}
 
 
 LIST_CHILD = PROLOGUE + textwrap.dedent(
@@ -282,10 +320,12 @@ LIST_CHILD = PROLOGUE + textwrap.dedent(
                 "envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in rendered],
                 "plain_envelopes": [{k: v for k, v in page["body"].items() if k != "results"} for page in plain],
                 "types": sorted({page["type"] for page in rendered + plain}),
-                "rendering": [sum("json_build_object" in q for q in page) for page in queries],
+                "rendering": [sum("listed" in q for q in page) for page in queries],
+                "counting": [sum("count(" in q.lower() for q in page) for page in queries],
+                "plain_counting": [sum("count(" in q.lower() for q in page) for page in plain_queries],
                 "queries": [len(page) for page in queries],
                 "plain_queries": [len(page) for page in plain_queries],
-                "plain_rendering": sum("json_build_object" in q for page in plain_queries for q in page),
+                "plain_rendering": sum("listed" in q for page in plain_queries for q in page),
             }
         out[user.username] = seen
     print(json.dumps(out))
@@ -308,6 +348,11 @@ def test_the_executions_list_rendered_by_postgresql_shows_what_the_serializer_sh
             assert pages["types"] == ["application/json"]
             assert all(count == 1 for count in pages["rendering"]), (pages["rendering"], pages["queries"])
             assert pages["plain_rendering"] == 0
+        # The whole list's count is read from the rows the triggers keep (equal to the serializer's pages' count,
+        # the envelopes above); a list narrowed by status still counts.
+        assert all(count == 0 for count in seen["all"]["counting"]), seen["all"]["counting"]
+        assert all(count == 1 for count in seen["all"]["plain_counting"])
+        assert all(count == 1 for count in seen["failed"]["counting"])
         assert [e["id"] for e in seen["all"]["rendered"]] == [e["id"] for e in seen["expected"]]
         assert {e["status"] for e in seen["failed"]["rendered"]} == {"failed"}
         assert len(seen["failed"]["rendered"]) == 7
@@ -328,3 +373,96 @@ def test_the_executions_list_rendered_by_postgresql_shows_what_the_serializer_sh
     assert any(e["progress"]["estimated_completion"] for e in reader)
     assert "2026-03-04T05:06:07Z" in {e["created_at"] for e in reader}  # a whole second: no fraction
     assert "not-shown-anywhere" not in json.dumps(out)
+
+
+COUNT_CHILD = textwrap.dedent(
+    """
+    import json
+    import os
+
+    import django
+    django.setup()
+    import psycopg
+    from django.core.management import call_command
+    from django.db import connection, transaction
+
+    call_command("migrate", verbosity=0)
+    from migrations_runner import selectors
+    from migrations_runner.models import MigrationExecution
+
+    table = MigrationExecution._meta.db_table
+    columns = [field.column for field in MigrationExecution._meta.concrete_fields if field.column != "id"]
+    copy = (  # a copy of n executions with new keys, written by another connection
+        f"INSERT INTO {table} (id, {', '.join(columns)}) SELECT gen_random_uuid(), {', '.join(columns)}"
+        f" FROM {table} LIMIT %s"
+    )
+
+    def both(step):
+        seen.append({"step": step, "kept": selectors.executions_count(), "counted": MigrationExecution.objects.count()})
+
+    def kept_rows():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM migrations_runner_execution_count")
+            return cursor.fetchone()[0]
+
+    seen = []
+    out = {"rendered_here": selectors.rows_rendered_here(), "seen": seen}
+    both("empty")
+    MigrationExecution.objects.bulk_create(
+        [MigrationExecution(scope="tenant", executed_by="t") for _ in range(25)], batch_size=10
+    )
+    both("25 in 3 statements")
+    MigrationExecution.objects.create(scope="all", executed_by="t")
+    both("one more")
+    MigrationExecution.objects.filter(scope="all").delete()
+    both("one deleted")
+    try:
+        with transaction.atomic():
+            MigrationExecution.objects.create(scope="all", executed_by="t")
+            both("inside a transaction")
+            raise RuntimeError("rolled back")
+    except RuntimeError:
+        pass
+    both("rolled back")
+
+    # Another transaction writes and holds its rows meanwhile: this one neither waits nor counts them.
+    other = psycopg.connect(os.environ["ADMIN_DATABASE_URL"])
+    other.execute(copy, [7])
+    with transaction.atomic():
+        MigrationExecution.objects.bulk_create([MigrationExecution(scope="tenant", executed_by="t") for _ in range(3)])
+        MigrationExecution.objects.filter(pk=MigrationExecution.objects.order_by("created_at")[0].pk).delete()
+    both("while another transaction holds 7 more")
+    other.commit()
+    both("after it committed")
+    other.execute(copy, [4])
+    other.rollback()
+    both("after it rolled 4 back")
+    other.close()
+    out["rows_kept"] = kept_rows()
+    with connection.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {table} CASCADE")
+    both("truncated")
+    MigrationExecution.objects.create(scope="all", executed_by="t")
+    both("one after truncating")
+    out["rows_kept_at_end"] = kept_rows()
+    print(json.dumps(out))
+    """
+)
+
+
+def test_the_executions_count_kept_by_postgresql_is_what_counting_says(pg_control):
+    out = run_child(COUNT_CHILD, pg_control)
+    seen = {step["step"]: step for step in out["seen"]}
+    assert all(step["kept"] == step["counted"] for step in out["seen"]), json.dumps(out["seen"])
+    steps = ("empty", "25 in 3 statements", "one more", "one deleted")
+    assert [seen[name]["kept"] for name in steps] == [0, 25, 26, 25]
+    assert seen["inside a transaction"]["kept"] == 26
+    assert seen["rolled back"]["kept"] == 25
+    assert seen["while another transaction holds 7 more"]["kept"] == 27
+    assert seen["after it committed"]["kept"] == 34
+    assert seen["after it rolled 4 back"]["kept"] == 34
+    assert seen["truncated"]["kept"] == 0
+    assert seen["one after truncating"]["kept"] == 1
+    # Folded as it goes: a few rows, not one per statement.
+    assert out["rows_kept"] <= 2
+    assert out["rows_kept_at_end"] <= 2
