@@ -10,12 +10,13 @@ Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
 - raw pool: 4 threads of this process, each with one psycopg connection, sending the same statements (no
   bookkeeping at all);
 - in-process (``--sizes``): ``services.execution_start`` with its lanes as threads of this process
-  (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in rounds with psql (the order reversed every other
-  round, the 1-lane run always next to its round's psql run): each round's ratios are to its psql run, the
-  median of the rounds counts, and the times are the median round's; the 1-lane run is broken down from its own
-  records (before the execution row, until the first claim, the targets' claim-to-outcome time, the lane's time
-  between targets). Then no-op runs over the N up-to-date tenants, through the service and through
-  ``run_migrations --sync`` in a fresh process (as many rounds, the best counts);
+  (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in rounds with psql (psql, 1 lane, psql, 4 lanes;
+  reversed every other round): each round's 1-lane run is compared with the mean of the two psql runs around it,
+  its 4-lane run with the psql run beside it, the median of the rounds counts, and the times are the median
+  round's; the 1-lane run is broken down from its own records (before the execution row, until the first claim,
+  the targets' claim-to-outcome time, the lane's time between targets). Then no-op runs over the N up-to-date
+  tenants, through the service and through ``run_migrations --sync`` in a fresh process (as many rounds, the best
+  counts);
 - no-op (``--noop-sizes``, default 10,000): N tenants whose histories are written up to date directly, runs
   over them through the service and through ``run_migrations --sync`` (process start and exit included;
   alternating, as many rounds, the best of each counts), against the time one connection takes to read the N
@@ -364,21 +365,28 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
     times: dict[str, list[float]] = {"psql": [], "lanes1": [], "lanes4": []}
     loads: dict[str, list[float]] = {"psql": [], "lanes1": [], "lanes4": []}
     breakdowns: list[dict] = []
+    around: list[tuple[float, float]] = []  # per round, the psql runs before and after its 1-lane run
+    beside: list[float] = []  # per round, the psql run next to its 4-lane run
     keep = None  # the last 1-lane fleet, up to date: the no-op runs use it
     for round_no in range(rounds):
-        # Alternate the order so checkpoints and cache state do not favour one side; the 1-lane run always next
-        # to the psql run it is compared with (this machine's speed drifts by more than what is measured).
-        order = ["psql", "lanes1", "lanes4"] if round_no % 2 == 0 else ["lanes4", "lanes1", "psql"]
+        # Each round's 1-lane run between two psql runs, compared with their mean (this machine's speed drifts by
+        # more than what is measured); the order reversed every other round so that checkpoints and cache state
+        # do not favour one side.
+        order = ["psql", "lanes1", "psql", "lanes4"] if round_no % 2 == 0 else ["lanes4", "psql", "lanes1", "psql"]
+        ran: list[tuple[str, float]] = []
         for kind in order:
             if kind == "psql":
-                times["psql"].append(run_psql(server, n, work))
+                seconds = run_psql(server, n, work)
+                times["psql"].append(seconds)
                 loads["psql"].append(round(os.getloadavg()[0], 2))
+                ran.append((kind, seconds))
                 continue
             result, connection, database = inprocess_run(
                 server, n, work, batch_size=1 if kind == "lanes1" else 4, label=f"{kind[-1]}r{round_no}"
             )
             times[kind].append(result["seconds"])
             loads[kind].append(round(os.getloadavg()[0], 2))
+            ran.append((kind, result["seconds"]))
             if kind == "lanes1":
                 breakdowns.append({"seconds": result["seconds"], **result["breakdown"]})
                 if keep:
@@ -386,14 +394,19 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
                 keep = (connection, database)
             else:
                 drop_database(server, database)
+        kinds = [kind for kind, _ in ran]
+        one = kinds.index("lanes1")
+        around.append((ran[one - 1][1], ran[one + 1][1]))
+        four = kinds.index("lanes4")
+        beside.append(ran[four + 1 if four == 0 else four - 1][1])
     noop = _noop_figures(*noop_runs(server, *keep, work, rounds))
     psql_times.extend(times["psql"])
-    # Each round's ratios are to that round's psql run; the median round (the lower of two middle ones) gives the
-    # times, the median of the rounds the ratios.
-    ratios1 = [one / psql for one, psql in zip(times["lanes1"], times["psql"], strict=True)]
-    ratios4 = [four / psql for four, psql in zip(times["lanes4"], times["psql"], strict=True)]
+    # Each round's 1-lane ratio is to the mean of the psql runs around it, its 4-lane ratio to the psql run beside
+    # it; the median round (the lower of two middle ones) gives the times, the median of the rounds the ratios.
+    ratios1 = [one / statistics.mean(pair) for one, pair in zip(times["lanes1"], around, strict=True)]
+    ratios4 = [four / psql for four, psql in zip(times["lanes4"], beside, strict=True)]
     middle = median_round(ratios1)
-    psql, lanes1, lanes4 = (times[k][middle] for k in ("psql", "lanes1", "lanes4"))
+    psql, lanes1, lanes4 = statistics.mean(around[middle]), times["lanes1"][middle], times["lanes4"][middle]
     row = {
         "tenants": n,
         "work": work.label,
@@ -402,6 +415,7 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
         "lanes4_s": round(lanes4, 3),
         "ratio_lanes1_vs_psql": round(statistics.median(ratios1), 3),
         "ratio_lanes1_vs_psql_rounds": [round(ratio, 3) for ratio in ratios1],
+        "psql_around_lanes1_s": [[round(before, 3), round(after, 3)] for before, after in around],
         "goal_lanes1_vs_psql": 1.15,
         "ratio_lanes4_vs_psql": round(statistics.median(ratios4), 3),
         "ratio_lanes4_vs_psql_rounds": [round(ratio, 3) for ratio in ratios4],

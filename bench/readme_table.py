@@ -40,8 +40,9 @@ def median_and_rounds(ratio: float, rounds: list[float]) -> str:
 
 def fleet_migrate(data: dict) -> list[str]:
     lines = ["", "  | N | Ours | Time | One `psql` | Raw pool of 4 |", "  |---|---|---|---|---|"]
-    paired = bracketed = False
+    paired = bracketed = around = False
     for row in data["in_process"]:
+        around = around or "psql_around_lanes1_s" in row
         n = f"{number(row['tenants'])} ({row['work']})"
         one, four = times(row["ratio_lanes1_vs_psql"]), times(row["ratio_lanes4_vs_psql"])
         if "ratio_lanes1_vs_psql_rounds" in row:  # each round to its own psql run: the median, then each round's
@@ -71,7 +72,12 @@ def fleet_migrate(data: dict) -> list[str]:
         )
     if paired or bracketed:
         compared = []
-        if paired:
+        if paired and around:
+            compared.append(
+                "each in-process 1-lane run is compared with the mean of the two psql runs around it, each 4-lane "
+                "run with the psql run beside it"
+            )
+        elif paired:
             compared.append("each in-process round is compared with the psql run next to it")
         if bracketed:
             compared.append("each queued round runs between two raw pool runs and is compared with their mean")

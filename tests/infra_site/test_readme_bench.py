@@ -87,6 +87,16 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     assert "(median \N{MULTIPLICATION SIGN}1.07; \N{MULTIPLICATION SIGN}1.65, \N{MULTIPLICATION SIGN}0.96, " in text
     assert "| median \N{MULTIPLICATION SIGN}0.51; \N{MULTIPLICATION SIGN}0.53, " in text
     assert "Each in-process round is compared with the psql run next to it; each queued round runs between" in text
+    # A 1-lane run between two psql runs says so.
+    in_process["psql_around_lanes1_s"] = [[33.2, 41.0], [42.5, 40.1], [55.6, 50.3]]
+    path.write_text(json.dumps(data))
+    text = readme_table.render(results)
+    assert (
+        "Each in-process 1-lane run is compared with the mean of the two psql runs around it, each 4-lane run with "
+        "the psql run beside it; each queued round runs between"
+    ) in text
+    assert "psql run next to it" not in text
+    in_process.pop("psql_around_lanes1_s")
 
     for key in ("ratio_vs_raw_pool4_rounds", "machine_cpu_ms_per_target"):
         queued.pop(key)
