@@ -78,18 +78,17 @@ class ExecutionListView(generics.ListAPIView):
     permission_classes = [READ]
     serializer_class = ExecutionSerializer
     pagination_class = LimitOffsetPagination
+    count_known: int | None = None
 
     @extend_schema(parameters=[OpenApiParameter("status", enum=ExecutionStatus.values)])
     def get(self, request: Request, *args, **kwargs) -> Response:
         return super().get(request, *args, **kwargs)
 
-    count_known: int | None = None
-
     def list(self, request: Request, *args, **kwargs):
         executions = self.filter_queryset(self.get_queryset())
         rendered = request.accepted_renderer.format == "json" and selectors.rows_rendered_here()
-        if rendered and not request.query_params.get("status"):
-            self.count_known = selectors.executions_count()  # kept by the control database: nothing counted
+        if not request.query_params.get("status"):
+            self.count_known = selectors.executions_count()  # kept by a PostgreSQL control database
         if rendered:  # the page's keys, then its executions, the finished ones rendered by the control database
             keys = self.paginate_queryset(executions.values_list("pk", flat=True)) or []
             page = selectors.executions_rendered(pks=list(keys))
