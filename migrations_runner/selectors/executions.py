@@ -69,14 +69,24 @@ RENDERED = "__rendered__"
 
 # A run as the targets endpoint shows it (``TargetRunSerializer``'s fields, in its order): its id, connection and
 # tenant, joined for each page (they can be renamed), then ``listed``, the rest of its JSON, which PostgreSQL keeps
-# with the row (migration 0014); a run with an error has none: the serializer shows it, redacted per caller.
+# with a finished row (migration 0014) and a page writes for an unfinished one; a run with an error has none: the
+# serializer shows it, redacted per caller.
 # The query's text is made of constants and the models' table names; the keys are its one parameter.
 _TENANTS = TargetRun._meta.get_field("tenant").related_model._meta.db_table
 _CONNECTIONS = TargetRun._meta.get_field("connection").related_model._meta.db_table
+# The arguments of the function that writes ``listed`` (migration 0014), in its order: what a page calls it with for
+# a pending or running run, which keeps none.
+_LISTED_ARGUMENTS = (
+    *("schema_name", "database_type", "region", "phase", "status", "from_version", "to_version"),
+    *("pending_versions", "applied_versions", "attempts", "lock_waits", "waiting", "retry_at", "skip_reason"),
+    *("worker", "started_at", "completed_at", "duration_ms"),
+)
 _RENDERED_ROWS_SQL = (
     """SELECT r.id, r.phase, '{"id" : ' || r.id || ', "connection" : ' || to_json(c.name)"""  # noqa: S608
     f""" || ', "tenant" : ' || COALESCE(to_json((SELECT t.slug FROM "{_TENANTS}" t WHERE t.id = r.tenant_id))::text,"""
-    """ 'null') || ', ' || r.listed"""
+    """ 'null') || ', ' || COALESCE(r.listed, CASE WHEN r.error IS NULL THEN migrations_runner_target_run_listed("""
+    + ", ".join(f"r.{name}" for name in _LISTED_ARGUMENTS)
+    + ") END)"
     f""" FROM "{TargetRun._meta.db_table}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id WHERE r.id = ANY(%s)"""
 )
 
