@@ -10,7 +10,9 @@ each lane count L of ``--lanes``:
 
 - raw pool: L threads of this process, each with one psycopg connection, applying to N new schemas what a run
   applies (the schema, the engine's history table, the version in a transaction with its history row) and nothing
-  else (``fleet_migrate.run_raw_pool``);
+  else (``fleet_migrate.run_raw_pool``), before and after every queued run: each queued run (``--rounds`` of them,
+  default 1) is compared with the mean of the two raw pool runs around it, and the median round counts, because
+  this machine's speed drifts by more than the difference measured;
 - queued: a fresh PostgreSQL control database (migrated, the N tenants registered by ``fleet_migrate.py register``)
   and a real ``qcluster`` with L workers on its ORM broker, ``MIGRATION_MAX_PER_DATABASE`` = L; a child process
   (``fleet_migrate.py submit``, the benchmarks' one call of the service that queues an execution) submits the
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -214,17 +217,28 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
     }
 
 
-def measure(server, *, n: int, lanes: int, work: Work, sample_s: float) -> dict:
-    """The raw pool of ``lanes`` connections, then the queued run of ``lanes`` lanes, over N new schemas each."""
-    raw = run_raw_pool(server, n, work, threads=lanes)
-    raw_s, raw_cpu_s = raw.seconds, raw.client_cpu_s
-    queued = queued_run(server, n=n, lanes=lanes, work=work, sample_s=sample_s)
+def measure(server, *, n: int, lanes: int, work: Work, sample_s: float, rounds: int) -> dict:
+    """``rounds`` queued runs of ``lanes`` lanes, each between two runs of the raw pool of ``lanes`` connections (raw,
+    queued, raw, queued, ..., raw) and compared with their mean: this machine's speed drifts by more than the
+    difference measured. The median round counts; its figures are the row's."""
+    raws = [run_raw_pool(server, n, work, threads=lanes)]
+    runs = []
+    for _ in range(rounds):
+        runs.append(queued_run(server, n=n, lanes=lanes, work=work, sample_s=sample_s))
+        raws.append(run_raw_pool(server, n, work, threads=lanes))
+    around = [(raws[i].seconds + raws[i + 1].seconds) / 2 for i in range(rounds)]
+    ratios = [run["seconds"] / raw for run, raw in zip(runs, around, strict=True)]
+    middle = fleet_migrate.median_round(ratios)
+    queued, raw_s = runs[middle], around[middle]
+    raw_cpu_s = (raws[middle].client_cpu_s + raws[middle + 1].client_cpu_s) / 2
     queued_s, waits = queued["seconds"], queued["lock_waits"]
     return {
         "lanes": lanes,
         "queued_s": round(queued_s, 3),
         "raw_pool_s": round(raw_s, 3),
-        "ratio_queued_vs_raw_pool": round(queued_s / raw_s, 3),
+        "raw_pool_around_s": [round(raws[middle].seconds, 3), round(raws[middle + 1].seconds, 3)],
+        "ratio_queued_vs_raw_pool": round(statistics.median(ratios), 3),
+        "ratio_queued_vs_raw_pool_rounds": [round(ratio, 3) for ratio in ratios],
         "queued_targets_per_s": round(n / queued_s, 1),
         "raw_pool_targets_per_s": round(n / raw_s, 1),
         "execution_row_lock_wait_share": waits["execution_row_share"],
@@ -263,6 +277,7 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=2000, help="Tenant schemas (default 2,000).")
     parser.add_argument("--lanes", type=lane_counts, default=[1, 2, 4, 8], help="Lane counts (default 1,2,4,8).")
     parser.add_argument("--sample-ms", type=float, default=20, help="Lock sampling period (default 20 ms).")
+    parser.add_argument("--rounds", type=int, default=1, help="Queued runs per lane count, each between raw pool runs.")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "control_plane.json")
     args = parser.parse_args()
     load_at_start = os.getloadavg()[0]
@@ -273,7 +288,11 @@ def main() -> None:
     with workdir("bench-control-") as scratch, temporary_server() as server:
         work = trivial_work(scratch / "sets")
         for lanes in args.lanes:
-            rows.append(measure(server, n=args.tenants, lanes=lanes, work=work, sample_s=args.sample_ms / 1000))
+            rows.append(
+                measure(
+                    server, n=args.tenants, lanes=lanes, work=work, sample_s=args.sample_ms / 1000, rounds=args.rounds
+                )
+            )
             print(table_row(rows[-1]), flush=True)
     results = {
         "machine": {
@@ -287,6 +306,7 @@ def main() -> None:
             "version": VERSION_FILE,
             "statement": STATEMENT,
             "sample_ms": args.sample_ms,
+            "rounds": args.rounds,
             "control_database": "PostgreSQL (the embedded server), ORM broker",
         },
         "lock_wait_definition": LOCK_WAIT_DEFINITION,

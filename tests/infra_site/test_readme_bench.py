@@ -109,3 +109,25 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     for shown_only_for_rounds in ("around it", "median", "compared with"):
         assert shown_only_for_rounds not in text
     assert "32.87 s (\N{MULTIPLICATION SIGN}1.21) |" in text
+
+
+def test_control_plane_runs_between_raw_pool_runs_show_their_median_and_each_round(results):
+    path = results / "control_plane.json"
+    data = json.loads(path.read_text())
+    row = data["rows"][0]
+    row.update(queued_s=11.49, raw_pool_s=7.25, raw_pool_around_s=[6.9, 7.6], ratio_queued_vs_raw_pool=1.58)
+    row["ratio_queued_vs_raw_pool_rounds"] = [1.74, 1.58, 1.31]
+    path.write_text(json.dumps(data))
+    text = readme_table.render(results)
+    assert (
+        "| 11.49 s | 7.25 s around it | median \N{MULTIPLICATION SIGN}1.58; \N{MULTIPLICATION SIGN}1.74, "
+        "\N{MULTIPLICATION SIGN}1.58, \N{MULTIPLICATION SIGN}1.31 |"
+    ) in text
+    assert "Each queued run ran between two raw pool runs and is compared with their mean" in text
+
+    for key in ("raw_pool_around_s", "ratio_queued_vs_raw_pool_rounds"):
+        row.pop(key)
+    path.write_text(json.dumps(data))
+    text = readme_table.render(results)
+    assert "| 11.49 s | 7.25 s | \N{MULTIPLICATION SIGN}1.58 |" in text
+    assert "Each queued run ran between" not in text
