@@ -71,6 +71,12 @@ def test_a_benchmark_without_results_says_so_and_an_unknown_results_file_is_an_e
         readme_table.render(results)
 
 
+def rendered(path: Path, data: dict) -> str:
+    """The README tables after writing ``data`` to the results file ``path`` (in a copy of the results)."""
+    path.write_text(json.dumps(data))
+    return readme_table.render(path.parent)
+
+
 def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     path = results / "fleet_migrate.json"
     data = json.loads(path.read_text())
@@ -80,8 +86,7 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     in_process = data["in_process"][0]
     in_process.update(ratio_lanes1_vs_psql=1.07, ratio_lanes1_vs_psql_rounds=[1.65, 0.96, 1.07])
     in_process.update(ratio_lanes4_vs_psql=0.51, ratio_lanes4_vs_psql_rounds=[0.53, 0.36, 0.51])
-    path.write_text(json.dumps(data))
-    text = readme_table.render(results)
+    text = rendered(path, data)
     assert "32.87 s around it (median \N{MULTIPLICATION SIGN}1.21; \N{MULTIPLICATION SIGN}1.34, " in text
     assert "machine CPU 61.02 ms/target, raw pool 51.25" in text
     assert "(median \N{MULTIPLICATION SIGN}1.07; \N{MULTIPLICATION SIGN}1.65, \N{MULTIPLICATION SIGN}0.96, " in text
@@ -89,8 +94,7 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     assert "Each in-process round is compared with the psql run next to it; each queued round runs between" in text
     # A 1-lane run between two psql runs says so.
     in_process["psql_around_lanes1_s"] = [[33.2, 41.0], [42.5, 40.1], [55.6, 50.3]]
-    path.write_text(json.dumps(data))
-    text = readme_table.render(results)
+    text = rendered(path, data)
     assert (
         "Each in-process 1-lane run is compared with the mean of the two psql runs around it, each 4-lane run with "
         "the psql run beside it; each queued round runs between"
@@ -104,8 +108,7 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
         row.pop("ratio_vs_raw_pool4_rounds", None)
     for key in ("ratio_lanes1_vs_psql_rounds", "ratio_lanes4_vs_psql_rounds"):
         in_process.pop(key)
-    path.write_text(json.dumps(data))
-    readme_table.render(results)  # still renders
+    rendered(path, data)  # still renders
     text = "\n".join(readme_table.fleet_migrate(data))  # this benchmark's section alone
     for shown_only_for_rounds in ("around it", "median", "compared with"):
         assert shown_only_for_rounds not in text
@@ -118,8 +121,7 @@ def test_control_plane_runs_between_raw_pool_runs_show_their_median_and_each_rou
     row = data["rows"][0]
     row.update(queued_s=11.49, raw_pool_s=7.25, raw_pool_around_s=[6.9, 7.6], ratio_queued_vs_raw_pool=1.58)
     row["ratio_queued_vs_raw_pool_rounds"] = [1.74, 1.58, 1.31]
-    path.write_text(json.dumps(data))
-    text = readme_table.render(results)
+    text = rendered(path, data)
     assert (
         "| 11.49 s | 7.25 s around it | median \N{MULTIPLICATION SIGN}1.58; \N{MULTIPLICATION SIGN}1.74, "
         "\N{MULTIPLICATION SIGN}1.58, \N{MULTIPLICATION SIGN}1.31 |"
@@ -129,8 +131,7 @@ def test_control_plane_runs_between_raw_pool_runs_show_their_median_and_each_rou
     for each in data["rows"]:
         for key in ("raw_pool_around_s", "ratio_queued_vs_raw_pool_rounds"):
             each.pop(key, None)
-    path.write_text(json.dumps(data))
-    readme_table.render(results)  # still renders
+    rendered(path, data)  # still renders
     text = "\n".join(readme_table.control_plane(data))  # this benchmark's section alone
     assert "| 11.49 s | 7.25 s | \N{MULTIPLICATION SIGN}1.58 |" in text
     assert "around it" not in text
