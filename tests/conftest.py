@@ -22,6 +22,7 @@ import pytest
 from tests.support.logs import RecordCollector, leaked_secrets
 from tests.support.postgres import PgDatabase, PgServer, postgres_server, scratch_database
 from tests.support.sets import SHIPPED_SETS
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User
@@ -76,31 +77,69 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
+class SilentPeer:
+    """A TCP listener on 127.0.0.1 that accepts connections and never answers, and counts who came."""
 
-    def accept() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port: int = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self.addresses: list[tuple[str, int]] = []
+        self._sentinels: set[tuple[str, int]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self._stop.is_set():
             try:
-                accepted.append(listener.accept()[0])
+                conn, address = self.listener.accept()
             except OSError:
                 continue
+            self.accepted.append(conn)
+            self.addresses.append(address)
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in accepted:
-        conn.close()
-    listener.close()
+    def connections_so_far(self) -> int:
+        """How many connections reached the peer before now, not counting the sentinels this opens to ask.
+
+        The listener accepts in arrival order, so once the sentinel is accepted every earlier connection is.
+        """
+        sentinel = socket.create_connection(("127.0.0.1", self.port))
+        try:
+            address = sentinel.getsockname()
+            wait_until(
+                lambda: address in self.addresses,
+                timeout=10,
+                interval=0.02,
+                message="the silent peer did not accept the sentinel",
+            )
+            self._sentinels.add(address)
+            return sum(1 for came in self.addresses if came not in self._sentinels)
+        finally:
+            sentinel.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self.accepted:
+            conn.close()
+        self.listener.close()
+
+
+@pytest.fixture
+def silent_peer() -> Iterator[SilentPeer]:
+    peer = SilentPeer()
+    yield peer
+    peer.close()
+
+
+@pytest.fixture
+def silent_port(silent_peer: SilentPeer) -> int:
+    """A TCP port on 127.0.0.1 that accepts connections and never answers."""
+    return silent_peer.port
 
 
 @pytest.fixture(autouse=True)
