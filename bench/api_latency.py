@@ -196,30 +196,34 @@ def settle(*models) -> None:
 
 
 def query_plans(big) -> dict[str, dict]:
-    """PostgreSQL's plans (``EXPLAIN ANALYZE``) of the queries the targets endpoint makes for the first and the last
-    page of 100 runs by cursor (the keys, then the rows of those keys, each with the JSON PostgreSQL keeps of it)
-    and the keys of the last by offset, and of the list's first page (its count, kept by triggers, its keys, then
-    its executions' JSON): the index each reads, whether it sorts, and its execution time."""
-    from django.db import connection
+    """PostgreSQL's plans (``EXPLAIN ANALYZE``) of the statement the targets endpoint reads a page of 100 runs by
+    cursor with (the execution's count, the page's keys and their runs, each with the JSON PostgreSQL keeps of it),
+    for the first and the last page, of the keys of the last page by offset, and of the list's first page (its
+    count, kept by triggers, its keys, then its executions' JSON): the index each reads, whether it sorts, and its
+    execution time."""
+    import uuid
 
+    from django.db import connection
+    from django.utils import timezone
+
+    from infra_site.keyset import FIRST_PAGE, LAST_PAGE
     from migrations_runner import selectors
     from migrations_runner.selectors import executions
 
     runs = selectors.execution_target_rows(execution=selectors.execution_get(execution_id=big))
     count = runs.count()
-    first_keys = list(runs.values_list("pk", flat=True)[:101])
     queries = {
-        "targets first page (keys)": runs.values_list("pk", flat=True)[:101],
-        "targets last page (cursor, keys)": runs.order_by("-phase", "-id").values_list("pk", flat=True)[:101],
         "targets last page (offset, keys)": runs.values_list("pk", flat=True)[max(0, count - 100) : count],
         "list (keys)": selectors.execution_list().values_list("pk", flat=True)[:50],
     }
     list_keys = list(queries["list (keys)"])
-    raw: dict[str, tuple[str, list]] = {
-        # What a page by cursor reads its rows with, the list its count and its executions (the JSON PostgreSQL keeps).
-        "targets first page (rows, rendered)": (executions._RENDERED_ROWS_SQL, [first_keys]),
+    key = uuid.UUID(str(big))
+    raw: dict[str, tuple[str, list | dict]] = {
+        # What a page by cursor is read with, and the list's count and executions (the JSON PostgreSQL keeps).
+        "targets first page (one statement)": executions._target_page_query(key, None, FIRST_PAGE, 101),
+        "targets last page (cursor, one statement)": executions._target_page_query(key, None, LAST_PAGE, 101),
         "list (count, kept)": (executions._EXECUTION_COUNT_SQL, []),
-        "list (executions, rendered)": (executions._RENDERED_EXECUTIONS_SQL, [list_keys]),
+        "list (executions, rendered)": (executions._RENDERED_EXECUTIONS_SQL, [timezone.now(), list_keys]),
     }
     explained = {}
     with connection.cursor() as cursor:

@@ -125,7 +125,12 @@ def keyset_page(
     fetch: RowFetch | None = None,
 ) -> KeysetPage:
     """The page of ``limit`` rows on the ``cursor`` side of its key, and the cursors of its neighbours."""
-    rows = keyset_rows(queryset, fields, cursor, limit + 1, values, fetch)
+    return page_of_rows(keyset_rows(queryset, fields, cursor, limit + 1, values, fetch), fields, cursor, limit)
+
+
+def page_of_rows(rows: list, fields: tuple[str, str], cursor: Cursor, limit: int) -> KeysetPage:
+    """The page of ``limit`` rows on the ``cursor`` side of its key, and the cursors of its neighbours, from up to
+    ``limit + 1`` rows read there in ``(major, minor)`` order (as ``keyset_rows`` reads them)."""
     more = len(rows) > limit
     if more:
         rows = rows[:limit] if cursor.forward else rows[1:]

@@ -3,6 +3,8 @@ pages by key; bad values are a 400."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.http import HttpResponse
 from rest_framework import pagination
 from rest_framework.renderers import JSONRenderer
@@ -10,7 +12,16 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from infra_site.errors import ValidationFailed
-from infra_site.keyset import LAST_PAGE, Cursor, KeysetPage, RowFetch, cursor_param, keyset_page, rows_of_keys
+from infra_site.keyset import (
+    LAST_PAGE,
+    Cursor,
+    KeysetPage,
+    RowFetch,
+    cursor_param,
+    keyset_page,
+    page_of_rows,
+    rows_of_keys,
+)
 
 
 def _bounded_int(request, name: str, default: int, low: int, high: int | None) -> int:
@@ -100,6 +111,17 @@ class KeysetPagination(LimitOffsetPagination):
         self.count = self.get_count(queryset)
         self.fetch = self.rows_fetch(request)
         self.page = keyset_page(queryset, self.key_fields, cursor, self.limit, self.row_fields, self.fetch)
+        return self.page.rows
+
+    def paginate_rows(self, request, read: Callable[[Cursor, int], tuple[list, int]]) -> list:
+        """``paginate_queryset`` for a list that reads a page in one go: ``read(cursor, limit)`` gives up to
+        ``limit`` rows on the cursor's side of its key, in key order, and the number of rows of the list.
+        ``?offset=`` is for ``paginate_queryset``."""
+        self.url = remove_query_param(request.build_absolute_uri(), self.offset_query_param)
+        self.limit = self.get_limit(request)
+        cursor = cursor_param(request, self.cursor_query_param)
+        rows, self.count = read(cursor, self.limit + 1)
+        self.page = page_of_rows(rows, self.key_fields, cursor, self.limit)
         return self.page.rows
 
     def rows_fetch(self, request) -> RowFetch | None:

@@ -161,9 +161,23 @@ class ExecutionTargetsView(generics.ListAPIView):
         return qs.filter(status=wanted) if wanted else qs
 
     def list(self, request: Request, *args, **kwargs):
-        rows = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         paginator = self.paginator
         assert isinstance(paginator, TargetRunPages)
+        if paginator.rows_fetch(request) is not None and paginator.offset_query_param not in request.query_params:
+            # A page by cursor in JSON from a PostgreSQL control database: its count and rendered rows in one query.
+            def read(cursor, limit):
+                return selectors.execution_target_page_rendered(
+                    execution_id=self.kwargs["execution_id"],
+                    status=request.query_params.get("status") or None,
+                    cursor=cursor,
+                    limit=limit,
+                )
+
+            rows = paginator.paginate_rows(request, read)
+            return paginator.get_rendered_response(
+                json_texts(rows, _rendered_run, TargetRunSerializer, self.get_serializer_context())
+            )
+        rows = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         assert rows is not None
         if paginator.fetch is None:
             return self.get_paginated_response(self.get_serializer(rows, many=True).data)

@@ -81,13 +81,17 @@ _LISTED_ARGUMENTS = (
     *("pending_versions", "applied_versions", "attempts", "lock_waits", "waiting", "retry_at", "skip_reason"),
     *("worker", "started_at", "completed_at", "duration_ms"),
 )
-_RENDERED_ROWS_SQL = (
-    """SELECT r.id, r.phase, '{"id" : ' || r.id || ', "connection" : ' || to_json(c.name)"""  # noqa: S608
+_RENDERED_ROW = (
+    """'{"id" : ' || r.id || ', "connection" : ' || to_json(c.name)"""  # noqa: S608
     f""" || ', "tenant" : ' || COALESCE(to_json((SELECT t.slug FROM "{_TENANTS}" t WHERE t.id = r.tenant_id))::text,"""
     """ 'null') || ', ' || COALESCE(r.listed, CASE WHEN r.error IS NULL THEN migrations_runner_target_run_listed("""
     + ", ".join(f"r.{name}" for name in _LISTED_ARGUMENTS)
     + ") END)"
-    f""" FROM "{TargetRun._meta.db_table}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id WHERE r.id = ANY(%s)"""
+)
+_RUNS = TargetRun._meta.db_table
+_RENDERED_ROWS_SQL = (
+    f'SELECT r.id, r.phase, {_RENDERED_ROW} FROM "{_RUNS}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id'  # noqa: S608
+    " WHERE r.id = ANY(%s)"
 )
 
 
@@ -113,13 +117,106 @@ def execution_target_rows_rendered(runs: QuerySet[TargetRun], pks: list[int]) ->
     return rows
 
 
-# A finished execution as the executions' list shows it (``ExecutionSerializer``'s fields in its order): ``listed``,
-# which PostgreSQL keeps with the row (migration 0014), but its progress, which its counters give
-# (``finished_progress``). An unfinished execution (its progress reads its runs) and one with an error (redacted per
-# caller) have none: the serializer shows them. The query's text is constant; the keys are its parameter.
+def _page_keys(status: str | None, cursor: Cursor) -> str:
+    """The SQL of a page's keys ``(id, phase)`` on the ``cursor`` side of its key, as ``keyset_rows`` reads them:
+    the rest of the cursor's phase, then the following phases, each a plain range of the index ``target_run_page``
+    (parameters ``execution``, ``status``, ``phase``, ``id`` and ``limit``)."""
+    order = "phase, id" if cursor.forward else "phase DESC, id DESC"
+    op = ">" if cursor.forward else "<"
+    runs = f'SELECT id, phase FROM "{_RUNS}" WHERE execution_id = %(execution)s'  # noqa: S608
+    if status is not None:
+        runs += " AND status = %(status)s"
+    if cursor.key is None:
+        return f"{runs} ORDER BY {order} LIMIT %(limit)s"
+    return (
+        f"SELECT id, phase FROM (({runs} AND phase = %(phase)s AND id {op} %(id)s ORDER BY {order}"  # noqa: S608
+        " LIMIT %(limit)s)"
+        f" UNION ALL ({runs} AND phase {op} %(phase)s ORDER BY {order} LIMIT %(limit)s)) k"
+        f" ORDER BY {order} LIMIT %(limit)s"
+    )
+
+
+def _target_page_query(
+    execution_id: uuid.UUID, status: str | None, cursor: Cursor, limit: int
+) -> tuple[str, dict[str, Any]]:
+    """The statement of ``execution_target_page_rendered`` and its parameters."""
+    count = "e.targets_total"
+    if status is not None:
+        count = f'(SELECT count(*) FROM "{_RUNS}" WHERE execution_id = e.id AND status = %(status)s)'  # noqa: S608
+    statement = (
+        f"WITH keys AS ({_page_keys(status, cursor)}) SELECT {count}, r.id, r.phase, {_RENDERED_ROW}"  # noqa: S608
+        f' FROM "{MigrationExecution._meta.db_table}" e LEFT JOIN (keys JOIN "{_RUNS}" r ON r.id = keys.id'
+        f' JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id) ON true WHERE e.id = %(execution)s'
+        " ORDER BY r.phase, r.id"
+    )
+    phase, run = cursor.key if cursor.key is not None else (None, None)
+    return statement, {"execution": execution_id, "status": status, "phase": phase, "id": run, "limit": limit}
+
+
+def execution_target_page_rendered(
+    *, execution_id: uuid.UUID | str, status: str | None, cursor: Cursor, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` runs of an execution on the ``cursor`` side of its key (``keyset_rows``; with ``status``,
+    only those), in ``(phase, id)`` order, as ``execution_target_rows_rendered`` gives them, and the number of its
+    runs (with that status): one statement, as fast at the last page as at the first (``rows_rendered_here()``
+    must hold). Raise ``ExecutionNotFound``."""
+    try:
+        key = uuid.UUID(str(execution_id))
+    except ValueError as exc:
+        raise ExecutionNotFound(f"No execution with id {execution_id}.", details={"id": str(execution_id)}) from exc
+    with db_connection.cursor() as db_cursor:
+        db_cursor.execute(*_target_page_query(key, status, cursor, limit))
+        found = db_cursor.fetchall()
+    if not found:
+        raise ExecutionNotFound(f"No execution with id {execution_id}.", details={"id": str(execution_id)})
+    rows: list[dict[str, Any]] = [
+        {"id": pk, "phase": phase, RENDERED: text} for _, pk, phase, text in found if pk is not None
+    ]
+    with_error = {pk for _, pk, _, text in found if pk is not None and text is None}
+    if with_error:
+        shown = {row["id"]: row for row in TargetRun.objects.filter(pk__in=with_error).values(*LISTED_ROW_FIELDS)}
+        # (a run deleted meanwhile is left out, as a page read a moment later would)
+        rows = [shown.get(row["id"]) if row["id"] in with_error else row for row in rows]
+        rows = [row for row in rows if row is not None]
+    return rows, found[0][0]
+
+
+# An execution as the executions' list shows it (``ExecutionSerializer``'s fields in its order) but its progress:
+# ``listed``, which PostgreSQL keeps with a finished row (migration 0014), or the same function's text for an
+# unfinished one; its progress comes from its counters (``finished_progress``), and for an unfinished one from its
+# running targets too, read in the same query. An execution with an error has none: the serializer shows it,
+# redacted per caller. The query's text is made of constants and the models' table names; its parameters are
+# the lease's cutoff and the keys.
 _COUNTERS = ("targets_total", "targets_succeeded", "targets_failed", "targets_skipped", "targets_cancelled")
+# What ``execution_progress`` reads of an execution (its counters among them), in the model's order of fields: the
+# values of a model instance with its other fields unread (``Model.from_db``).
+_PROGRESS_READS = {*_COUNTERS, "id", "status", "waiting", "runs_timed", "run_duration_ms", "batch_size"}
+_PROGRESS_READS |= {"active_at", "started_at", "created_at"}
+_PROGRESS_FIELDS = tuple(f.attname for f in MigrationExecution._meta.concrete_fields if f.attname in _PROGRESS_READS)
+_LISTED_EXECUTION_ARGUMENTS = (
+    *("id", "kind", "purpose", "scope", "filters", "dry_run", "status", "on_failure", "batch_size", "executed_by"),
+    *("origin", "parent_id", "cancel_requested", "error", "created_at", "started_at", "completed_at"),
+    *("failure_budget", "wave_pause_s", "wave_approval", "waiting"),
+)
+_UNFINISHED = (ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS)
+_IS_UNFINISHED = f"e.status IN ('{_UNFINISHED[0].value}', '{_UNFINISHED[1].value}')"
+# An unfinished execution's times (a finished one's progress does not read them: each costs a conversion).
+_PROGRESS_COLUMNS = ", ".join(
+    f"CASE WHEN {_IS_UNFINISHED} THEN e.{name} END" if name.endswith("_at") else f"e.{name}"
+    for name in _PROGRESS_FIELDS
+)
+_LISTED_EXECUTION = f"migrations_runner_execution_listed({', '.join(f'e.{n}' for n in _LISTED_EXECUTION_ARGUMENTS)})"
+_RUNNING_TARGETS = (
+    "SELECT array_agg(c.name || '/' || r.schema_name ORDER BY r.id) AS labels,"  # noqa: S608
+    " bool_or(r.heartbeat_at >= %s) AS leased"
+    f' FROM "{TargetRun._meta.db_table}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id'
+    f" WHERE r.execution_id = e.id AND r.status = '{TargetStatus.RUNNING.value}' AND {_IS_UNFINISHED}"
+)
 _RENDERED_EXECUTIONS_SQL = (
-    f"""SELECT id, listed, {", ".join(_COUNTERS)} FROM "{MigrationExecution._meta.db_table}" WHERE id = ANY(%s)"""  # noqa: S608
+    f"SELECT COALESCE(e.listed, CASE WHEN e.error = '' THEN {_LISTED_EXECUTION} END),"  # noqa: S608
+    f" {_PROGRESS_COLUMNS}, running.labels, running.leased"
+    f' FROM "{MigrationExecution._meta.db_table}" e LEFT JOIN LATERAL ({_RUNNING_TARGETS}) running ON true'
+    " WHERE e.id = ANY(%s)"
 )
 # Rows whose sum is the number of executions, kept by triggers on a PostgreSQL control database (migration 0014).
 _EXECUTION_COUNT_SQL = "SELECT COALESCE(sum(n), 0) FROM migrations_runner_execution_count"
@@ -127,7 +224,7 @@ _EXECUTION_COUNT_SQL = "SELECT COALESCE(sum(n), 0) FROM migrations_runner_execut
 
 @dataclass(frozen=True, slots=True)
 class RenderedExecution:
-    """A finished execution with no error, as the executions' list shows it: ``text``, its JSON but the progress,
+    """An execution with no error, as the executions' list shows it: ``text``, its JSON but the progress,
     rendered by PostgreSQL, and its progress."""
 
     pk: uuid.UUID
@@ -136,19 +233,32 @@ class RenderedExecution:
 
 
 def executions_rendered(*, pks: list[uuid.UUID]) -> list[MigrationExecution | RenderedExecution]:
-    """The executions ``pks``, in that order, for the executions' list (``rows_rendered_here()`` must hold): a
-    finished one with no error rendered (no model instance), the others whole but their metadata
-    (``execution_list``)."""
+    """The executions ``pks``, in that order, for the executions' list (``rows_rendered_here()`` must hold), in
+    one query with the running targets of the unfinished ones: one with no error rendered (no model instance), one
+    with an error whole but its metadata (``execution_list``), for the serializer."""
+    cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
     with db_connection.cursor() as cursor:
-        cursor.execute(_RENDERED_EXECUTIONS_SQL, [pks])
+        cursor.execute(_RENDERED_EXECUTIONS_SQL, [cutoff, pks])
         rows = cursor.fetchall()
     found: dict[uuid.UUID, MigrationExecution | RenderedExecution] = {}
-    for pk, text, total, succeeded, failed, skipped, cancelled in rows:
-        if text is not None:
+    for text, *values, labels, leased in rows:
+        if text is None:
+            continue
+        named = dict(zip(_PROGRESS_FIELDS, values, strict=True))
+        if named["status"] in _UNFINISHED:
+            # A model instance of what its progress reads, its other fields unread.
+            execution = MigrationExecution.from_db(db_connection.alias, _PROGRESS_FIELDS, values)
+            running = RunningTargets(labels=labels, leased=bool(leased)) if labels else NOT_RUNNING
+            progress = execution_progress(execution=execution, running_targets=running)
+        else:
             progress = finished_progress(
-                total=total, succeeded=succeeded, failed=failed, skipped=skipped, cancelled=cancelled
+                total=named["targets_total"],
+                succeeded=named["targets_succeeded"],
+                failed=named["targets_failed"],
+                skipped=named["targets_skipped"],
+                cancelled=named["targets_cancelled"],
             )
-            found[pk] = RenderedExecution(pk=pk, text=text, progress=progress)
+        found[named["id"]] = RenderedExecution(pk=named["id"], text=text, progress=progress)
     whole = [pk for pk in pks if pk not in found]
     if whole:
         found.update((execution.pk, execution) for execution in execution_list().filter(pk__in=whole).order_by())
@@ -275,8 +385,10 @@ def executions_running(*, execution_ids: list[uuid.UUID]) -> dict[uuid.UUID, Run
     cutoff = timezone.now() - timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
     labels: dict[uuid.UUID, list[str]] = defaultdict(list)
     leased: set[uuid.UUID] = set()
-    rows = TargetRun.objects.filter(execution_id__in=execution_ids, status=TargetStatus.RUNNING).values_list(
-        "execution_id", "connection__name", "schema_name", "heartbeat_at"
+    rows = (
+        TargetRun.objects.filter(execution_id__in=execution_ids, status=TargetStatus.RUNNING)
+        .order_by("id")
+        .values_list("execution_id", "connection__name", "schema_name", "heartbeat_at")
     )
     for execution_id, name, schema, heartbeat in rows:
         labels[execution_id].append(f"{name}/{schema}")

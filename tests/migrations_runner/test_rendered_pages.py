@@ -100,7 +100,7 @@ CHILD = PROLOGUE + textwrap.dedent(
     instances = list(selectors.execution_targets_listed(execution=execution))
 
 
-    def walk(client, url):
+    def walk(client, url, link="next"):
         pages, sql = [], []
         while url:
             with CaptureQueriesContext(connection) as captured:
@@ -108,8 +108,16 @@ CHILD = PROLOGUE + textwrap.dedent(
             assert response.status_code == 200, response.content[:500]
             sql += [query["sql"] for query in captured.captured_queries]
             pages.append({"type": response["Content-Type"], "body": json.loads(response.content)})
-            url = pages[-1]["body"]["next"]
+            url = pages[-1]["body"][link]
         return pages, sql
+
+    def walks(client):  # forward from the first page, back from the last, through the runs of one status
+        forward, sql = walk(client, url)
+        back, back_sql = walk(client, forward[0]["body"]["last"], "previous")
+        succeeded, succeeded_sql = walk(client, url.replace("limit=25", "limit=4&status=succeeded"))
+        return forward, sql, {"back": back, "succeeded": succeeded, "queries": [
+            len(back_sql) / len(back), len(succeeded_sql) / len(succeeded)
+        ]}
 
     out = {"rendered_here": selectors.rows_rendered_here()}
     url = f"/api/v1/migrations/{execution.pk}/targets/?limit=25"
@@ -121,13 +129,13 @@ CHILD = PROLOGUE + textwrap.dedent(
         expected = json.loads(JSONRenderer().render(
             TargetRunSerializer(instances, many=True, context={"request": request}).data
         ))
-        rendered, sql = walk(client, url)
+        rendered, sql, other_walks = walks(client)
         last = client.get(rendered[0]["body"]["last"])
         selectors_rendered_here = selectors.rows_rendered_here
         import migrations_runner.api as api_module
         api_module.selectors.rows_rendered_here = lambda: False
         try:
-            plain, plain_sql = walk(client, url)
+            plain, plain_sql, plain_walks = walks(client)
             plain_last = client.get(plain[0]["body"]["last"])
         finally:
             api_module.selectors.rows_rendered_here = selectors_rendered_here
@@ -152,6 +160,8 @@ CHILD = PROLOGUE + textwrap.dedent(
             "plain_sql": sum("r.listed" in q for q in plain_sql),
             "last": json.loads(last.content),
             "plain_last": json.loads(plain_last.content),
+            "walks": other_walks,
+            "plain_walks": plain_walks,
         }
 
     # The stored JSON follows every change of a run, and a page shows its connection's and tenant's names of now.
@@ -208,6 +218,20 @@ def test_pages_rendered_by_postgresql_show_what_the_serializer_shows(pg_control)
         assert seen["plain"] == seen["rendered"]
         assert seen["envelopes"] == seen["plain_envelopes"]
         assert seen["last"] == seen["plain_last"]
+        # Back from the last page by ``previous``, and through one status by ``next``: the same pages, links and
+        # counts; a page of runs with no error rendered in one query (the serializer's pages read their keys, then
+        # their rows), and a page with errors in fewer than the serializer's.
+        walks, plain_walks = seen["walks"], seen["plain_walks"]
+        assert walks["back"] == plain_walks["back"]
+        assert [run["id"] for page in reversed(walks["back"]) for run in page["body"]["results"]] == [
+            run["id"] for run in seen["rendered"]
+        ]
+        succeeded = walks["succeeded"]
+        assert succeeded == plain_walks["succeeded"]
+        assert {page["body"]["count"] for page in succeeded} == {12}
+        assert [run["status"] for page in succeeded for run in page["body"]["results"]] == ["succeeded"] * 12
+        assert walks["queries"][1] == 1 < plain_walks["queries"][1]
+        assert walks["queries"][0] < plain_walks["queries"][0]
         # Pages by offset are rendered alike, in the same order.
         assert out[username + "_offsets"]["runs"] == seen["rendered"]
         assert out[username + "_offsets"]["rendered_sql"] == 3
