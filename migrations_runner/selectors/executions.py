@@ -209,7 +209,7 @@ _LISTED_EXECUTION = f"migrations_runner_execution_listed({', '.join(f'e.{n}' for
 _RUNNING_TARGETS = (
     "SELECT array_agg(c.name || '/' || r.schema_name ORDER BY r.id) AS labels,"  # noqa: S608
     " bool_or(r.heartbeat_at >= %s) AS leased"
-    f' FROM "{TargetRun._meta.db_table}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id'
+    f' FROM "{_RUNS}" r JOIN "{_CONNECTIONS}" c ON c.id = r.connection_id'
     f" WHERE r.execution_id = e.id AND r.status = '{TargetStatus.RUNNING.value}' AND {_IS_UNFINISHED}"
 )
 _RENDERED_EXECUTIONS_SQL = (
