@@ -173,9 +173,9 @@ class ExecutionTargetsView(generics.ListAPIView):
                     limit=limit,
                 )
 
-            rows = paginator.paginate_rows(request, read)
+            page = paginator.paginate_rows(request, read)
             return paginator.get_rendered_response(
-                json_texts(rows, _rendered_run, TargetRunSerializer, self.get_serializer_context())
+                json_texts(page, _rendered_run, TargetRunSerializer, self.get_serializer_context())
             )
         rows = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
         assert rows is not None

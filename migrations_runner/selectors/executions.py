@@ -176,8 +176,11 @@ def execution_target_page_rendered(
     if with_error:
         shown = {row["id"]: row for row in TargetRun.objects.filter(pk__in=with_error).values(*LISTED_ROW_FIELDS)}
         # (a run deleted meanwhile is left out, as a page read a moment later would)
-        rows = [shown.get(row["id"]) if row["id"] in with_error else row for row in rows]
-        rows = [row for row in rows if row is not None]
+        rows = [
+            shown[row["id"]] if row["id"] in with_error else row
+            for row in rows
+            if row["id"] not in with_error or row["id"] in shown
+        ]
     return rows, found[0][0]
 
 
