@@ -25,7 +25,10 @@ Everything runs on one embedded PostgreSQL 16 and the loopback interface:
   check is measured apart and printed. Bearer tokens and sessions pay no password hash.
 
 The pages of 100 target runs: the first page, the last page by cursor (the ``last`` link), and the last page by
-offset, as older clients ask for it. Per endpoint, 16 client threads each send ``--requests`` GETs one after
+offset, as older clients ask for it. The clients accept gzip, as HTTP clients do by default (``requests``,
+browsers, ``curl --compressed``): the API sends its larger answers to reads compressed; the last page by cursor is
+measured a second time by a client that does not (``, not compressed``), and each endpoint's bytes as sent are
+recorded. Per endpoint, 16 client threads each send ``--requests`` GETs one after
 another (a new connection each: sync workers close it), after a warm-up; rounds alternate the endpoints' order;
 per endpoint the round with the lowest p95 counts (all rounds are kept). Also the SQL queries one request of
 each endpoint makes and the latency of 20 requests one after the other (Django test client in this process),
@@ -39,6 +42,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import gzip
 import http.client
 import json
 import os
@@ -66,6 +70,7 @@ from bench.support import (  # noqa: E402
 )
 
 USER = ("bench-api-reader", "bench-api-reader-password")
+UNCOMPRESSED = ", not compressed"  # the endpoint measured with a client that does not accept gzip
 CLIENTS = 16
 GOAL_P95_MS = 50.0
 SLOW_VERSIONS = 2
@@ -319,15 +324,16 @@ def one_client(paths: dict[str, str], requests: int) -> tuple[dict[str, int], di
     client = Client(HTTP_AUTHORIZATION=basic_header())
     counts, latencies = {}, {}
     for name, path in paths.items():
-        client.get(path)  # warm: the first request of a process loads the URLconf and more
+        accept = {"HTTP_ACCEPT_ENCODING": "gzip"} if compressed(name) else {}
+        client.get(path, **accept)  # warm: the first request of a process loads the URLconf and more
         with CaptureQueriesContext(connection) as captured:
-            response = client.get(path)
+            response = client.get(path, **accept)
         assert response.status_code == 200, (name, response.status_code, response.content[:300])
         counts[name] = len(captured.captured_queries)
         times = []
         for _ in range(requests):
             started = time.perf_counter()
-            client.get(path)
+            client.get(path, **accept)
             times.append((time.perf_counter() - started) * 1000)
         latencies[name] = figures(times)
     return counts, latencies
@@ -389,7 +395,12 @@ class Gunicorn:
 
 
 def has_goal(endpoint: str) -> bool:
-    return "offset" not in endpoint
+    return "offset" not in endpoint and compressed(endpoint)
+
+
+def compressed(endpoint: str) -> bool:
+    """Whether the client asks for gzip, as HTTP clients do by default (all but the one row measured without)."""
+    return not endpoint.endswith(UNCOMPRESSED)
 
 
 def last_link(port: int, path: str) -> str:
@@ -407,11 +418,16 @@ def basic_header() -> str:
     return "Basic " + base64.b64encode(f"{USER[0]}:{USER[1]}".encode()).decode()
 
 
-def load(port: int, path: str, *, clients: int, requests: int) -> list[float]:
-    """``clients`` threads each GET ``path`` ``requests`` times; return every latency in ms (all must be 200)."""
+def load(port: int, path: str, *, clients: int, requests: int, compressed: bool = True) -> tuple[list[float], int]:
+    """``clients`` threads each GET ``path`` ``requests`` times, accepting gzip as HTTP clients do by default
+    unless not ``compressed``; return every latency in ms (all must be 200, each body read in full and
+    decompressed) and the bytes of the last body as sent."""
     headers = {"Authorization": basic_header(), "Accept": "application/json"}
+    if compressed:
+        headers["Accept-Encoding"] = "gzip"
     latencies: list[float] = []
     errors: list[str] = []
+    sent = [0]
     lock = threading.Lock()
     start = threading.Barrier(clients)
 
@@ -425,6 +441,9 @@ def load(port: int, path: str, *, clients: int, requests: int) -> list[float]:
                 conn.request("GET", path, headers=headers)
                 response = conn.getresponse()
                 body = response.read()
+                sent[0] = len(body)
+                if response.getheader("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
             finally:
                 conn.close()
             mine.append((time.perf_counter() - started) * 1000)
@@ -441,7 +460,7 @@ def load(port: int, path: str, *, clients: int, requests: int) -> list[float]:
         thread.join()
     if errors:
         raise RuntimeError(f"{path}: {len(errors)} request(s) failed, first {errors[0]}")
-    return latencies
+    return latencies, sent[0]
 
 
 def figures(values: list[float]) -> dict:
@@ -454,19 +473,22 @@ def figures(values: list[float]) -> dict:
 
 
 def measure(server: Gunicorn, paths: dict[str, str], *, rounds: int, requests: int) -> dict:
-    for path in paths.values():  # warm-up: every worker loads its code and opens its pool
-        load(server.port, path, clients=4, requests=3)
+    for name, path in paths.items():  # warm-up: every worker loads its code and opens its pool
+        load(server.port, path, clients=4, requests=3, compressed=compressed(name))
     rounds_by_endpoint: dict[str, list[dict]] = {name: [] for name in paths}
     for round_no in range(rounds):
         order = list(paths) if round_no % 2 == 0 else list(reversed(paths))
         for name in order:
             offset = server.log_offset()
             started = time.perf_counter()
-            client_ms = load(server.port, paths[name], clients=CLIENTS, requests=requests)
+            client_ms, sent = load(
+                server.port, paths[name], clients=CLIENTS, requests=requests, compressed=compressed(name)
+            )
             elapsed = time.perf_counter() - started
             rounds_by_endpoint[name].append(
                 {
                     "client": figures(client_ms),
+                    "response_bytes": sent,
                     "server": figures(server.server_ms(offset)),
                     "requests_per_s": round(len(client_ms) / elapsed, 1),
                     "load_average_1min": round(os.getloadavg()[0], 2),
@@ -536,6 +558,7 @@ def main() -> None:
                 "status (running)": f"/api/v1/migrations/status/{background}/",
                 "targets first page": targets,
                 "targets last page (cursor)": last_link(gunicorn.port, targets),
+                f"targets last page (cursor){UNCOMPRESSED}": last_link(gunicorn.port, targets),
                 f"targets ?offset={last_page}": f"{targets}&offset={last_page}",
                 f"list ({args.executions + 2} executions)": "/api/v1/migrations/",
             }

@@ -138,15 +138,16 @@ def api_latency(data: dict) -> list[str]:
         f"{number(data['execution_target_runs'])} target runs, {number(data['executions'])} executions "
         f"(goal: p95 under {number(goal['p95_ms'])} ms):",
         "",
-        "  | Endpoint | p50 | p95 | Server p95 | One client alone, p50 | SQL queries | Goal |",
-        "  |---|---|---|---|---|---|---|",
+        "  | Endpoint | p50 | p95 | Server p95 | One client alone, p50 | SQL queries | Bytes sent | Goal |",
+        "  |---|---|---|---|---|---|---|---|",
     ]
     for name, row in data["endpoints"].items():
         verdict = ("met" if row["client"]["p95_ms"] < goal["p95_ms"] else "missed") if name in goal["endpoints"] else ""
+        sent = number(row["response_bytes"]) if "response_bytes" in row else ""  # runs before it was recorded
         lines.append(
             f"  | {name} | {number(row['client']['p50_ms'])} ms | {number(row['client']['p95_ms'])} ms "
             f"| {number(row['server']['p95_ms'])} ms | {number(data['one_client_in_process'][name]['p50_ms'])} ms "
-            f"| {data['sql_queries_per_request'][name]} | {verdict} |"
+            f"| {data['sql_queries_per_request'][name]} | {sent} | {verdict} |"
         )
     plans = [
         f"{name}: {', '.join(p['indexes']) or 'no index'}, {'sorts' if p['sorts'] else 'no sort'}, "

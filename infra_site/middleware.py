@@ -1,11 +1,15 @@
-"""Middleware of the project: API paths with or without their trailing slash, and oversized bodies refused."""
+"""Middleware of the project: API paths with or without their trailing slash, oversized bodies refused, and the
+API's answers to reads compressed for the clients that accept it."""
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.middleware.gzip import re_accepts_gzip
+from django.utils.cache import patch_vary_headers
 
 from infra_site.errors import RequestTooLarge
 
@@ -49,3 +53,41 @@ class ApiTrailingSlashMiddleware:
             request.path_info += "/"
             request.path += "/"
         return self.get_response(request)
+
+
+class ApiGzipMiddleware:
+    """Send the API's answers to ``GET`` and ``HEAD`` gzip-compressed to a client that accepts it.
+
+    A page of 100 target runs is about 150 KB of JSON. At level 1 (about 0.7 ms of CPU for such a page) it
+    becomes about 30 KB: five times less to carry over a network, and on any link it fits a new connection's
+    receive window, so a sync worker hands the page over at once instead of waiting for the client to read it.
+    Only the answers to reads are compressed: they hold no secret next to text a caller chose (the BREACH
+    attack), where a ``POST`` may answer with one (a new API token). Every answer to a read says ``Vary:
+    Accept-Encoding``, compressed or not, so a cache keeps both forms apart.
+    """
+
+    MIN_BYTES = 1024  # smaller answers gain less than the headers and the work cost
+    LEVEL = 1
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if request.method not in ("GET", "HEAD") or not request.path_info.startswith("/api/"):
+            return response
+        patch_vary_headers(response, ("Accept-Encoding",))
+        if (
+            response.streaming
+            or response.has_header("Content-Encoding")
+            or len(response.content) < self.MIN_BYTES
+            or not re_accepts_gzip.search(request.META.get("HTTP_ACCEPT_ENCODING", ""))
+        ):
+            return response
+        compressed = gzip.compress(response.content, compresslevel=self.LEVEL, mtime=0)
+        if len(compressed) >= len(response.content):
+            return response
+        response.content = compressed
+        response.headers["Content-Length"] = str(len(compressed))
+        response.headers["Content-Encoding"] = "gzip"
+        return response

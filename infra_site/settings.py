@@ -291,6 +291,8 @@ MIDDLEWARE = [
     # First: counts every response, the ones other middleware answer (redirects, 413, 429) included.
     "health.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before (outside) every middleware that reads or writes a body: compresses what they leave.
+    "infra_site.middleware.ApiGzipMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "infra_site.middleware.ApiBodyLimitMiddleware",
@@ -326,8 +328,20 @@ TEMPLATES = [
 
 # The control database: PostgreSQL from ADMIN_DATABASE_URL, else SQLite under var/.
 ADMIN_DATABASE_URL = env.str("ADMIN_DATABASE_URL", default="")
-DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=2)
+# A web process's pool of connections to a PostgreSQL control database. A sync worker (``manage.py serve``,
+# gunicorn) serves one request at a time and needs one connection: with none held at rest, the pool opens it at
+# the first request and gives the same one back to every request after. Connections held at rest are handed out
+# in turn (first in, first out), and a worker alternating between two or three made 1 page request in 20 wait
+# 10 to 80 ms more for its statement's result (server p95 18-20 ms against 5.5 ms with one); a minimum of 1 is
+# opened in the background at start, and the first request, finding it not ready, opens another. Idle for 10
+# minutes, a connection above the minimum is closed and opened again when needed.
+DB_POOL_MIN_SIZE = env.int("DB_POOL_MIN_SIZE", default=0)
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=10)
+if DB_POOL_MIN_SIZE < 0 or max(DB_POOL_MIN_SIZE, 1) > DB_POOL_MAX_SIZE:
+    raise ImproperlyConfigured(
+        "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1 and at least DB_POOL_MIN_SIZE; got "
+        f"{DB_POOL_MIN_SIZE} and {DB_POOL_MAX_SIZE}."
+    )
 _control_db = env.db_url_config(ADMIN_DATABASE_URL or f"sqlite:///{VAR_DIR / 'control.sqlite3'}")
 if _control_db["ENGINE"] == "django.db.backends.postgresql":
     if sys.argv[1:2] == ["qcluster"]:

@@ -80,6 +80,9 @@ def test_testing_starts_with_the_development_values(load):
         ({"HEALTH_SNAPSHOT_RETENTION_DAYS": "0"}, "HEALTH_SNAPSHOT_RETENTION_DAYS at least 1"),
         ({"MIGRATION_EXECUTOR": "celery"}, "MIGRATION_EXECUTOR must be 'queue' or 'inline'; got 'celery'."),
         ({"APP_ENCRYPTION_KEY": ""}, "APP_ENCRYPTION_KEY must not be empty."),
+        ({"DB_POOL_MIN_SIZE": "-1"}, "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1"),
+        ({"DB_POOL_MIN_SIZE": "4", "DB_POOL_MAX_SIZE": "3"}, "and at least DB_POOL_MIN_SIZE; got 4 and 3."),
+        ({"DB_POOL_MAX_SIZE": "0"}, "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1"),
     ],
     ids=[
         "environment",
@@ -93,6 +96,9 @@ def test_testing_starts_with_the_development_values(load):
         "retention",
         "executor",
         "key",
+        "pool-minimum",
+        "pool-bounds",
+        "pool-maximum",
     ],
 )
 def test_a_bad_value_stops_start_up_naming_it(load, env, message):
@@ -169,6 +175,9 @@ def test_a_postgresql_control_database_uses_a_pool_in_web_processes(load, monkey
     assert (database["HOST"], database["NAME"]) == ("db.internal", "infra_control")
     assert database["OPTIONS"]["pool"] == {"min_size": 3, "max_size": 7}
     assert database["CONN_MAX_AGE"] == 0
+    # By default none is held at rest: a sync worker opens one at its first request (test_db_pool.py).
+    default = load(ENVIRONMENT="testing", ADMIN_DATABASE_URL=url)["DATABASES"]["default"]
+    assert default["OPTIONS"]["pool"] == {"min_size": 0, "max_size": 10}
 
 
 def test_qcluster_workers_keep_a_checked_connection_instead_of_a_pool_shared_across_the_fork(load, monkeypatch):
