@@ -152,7 +152,10 @@ def test_every_operation_conforms_to_the_schema_for_an_admin(api_schema, real_id
     app = WSGIHandler()
 
     def send(case) -> None:
-        case.call_and_validate(headers={"Authorization": f"Basic {credentials}"}, checks=CHECKS, app=app)
+        # The WSGI transport does not decode a gzip body as an HTTP client does: ask for the body as it is (the
+        # compression is tests/infra_site/test_middleware.py's).
+        headers = {"Authorization": f"Basic {credentials}", "Accept-Encoding": "identity"}
+        case.call_and_validate(headers=headers, checks=CHECKS, app=app)
 
     sent = _fuzz(api_schema, real_ids, send, subtests)
     assert len(sent) == len(list(api_schema.get_all_operations()))
@@ -162,7 +165,7 @@ def test_every_operation_conforms_to_the_schema_anonymously(api_schema, local_on
     app = WSGIHandler()
 
     def send(case) -> None:
-        case.call_and_validate(checks=CHECKS, app=app)
+        case.call_and_validate(headers={"Accept-Encoding": "identity"}, checks=CHECKS, app=app)
 
     sent = _fuzz(api_schema, {}, send, subtests)
     assert len(sent) == len(list(api_schema.get_all_operations()))

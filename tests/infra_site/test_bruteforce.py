@@ -6,7 +6,6 @@ import base64
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,6 +24,7 @@ from rest_framework.test import APIClient
 
 from infra_site import roles
 from infra_site.auth.lockout import UNKNOWN_USERNAME, is_not_password_login
+from tests.support.tools import free_port
 from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -209,12 +209,6 @@ SETUP = """
         user = User.objects.create_user(name, password=name + "-password")
         user.groups.add(Group.objects.get(name="migrations:read"))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:

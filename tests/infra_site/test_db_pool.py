@@ -19,8 +19,8 @@ import urllib.request
 import psycopg
 import pytest
 
-from tests.infra_site.test_serve import free_port
 from tests.support.qcluster import ROOT, control_env
+from tests.support.tools import free_port
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow, pytest.mark.timeout(240)]

@@ -1,9 +1,11 @@
-"""What the tests need from the machine: command-line tools, and coverage's settings for child processes."""
+"""What the tests need from the machine: command-line tools, coverage's settings for child processes, and a free
+port of 127.0.0.1 for a server a test starts."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 
 import pytest
 
@@ -40,3 +42,10 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}; CI=true: a missing tool fails the tests that need it", pytrace=False)
     pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
