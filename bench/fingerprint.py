@@ -200,34 +200,35 @@ def scan_section(server, n: int, rounds: int) -> dict:
 
 
 class _TimedFlush:
-    """``FingerprintBuffer.flush`` with each call timed (wall time, and this process's CPU time in the lane's thread;
-    the rest is the server's work on the catalog query, the control database, and waiting for the cores)."""
+    """``FingerprintBuffer._read_and_store`` (a batch read and stored, beside the lane or in it) with each call timed
+    (wall time, and this process's CPU time in the thread that does it; the rest is the server's work on the catalog
+    query, the control database, and waiting for the cores)."""
 
     def __init__(self) -> None:
         self.ms: list[float] = []
         self.cpu_ms: list[float] = []
         self.targets = 0
         self._lock = threading.Lock()
-        self._flush = fingerprint_services.FingerprintBuffer.flush
+        self._flush = fingerprint_services.FingerprintBuffer._read_and_store
 
     def __enter__(self) -> _TimedFlush:
         timed, flush = self, self._flush
 
-        def timed_flush(buffer: fingerprint_services.FingerprintBuffer) -> None:
-            count = len(buffer._runs)
+        def timed_flush(buffer: fingerprint_services.FingerprintBuffer, runs: list) -> None:
+            count = len(runs)
             started, cpu = time.perf_counter(), time.thread_time()
-            flush(buffer)
+            flush(buffer, runs)
             if count:
                 with timed._lock:
                     timed.ms.append((time.perf_counter() - started) * 1000)
                     timed.cpu_ms.append((time.thread_time() - cpu) * 1000)
                     timed.targets += count
 
-        fingerprint_services.FingerprintBuffer.flush = timed_flush
+        fingerprint_services.FingerprintBuffer._read_and_store = timed_flush
         return self
 
     def __exit__(self, *exc) -> None:
-        fingerprint_services.FingerprintBuffer.flush = self._flush
+        fingerprint_services.FingerprintBuffer._read_and_store = self._flush
 
 
 def migrate_run(server, label: str, m: int, lanes: int, record: bool) -> float:

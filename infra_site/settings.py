@@ -190,6 +190,13 @@ MIGRATION_CONTROL_DB_WAIT = env.float("MIGRATION_CONTROL_DB_WAIT", default=120.0
 MIGRATION_FLEET_DB_WAIT = env.float("MIGRATION_FLEET_DB_WAIT", default=30.0)
 # Record each target's schema fingerprint after a successful run (one catalog query on the lane's connection).
 MIGRATION_FINGERPRINT_AFTER_RUN = env.bool("MIGRATION_FINGERPRINT_AFTER_RUN", default=True)
+# While its targets take less than this many seconds, a lane claims its next target ahead and records an outcome
+# while it applies the next target (its control-database work beside the target work); 0: never.
+MIGRATION_CLAIM_AHEAD_BELOW_S = env.float("MIGRATION_CLAIM_AHEAD_BELOW_S", default=1.0)
+if MIGRATION_CLAIM_AHEAD_BELOW_S < 0:
+    raise ImproperlyConfigured(
+        f"MIGRATION_CLAIM_AHEAD_BELOW_S must be 0 (never claim ahead) or more; got {MIGRATION_CLAIM_AHEAD_BELOW_S}."
+    )
 
 # HTTP edge.
 CORS_ALLOWED_ORIGINS_RAW = env.list("CORS_ALLOW_ORIGINS", default=[])

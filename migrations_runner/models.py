@@ -188,6 +188,12 @@ class TargetRun(models.Model):
             models.Index(fields=["connection", "schema_name", "id"], name="target_run_latest"),
             # The per-server cap: running runs by server, across executions.
             models.Index(fields=["server"], condition=models.Q(status="running"), name="target_run_running_server"),
+            # The recovery: runs claimed ahead (pending, reserved by a lane) whose lease ran out.
+            models.Index(
+                fields=["heartbeat_at"],
+                condition=models.Q(status="pending") & ~models.Q(worker=""),
+                name="target_run_reserved",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(fields=["execution", "connection", "schema_name"], name="target_run_unique"),

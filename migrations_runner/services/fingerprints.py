@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -106,16 +106,29 @@ def _store(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: d
 class FingerprintBuffer:
     """The fingerprints a lane takes after its successful runs, in batches: once per ``size`` targets or
     ``seconds``, and when the lane leaves (``flush``), one catalog query per database (on the lane's own
-    connections) reads the batch's schemas and one control-database transaction stores them. Nothing here
-    raises: a failure is logged as a warning, so it can never fail a run."""
+    connections) reads the batch's schemas and one control-database transaction stores them. ``beside``: the
+    batches are read and stored by that executor's thread instead, on connections of its own (``source_for``
+    called in that thread), while the lane goes on. Nothing here raises: a failure is logged as a warning, so it
+    can never fail a run."""
 
-    def __init__(self, *, size: int = RECORD_BATCH, seconds: float = RECORD_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        size: int = RECORD_BATCH,
+        seconds: float = RECORD_SECONDS,
+        beside: Executor | None = None,
+        source_for: Callable[[TargetRun], ConnectionSource] | None = None,
+    ) -> None:
+        if (beside is None) != (source_for is None):
+            raise ValueError("beside and source_for go together")
         self.size, self.seconds = size, seconds
-        self._runs: list[tuple[TargetRun, ConnectionSource]] = []
+        self._beside, self._source_for = beside, source_for
+        self._runs: list[tuple[TargetRun, ConnectionSource | None]] = []
         self._since = time.monotonic()
 
-    def add(self, *, run: TargetRun, source: ConnectionSource) -> None:
-        """Fingerprint a succeeded target run's schema with the next batch."""
+    def add(self, *, run: TargetRun, source: ConnectionSource | None = None) -> None:
+        """Fingerprint a succeeded target run's schema with the next batch (on ``source``, the run's connection,
+        unless the batches are read ``beside``)."""
         if not self._runs:
             self._since = time.monotonic()
         self._runs.append((run, source))
@@ -123,8 +136,25 @@ class FingerprintBuffer:
             self.flush()
 
     def flush(self) -> None:
-        """Read and store the batch."""
+        """Read and store the batch (or hand it to the executor beside)."""
         runs, self._runs = self._runs, []
+        if not runs:
+            return
+        if self._beside is None:
+            self._read_and_store([(run, source) for run, source in runs if source is not None])
+            return
+        source_for = self._source_for
+        assert source_for is not None
+
+        def beside() -> None:
+            try:
+                self._read_and_store([(run, source_for(run)) for run, _ in runs])
+            except Exception as exc:
+                self._warn(exc, targets=len(runs))
+
+        self._beside.submit(beside)
+
+    def _read_and_store(self, runs: list[tuple[TargetRun, ConnectionSource]]) -> None:
         by_source: dict[int, list[tuple[TargetRun, ConnectionSource]]] = defaultdict(list)
         for run, source in runs:
             by_source[id(source)].append((run, source))

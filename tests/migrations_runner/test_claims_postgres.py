@@ -40,11 +40,14 @@ CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
     from migrations_runner.services.runner import claims
 
     at_once = []
-    original = claims._record_and_claim_at_once
-    def counted(*a, **k):
-        at_once.append(1)
-        return original(*a, **k)
-    claims._record_and_claim_at_once = counted
+    def counting(original):
+        def counted(*a, **k):
+            at_once.append(1)
+            return original(*a, **k)
+        return counted
+    # An outcome goes in one round trip with the next claim, or with the start of the run claimed ahead.
+    claims._record_and_claim_at_once = counting(claims._record_and_claim_at_once)
+    claims._record_and_start_statement = counting(claims._record_and_start_statement)
 
     execution = services.execution_start(
         selection=TargetSelection(scope="tenant"), options=ExecutionOptions(batch_size=6), actor="test",

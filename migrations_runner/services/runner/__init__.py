@@ -30,7 +30,8 @@ and fail its pending targets once it stayed unreachable for
 
 The modules, from the bottom up: ``control`` (the control-database retry), ``hosts`` (``LaneHost``,
 ``QueueHost``), ``leases``, ``counters``, ``halting`` (``on_failure`` and failure budgets), ``reachability``,
-``apply`` (one claimed run), ``claims`` (claim and record), ``phases`` (phases and waves), ``signals`` (a waiting
+``apply`` (one claimed run), ``claims`` (claim and record), ``ahead`` (a lane's claims ahead and fingerprints
+beside its targets), ``phases`` (phases and waves), ``signals`` (a waiting
 lane says so), ``recovery``, ``lanes`` (``lane_work``, launch, cancel) and ``threads`` (``ThreadHost``).
 """
 

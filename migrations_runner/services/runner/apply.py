@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import psycopg
 from django.conf import settings
@@ -73,6 +74,19 @@ def _fingerprints() -> FingerprintBuffer:
 def lane_fingerprints_flush() -> None:
     """Store the fingerprints this lane thread has taken so far (its connections stay open)."""
     _fingerprints().flush()
+
+
+def lane_fingerprints_beside(executor: Executor) -> None:
+    """From now on this lane thread's fingerprints are read and stored by ``executor``'s thread, on connections of
+    that thread (``lane_connections_close`` run there closes them), while the lane goes on with its targets."""
+    _local.fingerprints = FingerprintBuffer(beside=executor, source_for=_source_for)
+
+
+def lane_fingerprints_detach() -> None:
+    """Hand the fingerprints this lane thread has buffered to where they go, and read the next ones here again."""
+    buffer = _local.__dict__.pop("fingerprints", None)
+    if buffer is not None:
+        buffer.flush()
 
 
 def lane_connections_close() -> None:

@@ -4,8 +4,9 @@ A lane claims the next pending target run of the execution's current phase with 
 (respecting the batch size and ``MIGRATION_MAX_PER_DATABASE`` across all executions), and records a run's
 outcome and claims the next one in the same transaction. On PostgreSQL that transaction is one round trip for
 the usual outcome: the claim lock, then one statement that writes the outcome, counts it and claims, then the
-commit, so the lock serialising claims is held for the server's work alone. Each step is retried while the
-control database is unreachable.
+commit, so the lock serialising claims is held for the server's work alone. A lane with quick targets claims
+its next run ahead (``ahead``): reserved, still pending, and started in the statement that records the run
+before it. Each step is retried while the control database is unreachable.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
         UPDATE {runs} SET status = %s, worker = %s, started_at = %s, heartbeat_at = %s
         WHERE id = (
             SELECT c.id FROM {runs} c
-            WHERE c.execution_id = %s AND {status}
+            WHERE c.execution_id = %s AND {status} AND c.worker = ''
               AND c.phase = (SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested)
               AND (SELECT count(*) FROM {runs} r WHERE r.execution_id = %s AND r.status = %s{recorded}) < %s
               AND c.server NOT IN (
@@ -124,6 +125,52 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
             (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id) AS connection_updated_at,
             (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id) AS tenant_slug
     """  # noqa: S608 (table and column names come from the models, values are parameters)
+
+
+def _claim_ahead_statement() -> str:
+    """The claim ahead's ``UPDATE ... RETURNING`` (parameters: ``_claim_ahead_params``): the next pending run of the
+    execution's current phase on the current run's server, reserved for the lane (its ``worker`` set, its lease
+    begun) and left pending. No cap is counted and no claim lock taken: a reserved run counts nowhere until its
+    lane starts it in place of the current run, a run of the same execution on the same server, in the
+    transaction that records that one (``_record_and_start``), so neither cap's count changes there."""
+    statement = _statements.get("claim-ahead")
+    if statement is None:
+        runs, executions = _table(TargetRun), _table(MigrationExecution)
+        lock = " FOR UPDATE OF c SKIP LOCKED" if control_db.vendor == "postgresql" else ""
+        status, order, _ = _pending_match()
+        connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
+        columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
+        statement = f"""
+            UPDATE {runs} SET worker = %s, heartbeat_at = %s
+            WHERE id = (
+                SELECT c.id FROM {runs} c
+                WHERE c.execution_id = %s AND {status} AND c.worker = '' AND c.server = %s
+                  AND c.phase = (
+                      SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested
+                  )
+                  AND (c.retry_at IS NULL OR c.retry_at <= %s)
+                ORDER BY {order} LIMIT 1{lock}
+            ) AND worker = ''
+            RETURNING {columns},
+                (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id),
+                (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id)
+        """  # noqa: S608 (table and column names come from the models, values are parameters)
+        _statements["claim-ahead"] = statement
+    return statement
+
+
+def _claim_ahead_params(execution: MigrationExecution, me: str, current: TargetRun) -> list[Any]:
+    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+    now = control_db.ops.adapt_datetimefield_value(timezone.now())
+    pending = [TargetStatus.PENDING] * _pending_match()[2]
+    return [me, now, execution_key, *pending, current.server, execution_key, now]
+
+
+def _claim_ahead(execution: MigrationExecution, me: str, current: TargetRun) -> TargetRun | None:
+    with control_db.cursor() as cursor:
+        cursor.execute(_claim_ahead_statement(), _claim_ahead_params(execution, me, current))
+        row = cursor.fetchone()
+    return None if row is None else _claimed_run(row)
 
 
 def _pending_match() -> tuple[str, str, int]:
@@ -336,6 +383,80 @@ def _record_and_claim_at_once(
     return None if row[1] is None else _claimed_run(row[1:])
 
 
+def _record_and_start_statement(status: str) -> str:
+    """One statement (one round trip, one transaction): write ``run``'s outcome, count it, and start the run the
+    lane claimed ahead, only when the outcome was written and the reserved run is still pending and the lane's
+    (not cancelled, skipped or recovered meanwhile). Parameters: ``_record_and_start_params``."""
+    key = f"record-and-start:{status}"
+    statement = _statements.get(key)
+    if statement is None:
+        _, assignments = _outcome_statement()
+        runs, executions = _table(TargetRun), _table(MigrationExecution)
+        statement = f"""
+            WITH recorded AS (
+                UPDATE {runs} SET {assignments} WHERE id = %s AND worker = %s AND status = %s RETURNING id
+            ), counted AS (
+                UPDATE {executions} SET {outcome_count_assignments(status)}
+                WHERE id = %s AND EXISTS (SELECT FROM recorded)
+            ), started AS (
+                UPDATE {runs} SET {_START_ASSIGNMENTS}
+                WHERE id = %s AND worker = %s AND status = %s AND EXISTS (SELECT FROM recorded) RETURNING id
+            )
+            SELECT (SELECT count(*) FROM recorded), (SELECT count(*) FROM started)
+        """  # noqa: S608 (table and column names come from the models, values are parameters)
+        _statements[key] = statement
+    return statement
+
+
+_START_ASSIGNMENTS = "status = %s, started_at = %s, heartbeat_at = %s"
+
+
+def _start_params(run: TargetRun, me: str) -> list[Any]:
+    """Parameters of ``_START_ASSIGNMENTS`` and its condition: ``run`` (claimed ahead by ``me``) starts now."""
+    now = timezone.now()
+    run.started_at = now
+    at = control_db.ops.adapt_datetimefield_value(now)
+    return [TargetStatus.RUNNING, at, at, run.pk, me, TargetStatus.PENDING]
+
+
+def _start(run: TargetRun, me: str) -> bool:
+    """Start ``run``, claimed ahead by ``me``, if it is still pending and the lane's (the caller's transaction)."""
+    statement = _statements.get("start")
+    if statement is None:
+        statement = f"UPDATE {_table(TargetRun)} SET {_START_ASSIGNMENTS} WHERE id = %s AND worker = %s AND status = %s"  # noqa: S608
+        _statements["start"] = statement
+    with control_db.cursor() as cursor:
+        cursor.execute(statement, _start_params(run, me))
+        return cursor.rowcount == 1
+
+
+def _record_and_start(run: TargetRun, start: TargetRun, execution: MigrationExecution, me: str) -> bool:
+    """Record ``run``'s outcome (one recorded at once: not failed, not given back) and start ``start`` in its
+    place; whether ``start`` started (the outcome was written and ``start`` was still the lane's)."""
+    if control_db.vendor == "postgresql" and not control_db.in_atomic_block and control_db.get_autocommit():
+        execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+        params = [*_outcome_params(run, me), *outcome_count_params(run), execution_key, *_start_params(start, me)]
+        with control_db.cursor() as cursor:
+            cursor.execute(_record_and_start_statement(run.status), params)
+            recorded, started = cursor.fetchone()
+    else:
+        with transaction.atomic():
+            recorded = _outcome_write(run, me)
+            started = recorded and _start(start, me)
+            if recorded:
+                outcome_count(execution_id=execution.pk, run=run)
+    Leases.release(run_id=run.pk)
+    if not recorded:  # recovered as lost meanwhile: that record stands
+        logger.warning("target run was recovered before its outcome was recorded", extra={"target_run": run.pk})
+    return bool(started)
+
+
+def _unclaim(run: TargetRun, me: str) -> None:
+    """Give back a run claimed ahead by ``me`` (still pending): any lane may claim it again."""
+    TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.PENDING).update(worker="", heartbeat_at=None)
+    Leases.release(run_id=run.pk)
+
+
 def _rollback_left_open() -> None:
     """End the transaction a failed round trip left open on the control connection (or drop the connection)."""
     raw = control_db.connection
@@ -356,13 +477,23 @@ def _claim_now(execution: MigrationExecution, me: str) -> TargetRun | None:
 
 @control_retry
 def _record_and_claim_now(
-    run: TargetRun, execution: MigrationExecution, me: str, *, claim: bool, give_back: str, retry_after_s: float
+    run: TargetRun,
+    execution: MigrationExecution,
+    me: str,
+    *,
+    claim: bool,
+    give_back: str,
+    retry_after_s: float,
+    release: TargetRun | None = None,
 ) -> TargetRun | None:
-    """Record ``run``'s outcome and claim the next run in one transaction; the claimed run."""
+    """Record ``run``'s outcome and claim the next run in one transaction; the claimed run. ``release``: a run the
+    lane claimed ahead, given back first (a failure recorded next may halt the execution and skip it)."""
     skip = servers_to_skip() if claim else []
-    if _at_once(run, claim=claim, give_back=give_back):
+    if release is None and _at_once(run, claim=claim, give_back=give_back):
         return _record_and_claim_at_once(run, execution, me, skip)
     with transaction.atomic():
+        if release is not None:
+            _unclaim(release, me)
         count = _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
         claimed = _claim(execution, me, skip) if claim else None
         # The execution's row is written last, just before the commit: lanes recording at once wait on it for
@@ -385,10 +516,36 @@ def run_record_and_claim(
     claim: bool,
     give_back: str = "",
     retry_after_s: float = 0.0,
+    release: TargetRun | None = None,
 ) -> TargetRun | None:
     """Record ``run``'s outcome and claim the next run (one transaction, retried as a whole); returns the claimed
-    run, now under lease, or None when none was claimed (or ``claim`` is false)."""
+    run, now under lease, or None when none was claimed (or ``claim`` is false). ``release``: a run the lane
+    claimed ahead and gives back in the same transaction."""
     claimed = _record_and_claim_now(
-        run, execution, worker, claim=claim, give_back=give_back, retry_after_s=retry_after_s
+        run, execution, worker, claim=claim, give_back=give_back, retry_after_s=retry_after_s, release=release
     )
     return _claimed(claimed, execution)
+
+
+@control_retry
+def _claim_ahead_now(execution: MigrationExecution, me: str, current: TargetRun) -> TargetRun | None:
+    with transaction.atomic():
+        return _claim_ahead(execution, me, current)
+
+
+def run_claim_ahead(*, execution: MigrationExecution, worker: str, current: TargetRun) -> TargetRun | None:
+    """Reserve for ``worker`` the run to apply after ``current`` (retried while the control database is
+    unreachable): the run, pending and under lease, or None when the phase has no other pending run on
+    ``current``'s server."""
+    return _claimed(_claim_ahead_now(execution, worker, current), execution)
+
+
+run_record_and_start = control_retry(_record_and_start)
+run_record_and_start.__doc__ = """Record ``run``'s outcome and start ``start``, the run claimed ahead, in its place
+(one transaction, retried as a whole; see ``_record_and_start``): whether ``start`` started."""
+
+
+@control_retry
+def run_unclaim(*, run: TargetRun, worker: str) -> None:
+    """Give back a run claimed ahead that its lane will not apply."""
+    _unclaim(run, worker)

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
 from django.db import transaction
 
 from migrations_runner.models import ExecutionStatus, MigrationExecution, TargetRun, TargetStatus, Waiting
+from migrations_runner.services.runner.ahead import LaneControl
 from migrations_runner.services.runner.apply import (
     claimed_run_apply,
     lane_connections_close,
+    lane_fingerprints_beside,
+    lane_fingerprints_detach,
     lane_fingerprints_flush,
     lane_sets_fresh,
 )
-from migrations_runner.services.runner.claims import run_claim, run_record_and_claim
+from migrations_runner.services.runner.claims import run_claim, run_record_and_claim, run_record_and_start
 from migrations_runner.services.runner.control import control_retry
 from migrations_runner.services.runner.counters import runs_close_pending
 from migrations_runner.services.runner.hosts import ExecutionId, LaneHost, QueueHost
@@ -68,14 +72,20 @@ def _wait_state(execution: MigrationExecution) -> str:
 
 
 def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
-    """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left."""
+    """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left.
+
+    While targets are quick, the next run is claimed beside the target work (``ahead``) and starts in the
+    transaction that records the current one's outcome."""
     me = worker_name()
     lane_sets_fresh()
     lane_marks_forget()
     execution = _execution_of(execution_id)
+    control = LaneControl(execution=execution, worker=me)
+    if settings.MIGRATION_FINGERPRINT_AFTER_RUN:
+        lane_fingerprints_beside(control.fingerprints_beside())
     lane_seconds = host.lane_seconds
     deadline = time.monotonic() + lane_seconds if lane_seconds else None
-    done, handed_over, run = 0, False, None
+    done, handed_over, run, quick, failed = 0, False, None, False, False
     try:
         run = run_claim(execution=execution, worker=me)
         pause, said = 0.02, 0.0
@@ -86,19 +96,33 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                     # so another cluster's idle worker can take it up before this cluster is free again.
                     _successor_spawn(host, execution_id)
                     handed_over = True
+                if quick and not handed_over:
+                    control.claim_ahead(current=run)
+                started = time.monotonic()
                 give_back, retry_after_s = claimed_run_apply(run=run, execution=execution)
+                quick = control.quick(time.monotonic() - started)
                 if give_back == "unreachable":
                     server_mark_unreachable(run=run)
                 elif not give_back:
                     done += 1
-                run = run_record_and_claim(
-                    run=run,
-                    execution=execution,
-                    worker=me,
-                    claim=not handed_over,
-                    give_back=give_back,
-                    retry_after_s=retry_after_s,
-                )
+                ahead = control.take()
+                if ahead is not None and not give_back and run.status != TargetStatus.FAILED:
+                    # The run claimed ahead starts in this one's place (it may have been cancelled meanwhile).
+                    if run_record_and_start(run=run, start=ahead, execution=execution, me=me):
+                        run = ahead
+                        continue
+                    Leases.release(run_id=ahead.pk)
+                    run = run_claim(execution=execution, worker=me) if not handed_over else None
+                else:
+                    run = run_record_and_claim(
+                        run=run,
+                        execution=execution,
+                        worker=me,
+                        claim=not handed_over,
+                        give_back=give_back,
+                        retry_after_s=retry_after_s,
+                        release=ahead,
+                    )
                 if run is not None:
                     continue
                 if handed_over:
@@ -131,16 +155,21 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
             if run is not None:
                 pause = 0.02
     except BaseException:
-        # This lane dies (the control database stayed unreachable, or worse): its target's lease must stop being
-        # renewed, so the recovery fails it as lost instead of it running forever.
+        # This lane dies (the control database stayed unreachable, or worse): its targets' leases must stop being
+        # renewed, so the recovery fails them as lost instead of them running forever.
+        failed = True
         if run is not None:
             Leases.release(run_id=run.pk)
         raise
     finally:
-        if host.keeps_connections:
-            lane_fingerprints_flush()
-        else:
-            lane_connections_close()  # stores the fingerprints first
+        try:
+            lane_fingerprints_detach()  # what is buffered goes to the thread beside, which the close waits for
+            control.close(failed=failed)
+        finally:
+            if host.keeps_connections:
+                lane_fingerprints_flush()
+            else:
+                lane_connections_close()  # stores the fingerprints first
 
 
 def execution_launch(*, execution: MigrationExecution) -> MigrationExecution:

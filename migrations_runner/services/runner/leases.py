@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from django.conf import settings
 from django.db import connections
+from django.db.models import Q
 from django.utils import timezone
 
 from migrations_runner.models import MigrationExecution, TargetRun, TargetStatus
@@ -61,9 +62,10 @@ class Leases:
             if not held:
                 continue
             try:
-                TargetRun.objects.filter(pk__in=list(held), status=TargetStatus.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
+                # A run claimed ahead (pending, still this lane's) keeps its lease too.
+                TargetRun.objects.filter(pk__in=list(held)).filter(
+                    Q(status=TargetStatus.RUNNING) | Q(status=TargetStatus.PENDING) & ~Q(worker="")
+                ).update(heartbeat_at=timezone.now())
                 cancelled = MigrationExecution.objects.filter(
                     pk__in=set(held.values()), cancel_requested=True
                 ).values_list("pk", flat=True)

@@ -88,9 +88,19 @@ def _lost(now: datetime) -> QuerySet[TargetRun]:
     return TargetRun.objects.filter(status=TargetStatus.RUNNING, heartbeat_at__lt=now - lease)
 
 
+def _reserved_lost(now: datetime) -> QuerySet[TargetRun]:
+    """Pending runs claimed ahead by a lane that stopped renewing their lease (``ahead``)."""
+    lease = timedelta(seconds=settings.MIGRATION_LEASE_SECONDS)
+    return TargetRun.objects.filter(status=TargetStatus.PENDING, heartbeat_at__lt=now - lease).exclude(worker="")
+
+
 def runs_fail_lost() -> int:
-    """Fail the running target runs whose lease expired (their worker is lost); returns how many were found."""
+    """Fail the running target runs whose lease expired (their worker is lost), and give back the runs such a
+    worker had claimed ahead (they never started); returns how many runs were failed."""
     now = timezone.now()
+    given_back = _reserved_lost(now).update(worker="", heartbeat_at=None)
+    if given_back:
+        logger.warning("runs claimed ahead by a lost worker given back", extra={"target_runs": given_back})
     lost = list(_lost(now).select_related("connection", "execution"))
     for run in lost:
         _fail_lost(run, now)
@@ -98,8 +108,9 @@ def runs_fail_lost() -> int:
 
 
 def runs_fail_lost_if_any() -> int:
-    """``runs_fail_lost`` behind one cheap query, for lanes that look often."""
-    return runs_fail_lost() if _lost(timezone.now()).exists() else 0
+    """``runs_fail_lost`` behind cheap queries, for lanes that look often."""
+    now = timezone.now()
+    return runs_fail_lost() if _lost(now).exists() or _reserved_lost(now).exists() else 0
 
 
 def targets_recover_lost() -> int:

@@ -1,0 +1,105 @@
+"""A lane's work beside its targets: claiming the next target ahead, and reading and storing fingerprints.
+
+While a lane applies a target, a thread of its own claims the next one, and another reads and stores the
+fingerprints of the targets it finished (on connections of its own, in batches: ``FingerprintBuffer``).
+
+The claim (the statement that counts both caps under the claim lock) is the costly part of a lane's
+control-database work: a lane whose targets are quick (its last one took less than
+``MIGRATION_CLAIM_AHEAD_BELOW_S``) claims its next target ahead, beside the target work. A run claimed ahead is
+reserved, not started: it stays ``pending`` with the lane's ``worker`` and a lease, other lanes' claims pass it
+by, and it counts in no cap. It must be a run of the same execution on the same database server as the run at
+work: the lane starts it in place of that run, in the transaction that records that run's outcome, so neither
+cap's count changes. When the run is no longer the lane's by then (cancelled, skipped by a halt, or given back
+by the recovery after its lease ran out) nothing starts and the lane claims as usual. A run claimed ahead after
+an outcome that is not recorded at once (a failure, which may halt the execution; a target given back) is given
+back in the transaction that records that outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from django.conf import settings
+from django.db import connections
+
+from migrations_runner.models import MigrationExecution, TargetRun
+from migrations_runner.services.runner.apply import lane_connections_close
+from migrations_runner.services.runner.claims import run_claim_ahead, run_unclaim
+from migrations_runner.services.runner.leases import Leases
+
+logger = logging.getLogger(__name__)
+
+
+class LaneControl:
+    """The threads that claim a lane's next run (one claim at a time) and record its fingerprints while the lane
+    applies its targets."""
+
+    def __init__(self, *, execution: MigrationExecution, worker: str) -> None:
+        self.execution = execution
+        self.worker = worker
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: Future[TargetRun | None] | None = None
+        self._fingerprints: ThreadPoolExecutor | None = None
+
+    def fingerprints_beside(self) -> ThreadPoolExecutor:
+        """The executor of this lane's fingerprint batches (its thread starts with the first batch)."""
+        if self._fingerprints is None:
+            self._fingerprints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-fingerprints")
+        return self._fingerprints
+
+    @staticmethod
+    def quick(seconds: float) -> bool:
+        """Whether a target that took ``seconds`` is quick enough for its lane to claim ahead."""
+        return seconds < settings.MIGRATION_CLAIM_AHEAD_BELOW_S
+
+    def claim_ahead(self, *, current: TargetRun) -> None:
+        """Claim the run to apply after ``current`` while the lane applies it (unless a claim is in flight)."""
+        if self._in_flight is not None:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-control")
+        self._in_flight = self._pool.submit(
+            run_claim_ahead, execution=self.execution, worker=self.worker, current=current
+        )
+
+    def take(self) -> TargetRun | None:
+        """The run claimed ahead, once its claim is done (None when none was asked for or none could be claimed);
+        a claim that failed (the control database stayed away) raises here."""
+        if self._in_flight is None:
+            return None
+        future, self._in_flight = self._in_flight, None
+        return future.result()
+
+    def close(self, *, failed: bool) -> None:
+        """The lane leaves: wait for the claim in flight, give back what it claimed, let the fingerprint batches
+        handed over be stored, and close the threads' connections. ``failed``: the lane dies, so a run claimed
+        ahead only stops being renewed (the recovery gives it back when its lease runs out)."""
+        try:
+            self._close_claims(failed=failed)
+        finally:
+            if self._fingerprints is not None:
+                self._fingerprints.submit(lane_connections_close).result()
+                self._fingerprints.submit(connections.close_all).result()
+                self._fingerprints.shutdown(wait=True)
+                self._fingerprints = None
+
+    def _close_claims(self, *, failed: bool) -> None:
+        if self._pool is None:
+            return
+        try:
+            try:
+                held = self.take()
+            except Exception:
+                if not failed:
+                    raise
+                logger.exception("a lane's claim ahead failed as the lane died")
+                held = None
+            if held is not None and failed:
+                Leases.release(run_id=held.pk)
+            elif held is not None:
+                self._pool.submit(run_unclaim, run=held, worker=self.worker).result()
+        finally:
+            self._pool.submit(connections.close_all).result()
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -1,0 +1,189 @@
+"""Claiming ahead: a lane with quick targets reserves its next run while it applies the current one, and starts
+it in the transaction that records the current one; its fingerprints are read and stored beside it.
+
+The lane's steps are played here one by one (the runner's own claim, apply and record steps), then whole lanes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+from django_q.models import OrmQ
+
+from migrations_runner import services, tasks
+from migrations_runner.models import (
+    ExecutionStatus,
+    MigrationExecution,
+    OnFailure,
+    Origin,
+    SchemaFingerprint,
+    TargetRun,
+    TargetStatus,
+)
+from migrations_runner.options import ExecutionOptions
+from migrations_runner.selection import TargetSelection
+from migrations_runner.services import fingerprints as fingerprint_services
+from migrations_runner.services.runner import lanes, runs_fail_lost
+from migrations_runner.services.runner.apply import claimed_run_apply
+from migrations_runner.services.runner.claims import (
+    run_claim,
+    run_claim_ahead,
+    run_record_and_claim,
+    run_record_and_start,
+)
+from migrations_runner.services.runner.leases import Leases
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+US_TENANTS = TargetSelection(scope="tenant", regions=["us-east"])
+ME = "this-host:1"
+
+
+def submitted(**options) -> MigrationExecution:
+    """An execution of the us-east tenants (3) on the queue, with the lanes it queued taken away (no worker)."""
+    execution = services.execution_start(
+        selection=US_TENANTS, options=ExecutionOptions(**options), actor="test", origin=Origin.API
+    )
+    OrmQ.objects.all().delete()
+    return execution
+
+
+def state(run: TargetRun) -> tuple[str, str, bool]:
+    row = TargetRun.objects.filter(pk=run.pk).values("status", "worker", "started_at").get()
+    return row["status"], row["worker"], row["started_at"] is not None
+
+
+def test_a_run_claimed_ahead_is_reserved_passed_by_and_started_with_the_last_outcome(small_fleet, queue_here):
+    execution = submitted(batch_size=2)
+    first = run_claim(execution=execution, worker=ME)
+    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    try:
+        assert ahead is not None
+        assert ahead.pk != first.pk
+        assert ahead.server == first.server
+        # Reserved, not started: pending with the lane's name and a lease, counted by no cap.
+        assert state(ahead) == (TargetStatus.PENDING, ME, False)
+        assert TargetRun.objects.get(pk=ahead.pk).heartbeat_at is not None
+        # Another lane's claim passes it by and takes the third run (the batch of 2 has one running).
+        other = run_claim(execution=execution, worker="other-host:9")
+        assert other is not None
+        assert other.pk not in (first.pk, ahead.pk)
+        assert run_claim(execution=execution, worker="other-host:9") is None  # the batch is full; ahead is no slot
+
+        claimed_run_apply(run=first, execution=execution)
+        assert first.status == TargetStatus.SUCCEEDED
+        assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is True
+        assert state(first) == (TargetStatus.SUCCEEDED, ME, True)
+        assert state(ahead) == (TargetStatus.RUNNING, ME, True)
+        assert TargetRun.objects.get(pk=ahead.pk).started_at == ahead.started_at
+        assert MigrationExecution.objects.get(pk=execution.pk).targets_succeeded == 1
+    finally:
+        for run in (first, ahead):
+            Leases.release(run_id=run.pk)
+
+
+def test_a_run_claimed_ahead_and_cancelled_meanwhile_does_not_start(small_fleet, queue_here):
+    execution = submitted(batch_size=1)
+    first = run_claim(execution=execution, worker=ME)
+    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    claimed_run_apply(run=first, execution=execution)
+    services.execution_cancel(execution=execution, actor="test")
+    assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is False
+    assert state(first)[0] == TargetStatus.SUCCEEDED  # its outcome is recorded all the same
+    assert state(ahead)[0] == TargetStatus.CANCELLED
+    with small_fleet.connect("shared-us") as conn:  # nothing ran on its schema
+        history = f"{ahead.schema_name}.infra_schema_history"
+        assert conn.execute("SELECT to_regclass(%s)", [history]).fetchone()[0] is None
+    Leases.release(run_id=ahead.pk)
+
+
+def test_a_failure_that_halts_gives_back_the_run_claimed_ahead_to_be_skipped(small_fleet, queue_here):
+    execution = submitted(batch_size=1, on_failure=OnFailure.HALT)
+    first = run_claim(execution=execution, worker=ME)
+    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    first.status, first.error = TargetStatus.FAILED, {"kind": "sql", "message": "boom"}
+    assert run_record_and_claim(run=first, execution=execution, worker=ME, claim=True, release=ahead) is None
+    assert state(ahead) == (TargetStatus.SKIPPED, "", False)
+    assert not execution.targets.filter(status__in=[TargetStatus.PENDING, TargetStatus.RUNNING]).exists()
+
+
+def test_the_recovery_gives_back_the_runs_a_lost_worker_claimed_ahead(small_fleet, queue_here):
+    queue_here.MIGRATION_LEASE_SECONDS = 1
+    execution = submitted(batch_size=1)
+    first = run_claim(execution=execution, worker="dead-host:7")
+    ahead = run_claim_ahead(execution=execution, worker="dead-host:7", current=first)
+    for run in (first, ahead):
+        Leases.release(run_id=run.pk)  # the worker died: nothing renews the leases
+    wait_until(lambda: runs_fail_lost() == 1, timeout=10, message="the lost run was not failed")
+    assert state(first) == (TargetStatus.FAILED, "dead-host:7", True)
+    assert state(ahead) == (TargetStatus.PENDING, "", False)  # never started: any lane may claim it again
+    assert tasks.run_lane(str(execution.pk)) == "done after 2 target(s)"
+    execution.refresh_from_db()
+    assert (execution.targets_succeeded, execution.targets_failed) == (2, 1)
+
+
+def _lane_swaps(monkeypatch) -> list[int]:
+    """The runs a lane started in place of the one it recorded (``run_record_and_start`` as lanes call it)."""
+    started: list[int] = []
+    real = lanes.run_record_and_start
+
+    def counted(*, run, start, execution, me):
+        result = real(run=run, start=start, execution=execution, me=me)
+        if result:
+            started.append(start.pk)
+        return result
+
+    monkeypatch.setattr(lanes, "run_record_and_start", counted)
+    return started
+
+
+def test_a_lane_with_quick_targets_claims_ahead_and_one_with_slow_ones_does_not(small_fleet, queue_here, monkeypatch):
+    swaps = _lane_swaps(monkeypatch)
+    execution = submitted(batch_size=1)
+    assert tasks.run_lane(str(execution.pk)) == "done after 3 target(s)"
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED
+    runs = list(execution.targets.order_by("started_at"))
+    # The first target is claimed alone (how long targets take is not known yet), the second with the first's
+    # outcome, while the lane claims the third ahead.
+    assert swaps == [run.pk for run in runs[2:]]
+    for before, after in itertools.pairwise(runs):
+        assert after.started_at >= before.completed_at  # one target at a time: claimed ahead, started after
+
+    swaps.clear()
+    queue_here.MIGRATION_CLAIM_AHEAD_BELOW_S = 0  # no target is quick enough
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant", regions=["eu-west"]),
+        options=ExecutionOptions(batch_size=1),
+        actor="test",
+        origin=Origin.API,
+    )
+    OrmQ.objects.all().delete()
+    assert tasks.run_lane(str(execution.pk)) == "done after 3 target(s)"
+    assert swaps == []
+
+
+def test_a_lane_reads_and_stores_its_fingerprints_beside_its_targets(small_fleet, queue_here, monkeypatch):
+    threads: list[str] = []
+    real = fingerprint_services.fingerprint.read_fingerprints
+
+    def recorded(conn, schemas):
+        threads.append(threading.current_thread().name)
+        return real(conn, schemas)
+
+    monkeypatch.setattr(fingerprint_services.fingerprint, "read_fingerprints", recorded)
+    execution = submitted(batch_size=1)
+    assert tasks.run_lane(str(execution.pk)) == "done after 3 target(s)"
+    assert threads
+    assert all(name.startswith("lane-fingerprints") for name in threads)
+    schemas = {tenant.schema_name for tenant in small_fleet.tenants_in("us-east")}
+    assert set(SchemaFingerprint.objects.filter(execution=execution).values_list("schema_name", flat=True)) == schemas
+    # The thread beside closed its connection to the target database as the lane left; the lane's own stays
+    # open for the worker's next lane (a queue worker keeps its connections).
+    with small_fleet.connect("shared-us") as conn:
+        database = small_fleet.databases["shared-us"]
+        others = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+        wait_until(lambda: conn.execute(others, [database]).fetchone()[0] == 1, timeout=10)
