@@ -32,6 +32,7 @@ from migrations_runner.services.runner.claims import (
     run_claim_ahead,
     run_record_and_claim,
     run_record_and_start,
+    run_unclaim,
 )
 from migrations_runner.services.runner.leases import Leases
 from tests.support.waiting import wait_until
@@ -98,6 +99,22 @@ def test_a_run_claimed_ahead_and_cancelled_meanwhile_does_not_start(small_fleet,
         history = f"{ahead.schema_name}.infra_schema_history"
         assert conn.execute("SELECT to_regclass(%s)", [history]).fetchone()[0] is None
     Leases.release(run_id=ahead.pk)
+
+
+def test_a_run_claimed_ahead_of_a_run_recovered_meanwhile_does_not_start_and_is_given_back(small_fleet, queue_here):
+    execution = submitted(batch_size=1)
+    first = run_claim(execution=execution, worker=ME)
+    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    claimed_run_apply(run=first, execution=execution)
+    TargetRun.objects.filter(pk=first.pk).update(status=TargetStatus.FAILED)  # the recovery failed it as lost
+    assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is False
+    assert state(first)[0] == TargetStatus.FAILED  # the recovery's record stands
+    assert state(ahead) == (TargetStatus.PENDING, ME, False)  # not started: the caps never counted it
+    run_unclaim(run=ahead, worker=ME)
+    assert state(ahead) == (TargetStatus.PENDING, "", False)
+    claimed = run_claim(execution=execution, worker=ME)
+    Leases.release(run_id=claimed.pk)
+    assert claimed.pk == ahead.pk  # any lane may claim it now
 
 
 def test_a_failure_that_halts_gives_back_the_run_claimed_ahead_to_be_skipped(small_fleet, queue_here):

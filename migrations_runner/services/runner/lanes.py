@@ -22,7 +22,12 @@ from migrations_runner.services.runner.apply import (
     lane_fingerprints_flush,
     lane_sets_fresh,
 )
-from migrations_runner.services.runner.claims import run_claim, run_record_and_claim, run_record_and_start
+from migrations_runner.services.runner.claims import (
+    run_claim,
+    run_record_and_claim,
+    run_record_and_start,
+    run_unclaim,
+)
 from migrations_runner.services.runner.control import control_retry
 from migrations_runner.services.runner.counters import runs_close_pending
 from migrations_runner.services.runner.hosts import ExecutionId, LaneHost, QueueHost
@@ -111,7 +116,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                     if run_record_and_start(run=run, start=ahead, execution=execution, me=me):
                         run = ahead
                         continue
-                    Leases.release(run_id=ahead.pk)
+                    run_unclaim(run=ahead, worker=me)  # when it is still pending (this run was recovered meanwhile)
                     run = run_claim(execution=execution, worker=me) if not handed_over else None
                 else:
                     run = run_record_and_claim(
