@@ -57,6 +57,14 @@ def state(run: TargetRun) -> tuple[str, str, bool]:
     return row["status"], row["worker"], row["started_at"] is not None
 
 
+def applied_with_one_ahead(execution: MigrationExecution) -> tuple[TargetRun, TargetRun]:
+    """A lane's first run, claimed and applied (not recorded), and the run it claimed ahead meanwhile."""
+    first = run_claim(execution=execution, worker=ME)
+    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    claimed_run_apply(run=first, execution=execution)
+    return first, ahead
+
+
 def test_a_run_claimed_ahead_is_reserved_passed_by_and_started_with_the_last_outcome(small_fleet, queue_here):
     execution = submitted(batch_size=2)
     first = run_claim(execution=execution, worker=ME)
@@ -88,9 +96,7 @@ def test_a_run_claimed_ahead_is_reserved_passed_by_and_started_with_the_last_out
 
 def test_a_run_claimed_ahead_and_cancelled_meanwhile_does_not_start(small_fleet, queue_here):
     execution = submitted(batch_size=1)
-    first = run_claim(execution=execution, worker=ME)
-    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
-    claimed_run_apply(run=first, execution=execution)
+    first, ahead = applied_with_one_ahead(execution)
     services.execution_cancel(execution=execution, actor="test")
     assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is False
     assert state(first)[0] == TargetStatus.SUCCEEDED  # its outcome is recorded all the same
@@ -103,9 +109,7 @@ def test_a_run_claimed_ahead_and_cancelled_meanwhile_does_not_start(small_fleet,
 
 def test_a_run_claimed_ahead_of_a_run_recovered_meanwhile_does_not_start_and_is_given_back(small_fleet, queue_here):
     execution = submitted(batch_size=1)
-    first = run_claim(execution=execution, worker=ME)
-    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
-    claimed_run_apply(run=first, execution=execution)
+    first, ahead = applied_with_one_ahead(execution)
     TargetRun.objects.filter(pk=first.pk).update(status=TargetStatus.FAILED)  # the recovery failed it as lost
     assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is False
     assert state(first)[0] == TargetStatus.FAILED  # the recovery's record stands
