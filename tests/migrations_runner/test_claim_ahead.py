@@ -10,6 +10,7 @@ import itertools
 import threading
 
 import pytest
+from django.db import OperationalError
 from django_q.models import OrmQ
 
 from migrations_runner import services, tasks
@@ -25,6 +26,7 @@ from migrations_runner.models import (
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import fingerprints as fingerprint_services
+from migrations_runner.services import runner
 from migrations_runner.services.runner import lanes, runs_fail_lost
 from migrations_runner.services.runner.apply import claimed_run_apply
 from migrations_runner.services.runner.claims import (
@@ -208,3 +210,27 @@ def test_a_lane_reads_and_stores_its_fingerprints_beside_its_targets(small_fleet
         database = small_fleet.databases["shared-us"]
         others = "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
         wait_until(lambda: conn.execute(others, [database]).fetchone()[0] == 1, timeout=10)
+
+
+def test_a_lane_that_dies_recording_stops_renewing_the_run_it_claimed_ahead(small_fleet, queue_here, monkeypatch):
+    queue_here.MIGRATION_LEASE_SECONDS = 1
+    execution = submitted(batch_size=1)
+    ahead: list[TargetRun] = []
+
+    def control_database_gone(*, run, start, execution, me):
+        ahead.append(start)
+        raise OperationalError("the control database stayed unreachable")
+
+    monkeypatch.setattr(lanes, "run_record_and_start", control_database_gone)
+    with pytest.raises(OperationalError):
+        tasks.run_lane(str(execution.pk))
+    (reserved,) = ahead
+    assert reserved.pk not in Leases._held  # nothing renews its lease any more
+    assert state(reserved) == (TargetStatus.PENDING, runner.worker_name(), False)
+    wait_until(lambda: runs_fail_lost() == 1, timeout=10, message="the run at work was not failed as lost")
+    assert state(reserved) == (TargetStatus.PENDING, "", False)  # given back: the execution does not hang on it
+    monkeypatch.undo()
+    assert tasks.run_lane(str(execution.pk)) == "done after 1 target(s)"
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.FAILED
+    assert (execution.targets_succeeded, execution.targets_failed) == (2, 1)

@@ -90,7 +90,9 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
         lane_fingerprints_beside(control.fingerprints_beside())
     lane_seconds = host.lane_seconds
     deadline = time.monotonic() + lane_seconds if lane_seconds else None
-    done, handed_over, run, quick, failed = 0, False, None, False, False
+    done, handed_over, quick, failed = 0, False, False, False
+    run: TargetRun | None = None
+    ahead: TargetRun | None = None  # the run claimed ahead of ``run``, until it starts or is given back
     try:
         run = run_claim(execution=execution, worker=me)
         pause, said = 0.02, 0.0
@@ -114,9 +116,10 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                 if ahead is not None and not give_back and run.status != TargetStatus.FAILED:
                     # The run claimed ahead starts in this one's place (it may have been cancelled meanwhile).
                     if run_record_and_start(run=run, start=ahead, execution=execution, me=me):
-                        run = ahead
+                        run, ahead = ahead, None
                         continue
                     run_unclaim(run=ahead, worker=me)  # when it is still pending (this run was recovered meanwhile)
+                    ahead = None
                     run = run_claim(execution=execution, worker=me) if not handed_over else None
                 else:
                     run = run_record_and_claim(
@@ -128,6 +131,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                         retry_after_s=retry_after_s,
                         release=ahead,
                     )
+                    ahead = None
                 if run is not None:
                     continue
                 if handed_over:
@@ -163,8 +167,9 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
         # This lane dies (the control database stayed unreachable, or worse): its targets' leases must stop being
         # renewed, so the recovery fails them as lost instead of them running forever.
         failed = True
-        if run is not None:
-            Leases.release(run_id=run.pk)
+        for held in (run, ahead):
+            if held is not None:
+                Leases.release(run_id=held.pk)
         raise
     finally:
         try:
