@@ -83,7 +83,7 @@ def test_testing_starts_with_the_development_values(load):
         ({"DB_POOL_MIN_SIZE": "-1"}, "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1"),
         ({"DB_POOL_MIN_SIZE": "4", "DB_POOL_MAX_SIZE": "3"}, "and at least DB_POOL_MIN_SIZE; got 4 and 3."),
         ({"DB_POOL_MAX_SIZE": "0"}, "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1"),
-        ({"MIGRATION_CLAIM_AHEAD_BELOW_S": "-1"}, "MIGRATION_CLAIM_AHEAD_BELOW_S must be 0 (never claim ahead) or more"),
+        ({"MIGRATION_CLAIM_AHEAD_BELOW_S": "-1"}, "MIGRATION_CLAIM_AHEAD_BELOW_S must be 0 (never claim ahead)"),
     ],
     ids=[
         "environment",

@@ -86,7 +86,7 @@ def test_a_run_claimed_ahead_is_reserved_passed_by_and_started_with_the_last_out
 
         claimed_run_apply(run=first, execution=execution)
         assert first.status == TargetStatus.SUCCEEDED
-        assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is True
+        assert run_record_and_start(run=first, start=ahead, execution=execution, worker=ME) is True
         assert state(first) == (TargetStatus.SUCCEEDED, ME, True)
         assert state(ahead) == (TargetStatus.RUNNING, ME, True)
         assert TargetRun.objects.get(pk=ahead.pk).started_at == ahead.started_at
@@ -100,7 +100,7 @@ def test_a_run_claimed_ahead_and_cancelled_meanwhile_does_not_start(small_fleet,
     execution = submitted(batch_size=1)
     first, ahead = applied_with_one_ahead(execution)
     services.execution_cancel(execution=execution, actor="test")
-    assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is False
+    assert run_record_and_start(run=first, start=ahead, execution=execution, worker=ME) is False
     assert state(first)[0] == TargetStatus.SUCCEEDED  # its outcome is recorded all the same
     assert state(ahead)[0] == TargetStatus.CANCELLED
     with small_fleet.connect("shared-us") as conn:  # nothing ran on its schema
@@ -113,7 +113,7 @@ def test_a_run_claimed_ahead_of_a_run_recovered_meanwhile_does_not_start_and_is_
     execution = submitted(batch_size=1)
     first, ahead = applied_with_one_ahead(execution)
     TargetRun.objects.filter(pk=first.pk).update(status=TargetStatus.FAILED)  # the recovery failed it as lost
-    assert run_record_and_start(run=first, start=ahead, execution=execution, me=ME) is False
+    assert run_record_and_start(run=first, start=ahead, execution=execution, worker=ME) is False
     assert state(first)[0] == TargetStatus.FAILED  # the recovery's record stands
     assert state(ahead) == (TargetStatus.PENDING, ME, False)  # not started: the caps never counted it
     run_unclaim(run=ahead, worker=ME)
@@ -153,8 +153,8 @@ def _lane_swaps(monkeypatch) -> list[int]:
     started: list[int] = []
     real = lanes.run_record_and_start
 
-    def counted(*, run, start, execution, me):
-        result = real(run=run, start=start, execution=execution, me=me)
+    def counted(*, run, start, execution, worker):
+        result = real(run=run, start=start, execution=execution, worker=worker)
         if result:
             started.append(start.pk)
         return result
@@ -217,7 +217,7 @@ def test_a_lane_that_dies_recording_stops_renewing_the_run_it_claimed_ahead(smal
     execution = submitted(batch_size=1)
     ahead: list[TargetRun] = []
 
-    def control_database_gone(*, run, start, execution, me):
+    def control_database_gone(*, run, start, execution, worker):
         ahead.append(start)
         raise OperationalError("the control database stayed unreachable")
 

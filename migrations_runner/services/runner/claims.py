@@ -540,9 +540,11 @@ def run_claim_ahead(*, execution: MigrationExecution, worker: str, current: Targ
     return _claimed(_claim_ahead_now(execution, worker, current), execution)
 
 
-run_record_and_start = control_retry(_record_and_start)
-run_record_and_start.__doc__ = """Record ``run``'s outcome and start ``start``, the run claimed ahead, in its place
-(one transaction, retried as a whole; see ``_record_and_start``): whether ``start`` started."""
+@control_retry
+def run_record_and_start(*, run: TargetRun, start: TargetRun, execution: MigrationExecution, worker: str) -> bool:
+    """Record ``run``'s outcome and start ``start``, the run ``worker`` claimed ahead, in its place (one
+    transaction, retried as a whole; see ``_record_and_start``): whether ``start`` started."""
+    return _record_and_start(run, start, execution, worker)
 
 
 @control_retry

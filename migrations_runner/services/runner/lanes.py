@@ -115,7 +115,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                 ahead = control.take()
                 if ahead is not None and not give_back and run.status != TargetStatus.FAILED:
                     # The run claimed ahead starts in this one's place (it may have been cancelled meanwhile).
-                    if run_record_and_start(run=run, start=ahead, execution=execution, me=me):
+                    if run_record_and_start(run=run, start=ahead, execution=execution, worker=me):
                         run, ahead = ahead, None
                         continue
                     run_unclaim(run=ahead, worker=me)  # when it is still pending (this run was recovered meanwhile)
