@@ -186,6 +186,10 @@ MIGRATION_LANE_SECONDS = env.float("MIGRATION_LANE_SECONDS", default=10.0)
 MIGRATION_WORKER_WAIT = env.float("MIGRATION_WORKER_WAIT", default=120.0)
 # How long a lane keeps trying to reach an unreachable control database (to record a target it applied).
 MIGRATION_CONTROL_DB_WAIT = env.float("MIGRATION_CONTROL_DB_WAIT", default=120.0)
+# A PostgreSQL control database: lanes send their per-target statements (claim ahead, record and start) as
+# prepared statements of their connection, planned once instead of at every target. false: behind a pooler that
+# does not keep prepared statements (PgBouncer's transaction mode before 1.21, or without max_prepared_statements).
+MIGRATION_CONTROL_PREPARED = env.bool("MIGRATION_CONTROL_PREPARED", default=True)
 # How long the targets of an unreachable database server wait (not claimed, not failed) for it to answer again.
 MIGRATION_FLEET_DB_WAIT = env.float("MIGRATION_FLEET_DB_WAIT", default=30.0)
 # Record each target's schema fingerprint after a successful run (one catalog query on the lane's connection).

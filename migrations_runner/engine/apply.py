@@ -363,13 +363,16 @@ def _run_script(
     *,
     guarded: bool = False,
     release: _HeldLock | None = None,
+    create: str = "",
 ) -> AppliedVersion:
     """Run one script with its history row, between its ``beforeEachMigrate`` and ``afterEachMigrate``
     callbacks (``around``): in its transaction when it is transactional. ``guarded``: ``row`` takes ``unless``
     (``history.insert_row``'s), so a script run outside a transaction records its row in the round trip that
     checks for invalid indexes. ``release``: the target's last script; a transactional one releases the schema's
-    lock in its own round trip, after its COMMIT. Raises _Failed / TransientError (psycopg.Error outside
-    statements)."""
+    lock in its own round trip, after its COMMIT. ``create``: a new schema's first (transactional) script: the
+    schema and history table (``history.ensure_text``), created and committed in the script's round trip before
+    its transaction. Raises _Failed / TransientError (psycopg.Error outside statements, the creation's among
+    them)."""
     context: _ScriptContext = {"version": str(script.version or ""), "script": script.filename}
     text = _render(script, spec, context)
     before, after = ([_render(c, spec, context) for c in group] for group in around)
@@ -382,6 +385,7 @@ def _run_script(
         # or script), and composing them again would cost more than the rest of the lane's work on the script.
         body = ";\n".join(
             [
+                *(["BEGIN", create, "COMMIT"] if create else []),
                 "BEGIN",
                 _local_settings_rendered(conn, spec.schema, options).as_string(conn),
                 *before,
@@ -399,6 +403,8 @@ def _run_script(
         except psycopg.Error as exc:
             if not conn.broken:
                 conn.execute("ROLLBACK")
+                if create and not history.exists(conn, spec.schema):
+                    raise  # the creation failed, not the script (which never ran)
             error = _sql_error(exc, **context)
             if _is_transient(exc):
                 raise TransientError(error) from exc
@@ -748,8 +754,12 @@ def apply_target(
                     kind="out_of_order", message=out_of_order_refusal(late, state), version=str(late[0].version)
                 )
             )
+        create = ""  # a new schema: created in its first script's round trip when nothing has to run before it
         if not state.has_history:
-            history.ensure(conn, spec.schema, create_schema=spec.create_schema)
+            if pending and pending[0].transactional and not mset.callbacks_for("beforeMigrate"):
+                create = history.ensure_text(conn, spec.schema, create_schema=spec.create_schema)
+            else:
+                history.ensure(conn, spec.schema, create_schema=spec.create_schema)
         callbacks(conn, "beforeMigrate", outcome)
         last = pending[-1] if pending and not mset.callbacks_for("afterMigrate") else None
         for script in pending:
@@ -776,8 +786,11 @@ def apply_target(
 
             release = lock if script is last else None  # nothing runs after it under the lock
             outcome.applied.append(
-                _run_script(conn, spec, script, kind, row, options, around, guarded=True, release=release)
+                _run_script(
+                    conn, spec, script, kind, row, options, around, guarded=True, release=release, create=create
+                )
             )
+            create = ""
             if script.version:
                 state.applied[script.version] = script.checksum
                 outcome.to_version = str(state.current)

@@ -80,13 +80,24 @@ def table_text(conn: psycopg.Connection, schema: str) -> str:
     return rendered_text(conn, ("history-table", schema), lambda: table(schema))
 
 
-def ensure(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> None:
-    """Create the schema (when asked) and its history table when missing."""
+def ensure_text(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> str:
+    """The statements that create the schema (when asked) and its history table when missing, as text."""
     statements = []
     if create_schema:
         statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
     statements.append(sql.SQL(CREATE_TABLE).format(table=sql.SQL(table_text(conn, schema))))
-    conn.execute(sql.SQL("; ").join(statements))
+    return sql.SQL("; ").join(statements).as_string(conn)
+
+
+def ensure(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> None:
+    """Create the schema (when asked) and its history table when missing."""
+    conn.execute(ensure_text(conn, schema, create_schema=create_schema))
+
+
+def exists(conn: psycopg.Connection, schema: str) -> bool:
+    """Whether the schema's history table exists."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table_text(conn, schema)]).fetchone()
+    return bool(row and row[0])
 
 
 def read_states(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, SchemaState]:

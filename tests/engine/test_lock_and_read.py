@@ -162,6 +162,66 @@ def test_history_committed_while_waiting_for_the_lock_is_seen_and_not_applied_ag
     source.close()
 
 
+def test_a_new_schema_is_created_in_the_round_trip_of_its_first_script(pg, tenant_set):
+    """The try-lock and the history read (one pipeline), then the schema, its history table, the script and the
+    unlock in one round trip: the schema committed before the script's transaction."""
+    (tenant_set / "V2__fails.sql").write_text("SELECT 1 / 0;\n")
+    source, sent = counting_source(pg)
+
+    outcome = apply_target(source, spec("tenant_e"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+
+    assert outcome.status == "failed"
+    assert (outcome.error.kind, outcome.error.version, outcome.error.sqlstate) == ("sql", "2", "22012")
+    texts = [text for text, _ in sent]
+    created = next(i for i, text in enumerate(texts) if "CREATE SCHEMA IF NOT EXISTS" in text)
+    locked = next(i for i, text in enumerate(texts) if "pg_try_advisory_lock" in text)  # after the connection's set-up
+    assert round_trips(sent[locked : created + 1]) == 2, texts  # the lock and the history read, then this
+    assert texts[created].index("COMMIT") < texts[created].index("CREATE TABLE t ")  # before V1's transaction
+    assert "INSERT INTO" in texts[created]  # V1's history row in the same round trip
+    assert not any("CREATE SCHEMA" in text for text in texts[created + 1 :])
+    with pg.connect() as observer:
+        rows = observer.execute("SELECT version FROM tenant_e.infra_schema_history").fetchall()
+        assert rows == [("1",)]  # V1 and the schema stayed; V2 rolled back
+    source.close()
+
+
+def test_a_new_schema_that_cannot_be_created_fails_as_a_creation_not_as_its_first_script(pg, tenant_set):
+    sent: list[tuple[str, bool]] = []
+    database = psycopg.sql.Identifier(pg.dbname)
+    with pg.connect() as admin:  # a role that may connect but not create schemas
+        admin.execute("DROP ROLE IF EXISTS no_create")
+        admin.execute("CREATE ROLE no_create LOGIN PASSWORD 'no-create-pw'")
+        admin.execute(psycopg.sql.SQL("GRANT CONNECT ON DATABASE {} TO no_create").format(database))
+
+    def connect() -> psycopg.Connection:
+        conn = psycopg.connect(
+            host=pg.host,
+            port=pg.port,
+            user="no_create",
+            password="no-create-pw",
+            dbname=pg.dbname,
+            cursor_factory=CountingCursor,
+        )
+        conn.sent = sent
+        return conn
+
+    source = ConnectionSource(connect)
+    try:
+        outcome = apply_target(
+            source, spec("tenant_no_create"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t")
+        )
+    finally:
+        source.close()
+        with pg.connect() as admin:
+            admin.execute(psycopg.sql.SQL("REVOKE CONNECT ON DATABASE {} FROM no_create").format(database))
+            admin.execute("DROP ROLE no_create")
+
+    assert outcome.status == "failed"
+    assert outcome.error.sqlstate == "42501"  # permission denied for database
+    assert (outcome.error.version, outcome.error.script) == ("", "")  # not V1's failure: V1 never ran
+    assert any("CREATE SCHEMA IF NOT EXISTS" in text for text, _ in sent)
+
+
 def test_a_script_outside_a_transaction_costs_its_statements_and_two_round_trips(pg, tenant_set):
     """Settings and the check for an interrupted build's leftovers in one round trip; the check for invalid
     indexes, the history row and the settings' reset in another; the session left as it was."""

@@ -121,6 +121,25 @@ CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
         "counted": counters(),
         "usable": TargetRun.objects.filter(execution=execution).count(),
     }
+
+    # 4. Claimed ahead, then started in the place of the run recorded: both per-target statements are prepared
+    # statements of this connection (planned once, not at every target), and do what they did unprepared.
+    third.to_version = "1"
+    ahead = claims.run_claim_ahead(execution=execution, worker="me", current=third)
+    reserved = TargetRun.objects.filter(pk=ahead.pk).values_list("status", "worker").get()
+    started = claims.run_record_and_start(run=third, start=ahead, execution=execution, worker="me")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    out["prepared"] = {
+        "reserved": reserved,
+        "started": started,
+        "ahead": TargetRun.objects.filter(pk=ahead.pk).values_list("status", "worker").get(),
+        "third": TargetRun.objects.get(pk=third.pk).status,
+        "counted": counters(),
+        "claim_ahead": sum("heartbeat_at" in text and "LIMIT 1" in text for text in prepared),
+        "record_and_start": sum("recorded AS" in text for text in prepared),
+    }
     print(json.dumps(out))
     """
 )
@@ -210,6 +229,14 @@ def test_outcomes_and_claims_in_one_round_trip_keep_the_cap_the_counters_and_the
     assert failed["running"] == 1  # and no other run was claimed
     assert failed["counted"] == 1
     assert failed["usable"] == TENANTS
+
+    prepared = out["prepared"]
+    assert prepared["reserved"] == ["pending", "me"]
+    assert prepared["started"] is True
+    assert prepared["ahead"] == ["running", "me"]
+    assert prepared["third"] == "succeeded"
+    assert prepared["counted"] == 2
+    assert (prepared["claim_ahead"], prepared["record_and_start"]) == (1, 1)
 
 
 PLAN_CHILD = textwrap.dedent(

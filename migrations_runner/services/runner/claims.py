@@ -167,10 +167,30 @@ def _claim_ahead_params(execution: MigrationExecution, me: str, current: TargetR
 
 
 def _claim_ahead(execution: MigrationExecution, me: str, current: TargetRun) -> TargetRun | None:
-    with control_db.cursor() as cursor:
-        cursor.execute(_claim_ahead_statement(), _claim_ahead_params(execution, me, current))
-        row = cursor.fetchone()
+    row = _hot_row(_claim_ahead_statement(), _claim_ahead_params(execution, me, current))
     return None if row is None else _claimed_run(row)
+
+
+_PREPARE_ONLY_WHEN_ASKED = 2**31 - 1  # a threshold no statement reaches: only those sent with prepare=True are
+
+
+def _hot_row(statement: str, params: list[Any]) -> tuple | None:
+    """Run one of a lane's per-target statements (a single statement, its own transaction) and return its first
+    row. On PostgreSQL with ``MIGRATION_CONTROL_PREPARED`` it is a prepared statement of the lane's connection:
+    planned once, not at every target (planning them took about as long as running them). Django's own queries
+    on that connection stay unprepared (its cursors bind on the client)."""
+    if control_db.vendor != "postgresql" or not settings.MIGRATION_CONTROL_PREPARED:
+        with control_db.cursor() as cursor:
+            cursor.execute(statement, params)
+            return cursor.fetchone()
+    control_db.ensure_connection()
+    with control_db.wrap_database_errors:
+        raw = control_db.connection
+        if raw.prepare_threshold is None:
+            raw.prepare_threshold = _PREPARE_ONLY_WHEN_ASKED
+        with psycopg.Cursor(raw) as cursor:
+            cursor.execute(statement, params, prepare=True)
+            return cursor.fetchone()
 
 
 def _pending_match() -> tuple[str, str, int]:
@@ -436,9 +456,7 @@ def _record_and_start(run: TargetRun, start: TargetRun, execution: MigrationExec
     if control_db.vendor == "postgresql" and not control_db.in_atomic_block and control_db.get_autocommit():
         execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
         params = [*_outcome_params(run, me), *outcome_count_params(run), execution_key, *_start_params(start, me)]
-        with control_db.cursor() as cursor:
-            cursor.execute(_record_and_start_statement(run.status), params)
-            recorded, started = cursor.fetchone()
+        recorded, started = _hot_row(_record_and_start_statement(run.status), params) or (0, 0)
     else:
         with transaction.atomic():
             recorded = _outcome_write(run, me)
@@ -529,8 +547,7 @@ def run_record_and_claim(
 
 @control_retry
 def _claim_ahead_now(execution: MigrationExecution, me: str, current: TargetRun) -> TargetRun | None:
-    with transaction.atomic():
-        return _claim_ahead(execution, me, current)
+    return _claim_ahead(execution, me, current)  # one statement: its own transaction
 
 
 def run_claim_ahead(*, execution: MigrationExecution, worker: str, current: TargetRun) -> TargetRun | None:
