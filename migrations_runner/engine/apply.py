@@ -140,6 +140,9 @@ class TargetSpec:
     create_schema: bool
     context: dict[str, str]
     label: str = ""
+    # False when the plan found no history table in the schema (a new tenant): its history is then read only
+    # after a check that the table exists (``history.try_lock_and_read``). A wrong guess costs a round trip.
+    expect_history: bool = True
 
 
 @dataclass
@@ -234,10 +237,12 @@ def _unlock(conn: psycopg.Connection, schema: str) -> None:
         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_NAMESPACE, schema])
 
 
-def _lock_and_read(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> history.SchemaState:
+def _lock_and_read(
+    conn: psycopg.Connection, schema: str, options: ApplyOptions, *, expect_history: bool = True
+) -> history.SchemaState:
     """Take the schema's migration lock and read its history: one round trip when the lock is free (a fleet's
     usual target), else the waiting lock then a fresh read."""
-    locked, state = history.try_lock_and_read(conn, schema, LOCK_NAMESPACE)
+    locked, state = history.try_lock_and_read(conn, schema, LOCK_NAMESPACE, expect_history=expect_history)
     if locked:
         return state
     _lock(conn, schema, options)
@@ -578,7 +583,7 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
         lock_wait = False
         try:
             conn = source.get()
-            state = _lock_and_read(conn, spec.schema, options)
+            state = _lock_and_read(conn, spec.schema, options, expect_history=spec.expect_history)
             outcome.reached = True
             lock = _HeldLock(spec.schema)
             try:

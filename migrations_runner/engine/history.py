@@ -169,13 +169,35 @@ def _add_row(state: SchemaState, version: str | None, kind: str, script: str, ch
         state.baseline = parsed if state.baseline is None else max(state.baseline, parsed)
 
 
-def try_lock_and_read(conn: psycopg.Connection, schema: str, lock_namespace: int) -> tuple[bool, SchemaState]:
+def try_lock_and_read(
+    conn: psycopg.Connection, schema: str, lock_namespace: int, *, expect_history: bool = True
+) -> tuple[bool, SchemaState]:
     """Try the schema's session advisory lock and read its history in one round trip (a pipeline): whether the
     lock was taken, and the state, read after the lock so nothing committed before it is missed.
 
     When the lock was not taken the state may be stale: the caller waits for the lock and reads again. On an
     error other than a missing history table the lock is released before the error propagates.
+
+    ``expect_history`` False (a schema the plan found without history): one statement tries the lock and asks
+    whether the history table exists, and the history is read only when it does, so a new schema costs no
+    failed statement (an error in the server's log for every new tenant).
     """
+    if not expect_history:
+        locked, exists, has_history = conn.execute(
+            "SELECT pg_try_advisory_lock(%s, hashtext(%s)), EXISTS (SELECT FROM pg_namespace WHERE nspname = %s), "
+            "to_regclass(%s) IS NOT NULL",
+            [lock_namespace, schema, schema, table_text(conn, schema)],
+        ).fetchone() or (False, False, False)
+        if not has_history:
+            return bool(locked), SchemaState(schema, exists=bool(exists), has_history=False)
+        if not locked:
+            return False, SchemaState(schema, exists=True, has_history=True)  # the caller waits and reads again
+        try:
+            return True, read_states(conn, [schema])[schema]
+        except BaseException:
+            if not conn.broken:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [lock_namespace, schema])
+            raise
     history_rows = rendered(
         conn,
         ("history-rows", schema),

@@ -66,6 +66,8 @@ def target_spec(run: TargetRun, execution: MigrationExecution) -> engine.TargetS
             environment=settings.ENVIRONMENT,
         ),
         label=f"{run.connection.name}/{run.schema_name}",
+        # The plan read no version there: most likely a new schema, without history (see TargetSpec).
+        expect_history=bool(run.from_version),
     )
 
 

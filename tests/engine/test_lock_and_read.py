@@ -185,6 +185,38 @@ def test_a_new_schema_is_created_in_the_round_trip_of_its_first_script(pg, tenan
     source.close()
 
 
+def test_a_schema_the_plan_found_without_history_is_read_without_a_failing_statement(pg, tenant_set):
+    """The lock and the check for the history table in one statement, then the creation with the script: two
+    round trips, and no read of a table that is not there (which the server would log as an error)."""
+    source, sent = counting_source(pg)
+    new = TargetSpec(**{**spec("tenant_f").__dict__, "expect_history": False})
+
+    outcome = apply_target(source, new, load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+
+    assert (outcome.status, outcome.to_version) == ("succeeded", "1")
+    texts = [text for text, _ in sent]
+    locked = next(i for i, text in enumerate(texts) if "pg_try_advisory_lock" in text)
+    assert "to_regclass" in texts[locked]
+    assert round_trips(sent[locked:]) == 2, texts
+    assert not any(text.startswith("SELECT version, type, script") for text in texts)
+    source.close()
+
+
+def test_a_wrong_guess_of_no_history_still_reads_it(pg, tenant_set):
+    source, sent = counting_source(pg)
+    assert apply_target(source, spec("tenant_g"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+    sent.clear()
+    guessed = TargetSpec(**{**spec("tenant_g").__dict__, "expect_history": False})
+
+    again = apply_target(source, guessed, load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+
+    assert (again.status, again.applied, again.to_version) == ("succeeded", [], "1")  # V1 is not applied twice
+    with pg.connect() as observer:
+        assert observer.execute("SELECT count(*) FROM tenant_g.infra_schema_history").fetchone()[0] == 1
+        assert advisory_locks(observer) == 0
+    source.close()
+
+
 def test_a_new_schema_that_cannot_be_created_fails_as_a_creation_not_as_its_first_script(pg, tenant_set):
     sent: list[tuple[str, bool]] = []
     database = psycopg.sql.Identifier(pg.dbname)

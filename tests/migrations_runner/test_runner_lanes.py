@@ -20,6 +20,7 @@ from django_q.models import OrmQ
 
 from health import probes
 from migrations_runner import selectors, services, tasks
+from migrations_runner.engine import history
 from migrations_runner.models import ExecutionStatus, MigrationExecution, Origin, TargetRun, TargetStatus
 from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
@@ -29,6 +30,7 @@ from migrations_runner.services.runner.apply import claimed_run_apply, lane_conn
 from migrations_runner.services.runner.claims import run_claim, run_record_and_claim
 from migrations_runner.services.runner.leases import Leases
 from migrations_runner.services.runner.reachability import servers_unreachable
+from migrations_runner.services.targets import target_spec
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -275,3 +277,23 @@ def test_a_set_changed_on_disk_mid_run_fails_the_targets_a_lane_claims_after_its
     first_failed = statuses.index(TargetStatus.FAILED)
     assert set(statuses[first_failed:]) == {TargetStatus.FAILED}  # one lane: in claim order, none after succeeds
     assert {r.error["kind"] for r in runs[first_failed:]} == {"set_changed"}
+
+
+def test_a_lane_reads_the_history_of_a_schema_the_plan_found_without_one_only_once_it_exists(
+    small_fleet, queue_here, monkeypatch
+):
+    guesses: dict[str, bool] = {}
+    real = history.try_lock_and_read
+
+    def noted(conn, schema, lock_namespace, *, expect_history=True):
+        guesses[schema] = expect_history
+        return real(conn, schema, lock_namespace, expect_history=expect_history)
+
+    monkeypatch.setattr(history, "try_lock_and_read", noted)
+    execution = submitted(batch_size=1)
+    runs = list(execution.targets.select_related("connection", "tenant"))
+    assert {run.from_version for run in runs} == {""}  # new tenants: the plan read no version
+    assert tasks.run_lane(str(execution.pk)) == "done after 3 target(s)"
+    assert guesses == {run.schema_name: False for run in runs}
+    runs[0].from_version = "1"  # a schema the plan found at a version: its history is read with the lock
+    assert target_spec(runs[0], execution).expect_history is True
