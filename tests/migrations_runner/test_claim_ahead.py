@@ -27,6 +27,7 @@ from migrations_runner.options import ExecutionOptions
 from migrations_runner.selection import TargetSelection
 from migrations_runner.services import fingerprints as fingerprint_services
 from migrations_runner.services import runner
+from migrations_runner.services.runner import ahead as ahead_module
 from migrations_runner.services.runner import lanes, runs_fail_lost
 from migrations_runner.services.runner.apply import claimed_run_apply
 from migrations_runner.services.runner.claims import (
@@ -62,7 +63,7 @@ def state(run: TargetRun) -> tuple[str, str, bool]:
 def applied_with_one_ahead(execution: MigrationExecution) -> tuple[TargetRun, TargetRun]:
     """A lane's first run, claimed and applied (not recorded), and the run it claimed ahead meanwhile."""
     first = run_claim(execution=execution, worker=ME)
-    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    (ahead,) = run_claim_ahead(execution=execution, worker=ME, current=first)
     claimed_run_apply(run=first, execution=execution)
     return first, ahead
 
@@ -70,7 +71,7 @@ def applied_with_one_ahead(execution: MigrationExecution) -> tuple[TargetRun, Ta
 def test_a_run_claimed_ahead_is_reserved_passed_by_and_started_with_the_last_outcome(small_fleet, queue_here):
     execution = submitted(batch_size=2)
     first = run_claim(execution=execution, worker=ME)
-    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    (ahead,) = run_claim_ahead(execution=execution, worker=ME, current=first)
     try:
         assert ahead is not None
         assert ahead.pk != first.pk
@@ -116,7 +117,7 @@ def test_a_run_claimed_ahead_of_a_run_recovered_meanwhile_does_not_start_and_is_
     assert run_record_and_start(run=first, start=ahead, execution=execution, worker=ME) is False
     assert state(first)[0] == TargetStatus.FAILED  # the recovery's record stands
     assert state(ahead) == (TargetStatus.PENDING, ME, False)  # not started: the caps never counted it
-    run_unclaim(run=ahead, worker=ME)
+    run_unclaim(runs=[ahead], worker=ME)
     assert state(ahead) == (TargetStatus.PENDING, "", False)
     claimed = run_claim(execution=execution, worker=ME)
     Leases.release(run_id=claimed.pk)
@@ -126,18 +127,47 @@ def test_a_run_claimed_ahead_of_a_run_recovered_meanwhile_does_not_start_and_is_
 def test_a_failure_that_halts_gives_back_the_run_claimed_ahead_to_be_skipped(small_fleet, queue_here):
     execution = submitted(batch_size=1, on_failure=OnFailure.HALT)
     first = run_claim(execution=execution, worker=ME)
-    ahead = run_claim_ahead(execution=execution, worker=ME, current=first)
+    (ahead,) = run_claim_ahead(execution=execution, worker=ME, current=first)
     first.status, first.error = TargetStatus.FAILED, {"kind": "sql", "message": "boom"}
-    assert run_record_and_claim(run=first, execution=execution, worker=ME, claim=True, release=ahead) is None
+    assert run_record_and_claim(run=first, execution=execution, worker=ME, claim=True, release=[ahead]) is None
     assert state(ahead) == (TargetStatus.SKIPPED, "", False)
     assert not execution.targets.filter(status__in=[TargetStatus.PENDING, TargetStatus.RUNNING]).exists()
+
+
+def test_a_failure_that_halts_gives_back_every_run_claimed_ahead(small_fleet, queue_here):
+    execution = submitted(batch_size=1, on_failure=OnFailure.HALT)
+    first = run_claim(execution=execution, worker=ME)
+    held = run_claim_ahead(execution=execution, worker=ME, current=first, count=5)
+    assert [run.pk for run in held] == sorted(run.pk for run in held)  # in the order the lane applies them
+    assert len(held) == 2  # the other two of us-east's three: as many as there are, up to the count
+    first.status, first.error = TargetStatus.FAILED, {"kind": "sql", "message": "boom"}
+    assert run_record_and_claim(run=first, execution=execution, worker=ME, claim=True, release=held) is None
+    assert [state(run) for run in held] == [(TargetStatus.SKIPPED, "", False)] * 2
+    assert not any(run.pk in Leases._held for run in held)
+
+
+def test_a_lane_leaving_gives_back_the_runs_it_still_holds_ahead(small_fleet, queue_here):
+    execution = submitted(batch_size=1)
+    first = run_claim(execution=execution, worker=ME)
+    control = ahead_module.LaneControl(execution=execution, worker=ME)
+    control.claim_ahead(current=first, seconds=0.001)  # quick enough to hold both others
+    second = control.take()
+    assert second is not None
+    assert state(second) == (TargetStatus.PENDING, ME, False)
+    control.close(failed=False)
+    third = execution.targets.exclude(pk__in=[first.pk, second.pk]).get()
+    assert state(third) == (TargetStatus.PENDING, "", False)  # given back: any lane may claim it
+    assert third.pk not in Leases._held
+    assert state(second) == (TargetStatus.PENDING, ME, False)  # taken: the lane's to start or give back
+    run_unclaim(runs=[second], worker=ME)
+    Leases.release(run_id=first.pk)
 
 
 def test_the_recovery_gives_back_the_runs_a_lost_worker_claimed_ahead(small_fleet, queue_here):
     queue_here.MIGRATION_LEASE_SECONDS = 1
     execution = submitted(batch_size=1)
     first = run_claim(execution=execution, worker="dead-host:7")
-    ahead = run_claim_ahead(execution=execution, worker="dead-host:7", current=first)
+    (ahead,) = run_claim_ahead(execution=execution, worker="dead-host:7", current=first)
     for run in (first, ahead):
         Leases.release(run_id=run.pk)  # the worker died: nothing renews the leases
     wait_until(lambda: runs_fail_lost() == 1, timeout=10, message="the lost run was not failed")
@@ -234,3 +264,39 @@ def test_a_lane_that_dies_recording_stops_renewing_the_run_it_claimed_ahead(smal
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
     assert (execution.targets_succeeded, execution.targets_failed) == (2, 1)
+
+
+def test_a_lane_with_very_quick_targets_claims_several_ahead_in_one_statement(small_fleet, queue_here, monkeypatch):
+    swaps = _lane_swaps(monkeypatch)
+    claims_ahead: list[tuple[int, list[int]]] = []
+    real = ahead_module.run_claim_ahead
+
+    def counted(*, execution, worker, current, count):
+        held = real(execution=execution, worker=worker, current=current, count=count)
+        claims_ahead.append((count, [run.pk for run in held]))
+        return held
+
+    monkeypatch.setattr(ahead_module, "run_claim_ahead", counted)
+    monkeypatch.setattr(ahead_module, "AHEAD_WINDOW_S", 3600)  # every target fits: as many as AHEAD_MAX
+    execution = services.execution_start(
+        selection=TargetSelection(scope="tenant"),
+        options=ExecutionOptions(batch_size=1),
+        actor="test",
+        origin=Origin.API,
+    )
+    OrmQ.objects.all().delete()
+    runs = execution.targets.count()
+    assert runs == 6
+    assert tasks.run_lane(str(execution.pk)) == f"done after {runs} target(s)"
+    execution.refresh_from_db()
+    assert (execution.status, execution.targets_succeeded) == (ExecutionStatus.COMPLETED, runs)
+    # The first claimed alone, the second with the first's outcome; then the four others in one claim ahead,
+    # started one after another in place of the run before; one more claim ahead found nothing left.
+    (count, held), *rest = claims_ahead
+    assert count == ahead_module.AHEAD_MAX
+    assert len(held) == runs - 2
+    assert swaps == held
+    assert rest == [(ahead_module.AHEAD_MAX, [])]
+    ordered = list(execution.targets.order_by("started_at"))
+    for before, after in itertools.pairwise(ordered):
+        assert after.started_at >= before.completed_at  # still one target at a time

@@ -125,9 +125,12 @@ CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
     # 4. Claimed ahead, then started in the place of the run recorded: both per-target statements are prepared
     # statements of this connection (planned once, not at every target), and do what they did unprepared.
     third.to_version = "1"
-    ahead = claims.run_claim_ahead(execution=execution, worker="me", current=third)
+    (ahead,) = claims.run_claim_ahead(execution=execution, worker="me", current=third)
     reserved = TargetRun.objects.filter(pk=ahead.pk).values_list("status", "worker").get()
     started = claims.run_record_and_start(run=third, start=ahead, execution=execution, worker="me")
+    several = claims.run_claim_ahead(execution=execution, worker="me", current=ahead, count=3)
+    reserved_several = sorted(TargetRun.objects.filter(worker="me", status="pending").values_list("pk", flat=True))
+    claims.run_unclaim(runs=several, worker="me")
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
@@ -137,8 +140,11 @@ CHILD = FLEET_CHILD_PREAMBLE + textwrap.dedent(
         "ahead": TargetRun.objects.filter(pk=ahead.pk).values_list("status", "worker").get(),
         "third": TargetRun.objects.get(pk=third.pk).status,
         "counted": counters(),
-        "claim_ahead": sum("heartbeat_at" in text and "LIMIT 1" in text for text in prepared),
+        "claim_ahead": sum("picked AS MATERIALIZED" in text for text in prepared),
         "record_and_start": sum("recorded AS" in text for text in prepared),
+        "several": [run.pk for run in several],
+        "reserved_several": reserved_several,
+        "given_back": TargetRun.objects.filter(worker="me", status="pending").count(),
     }
     print(json.dumps(out))
     """
@@ -237,6 +243,10 @@ def test_outcomes_and_claims_in_one_round_trip_keep_the_cap_the_counters_and_the
     assert prepared["third"] == "succeeded"
     assert prepared["counted"] == 2
     assert (prepared["claim_ahead"], prepared["record_and_start"]) == (1, 1)
+    # Several at once: exactly as many as asked (the candidates are picked once, whatever the plan), in order.
+    assert len(prepared["several"]) == 3
+    assert prepared["several"] == prepared["reserved_several"]
+    assert prepared["given_back"] == 0
 
 
 PLAN_CHILD = textwrap.dedent(

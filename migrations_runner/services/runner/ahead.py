@@ -5,19 +5,22 @@ fingerprints of the targets it finished (on connections of its own, in batches: 
 
 The claim (the statement that counts both caps under the claim lock) is the costly part of a lane's
 control-database work: a lane whose targets are quick (its last one took less than
-``MIGRATION_CLAIM_AHEAD_BELOW_S``) claims its next target ahead, beside the target work. A run claimed ahead is
+``MIGRATION_CLAIM_AHEAD_BELOW_S``) claims its next target ahead, beside the target work; several at once when
+they are quicker still (as many as its last target's time fits in ``AHEAD_WINDOW_S``, at most ``AHEAD_MAX``), so
+that other lanes never wait on more than that window of its work. A run claimed ahead is
 reserved, not started: it stays ``pending`` with the lane's ``worker`` and a lease, other lanes' claims pass it
 by, and it counts in no cap. It must be a run of the same execution on the same database server as the run at
 work: the lane starts it in place of that run, in the transaction that records that run's outcome, so neither
 cap's count changes. When the run is no longer the lane's by then (cancelled, skipped by a halt, or given back
 by the recovery after its lease ran out) nothing starts and the lane claims as usual. A run claimed ahead after
 an outcome that is not recorded at once (a failure, which may halt the execution; a target given back) is given
-back in the transaction that records that outcome.
+back in the transaction that records that outcome, with the other runs the lane still holds ahead.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
@@ -30,16 +33,20 @@ from migrations_runner.services.runner.leases import Leases
 
 logger = logging.getLogger(__name__)
 
+AHEAD_WINDOW_S = 0.05  # a lane holds ahead about this much of its execution's work (by its last target's time)
+AHEAD_MAX = 8
+
 
 class LaneControl:
-    """The threads that claim a lane's next run (one claim at a time) and record its fingerprints while the lane
+    """The threads that claim a lane's next runs (one claim at a time) and record its fingerprints while the lane
     applies its targets."""
 
     def __init__(self, *, execution: MigrationExecution, worker: str) -> None:
         self.execution = execution
         self.worker = worker
         self._pool: ThreadPoolExecutor | None = None
-        self._in_flight: Future[TargetRun | None] | None = None
+        self._in_flight: Future[list[TargetRun]] | None = None
+        self._held: deque[TargetRun] = deque()  # claimed ahead, in the order to apply them
         self._fingerprints: ThreadPoolExecutor | None = None
 
     def fingerprints_beside(self) -> ThreadPoolExecutor:
@@ -53,23 +60,37 @@ class LaneControl:
         """Whether a target that took ``seconds`` is quick enough for its lane to claim ahead."""
         return seconds < settings.MIGRATION_CLAIM_AHEAD_BELOW_S
 
-    def claim_ahead(self, *, current: TargetRun) -> None:
-        """Claim the run to apply after ``current`` while the lane applies it (unless a claim is in flight)."""
-        if self._in_flight is not None:
+    def claim_ahead(self, *, current: TargetRun, seconds: float) -> None:
+        """Claim the runs to apply after ``current`` while the lane applies it, as many as fit in ``AHEAD_WINDOW_S``
+        at ``seconds`` a target (at least one), unless the lane still holds some or a claim is in flight."""
+        if self._in_flight is not None or self._held:
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-control")
+        count = max(1, min(AHEAD_MAX, int(AHEAD_WINDOW_S / max(seconds, 1e-3))))
         self._in_flight = self._pool.submit(
-            run_claim_ahead, execution=self.execution, worker=self.worker, current=current
+            run_claim_ahead, execution=self.execution, worker=self.worker, current=current, count=count
         )
 
+    def _settle(self) -> None:
+        """Wait for the claim in flight and hold what it claimed; a claim that failed (the control database stayed
+        away) raises here."""
+        if self._in_flight is not None:
+            future, self._in_flight = self._in_flight, None
+            self._held.extend(future.result())
+
     def take(self) -> TargetRun | None:
-        """The run claimed ahead, once its claim is done (None when none was asked for or none could be claimed);
-        a claim that failed (the control database stayed away) raises here."""
-        if self._in_flight is None:
-            return None
-        future, self._in_flight = self._in_flight, None
-        return future.result()
+        """The next run claimed ahead, once its claim is done (None when none was asked for or none could be
+        claimed)."""
+        self._settle()
+        return self._held.popleft() if self._held else None
+
+    def drain(self) -> list[TargetRun]:
+        """The runs still held ahead, which the lane will not start: for it to give back (or, dying, to stop
+        renewing)."""
+        self._settle()
+        held, self._held = list(self._held), deque()
+        return held
 
     def close(self, *, failed: bool) -> None:
         """The lane leaves: wait for the claim in flight, give back what it claimed, let the fingerprint batches
@@ -89,16 +110,17 @@ class LaneControl:
             return
         try:
             try:
-                held = self.take()
+                held = self.drain()
             except Exception:
                 if not failed:
                     raise
                 logger.exception("a lane's claim ahead failed as the lane died")
-                held = None
-            if held is not None and failed:
-                Leases.release(run_id=held.pk)
-            elif held is not None:
-                self._pool.submit(run_unclaim, run=held, worker=self.worker).result()
+                held = list(self._held)
+            if failed:
+                for run in held:
+                    Leases.release(run_id=run.pk)
+            elif held:
+                self._pool.submit(run_unclaim, runs=held, worker=self.worker).result()
         finally:
             self._pool.submit(connections.close_all).result()
             self._pool.shutdown(wait=True)

@@ -128,11 +128,12 @@ def _claim_update(skipped: int, *, after_record: bool) -> str:
 
 
 def _claim_ahead_statement() -> str:
-    """The claim ahead's ``UPDATE ... RETURNING`` (parameters: ``_claim_ahead_params``): the next pending run of the
-    execution's current phase on the current run's server, reserved for the lane (its ``worker`` set, its lease
-    begun) and left pending. No cap is counted and no claim lock taken: a reserved run counts nowhere until its
-    lane starts it in place of the current run, a run of the same execution on the same server, in the
-    transaction that records that one (``_record_and_start``), so neither cap's count changes there."""
+    """The claim ahead's ``UPDATE ... RETURNING`` (parameters: ``_claim_ahead_params``): the next pending runs (as
+    many as asked) of the execution's current phase on the current run's server, reserved for the lane (their
+    ``worker`` set, their lease begun) and left pending. No cap is counted and no claim lock taken: a reserved run
+    counts nowhere until its lane starts it in place of the run at work, a run of the same execution on the same
+    server, in the transaction that records that one (``_record_and_start``), so neither cap's count changes
+    there."""
     statement = _statements.get("claim-ahead")
     if statement is None:
         runs, executions = _table(TargetRun), _table(MigrationExecution)
@@ -140,17 +141,20 @@ def _claim_ahead_statement() -> str:
         status, order, _ = _pending_match()
         connections_table, tenants_table = _table(DatabaseConnection), _table(Tenant)
         columns = ", ".join(control_db.ops.quote_name(f.column or f.name) for f in TargetRun._meta.concrete_fields)
+        # The candidates are picked once (a CTE kept apart): under ``id IN (...)`` PostgreSQL may run a LIMIT ...
+        # SKIP LOCKED subquery again for each row it compares, and reserve more runs than asked.
         statement = f"""
-            UPDATE {runs} SET worker = %s, heartbeat_at = %s
-            WHERE id = (
-                SELECT c.id FROM {runs} c
+            WITH picked AS MATERIALIZED (
+                SELECT c.id AS pick FROM {runs} c
                 WHERE c.execution_id = %s AND {status} AND c.worker = '' AND c.server = %s
                   AND c.phase = (
                       SELECT e.current_phase FROM {executions} e WHERE e.id = %s AND NOT e.cancel_requested
                   )
                   AND (c.retry_at IS NULL OR c.retry_at <= %s)
-                ORDER BY {order} LIMIT 1{lock}
-            ) AND worker = ''
+                ORDER BY {order} LIMIT %s{lock}
+            )
+            UPDATE {runs} SET worker = %s, heartbeat_at = %s
+            FROM picked WHERE {runs}.id = picked.pick AND {runs}.worker = ''
             RETURNING {columns},
                 (SELECT x.updated_at FROM {connections_table} x WHERE x.id = {runs}.connection_id),
                 (SELECT x.slug FROM {tenants_table} x WHERE x.id = {runs}.tenant_id)
@@ -159,30 +163,30 @@ def _claim_ahead_statement() -> str:
     return statement
 
 
-def _claim_ahead_params(execution: MigrationExecution, me: str, current: TargetRun) -> list[Any]:
+def _claim_ahead_params(execution: MigrationExecution, me: str, current: TargetRun, count: int) -> list[Any]:
     execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
     now = control_db.ops.adapt_datetimefield_value(timezone.now())
     pending = [TargetStatus.PENDING] * _pending_match()[2]
-    return [me, now, execution_key, *pending, current.server, execution_key, now]
+    return [execution_key, *pending, current.server, execution_key, now, count, me, now]
 
 
-def _claim_ahead(execution: MigrationExecution, me: str, current: TargetRun) -> TargetRun | None:
-    row = _hot_row(_claim_ahead_statement(), _claim_ahead_params(execution, me, current))
-    return None if row is None else _claimed_run(row)
+def _claim_ahead(execution: MigrationExecution, me: str, current: TargetRun, count: int) -> list[TargetRun]:
+    rows = _hot_rows(_claim_ahead_statement(), _claim_ahead_params(execution, me, current, count))
+    return sorted((_claimed_run(row) for row in rows), key=lambda run: run.pk)  # the order the lane applies them
 
 
 _PREPARE_ONLY_WHEN_ASKED = 2**31 - 1  # a threshold no statement reaches: only those sent with prepare=True are
 
 
-def _hot_row(statement: str, params: list[Any]) -> tuple | None:
-    """Run one of a lane's per-target statements (a single statement, its own transaction) and return its first
-    row. On PostgreSQL with ``MIGRATION_CONTROL_PREPARED`` it is a prepared statement of the lane's connection:
+def _hot_rows(statement: str, params: list[Any]) -> list[tuple]:
+    """Run one of a lane's per-target statements (a single statement, its own transaction) and return its rows.
+    On PostgreSQL with ``MIGRATION_CONTROL_PREPARED`` it is a prepared statement of the lane's connection:
     planned once, not at every target (planning them took about as long as running them). Django's own queries
     on that connection stay unprepared (its cursors bind on the client)."""
     if control_db.vendor != "postgresql" or not settings.MIGRATION_CONTROL_PREPARED:
         with control_db.cursor() as cursor:
             cursor.execute(statement, params)
-            return cursor.fetchone()
+            return cursor.fetchall()
     control_db.ensure_connection()
     with control_db.wrap_database_errors:
         raw = control_db.connection
@@ -190,7 +194,7 @@ def _hot_row(statement: str, params: list[Any]) -> tuple | None:
             raw.prepare_threshold = _PREPARE_ONLY_WHEN_ASKED
         with psycopg.Cursor(raw) as cursor:
             cursor.execute(statement, params, prepare=True)
-            return cursor.fetchone()
+            return cursor.fetchall()
 
 
 def _pending_match() -> tuple[str, str, int]:
@@ -456,7 +460,7 @@ def _record_and_start(run: TargetRun, start: TargetRun, execution: MigrationExec
     if control_db.vendor == "postgresql" and not control_db.in_atomic_block and control_db.get_autocommit():
         execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
         params = [*_outcome_params(run, me), *outcome_count_params(run), execution_key, *_start_params(start, me)]
-        recorded, started = _hot_row(_record_and_start_statement(run.status), params) or (0, 0)
+        ((recorded, started),) = _hot_rows(_record_and_start_statement(run.status), params)
     else:
         with transaction.atomic():
             recorded = _outcome_write(run, me)
@@ -469,10 +473,15 @@ def _record_and_start(run: TargetRun, start: TargetRun, execution: MigrationExec
     return bool(started)
 
 
-def _unclaim(run: TargetRun, me: str) -> None:
-    """Give back a run claimed ahead by ``me`` (still pending): any lane may claim it again."""
-    TargetRun.objects.filter(pk=run.pk, worker=me, status=TargetStatus.PENDING).update(worker="", heartbeat_at=None)
-    Leases.release(run_id=run.pk)
+def _unclaim(runs: list[TargetRun], me: str) -> None:
+    """Give back runs claimed ahead by ``me`` (those still pending): any lane may claim them again."""
+    if not runs:
+        return
+    TargetRun.objects.filter(pk__in=[run.pk for run in runs], worker=me, status=TargetStatus.PENDING).update(
+        worker="", heartbeat_at=None
+    )
+    for run in runs:
+        Leases.release(run_id=run.pk)
 
 
 def _rollback_left_open() -> None:
@@ -502,16 +511,15 @@ def _record_and_claim_now(
     claim: bool,
     give_back: str,
     retry_after_s: float,
-    release: TargetRun | None = None,
+    release: list[TargetRun] | None = None,
 ) -> TargetRun | None:
-    """Record ``run``'s outcome and claim the next run in one transaction; the claimed run. ``release``: a run the
-    lane claimed ahead, given back first (a failure recorded next may halt the execution and skip it)."""
+    """Record ``run``'s outcome and claim the next run in one transaction; the claimed run. ``release``: runs the
+    lane claimed ahead, given back first (a failure recorded next may halt the execution and skip them)."""
     skip = servers_to_skip() if claim else []
-    if release is None and _at_once(run, claim=claim, give_back=give_back):
+    if not release and _at_once(run, claim=claim, give_back=give_back):
         return _record_and_claim_at_once(run, execution, me, skip)
     with transaction.atomic():
-        if release is not None:
-            _unclaim(release, me)
+        _unclaim(release or [], me)
         count = _record(run, execution, me, give_back=give_back, retry_after_s=retry_after_s)
         claimed = _claim(execution, me, skip) if claim else None
         # The execution's row is written last, just before the commit: lanes recording at once wait on it for
@@ -534,10 +542,10 @@ def run_record_and_claim(
     claim: bool,
     give_back: str = "",
     retry_after_s: float = 0.0,
-    release: TargetRun | None = None,
+    release: list[TargetRun] | None = None,
 ) -> TargetRun | None:
     """Record ``run``'s outcome and claim the next run (one transaction, retried as a whole); returns the claimed
-    run, now under lease, or None when none was claimed (or ``claim`` is false). ``release``: a run the lane
+    run, now under lease, or None when none was claimed (or ``claim`` is false). ``release``: runs the lane
     claimed ahead and gives back in the same transaction."""
     claimed = _record_and_claim_now(
         run, execution, worker, claim=claim, give_back=give_back, retry_after_s=retry_after_s, release=release
@@ -546,15 +554,18 @@ def run_record_and_claim(
 
 
 @control_retry
-def _claim_ahead_now(execution: MigrationExecution, me: str, current: TargetRun) -> TargetRun | None:
-    return _claim_ahead(execution, me, current)  # one statement: its own transaction
+def _claim_ahead_now(execution: MigrationExecution, me: str, current: TargetRun, count: int) -> list[TargetRun]:
+    return _claim_ahead(execution, me, current, count)  # one statement: its own transaction
 
 
-def run_claim_ahead(*, execution: MigrationExecution, worker: str, current: TargetRun) -> TargetRun | None:
-    """Reserve for ``worker`` the run to apply after ``current`` (retried while the control database is
-    unreachable): the run, pending and under lease, or None when the phase has no other pending run on
-    ``current``'s server."""
-    return _claimed(_claim_ahead_now(execution, worker, current), execution)
+def run_claim_ahead(
+    *, execution: MigrationExecution, worker: str, current: TargetRun, count: int = 1
+) -> list[TargetRun]:
+    """Reserve for ``worker`` up to ``count`` runs to apply after ``current``, in the order to apply them (retried
+    while the control database is unreachable): pending and under lease; none when the phase has no other pending
+    run on ``current``'s server."""
+    claimed = (_claimed(run, execution) for run in _claim_ahead_now(execution, worker, current, count))
+    return [run for run in claimed if run is not None]
 
 
 @control_retry
@@ -565,6 +576,6 @@ def run_record_and_start(*, run: TargetRun, start: TargetRun, execution: Migrati
 
 
 @control_retry
-def run_unclaim(*, run: TargetRun, worker: str) -> None:
-    """Give back a run claimed ahead that its lane will not apply."""
-    _unclaim(run, worker)
+def run_unclaim(*, runs: list[TargetRun], worker: str) -> None:
+    """Give back runs claimed ahead that their lane will not apply."""
+    _unclaim(runs, worker)

@@ -90,7 +90,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
         lane_fingerprints_beside(control.fingerprints_beside())
     lane_seconds = host.lane_seconds
     deadline = time.monotonic() + lane_seconds if lane_seconds else None
-    done, handed_over, quick, failed = 0, False, False, False
+    done, handed_over, quick, failed, took = 0, False, False, False, 0.0
     run: TargetRun | None = None
     ahead: TargetRun | None = None  # the run claimed ahead of ``run``, until it starts or is given back
     try:
@@ -104,10 +104,11 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                     _successor_spawn(host, execution_id)
                     handed_over = True
                 if quick and not handed_over:
-                    control.claim_ahead(current=run)
+                    control.claim_ahead(current=run, seconds=took)
                 started = time.monotonic()
                 give_back, retry_after_s = claimed_run_apply(run=run, execution=execution)
-                quick = control.quick(time.monotonic() - started)
+                took = time.monotonic() - started
+                quick = control.quick(took)
                 if give_back == "unreachable":
                     server_mark_unreachable(run=run)
                 elif not give_back:
@@ -118,7 +119,8 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                     if run_record_and_start(run=run, start=ahead, execution=execution, worker=me):
                         run, ahead = ahead, None
                         continue
-                    run_unclaim(run=ahead, worker=me)  # when it is still pending (this run was recovered meanwhile)
+                    # Those still pending (this run was recovered meanwhile, or the execution is ending) go back.
+                    run_unclaim(runs=[ahead, *control.drain()], worker=me)
                     ahead = None
                     run = run_claim(execution=execution, worker=me) if not handed_over else None
                 else:
@@ -129,7 +131,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                         claim=not handed_over,
                         give_back=give_back,
                         retry_after_s=retry_after_s,
-                        release=ahead,
+                        release=[*([ahead] if ahead is not None else []), *control.drain()],
                     )
                     ahead = None
                 if run is not None:
