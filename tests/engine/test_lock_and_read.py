@@ -33,15 +33,17 @@ def round_trips(sent: list[tuple[str, bool]]) -> int:
     return trips
 
 
-def counting_source(pg) -> tuple[ConnectionSource, list[tuple[str, bool]]]:
+def counting_source(pg, *, as_role: tuple[str, str] | None = None) -> tuple[ConnectionSource, list[tuple[str, bool]]]:
+    """A connection source whose statements are noted (as ``as_role``, a user and password, when given)."""
     sent: list[tuple[str, bool]] = []
+    user, password = as_role or (pg.user, pg.password)
 
     def connect() -> psycopg.Connection:
         conn = psycopg.connect(
             host=pg.host,
             port=pg.port,
-            user=pg.user,
-            password=pg.password,
+            user=user,
+            password=password,
             dbname=pg.dbname,
             cursor_factory=CountingCursor,
         )
@@ -218,26 +220,13 @@ def test_a_wrong_guess_of_no_history_still_reads_it(pg, tenant_set):
 
 
 def test_a_new_schema_that_cannot_be_created_fails_as_a_creation_not_as_its_first_script(pg, tenant_set):
-    sent: list[tuple[str, bool]] = []
     database = psycopg.sql.Identifier(pg.dbname)
     with pg.connect() as admin:  # a role that may connect but not create schemas
         admin.execute("DROP ROLE IF EXISTS no_create")
         admin.execute("CREATE ROLE no_create LOGIN PASSWORD 'no-create-pw'")
         admin.execute(psycopg.sql.SQL("GRANT CONNECT ON DATABASE {} TO no_create").format(database))
 
-    def connect() -> psycopg.Connection:
-        conn = psycopg.connect(
-            host=pg.host,
-            port=pg.port,
-            user="no_create",
-            password="no-create-pw",
-            dbname=pg.dbname,
-            cursor_factory=CountingCursor,
-        )
-        conn.sent = sent
-        return conn
-
-    source = ConnectionSource(connect)
+    source, sent = counting_source(pg, as_role=("no_create", "no-create-pw"))
     try:
         outcome = apply_target(
             source, spec("tenant_no_create"), load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t")
