@@ -233,8 +233,7 @@ def _lock(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> None:
 
 
 def _unlock(conn: psycopg.Connection, schema: str) -> None:
-    if not conn.broken and not conn.closed:
-        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_NAMESPACE, schema])
+    history.unlock(conn, schema, LOCK_NAMESPACE)
 
 
 def _lock_and_read(

@@ -169,6 +169,13 @@ def _add_row(state: SchemaState, version: str | None, kind: str, script: str, ch
         state.baseline = parsed if state.baseline is None else max(state.baseline, parsed)
 
 
+def unlock(conn: psycopg.Connection, schema: str, lock_namespace: int) -> None:
+    """Release the schema's session advisory lock, when the connection can still say so (a broken or closed one
+    released it with its session)."""
+    if not conn.broken and not conn.closed:
+        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [lock_namespace, schema])
+
+
 def try_lock_and_read(
     conn: psycopg.Connection, schema: str, lock_namespace: int, *, expect_history: bool = True
 ) -> tuple[bool, SchemaState]:
@@ -195,8 +202,7 @@ def try_lock_and_read(
         try:
             return True, read_states(conn, [schema])[schema]
         except BaseException:
-            if not conn.broken:
-                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [lock_namespace, schema])
+            unlock(conn, schema, lock_namespace)
             raise
     history_rows = rendered(
         conn,
@@ -219,8 +225,8 @@ def try_lock_and_read(
         has_history = False  # the statements before the failed one have their results
     except psycopg.Error:
         answer = lock.fetchone() if lock.pgresult is not None else None
-        if answer and answer[0] and not conn.broken:
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [lock_namespace, schema])
+        if answer and answer[0]:
+            unlock(conn, schema, lock_namespace)
         raise
     locked, exists = lock.fetchone() or (False, False)
     state = SchemaState(schema, exists=bool(exists), has_history=has_history)
