@@ -4,6 +4,7 @@ import contextlib
 import os
 
 from django.apps import AppConfig
+from django.conf import settings
 from django.contrib.admin import apps as admin_apps
 from django.db.backends.signals import connection_created
 
@@ -38,6 +39,11 @@ class InfraSiteConfig(AppConfig):
         from infra_site.auth import basic_cache
 
         basic_cache.connect_signals()
+        if settings.TASK_CLUSTER_PROCESS:
+            # Derived once here, before django-q2 forks the workers, not once in every worker at its first lane.
+            from infra_site import crypto
+
+            crypto.derive_ciphers()
 
 
 class InfraAdminConfig(admin_apps.AdminConfig):

@@ -36,6 +36,14 @@ def cipher_for(secret: str) -> FernetBytes:
     return FernetBytes(key=material[:32], signer=FernetSigner(key=material[32:], algorithm="sha256"))
 
 
+def derive_ciphers() -> None:
+    """Derive the cipher of every configured key now. A process that forks workers calls it first, so that they
+    inherit the ciphers instead of each deriving its own (the PBKDF2 above: 50 to 150 ms of CPU a key and process,
+    paid by every worker at its first secret)."""
+    for key in decryption_keys():
+        cipher_for(key)
+
+
 def current_key() -> str:
     return settings.APP_ENCRYPTION_KEY
 

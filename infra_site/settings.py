@@ -353,9 +353,11 @@ if DB_POOL_MIN_SIZE < 0 or max(DB_POOL_MIN_SIZE, 1) > DB_POOL_MAX_SIZE:
         "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1 and at least DB_POOL_MIN_SIZE; got "
         f"{DB_POOL_MIN_SIZE} and {DB_POOL_MAX_SIZE}."
     )
+# This process is a task cluster (``manage.py qcluster``): django-q2 forks its workers from it.
+TASK_CLUSTER_PROCESS = sys.argv[1:2] == ["qcluster"]
 _control_db = env.db_url_config(ADMIN_DATABASE_URL or f"sqlite:///{VAR_DIR / 'control.sqlite3'}")
 if _control_db["ENGINE"] == "django.db.backends.postgresql":
-    if sys.argv[1:2] == ["qcluster"]:
+    if TASK_CLUSTER_PROCESS:
         # django-q2 forks its workers after the cluster has used the database: a pool created before
         # the fork would be shared by several processes. Workers keep one checked connection each.
         _control_db["CONN_MAX_AGE"] = 60
