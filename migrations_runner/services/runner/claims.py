@@ -341,14 +341,13 @@ def _at_once(run: TargetRun, *, claim: bool, give_back: str) -> bool:
     """Whether recording ``run``'s outcome and claiming the next run can go to the control database as one
     transaction in one round trip: on PostgreSQL, outside any caller's transaction, for an outcome that is
     recorded (not given back) and halts nothing (a failure may halt the execution before the next claim)."""
-    return (
-        claim
-        and not give_back
-        and run.status != TargetStatus.FAILED
-        and control_db.vendor == "postgresql"
-        and not control_db.in_atomic_block
-        and control_db.get_autocommit()
-    )
+    return claim and not give_back and run.status != TargetStatus.FAILED and _one_round_trip()
+
+
+def _one_round_trip() -> bool:
+    """Whether a lane's transaction may go to the control database as one round trip that is its own transaction:
+    on PostgreSQL, and outside any caller's transaction (which it would commit, or be rolled back with)."""
+    return control_db.vendor == "postgresql" and not control_db.in_atomic_block and control_db.get_autocommit()
 
 
 def _record_and_claim_statement(status: str, skipped: int) -> str:
@@ -457,7 +456,7 @@ def _start(run: TargetRun, me: str) -> bool:
 def _record_and_start(run: TargetRun, start: TargetRun, execution: MigrationExecution, me: str) -> bool:
     """Record ``run``'s outcome (one recorded at once: not failed, not given back) and start ``start`` in its
     place; whether ``start`` started (the outcome was written and ``start`` was still the lane's)."""
-    if control_db.vendor == "postgresql" and not control_db.in_atomic_block and control_db.get_autocommit():
+    if _one_round_trip():
         execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
         params = [*_outcome_params(run, me), *outcome_count_params(run), execution_key, *_start_params(start, me)]
         ((recorded, started),) = _hot_rows(_record_and_start_statement(run.status), params)
