@@ -12,7 +12,10 @@ each lane count L of ``--lanes``:
   applies (the schema, the engine's history table, the version in a transaction with its history row) and nothing
   else (``fleet_migrate.run_raw_pool``), before and after every queued run: each queued run (``--rounds`` of them,
   default 1) is compared with the mean of the two raw pool runs around it, and the median round counts, because
-  this machine's speed drifts by more than the difference measured;
+  this machine's speed drifts by more than the difference measured; beside it, the best queued run against the
+  best raw pool run, because this machine also switches between a fast and a slow state, the same work taking
+  about twice the kernel time (each run's kernel share of the machine's CPU is recorded), and a pair of runs on
+  either side of a switch measures the switch;
 - queued: a fresh PostgreSQL control database (migrated, the N tenants registered by ``fleet_migrate.py register``)
   and a real ``qcluster`` with L workers on its ORM broker, ``MIGRATION_MAX_PER_DATABASE`` = L; a child process
   (``fleet_migrate.py submit``, the benchmarks' one call of the service that queues an execution) submits the
@@ -51,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 # Configures Django for this process (a control database of its own, unused here: the children have theirs).
 from bench import fleet_migrate  # noqa: E402
-from bench.fleet_migrate import Work, cluster_cpu_s, run_raw_pool  # noqa: E402
+from bench.fleet_migrate import Work, cluster_cpu_s, machine_cpu_s, machine_system_s, run_raw_pool  # noqa: E402
 from bench.support import RESULTS_DIR, create_database, drop_database, workdir, write_results  # noqa: E402
 from infra_site.embedded_postgres import temporary_server  # noqa: E402
 from migrations_runner.engine.sets import load_set  # noqa: E402
@@ -191,10 +194,12 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
         cluster = Cluster(env, workers=lanes).start()
         cpu = cluster_cpu_s(cluster)
         sampler = LockSampler(server.conninfo(control), sample_s).start()
+        (busy, _), system = machine_cpu_s(), machine_system_s()
         try:
             submitted = fleet_child("submit", "--connection", name, "--batch-size", str(lanes), env=env)
         finally:
             samples = sampler.stop()
+        (busy_end, _), system_end = machine_cpu_s(), machine_system_s()
         cpu = cluster_cpu_s(cluster) - cpu
         load = os.getloadavg()[0]
     finally:
@@ -212,6 +217,7 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
     return {
         "seconds": (completed_at - started_at).total_seconds(),
         "cluster_cpu_s": cpu,
+        "system_share": (system_end - system) / (busy_end - busy) if busy_end > busy else 0.0,
         "lock_waits": lock_waits(samples, started_at, completed_at),
         "load": load,
     }
@@ -220,7 +226,10 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
 def measure(server, *, n: int, lanes: int, work: Work, sample_s: float, rounds: int) -> dict:
     """``rounds`` queued runs of ``lanes`` lanes, each between two runs of the raw pool of ``lanes`` connections (raw,
     queued, raw, queued, ..., raw) and compared with their mean: this machine's speed drifts by more than the
-    difference measured. The median round counts; its figures are the row's."""
+    difference measured. The median round counts; its figures are the row's. Beside it, the best queued run
+    against the best raw pool run: this machine also switches between a fast and a slow state (the same work
+    taking about twice the kernel time: each run's share of the machine's CPU spent in the kernel is recorded), and
+    a pair of runs on either side of a switch measures the switch."""
     raws = [run_raw_pool(server, n, work, threads=lanes)]
     runs = []
     for _ in range(rounds):
@@ -239,6 +248,13 @@ def measure(server, *, n: int, lanes: int, work: Work, sample_s: float, rounds: 
         "raw_pool_around_s": [round(raws[middle].seconds, 3), round(raws[middle + 1].seconds, 3)],
         "ratio_queued_vs_raw_pool": round(statistics.median(ratios), 3),
         "ratio_queued_vs_raw_pool_rounds": [round(ratio, 3) for ratio in ratios],
+        "queued_rounds_s": [round(run["seconds"], 3) for run in runs],
+        "raw_pool_runs_s": [round(raw.seconds, 3) for raw in raws],
+        "ratio_best_vs_best": round(min(run["seconds"] for run in runs) / min(raw.seconds for raw in raws), 3),
+        "system_share_queued_rounds": [round(run["system_share"], 3) for run in runs],
+        "system_share_raw_pool_runs": [
+            round(raw.machine_system_s / raw.machine_busy_s, 3) if raw.machine_busy_s else 0.0 for raw in raws
+        ],
         "queued_targets_per_s": round(n / queued_s, 1),
         "raw_pool_targets_per_s": round(n / raw_s, 1),
         "execution_row_lock_wait_share": waits["execution_row_share"],
@@ -251,7 +267,7 @@ def measure(server, *, n: int, lanes: int, work: Work, sample_s: float, rounds: 
 
 
 HEADER = (
-    f"{'lanes':>5} {'queued s':>9} {'raw s':>8} {'ratio':>6} {'queued/s':>9} {'raw/s':>8} "
+    f"{'lanes':>5} {'queued s':>9} {'raw s':>8} {'ratio':>6} {'best':>6} {'queued/s':>9} {'raw/s':>8} "
     f"{'row lock wait':>13} {'mean waiting':>12} {'any lock wait':>13} {'load':>5}"
 )
 
@@ -259,6 +275,7 @@ HEADER = (
 def table_row(row: dict) -> str:
     return (
         f"{row['lanes']:>5} {row['queued_s']:>9.2f} {row['raw_pool_s']:>8.2f} {row['ratio_queued_vs_raw_pool']:>6.2f} "
+        f"{row['ratio_best_vs_best']:>6.2f} "
         f"{row['queued_targets_per_s']:>9.1f} {row['raw_pool_targets_per_s']:>8.1f} "
         f"{row['execution_row_lock_wait_share']:>13.1%} {row['execution_row_mean_waiting']:>12.3f} "
         f"{row['lock_waits']['any_lock_share']:>13.1%} {row['load_average_1min_at_end']:>5.2f}"
@@ -317,7 +334,8 @@ def main() -> None:
     if four:
         print(
             f"4 lanes: queued {four['queued_s']:.2f} s against the raw pool of 4 {four['raw_pool_s']:.2f} s "
-            f"(x{four['ratio_queued_vs_raw_pool']}); the execution row's lock-wait share "
+            f"(x{four['ratio_queued_vs_raw_pool']}; best against best x{four['ratio_best_vs_best']}); the execution "
+            "row's lock-wait share "
             f"{four['execution_row_lock_wait_share']:.1%}, {four['execution_row_mean_waiting']} backends waiting "
             "on average",
             flush=True,

@@ -211,6 +211,7 @@ class RawPoolRun(NamedTuple):
     client_cpu_s: float  # this process's
     machine_busy_s: float  # the whole machine's, PostgreSQL's included
     steal_s: float  # taken by the machine's host
+    machine_system_s: float = 0.0  # of machine_busy_s, in the kernel
 
 
 def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> RawPoolRun:
@@ -230,13 +231,14 @@ def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> RawPoolRun:
                 for operation in raw_operations(schema, work.tenant_set):
                     conn.execute(operation)
 
-    (busy, steal), cpu, started = machine_cpu_s(), time.process_time(), time.perf_counter()
+    (busy, steal), system = machine_cpu_s(), machine_system_s()
+    cpu, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(apply, [schemas[i::threads] for i in range(threads)]))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    busy_end, steal_end = machine_cpu_s()
+    (busy_end, steal_end), system_end = machine_cpu_s(), machine_system_s()
     drop_database(server, database)
-    return RawPoolRun(elapsed, cpu, busy_end - busy, steal_end - steal)
+    return RawPoolRun(elapsed, cpu, busy_end - busy, steal_end - steal, system_end - system)
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -246,6 +248,13 @@ def machine_cpu_s() -> tuple[float, float]:
     times = psutil.cpu_times()
     busy = times.user + times.nice + times.system + times.irq + times.softirq
     return busy, times.steal
+
+
+def machine_system_s() -> float:
+    """CPU seconds the whole machine has spent so far in its kernel (part of ``machine_cpu_s``'s busy)."""
+    import psutil
+
+    return psutil.cpu_times().system
 
 
 # --- in-process lanes ---------------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def control_plane(data: dict) -> list[str]:
         "| Execution-row lock wait | Backends waiting (mean) |",
         "  |---|---|---|---|---|---|---|---|",
     ]
-    around = False
+    around = best = False
     for row in data["rows"]:
         ratio = times(row["ratio_queued_vs_raw_pool"])
         raw = f"{number(row['raw_pool_s'])} s"
@@ -204,6 +204,9 @@ def control_plane(data: dict) -> list[str]:
             around = True
             ratio = median_and_rounds(row["ratio_queued_vs_raw_pool"], row["ratio_queued_vs_raw_pool_rounds"])
             raw = f"{raw} around it"
+        if "ratio_best_vs_best" in row:  # the best queued run against the best raw pool run
+            best = True
+            ratio = f"{ratio}; best against best {times(row['ratio_best_vs_best'])}"
         lines.append(
             f"  | {row['lanes']} | {number(row['queued_s'])} s | {raw} "
             f"| {ratio} | {number(row['queued_targets_per_s'])} "
@@ -220,6 +223,13 @@ def control_plane(data: dict) -> list[str]:
             " Each queued run ran between two raw pool runs and is compared with their mean (the median round "
             "shown): this machine's speed drifts by more than the difference measured."
             if around
+            else ""
+        )
+        + (
+            " Best against best: the fastest queued run against the fastest raw pool run, because this machine "
+            "also switches between a fast and a slow state (the same work taking about twice the kernel time), "
+            "and a pair of runs on either side of a switch measures the switch."
+            if best
             else ""
         ),
     ]
