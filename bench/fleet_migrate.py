@@ -426,6 +426,9 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
         "ratio_lanes1_vs_psql_rounds": [round(ratio, 3) for ratio in ratios1],
         "psql_around_lanes1_s": [[round(before, 3), round(after, 3)] for before, after in around],
         "goal_lanes1_vs_psql": 1.15,
+        # The fastest 1-lane run against the fastest psql run around one: this machine also switches between a fast
+        # and a slow state, and a pair of runs on either side of a switch measures the switch.
+        "ratio_lanes1_best_vs_best": round(min(times["lanes1"]) / min(min(pair) for pair in around), 3),
         "ratio_lanes4_vs_psql": round(statistics.median(ratios4), 3),
         "ratio_lanes4_vs_psql_rounds": [round(ratio, 3) for ratio in ratios4],
         "psql_ms_per_target": round(psql * 1000 / n, 3),
@@ -640,8 +643,10 @@ def median_round(ratios: list[float]) -> int:
 
 def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict], psql: float) -> dict:
     """A variant's figures: those of its median round (by its ratio to the raw pool around it), with every
-    round's ratio and the raw pool runs around each."""
+    round's ratio and the raw pool runs around each; beside them, its fastest run against the fastest raw pool run
+    around one of its runs (this machine also switches between a fast and a slow state)."""
     raws = [sum(pool.seconds for pool in run["raw"]) / 2 for run in runs]
+    best, best_raw = min(run["seconds"] for run in runs), min(pool.seconds for run in runs for pool in run["raw"])
     ratios = [run["seconds"] / raw for run, raw in zip(runs, raws, strict=True)]
     middle = median_round(ratios)
     run, raw = runs[middle], raws[middle]
@@ -663,6 +668,10 @@ def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict],
         "ratio_vs_raw_pool4": round(statistics.median(ratios), 3),
         "ratio_vs_raw_pool4_rounds": [round(ratio, 3) for ratio in ratios],
         "overhead_ms_per_target": round((seconds - raw) * min(workers, 4) / n * 1000, 2),
+        "queued_rounds_s": [round(each["seconds"], 3) for each in runs],
+        "raw_pool4_around_rounds_s": [[round(pool.seconds, 3) for pool in each["raw"]] for each in runs],
+        "ratio_best_vs_best": round(best / best_raw, 3),
+        "overhead_best_vs_best_ms_per_target": round((best - best_raw) * min(workers, 4) / n * 1000, 2),
         "cluster_cpu_ms_per_target": round(run["cluster_cpu_s"] * 1000 / n, 2),
         "machine_cpu_ms_per_target": round(run["machine_busy_s"] * 1000 / n, 2),
         "raw_pool4_machine_cpu_ms_per_target": round(raw_busy * 1000 / n, 2),

@@ -40,7 +40,7 @@ def median_and_rounds(ratio: float, rounds: list[float]) -> str:
 
 def fleet_migrate(data: dict) -> list[str]:
     lines = ["", "  | N | Ours | Time | One `psql` | Raw pool of 4 |", "  |---|---|---|---|---|"]
-    paired = bracketed = around = False
+    paired = bracketed = around = best = False
     for row in data["in_process"]:
         around = around or "psql_around_lanes1_s" in row
         n = f"{number(row['tenants'])} ({row['work']})"
@@ -49,6 +49,9 @@ def fleet_migrate(data: dict) -> list[str]:
             paired = True
             one = median_and_rounds(row["ratio_lanes1_vs_psql"], row["ratio_lanes1_vs_psql_rounds"])
             four = median_and_rounds(row["ratio_lanes4_vs_psql"], row["ratio_lanes4_vs_psql_rounds"])
+        if "ratio_lanes1_best_vs_best" in row:
+            best = True
+            one = f"{one}; best against best {times(row['ratio_lanes1_best_vs_best'])}"
         lines.append(
             f"  | {n} | in-process, 1 lane | {number(row['lanes1_s'])} s | {number(row['psql_s'])} s ({one}) | |"
         )
@@ -60,6 +63,12 @@ def fleet_migrate(data: dict) -> list[str]:
         if "ratio_vs_raw_pool4_rounds" in row:  # each round between two raw pool runs: the median round's figures
             bracketed = True
             ratio = median_and_rounds(row["ratio_vs_raw_pool4"], row["ratio_vs_raw_pool4_rounds"])
+            if "ratio_best_vs_best" in row:
+                best = True
+                ratio = (
+                    f"{ratio}; best against best {times(row['ratio_best_vs_best'])}, "
+                    f"{number(row['overhead_best_vs_best_ms_per_target'])} ms/target"
+                )
             raw = f"{number(row['raw_pool4_s'])} s around it ({ratio})"
             cpu = (
                 f"; machine CPU {number(row['machine_cpu_ms_per_target'])} ms/target, raw pool "
@@ -87,6 +96,13 @@ def fleet_migrate(data: dict) -> list[str]:
             "so only runs a minute apart compare. The ratio is the median of the rounds (each round's is listed); "
             "the times and CPU figures are the median round's, the lower of the two middle ones for an even number "
             "of rounds (machine CPU: the whole machine's busy CPU time, PostgreSQL's included, per target).",
+        ]
+    if best:
+        lines += [
+            "",
+            "  Best against best: the fastest of a variant's runs against the fastest of the runs around them, "
+            "because this machine also switches between a fast and a slow state (the same work taking about twice "
+            "the kernel time), and a pair of runs on either side of a switch measures the switch.",
         ]
     noops = []
     for row in [*data.get("noop", []), *data["in_process"]]:

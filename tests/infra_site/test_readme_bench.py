@@ -103,6 +103,17 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     ) in text
     assert "psql run next to it" not in text
     in_process.pop("psql_around_lanes1_s")
+    # The fastest run against the fastest run around one, when the results have it.
+    assert "best against best" not in text
+    queued.update(ratio_best_vs_best=1.12, overhead_best_vs_best_ms_per_target=3.75)
+    in_process["ratio_lanes1_best_vs_best"] = 1.04
+    text = rendered(path, data)
+    assert "\N{MULTIPLICATION SIGN}1.21; best against best \N{MULTIPLICATION SIGN}1.12, 3.75 ms/target)" in text
+    assert "\N{MULTIPLICATION SIGN}1.07; best against best \N{MULTIPLICATION SIGN}1.04)" in text
+    assert "Best against best: the fastest of a variant's runs against the fastest of the runs around them" in text
+    for key in ("ratio_best_vs_best", "overhead_best_vs_best_ms_per_target"):
+        queued.pop(key)
+    in_process.pop("ratio_lanes1_best_vs_best")
 
     for key in ("ratio_vs_raw_pool4_rounds", "machine_cpu_ms_per_target"):
         queued.pop(key)
