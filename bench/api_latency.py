@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 from bench.support import (  # noqa: E402
     RESULTS_DIR,
     SETS_DIR,
+    bench_server,
     create_database,
     free_port,
     percentile,
@@ -512,11 +513,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn sync workers (WORKERS' default: 2).")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "api_latency.json")
     args = parser.parse_args()
-    from infra_site.embedded_postgres import temporary_server
     from tests.support.qcluster import Cluster
 
     cluster = gunicorn = None
-    with workdir("bench-api-") as scratch, temporary_server() as server:
+    with workdir("bench-api-") as scratch, bench_server() as server:
         try:
             create_database(server, "api_control")
             env = base_env(server.url("api_control"), slow_sets(scratch / "sets", args.background_sleep))

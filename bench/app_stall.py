@@ -72,10 +72,10 @@ from django.core.management import call_command  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from bench.support import RESULTS_DIR, create_database, drop_database, percentile, write_results  # noqa: E402
+from bench.support import RESULTS_DIR, bench_server, create_database, drop_database, percentile, write_results  # noqa: E402
 from connections import services as registry  # noqa: E402
 from connections.models import Tenant  # noqa: E402
-from infra_site.embedded_postgres import _bin_dir, temporary_server  # noqa: E402
+from infra_site.embedded_postgres import _bin_dir  # noqa: E402
 from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import history  # noqa: E402
 from migrations_runner.engine.sets import Script, load_set  # noqa: E402
@@ -116,7 +116,7 @@ def postgres() -> Iterator[tuple[Server, str]]:
         user = unquote(parsed.username or "postgres")
         yield Server(parsed.hostname or "127.0.0.1", parsed.port or 5432, user, unquote(parsed.password or "")), url
         return
-    with temporary_server() as embedded:
+    with bench_server() as embedded:
         yield Server(embedded.host, embedded.port, "postgres", embedded.password), "embedded PostgreSQL"
 
 

@@ -4,9 +4,9 @@ often a control-database backend waits on the execution row.
 Run: ``.venv/bin/python bench/control_plane.py`` (or ``make bench-control``; ``make bench`` includes it): 2,000
 tenants, 1, 2, 4 and 8 lanes. A quick check: ``.venv/bin/python bench/control_plane.py --tenants 200 --lanes 1,4``.
 
-On an embedded PostgreSQL 16, the work is one trivial version (``V1__t.sql``: ``CREATE TABLE t (id int);``) on each
-of N tenant schemas of one database, so that what is measured is the bookkeeping around it, not the scripts. For
-each lane count L of ``--lanes``:
+On an embedded PostgreSQL 16 (its files in memory when there is room: ``support.bench_server``), the work is one
+trivial version (``V1__t.sql``: ``CREATE TABLE t (id int);``) on each of N tenant schemas of one database, so that
+what is measured is the bookkeeping around it, not the scripts. For each lane count L of ``--lanes``:
 
 - raw pool: L threads of this process, each with one psycopg connection, applying to N new schemas what a run
   applies (the schema, the engine's history table, the version in a transaction with its history row) and nothing
@@ -55,8 +55,7 @@ sys.path.insert(0, str(ROOT))
 # Configures Django for this process (a control database of its own, unused here: the children have theirs).
 from bench import fleet_migrate  # noqa: E402
 from bench.fleet_migrate import Work, cluster_cpu_s, machine_cpu_s, machine_system_s, run_raw_pool  # noqa: E402
-from bench.support import RESULTS_DIR, create_database, drop_database, workdir, write_results  # noqa: E402
-from infra_site.embedded_postgres import temporary_server  # noqa: E402
+from bench.support import RESULTS_DIR, bench_server, create_database, drop_database, workdir, write_results  # noqa: E402
 from migrations_runner.engine.sets import load_set  # noqa: E402
 
 VERSION_FILE = "V1__t.sql"
@@ -302,7 +301,7 @@ def main() -> None:
     print(HEADER, flush=True)
     rows = []
     started = time.perf_counter()
-    with workdir("bench-control-") as scratch, temporary_server() as server:
+    with workdir("bench-control-") as scratch, bench_server() as server:
         work = trivial_work(scratch / "sets")
         for lanes in args.lanes:
             rows.append(

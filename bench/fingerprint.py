@@ -63,6 +63,7 @@ from psycopg import sql  # noqa: E402
 from bench.support import (  # noqa: E402
     RESULTS_DIR,
     SETS_DIR,
+    bench_server,
     create_database,
     drop_database,
     history_statements,
@@ -71,7 +72,6 @@ from bench.support import (  # noqa: E402
     write_results,
 )
 from connections.models import DatabaseConnection  # noqa: E402
-from infra_site.embedded_postgres import temporary_server  # noqa: E402
 from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import fingerprint  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "fingerprint.json")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
-    with temporary_server() as server:
+    with bench_server() as server:
         results = {
             "scan": scan_section(server, args.tenants, args.rounds),
             "recording": recording_section(server, args.run_tenants, args.run_rounds),

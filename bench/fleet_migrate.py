@@ -3,7 +3,8 @@
 Run: ``.venv/bin/python bench/fleet_migrate.py`` (or ``make bench``): N=1,000 and N=10,000, 40 to 50 minutes on 2 cores.
 A quick check: ``.venv/bin/python bench/fleet_migrate.py --sizes 200 --queued-sizes 200 --quick``.
 
-Starts an embedded PostgreSQL 16 and, for each N, measures in the same run:
+Starts an embedded PostgreSQL 16 (its files in memory when there is room: ``support.bench_server``) and, for
+each N, measures in the same run:
 
 - psql: one ``psql`` session running a file that applies the tenant set to every schema, each script in its own
   transaction with its history row (what a Flyway loop or a home-made script does at best);
@@ -98,6 +99,7 @@ from psycopg import sql  # noqa: E402
 from bench.support import (  # noqa: E402
     RESULTS_DIR,
     SETS_DIR,
+    bench_server,
     create_database,
     drop_database,
     history_statements,
@@ -106,7 +108,7 @@ from bench.support import (  # noqa: E402
     write_results,
 )
 from connections.models import DatabaseConnection  # noqa: E402
-from infra_site.embedded_postgres import _bin_dir, temporary_server  # noqa: E402
+from infra_site.embedded_postgres import _bin_dir  # noqa: E402
 from migrations_runner import services  # noqa: E402
 from migrations_runner.engine import history  # noqa: E402
 from migrations_runner.engine.sets import MigrationSet, load_set  # noqa: E402
@@ -776,7 +778,7 @@ def main() -> None:
         "noop": [],
     }
     started = time.perf_counter()
-    with temporary_server() as server:
+    with bench_server() as server:
         for n in args.noop_sizes:
             results["noop"].append(noop_section(server, n, work_for(n, args), rounds))
         for n in sorted(set(args.sizes) | set(args.queued_sizes)):

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from psycopg import sql  # noqa: E402
 
-from bench.support import RESULTS_DIR, create_database, history_statements, workdir, write_results  # noqa: E402
+from bench.support import RESULTS_DIR, bench_server, create_database, history_statements, workdir, write_results  # noqa: E402
 
 MODES = ("selector", "dry_run", "api")
 CONNECTION = "plan-fleet"
@@ -248,7 +248,6 @@ def main() -> None:
     parser.add_argument("--controls", nargs="+", choices=("sqlite", "postgresql"), default=["sqlite", "postgresql"])
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "plan.json")
     args = parser.parse_args()
-    from infra_site.embedded_postgres import temporary_server
 
     results = {
         "tenants": args.tenants,
@@ -259,7 +258,7 @@ def main() -> None:
         "goal": {"seconds": GOAL_S, "peak_mb": GOAL_MB},
         "controls": {},
     }
-    with workdir("bench-plan-") as scratch, temporary_server() as server:
+    with workdir("bench-plan-") as scratch, bench_server() as server:
         create_database(server, "plan_fleet")
         results["fixture_create_s"] = round(create_schemas(server, "plan_fleet", args.tenants), 1)
         print(f"fixture: {args.tenants} schemas one version behind in {results['fixture_create_s']}s", flush=True)

@@ -23,8 +23,10 @@ END = "<!-- bench-table:end -->"
 
 # Why the best runs are compared too, after what "best against best" compares in each benchmark.
 SWITCHES = (
-    "because this machine also switches between a fast and a slow state (the same work taking about twice the kernel "
-    "time), and a pair of runs on either side of a switch measures the switch."
+    "because with the server's files on a disk file system this machine switched between a fast and a slow state "
+    "(the same work taking about twice the kernel time, ext4 looking through the inodes a dropped database had just "
+    "freed), and a pair of runs on either side of a switch measures the switch. The run line says where the server's "
+    "files were."
 )
 
 BROKERS = {"orm-postgresql": "ORM broker on PostgreSQL", "orm-sqlite": "ORM broker on SQLite", "redis": "Redis"}
@@ -303,7 +305,9 @@ def provenance(name: str, data: dict) -> str:
     dirty = f" with {changed} changed file{'s' if changed != 1 else ''}" if changed else ""
     when = data.get("measured_at") or data.get("date")
     measured = f"measured {when}" if when else "measurement date not recorded"
-    return f"  Run: `bench/results/{name}.json`, {measured}, commit {commit}{dirty}."
+    files = data.get("server_files")
+    where = f"; PostgreSQL's files on {files['filesystem']} (`{files['parent']}`)" if files else ""
+    return f"  Run: `bench/results/{name}.json`, {measured}, commit {commit}{dirty}{where}."
 
 
 def render(results_dir: Path = RESULTS_DIR) -> str:

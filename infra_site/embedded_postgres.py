@@ -189,9 +189,10 @@ class EmbeddedPostgres:
 
 
 @contextlib.contextmanager
-def temporary_server(**settings: str):
-    """Yield a running throw-away server whose files are removed afterwards."""
-    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="infra-pg-")), settings=settings)
+def temporary_server(*, parent: Path | None = None, **settings: str):
+    """Yield a running throw-away server whose files (in a new directory under ``parent``, by default the
+    system's temporary directory) are removed afterwards."""
+    server = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="infra-pg-", dir=parent)), settings=settings)
     try:
         yield server.start()
     finally:

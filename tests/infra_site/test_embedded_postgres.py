@@ -65,3 +65,15 @@ def test_wait_for_port_returns_once_listening_and_times_out_otherwise(closed_por
         wait_for_port("127.0.0.1", listener.getsockname()[1], timeout=2)
     with pytest.raises(TimeoutError, match=f"127.0.0.1:{closed_port} did not accept connections within 0.3s"):
         wait_for_port("127.0.0.1", closed_port, timeout=0.3)
+
+
+def test_a_temporary_server_keeps_its_files_under_the_parent_it_is_given():
+    parent = Path(tempfile.mkdtemp(prefix="p-"))  # short: the server's socket path must fit in 107 bytes
+    try:
+        with temporary_server(parent=parent) as server:
+            assert server.data_dir.parent == parent
+            with psycopg.connect(**server.conninfo()) as conn:
+                assert conn.execute("SELECT 1").fetchone()[0] == 1
+        assert list(parent.iterdir()) == []
+    finally:
+        parent.rmdir()

@@ -161,3 +161,13 @@ def test_control_plane_runs_between_raw_pool_runs_show_their_median_and_each_rou
     assert "around it" not in text
     assert "Each queued run ran between" not in text
     assert "best against best" not in text.lower()
+
+
+def test_the_run_line_says_where_the_servers_files_were_when_the_results_say_it(results):
+    path = results / "control_plane.json"
+    data = json.loads(path.read_text())
+    data.pop("server_files", None)
+    assert "PostgreSQL's files on" not in readme_table.provenance("control_plane", data)
+    data["server_files"] = {"parent": "/dev/shm", "filesystem": "tmpfs"}
+    text = rendered(path, data)
+    assert f"commit {data['code']['commit'][:10]}; PostgreSQL's files on tmpfs (`/dev/shm`)." in text
