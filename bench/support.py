@@ -33,39 +33,28 @@ def workdir(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# Where the embedded server's files go when there is room: a file system in memory.
-MEMORY_FILES = Path("/dev/shm")
-MEMORY_FILES_MIN_FREE = 8 * 2**30  # bytes free it needs (10,000 tenants of the shipped set take about 7 GB)
+# Bytes free a file system in memory needs to hold the benchmarks' server (10,000 tenants of the shipped set take
+# about 7 GB).
+MEMORY_FILES_MIN_FREE = 8 * 2**30
 server_files: dict[str, str] = {}  # where the files of this process's server went (``bench_server``)
-
-
-def _filesystem(path: Path) -> str:
-    """The type of the file system holding ``path`` (its longest mount point in ``/proc/mounts``), or ``""``."""
-    mounts = []
-    with contextlib.suppress(OSError):
-        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
-    held = [(len(point), kind) for point, kind in mounts if path.is_relative_to(point)]
-    return max(held)[1] if held else ""
 
 
 @contextlib.contextmanager
 def bench_server(**settings: str) -> Iterator:
-    """The benchmarks' embedded server (``temporary_server``), its files on a file system in memory when there is
-    one with room (``MEMORY_FILES``); recorded in ``server_files`` for the results.
+    """The benchmarks' embedded server (``temporary_server``), its files in memory when there is room
+    (``embedded_postgres.memory_parent``); recorded in ``server_files`` for the results.
 
-    On a disk file system the same work took two very different times: the benchmarks drop each variant's
-    database (tens of thousands of files), and the runs that follow create theirs among the inodes just freed,
-    each of which ext4 checks as "recently deleted" before handing one out. Measured here, six raw pool runs of
-    1,000 tenants in a row on ext4: 10.1-10.7 s or 16.2-18.0 s, kernel time 4.8 s against 11-13 s, the difference in
+    On ext4 the same work took two very different times: the benchmarks drop each variant's database (tens of
+    thousands of files), and the runs that follow create theirs among the inodes just freed, each of which ext4
+    checks as "recently deleted" before handing one out. Measured here, six raw pool runs of 1,000 tenants in a row
+    on ext4: 10.1-10.7 s or 16.2-18.0 s, kernel time 4.8 s against 11-13 s, the difference in
     ``find_get_block_common`` and ``recently_deleted`` (per ``perf``); on tmpfs, 8.3-8.7 s each time, kernel time
     2.8-3.0 s. The server is already set to measure the work and not the disk (``fsync`` off)."""
-    from infra_site.embedded_postgres import temporary_server
+    from infra_site.embedded_postgres import filesystem_of, memory_parent, temporary_server
 
-    memory = MEMORY_FILES.is_dir() and _filesystem(MEMORY_FILES) == "tmpfs"
-    parent = MEMORY_FILES if memory and shutil.disk_usage(MEMORY_FILES).free >= MEMORY_FILES_MIN_FREE else None
-    with temporary_server(parent=parent, **settings) as server:
+    with temporary_server(parent=memory_parent(MEMORY_FILES_MIN_FREE), **settings) as server:
         server_files.clear()
-        server_files.update(parent=str(server.data_dir.parent), filesystem=_filesystem(server.data_dir) or "unknown")
+        server_files.update(parent=str(server.data_dir.parent), filesystem=filesystem_of(server.data_dir) or "unknown")
         yield server
 
 

@@ -188,6 +188,30 @@ class EmbeddedPostgres:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+MEMORY_DIR = Path("/dev/shm")  # noqa: S108 (only a parent: each server makes its own directory with mkdtemp)
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the file system holding ``path`` (its longest mount point in ``/proc/mounts``), or ``""``."""
+    mounts = []
+    with contextlib.suppress(OSError):
+        mounts = [line.split()[1:3] for line in Path("/proc/mounts").read_text().splitlines()]
+    held = [(len(point), kind) for point, kind in mounts if path.is_relative_to(point)]
+    return max(held)[1] if held else ""
+
+
+def memory_parent(min_free: int) -> Path | None:
+    """A directory in memory for a throw-away server's files: ``MEMORY_DIR`` when it is a tmpfs with ``min_free``
+    bytes free, else None (the system's temporary directory).
+
+    A server that creates and drops many databases (tests, benchmarks) runs steadier there: on a disk file system
+    the files it creates after a drop go among the inodes just freed, each of which ext4 checks as "recently
+    deleted" before handing one out; measured here, the same work then took up to twice the kernel time."""
+    if MEMORY_DIR.is_dir() and filesystem_of(MEMORY_DIR) == "tmpfs" and shutil.disk_usage(MEMORY_DIR).free >= min_free:
+        return MEMORY_DIR
+    return None
+
+
 @contextlib.contextmanager
 def temporary_server(*, parent: Path | None = None, **settings: str):
     """Yield a running throw-away server whose files (in a new directory under ``parent``, by default the

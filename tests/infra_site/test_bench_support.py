@@ -12,13 +12,14 @@ import psycopg
 import pytest
 
 from bench import support
+from infra_site.embedded_postgres import filesystem_of
 
 pytestmark = pytest.mark.postgres
 
 SHM = Path("/dev/shm")
 
 
-@pytest.mark.skipif(not SHM.is_dir() or support._filesystem(SHM) != "tmpfs", reason="no tmpfs at /dev/shm here")
+@pytest.mark.skipif(not SHM.is_dir() or filesystem_of(SHM) != "tmpfs", reason="no tmpfs at /dev/shm here")
 def test_the_server_files_go_to_memory_when_there_is_room_and_the_results_say_so(tmp_path, monkeypatch):
     monkeypatch.setattr(support, "server_files", {})
     monkeypatch.setattr(support, "MEMORY_FILES_MIN_FREE", 1)
@@ -40,14 +41,8 @@ def test_without_room_in_memory_the_server_files_go_to_the_temporary_directory(t
     try:
         with support.bench_server() as server:
             assert server.data_dir.parent == temporary
-            assert support.server_files == {"parent": str(temporary), "filesystem": support._filesystem(temporary)}
+            assert support.server_files == {"parent": str(temporary), "filesystem": filesystem_of(temporary)}
         support.write_results(tmp_path / "r.json", {"rows": []})
     finally:
         temporary.rmdir()
     assert json.loads((tmp_path / "r.json").read_text())["server_files"]["parent"] == str(temporary)
-
-
-def test_the_file_system_of_a_path_is_that_of_its_longest_mount_point():
-    assert support._filesystem(Path("/")) != ""
-    assert support._filesystem(Path("/proc/self")) == "proc"
-    assert support._filesystem(Path("/proc/self/status")) == "proc"

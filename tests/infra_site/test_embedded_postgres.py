@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from infra_site.embedded_postgres import EmbeddedPostgres, temporary_server, wait_for_port
+from infra_site import embedded_postgres
+from infra_site.embedded_postgres import EmbeddedPostgres, filesystem_of, memory_parent, temporary_server, wait_for_port
 
 pytestmark = pytest.mark.postgres
 
@@ -77,3 +79,21 @@ def test_a_temporary_server_keeps_its_files_under_the_parent_it_is_given():
         assert list(parent.iterdir()) == []
     finally:
         parent.rmdir()
+
+
+def test_the_file_system_of_a_path_is_that_of_its_longest_mount_point():
+    assert filesystem_of(Path("/")) != ""
+    assert filesystem_of(Path("/proc/self")) == "proc"
+    assert filesystem_of(Path("/proc/self/status")) == "proc"
+
+
+def test_a_directory_in_memory_only_when_it_is_a_tmpfs_with_room(monkeypatch, tmp_path):
+    monkeypatch.setattr(embedded_postgres, "MEMORY_DIR", Path("/proc"))  # not a tmpfs
+    assert memory_parent(0) is None
+    monkeypatch.setattr(embedded_postgres, "MEMORY_DIR", tmp_path / "missing")
+    assert memory_parent(0) is None
+    shm = Path("/dev/shm")
+    if shm.is_dir() and filesystem_of(shm) == "tmpfs":
+        monkeypatch.setattr(embedded_postgres, "MEMORY_DIR", shm)
+        assert memory_parent(1) == shm
+        assert memory_parent(shutil.disk_usage(shm).total + 1) is None  # more than it can ever have free

@@ -8,43 +8,12 @@ import uuid
 import pytest
 from django.db import transaction
 from django.db.models.signals import post_init
-from django.forms.models import model_to_dict
 
 from infra_site.bulk import bulk_insert, maker
 from migrations_runner.models import MigrationExecution, TargetRun
+from tests.support.bulk import JSON_VALUES, bulk_runs, stored_fields
 
 pytestmark = pytest.mark.django_db
-
-# JSON values that compare equal but encode differently (and one repeated).
-JSON_VALUES = [[1], [True], [1.0], ["1"], [], {"n": 1}, {"n": True}, {"n": None}, {"n": 1}, [[1]], [[True]]]
-
-
-def _runs(execution: MigrationExecution, connection) -> list[TargetRun]:
-    at = dt.datetime(2026, 12, 3, 6, 0, 1, 123000, tzinfo=dt.UTC)
-    shared_pending = ["1", "2", "R__views.sql"]  # one list in several rows, as plans share them
-    return [
-        TargetRun(
-            execution=execution,
-            connection=connection,
-            schema_name=f"tenant_{n}",
-            database_type="tenant",
-            region="eu-west",
-            phase=n % 3,
-            wave=None if n % 2 else n,
-            status="succeeded" if n % 2 else "pending",
-            from_version="1" if n else "",
-            pending_versions=shared_pending if n % 2 == 0 else [],
-            error={"kind": "sql", "message": f"é {n}", "sqlstate": "42P01"} if n == 3 else None,
-            completed_at=at if n % 2 else None,
-            duration_ms=n * 7 or None,
-            server="127.0.0.1:5432",
-        )
-        for n in range(6)
-    ]
-
-
-def _stored(rows) -> list[dict]:
-    return [model_to_dict(row, exclude=["id", "execution"]) for row in rows]
 
 
 def test_target_runs_are_stored_as_bulk_create_stores_them(registered):
@@ -52,12 +21,12 @@ def test_target_runs_are_stored_as_bulk_create_stores_them(registered):
     ours = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     theirs = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     with transaction.atomic():
-        bulk_insert(_runs(ours, connection), batch_size=4)  # two batches
-    TargetRun.objects.bulk_create(_runs(theirs, connection))
+        bulk_insert(bulk_runs(ours, connection), batch_size=4)  # two batches
+    TargetRun.objects.bulk_create(bulk_runs(theirs, connection))
 
     mine = list(ours.targets.order_by("id"))
     assert [r.schema_name for r in mine] == [f"tenant_{n}" for n in range(6)]  # in insertion order
-    assert _stored(mine) == _stored(theirs.targets.order_by("id"))
+    assert stored_fields(mine) == stored_fields(theirs.targets.order_by("id"))
     assert mine[3].error == {"kind": "sql", "message": "é 3", "sqlstate": "42P01"}
     assert mine[0].pending_versions == ["1", "2", "R__views.sql"]
     assert mine[1].completed_at == dt.datetime(2026, 12, 3, 6, 0, 1, 123000, tzinfo=dt.UTC)

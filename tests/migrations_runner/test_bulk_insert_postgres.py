@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from tests.migrations_runner.test_bulk_insert import JSON_VALUES
+from tests.support.bulk import JSON_VALUES
 from tests.support.qcluster import ROOT, control_env
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
     from connections import services as registry
     from infra_site.bulk import bulk_insert
     from migrations_runner.models import MigrationExecution, TargetRun
-    from tests.migrations_runner.test_bulk_insert import JSON_VALUES, _runs, _stored
+    from tests.support.bulk import JSON_VALUES, bulk_runs, stored_fields
 
     statements = []
 
@@ -48,8 +48,8 @@ CHILD = textwrap.dedent(
     ours = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     theirs = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     with transaction.atomic(), connection.execute_wrapper(seen):
-        bulk_insert(_runs(ours, listed), batch_size=4)  # rows prepared in two batches, one COPY
-    TargetRun.objects.bulk_create(_runs(theirs, listed))
+        bulk_insert(bulk_runs(ours, listed), batch_size=4)  # rows prepared in two batches, one COPY
+    TargetRun.objects.bulk_create(bulk_runs(theirs, listed))
 
     odd = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     with transaction.atomic(), connection.execute_wrapper(seen):
@@ -69,7 +69,7 @@ CHILD = textwrap.dedent(
 
     # A value the table refuses: Django's error, and nothing of the rows before it stays.
     refused = MigrationExecution.objects.create(scope="tenant", executed_by="t")
-    runs = _runs(refused, listed)
+    runs = bulk_runs(refused, listed)
     runs[4].schema_name = "x" * 64  # one over the column's 63
     try:
         with transaction.atomic():
@@ -79,8 +79,8 @@ CHILD = textwrap.dedent(
         raised = type(exc).__module__ + "." + type(exc).__name__
 
     print(json.dumps({
-        "ours": _stored(ours.targets.order_by("id")),
-        "theirs": _stored(theirs.targets.order_by("id")),
+        "ours": stored_fields(ours.targets.order_by("id")),
+        "theirs": stored_fields(theirs.targets.order_by("id")),
         "order": list(ours.targets.order_by("id").values_list("schema_name", flat=True)),
         "json": [repr(r.error) for r in odd.targets.order_by("id")],
         "executions": [
