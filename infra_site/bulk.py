@@ -76,8 +76,8 @@ def bulk_insert(objs: Sequence[Model], *, batch_size: int = BATCH) -> None:
 
     Keys the database assigns (auto fields) are not set on the instances: a caller reads them back ordered by
     key (a sequence or rowid hands one session increasing values). Callers insert inside a transaction, so
-    that a failure leaves nothing behind. Values are prepared ``batch_size`` rows at a time (and, but on
-    PostgreSQL, sent as one ``executemany`` each).
+    that a failure leaves nothing behind. Values are prepared ``batch_size`` rows at a time; on a database other
+    than PostgreSQL each batch is one ``executemany``.
     """
     if not objs:
         return
