@@ -24,9 +24,9 @@ END = "<!-- bench-table:end -->"
 # Why the best runs are compared too, after what "best against best" compares in each benchmark.
 SWITCHES = (
     "because with the server's files on a disk file system this machine switched between a fast and a slow state "
-    "(the same work taking about twice the kernel time, ext4 looking through the inodes a dropped database had just "
-    "freed), and a pair of runs on either side of a switch measures the switch. The run line says where the server's "
-    "files were."
+    "(the same work taking more than twice the kernel time, ext4 looking through the inodes a dropped database had "
+    "just freed), and a pair of runs on either side of a switch measures the switch. The run line says where the "
+    "server's files were."
 )
 
 BROKERS = {"orm-postgresql": "ORM broker on PostgreSQL", "orm-sqlite": "ORM broker on SQLite", "redis": "Redis"}

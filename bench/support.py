@@ -42,14 +42,12 @@ server_files: dict[str, str] = {}  # where the files of this process's server we
 @contextlib.contextmanager
 def bench_server(**settings: str) -> Iterator:
     """The benchmarks' embedded server (``temporary_server``), its files in memory when there is room
-    (``embedded_postgres.memory_parent``); recorded in ``server_files`` for the results.
+    (``embedded_postgres.memory_parent`` says why); recorded in ``server_files`` for the results.
 
-    On ext4 the same work took two very different times: the benchmarks drop each variant's database (tens of
-    thousands of files), and the runs that follow create theirs among the inodes just freed, each of which ext4
-    checks as "recently deleted" before handing one out. Measured here, six raw pool runs of 1,000 tenants in a row
-    on ext4: 10.1-10.7 s or 16.2-18.0 s, kernel time 4.8 s against 11-13 s, the difference in
-    ``find_get_block_common`` and ``recently_deleted`` (per ``perf``); on tmpfs, 8.3-8.7 s each time, kernel time
-    2.8-3.0 s. The server is already set to measure the work and not the disk (``fsync`` off)."""
+    The benchmarks drop each variant's database before the next one creates its own. Measured here, six raw pool
+    runs of 1,000 tenants in a row on ext4: 10.1-10.7 s or 16.2-18.0 s, kernel time 4.8 s against 12-13 s, the
+    difference in ``find_get_block_common`` and ``recently_deleted`` (per ``perf``); on tmpfs, 8.3-8.7 s each time,
+    kernel time 2.8-3.0 s. The server is already set to measure the work and not the disk (``fsync`` off)."""
     from infra_site.embedded_postgres import filesystem_of, memory_parent, temporary_server
 
     with temporary_server(parent=memory_parent(MEMORY_FILES_MIN_FREE), **settings) as server:

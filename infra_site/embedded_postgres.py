@@ -206,7 +206,8 @@ def memory_parent(min_free: int) -> Path | None:
 
     A server that creates and drops many databases (tests, benchmarks) runs steadier there: on a disk file system
     the files it creates after a drop go among the inodes just freed, each of which ext4 checks as "recently
-    deleted" before handing one out; measured here, the same work then took up to twice the kernel time."""
+    deleted" before handing one out; measured here, the same work then took up to 1.8 times as long (2.7 times the
+    kernel time)."""
     if MEMORY_DIR.is_dir() and filesystem_of(MEMORY_DIR) == "tmpfs" and shutil.disk_usage(MEMORY_DIR).free >= min_free:
         return MEMORY_DIR
     return None
