@@ -47,7 +47,10 @@ IGNORED_TABLES = (history.TABLE, "flyway_schema_history")
 # its keys in order, so schemas holding the same objects get the same text but for their names; as text, decoded
 # by ``fingerprint_of_text`` only when needed.
 # Relations, functions and types are found through their dependency on the schema (pg_depend's index), indexes,
-# constraints and triggers through their table.
+# constraints and triggers through their table. A sequence's owning column is read by its key in scalar subqueries,
+# not joined: joined, a generic plan made while the catalogs' statistics lag behind the fleet's new schemas (lanes
+# prepare this query) could merge-join all of pg_attribute for each sequence, measured at 10,000 tenants as 10-14 s
+# a batch instead of 20 ms, in every lane at once after an autovacuum analyzed pg_class.
 CATALOG_QUERY = """
 WITH ns AS (
     SELECT oid, nspname FROM pg_namespace WHERE nspname = ANY(%(schemas)s::text[])
@@ -132,18 +135,21 @@ WITH ns AS (
     SELECT s.nsp, 'sequence:' || s.relname, json_build_object(
         'type', format_type(q.seqtypid, NULL), 'start', q.seqstart, 'increment', q.seqincrement,
         'min', q.seqmin, 'max', q.seqmax, 'cache', q.seqcache, 'cycle', q.seqcycle,
-        'owned_by', o.owner
+        'owned_by', o.owner_table || '.' || o.owner_column
     )
     FROM rels s
     JOIN pg_sequence q ON q.seqrelid = s.oid
     LEFT JOIN LATERAL (
-        SELECT oc.relname AS owner_table, oc.relname || '.' || oa.attname AS owner
+        SELECT od.refobjid AS rel, od.refobjsubid AS attnum
         FROM pg_depend od
-        JOIN pg_class oc ON oc.oid = od.refobjid
-        JOIN pg_attribute oa ON oa.attrelid = od.refobjid AND oa.attnum = od.refobjsubid
         WHERE od.classid = 'pg_class'::regclass AND od.objid = s.oid AND od.refclassid = 'pg_class'::regclass
           AND od.deptype IN ('a', 'i')
         LIMIT 1
+    ) od ON true
+    LEFT JOIN LATERAL (  -- looked up by key, never joined: see the comment above the query
+        SELECT (SELECT oc.relname FROM pg_class oc WHERE oc.oid = od.rel) AS owner_table,
+               (SELECT oa.attname FROM pg_attribute oa WHERE oa.attrelid = od.rel AND oa.attnum = od.attnum)
+                   AS owner_column
     ) o ON true
     WHERE s.relkind = 'S' AND (o.owner_table IS NULL OR o.owner_table <> ALL(%(ignored)s::text[]))
     UNION ALL
