@@ -9,6 +9,7 @@ time, their progress kept on a ``FingerprintScan`` row.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import psycopg
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db import connection as control_db
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -75,7 +77,11 @@ class ScanResult:
 
 
 def _store(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: datetime) -> None:
-    """Upsert the targets' fingerprints, adding the shapes not stored yet; a few statements whatever the count."""
+    """Upsert the targets' fingerprints, adding the shapes not stored yet: on PostgreSQL one statement whatever the
+    count (``_store_statement``), elsewhere a few."""
+    if control_db.vendor == "postgresql":
+        _store_at_once(taken, shapes, at=at)
+        return
     with transaction.atomic():
         known = set(SchemaShape.objects.filter(pk__in=list(shapes)).values_list("pk", flat=True))
         SchemaShape.objects.bulk_create(
@@ -101,6 +107,57 @@ def _store(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: d
             update_fields=["tenant", "database_type", "version", "shape", "execution", "taken_at"],
             batch_size=500,
         )
+
+
+# The fingerprints' columns in the order the statement sends them (one array each), then the shapes'.
+_PRINT_FIELDS = ("connection", "schema_name", "tenant", "database_type", "version", "shape", "execution")
+_statements: dict[str, str] = {}
+
+
+def _store_statement() -> str:
+    """One statement (its own transaction) that adds the batch's shapes not stored yet and upserts its
+    fingerprints, every column one array parameter (``unnest``), composed once per process from the models.
+
+    The batch's shapes are sent whole: a lane's batch has one or a few, mostly stored already, which the insert
+    passes by (``ON CONFLICT DO NOTHING``); the fingerprints' foreign keys are checked after the statement, when
+    the shapes it added are there. Through the ORM the same took three statements (the known shapes, the new
+    ones, the upsert) and, in a lane's thread beside its targets, more of its CPU than reading the catalogs."""
+    statement = _statements.get("store")
+    if statement is None:
+        quote = control_db.ops.quote_name
+        prints = {f.name: f for f in SchemaFingerprint._meta.concrete_fields}
+        shape = {f.name: quote(f.column or f.name) for f in SchemaShape._meta.concrete_fields}
+        columns = [quote(prints[name].column or name) for name in _PRINT_FIELDS]
+        casts = ", ".join(f"%s::{prints[name].db_type(control_db)}[]" for name in _PRINT_FIELDS)
+        taken_at = quote(prints["taken_at"].column or "taken_at")
+        updated = ", ".join(f"{c} = EXCLUDED.{c}" for c in [*columns[2:], taken_at])
+        key, definitions, created_at = shape["fingerprint"], shape["definitions"], shape["created_at"]
+        statement = f"""
+            WITH shapes AS (
+                INSERT INTO {quote(SchemaShape._meta.db_table)} ({key}, {definitions}, {created_at})
+                SELECT h, d::jsonb, %s FROM unnest(%s::text[], %s::text[]) AS s (h, d)
+                ON CONFLICT ({key}) DO NOTHING
+            )
+            INSERT INTO {quote(SchemaFingerprint._meta.db_table)} ({", ".join(columns)}, {taken_at})
+            SELECT *, %s FROM unnest({casts})
+            ON CONFLICT ({columns[0]}, {columns[1]}) DO UPDATE SET {updated}
+        """  # noqa: S608 (table and column names come from the models, values are parameters)
+        _statements["store"] = statement
+    return statement
+
+
+def _store_at_once(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: datetime) -> None:
+    """``_store`` in one statement (``_store_statement``); a target listed twice keeps its last fingerprint."""
+    last = {(t.connection_id, t.schema): t for t in taken}
+    columns: list[list[Any]] = [[] for _ in _PRINT_FIELDS]
+    for t in last.values():
+        row = (t.connection_id, t.schema, t.tenant_id, t.database_type, t.version, t.fingerprint, t.execution_id)
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    hashes = list(shapes)
+    definitions = [json.dumps(shapes[h]) for h in hashes]
+    with control_db.cursor() as cursor:
+        cursor.execute(_store_statement(), [at, hashes, definitions, at, *columns])
 
 
 class FingerprintBuffer:
