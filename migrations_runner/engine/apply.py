@@ -56,7 +56,7 @@ import psycopg
 from psycopg import sql
 
 from migrations_runner.engine import history
-from migrations_runner.engine.rendered import rendered, rendered_text
+from migrations_runner.engine.rendered import rendered, rendered_text, schema_texts
 from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
 from migrations_runner.engine.sqltext import SqlSyntaxError, created_concurrent_indexes, split_statements
 
@@ -253,20 +253,23 @@ def _lock_and_read(
 
 
 def _local_settings(schema: str, options: ApplyOptions) -> sql.Composed:
-    return sql.SQL(
-        "SELECT set_config('search_path', {path}, true), set_config('statement_timeout', {st}, true), "
-        "set_config('lock_timeout', {lt}, true)"
-    ).format(
-        path=sql.Literal(sql.Identifier(schema).as_string(None) + ", public"),
-        st=sql.Literal(f"{options.statement_timeout_s}s"),
-        lt=sql.Literal(f"{int(options.lock_timeout_s * 1000)}ms"),
+    return sql.SQL("SELECT set_config('search_path', {path}, true), {timeouts}").format(
+        path=sql.Literal(sql.Identifier(schema).as_string(None) + ", public"), timeouts=_local_timeouts(options)
     )
 
 
-def _local_settings_rendered(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> sql.SQL:
-    """``_local_settings`` rendered for ``conn`` once per schema and timeouts (every script of a target sends it)."""
-    key = ("local-settings", schema, options.statement_timeout_s, options.lock_timeout_s)
-    return rendered(conn, key, lambda: _local_settings(schema, options))
+def _local_settings_text(conn: psycopg.Connection, schema: str, options: ApplyOptions) -> str:
+    """``_local_settings`` as text for ``conn`` (every script of a target sends it): the timeouts' part rendered
+    once per timeouts, the schema's names once per schema (``schema_texts``)."""
+    key = ("local-timeouts", options.statement_timeout_s, options.lock_timeout_s)
+    timeouts = rendered_text(conn, key, lambda: _local_timeouts(options))
+    return f"SELECT set_config('search_path', {schema_texts(conn, schema).search_path}, true), {timeouts}"
+
+
+def _local_timeouts(options: ApplyOptions) -> sql.Composed:
+    return sql.SQL("set_config('statement_timeout', {st}, true), set_config('lock_timeout', {lt}, true)").format(
+        st=sql.Literal(f"{options.statement_timeout_s}s"), lt=sql.Literal(f"{int(options.lock_timeout_s * 1000)}ms")
+    )
 
 
 def _locate_failure(conn: psycopg.Connection, spec: TargetSpec, text: str, options: ApplyOptions) -> tuple[int, str]:
@@ -391,7 +394,7 @@ def _run_script(
             [
                 *(["BEGIN", create, "COMMIT"] if create else []),
                 "BEGIN",
-                _local_settings_rendered(conn, spec.schema, options).as_string(conn),
+                _local_settings_text(conn, spec.schema, options),
                 *before,
                 text,
                 *after,
@@ -552,14 +555,8 @@ class _HeldLock:
 
     def release_statement(self, conn: psycopg.Connection) -> str:
         """The unlock, to end a script's round trip after its COMMIT (it runs only when everything before did),
-        rendered for ``conn`` once per schema."""
-        return rendered_text(
-            conn,
-            ("unlock", self.schema),
-            lambda: sql.SQL("SELECT pg_advisory_unlock({}, hashtext({}))").format(
-                sql.Literal(LOCK_NAMESPACE), sql.Literal(self.schema)
-            ),
-        )
+        as text for ``conn`` (the schema's literal: ``schema_texts``)."""
+        return f"SELECT pg_advisory_unlock({LOCK_NAMESPACE:d}, hashtext({schema_texts(conn, self.schema).literal}))"
 
 
 _Work = Callable[[psycopg.Connection, history.SchemaState, TargetOutcome, _HeldLock], None]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
-from migrations_runner.engine.rendered import rendered, rendered_text
+from migrations_runner.engine.rendered import rendered, rendered_text, schema_texts
 from migrations_runner.engine.sets import HISTORY_TABLE, Version
 
 TABLE = HISTORY_TABLE
@@ -75,18 +75,21 @@ def table(schema: str) -> sql.Composed:
 
 
 def table_text(conn: psycopg.Connection, schema: str) -> str:
-    """``table(schema)`` rendered for ``conn``, once per schema (``rendered``): a lane names it in every
-    statement of a target's history."""
-    return rendered_text(conn, ("history-table", schema), lambda: table(schema))
+    """``table(schema)`` rendered for ``conn`` (the schema's identifier once per schema: ``schema_texts``): a lane
+    names it in every statement of a target's history."""
+    return f"{schema_texts(conn, schema).identifier}.{rendered_text(conn, ('identifier', TABLE), _table_identifier)}"
+
+
+def _table_identifier() -> sql.Identifier:
+    return sql.Identifier(TABLE)
 
 
 def ensure_text(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> str:
     """The statements that create the schema (when asked) and its history table when missing, as text."""
-    statements = []
-    if create_schema:
-        statements.append(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-    statements.append(sql.SQL(CREATE_TABLE).format(table=sql.SQL(table_text(conn, schema))))
-    return sql.SQL("; ").join(statements).as_string(conn)
+    create_table = CREATE_TABLE.format(table=table_text(conn, schema))
+    if not create_schema:
+        return create_table
+    return f"CREATE SCHEMA IF NOT EXISTS {schema_texts(conn, schema).identifier}; {create_table}"
 
 
 def ensure(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> None:

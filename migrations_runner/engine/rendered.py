@@ -11,14 +11,26 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 
 RENDERED_MAX = 4096  # texts kept; when full, the oldest half goes
 
-_texts: dict[tuple[Hashable, ...], str] = {}
+_texts: dict[tuple[Hashable, ...], str | SchemaTexts] = {}
 _lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class SchemaTexts:
+    """A schema's name as the statements of its target write it, rendered for a connection: a fleet's lane sends
+    each schema's few statements once (one script), so what they name is rendered once for all of them, and
+    they are joined as text."""
+
+    identifier: str  # "tenant_a"
+    literal: str  # 'tenant_a'
+    search_path: str  # '"tenant_a", public'
 
 
 def quoting_context(conn: psycopg.Connection) -> tuple[str, bytes | None]:
@@ -34,12 +46,31 @@ def rendered_text(conn: psycopg.Connection, key: tuple[Hashable, ...], make: Cal
     text = _texts.get(full)
     if text is None:
         text = make().as_string(conn)
-        with _lock:
-            if len(_texts) >= RENDERED_MAX:
-                for old in list(_texts)[: RENDERED_MAX // 2]:
-                    del _texts[old]
-            _texts[full] = text
+        _keep(full, text)
+    assert isinstance(text, str)
     return text
+
+
+def schema_texts(conn: psycopg.Connection, schema: str) -> SchemaTexts:
+    """``schema``'s identifier, literal and ``search_path`` value (itself, then ``public``) rendered for ``conn``,
+    once per schema and quoting context."""
+    full = (*quoting_context(conn), "schema", schema)
+    texts = _texts.get(full)
+    if texts is None:
+        identifier = sql.Identifier(schema).as_string(conn)
+        literal, path = (sql.Literal(value).as_string(conn) for value in (schema, f"{identifier}, public"))
+        texts = SchemaTexts(identifier, literal, path)
+        _keep(full, texts)
+    assert isinstance(texts, SchemaTexts)
+    return texts
+
+
+def _keep(key: tuple[Hashable, ...], value: str | SchemaTexts) -> None:
+    with _lock:
+        if len(_texts) >= RENDERED_MAX:
+            for old in list(_texts)[: RENDERED_MAX // 2]:
+                del _texts[old]
+        _texts[key] = value
 
 
 def rendered(conn: psycopg.Connection, key: tuple[Hashable, ...], make: Callable[[], sql.Composable]) -> sql.SQL:

@@ -6,7 +6,7 @@ import pytest
 from psycopg import sql
 
 from migrations_runner.engine import apply, history, rendered
-from migrations_runner.engine.apply import ApplyOptions, _local_settings, _local_settings_rendered
+from migrations_runner.engine.apply import ApplyOptions, _local_settings, _local_settings_text
 
 pytestmark = pytest.mark.postgres
 
@@ -63,14 +63,33 @@ def test_rendered_rows_are_stored_as_written_on_connections_that_read_literals_o
     assert stored == [(values["description"], values["script"], "ops's")] * 4
 
 
-def test_rendered_settings_are_the_composed_settings(pg):
+ODD_SCHEMAS = ("tenant_a", 'odd "name"', "it's", "back\\slash", "données")
+
+
+@pytest.mark.parametrize("setting", ["", "SET standard_conforming_strings = off", "SET client_encoding = 'LATIN1'"])
+def test_rendered_settings_and_creation_are_the_composed_ones(pg, setting):
+    """The settings and the schema's creation a lane sends as text, joined from the schema's names rendered once
+    (``schema_texts``), are what composing them for the connection gives, also where it writes literals otherwise;
+    and the server reads the search path back as the schema."""
     options = ApplyOptions(installed_by="ops", statement_timeout_s=7, lock_timeout_s=0.25)
     with pg.connect() as conn:
-        for schema in ("tenant_a", 'odd "name"', "tenant_a"):
-            text = _local_settings_rendered(conn, schema, options)
-            assert text.as_string(conn) == _local_settings(schema, options).as_string(conn)
+        if setting:
+            conn.execute(setting)
+        for schema in (*ODD_SCHEMAS, "tenant_a"):
+            assert _local_settings_text(conn, schema, options) == _local_settings(schema, options).as_string(conn)
+            composed = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; {}").format(
+                sql.Identifier(schema), sql.SQL(history.CREATE_TABLE).format(table=history.table(schema))
+            )
+            assert history.ensure_text(conn, schema, create_schema=True) == composed.as_string(conn)
+            assert history.ensure_text(conn, schema, create_schema=False) == sql.SQL(history.CREATE_TABLE).format(
+                table=history.table(schema)
+            ).as_string(conn)
+            with conn.transaction():
+                conn.execute(_local_settings_text(conn, schema, options))
+                path = conn.execute("SELECT current_setting('search_path')").fetchone()
+            assert path == (f"{sql.Identifier(schema).as_string(conn)}, public",)
         other = ApplyOptions(installed_by="ops", statement_timeout_s=9, lock_timeout_s=0.25)
-        assert "9s" in _local_settings_rendered(conn, "tenant_a", other).as_string(conn)
+        assert "'9s'" in _local_settings_text(conn, "tenant_a", other)
 
 
 def test_the_texts_kept_are_bounded(pg, monkeypatch):
