@@ -44,8 +44,12 @@ logger = logging.getLogger(__name__)
 
 SCAN_CHUNK = 100  # schemas per connection and catalog query (25 to 1,000 measured alike; smaller spreads better)
 SCAN_THREADS_MAX = 32
-RECORD_BATCH = 50  # fingerprints a lane stores in one control-database transaction
-RECORD_SECONDS = 2.0  # ... or after this long, whichever comes first
+# Fingerprints a lane reads and stores at once (one catalog query, one control-database statement), or those it
+# took in this long, whichever comes first. A batch's fixed costs dominate in a fleet run: each new schema resets
+# every cached plan of the database's sessions, so the catalog query is planned again for nearly every batch.
+# Measured (queued, 4 lanes, 2,000 one-statement targets, alternating runs): 50 a batch 3.93 s, 200 3.75 s.
+RECORD_BATCH = 200
+RECORD_SECONDS = 2.0
 ORPHAN_SHAPE_AGE = timedelta(hours=1)  # a shape no target references any more is deleted by the next scan after this
 SCAN_TASK = "migrations_runner.tasks.run_fingerprint_scan"
 SCAN_PROGRESS_SECONDS = 0.5  # a running scan writes its progress at most this often
