@@ -41,7 +41,9 @@ The machine's 1-minute load average is recorded with each figure: the benchmark 
 
 Every side applies the same work: the tenant set's versions and repeatable scripts, with the same history rows.
 From ``--small-set-from`` tenants on (default 5,000), every side applies only the tenant set's first
-``--small-set-versions`` versions (default 3) and no repeatable, so N=10,000 takes minutes, not hours.
+``--small-set-versions`` versions (default 3) and no repeatable, so N=10,000 takes minutes, not hours. The
+in-process runs of the N of ``--small-set-sizes`` below that (default 1,000) are measured with the small set
+too, after those with the whole set: the goal of the in-process lanes names both sets.
 
 Overhead per target (queued), as in the earlier figures: ``(queued_s - raw_pool4_s) * min(workers, 4) / N`` in
 milliseconds, what each of the parallel lanes spends per target beyond the raw pool's work.
@@ -134,12 +136,14 @@ class Work:
 
 
 def work_for(n: int, args: argparse.Namespace) -> Work:
-    if n < args.small_set_from:
-        directory = SETS_DIR
-    else:
-        directory = WORKDIR / f"sets-first-{args.small_set_versions}"
-        if not directory.exists():
-            sets_dir(directory, tenant_versions=args.small_set_versions)
+    return small_work(args) if n >= args.small_set_from else Work(SETS_DIR, load_set(SETS_DIR / "tenant", "tenant"))
+
+
+def small_work(args: argparse.Namespace) -> Work:
+    """The small tenant set: the shipped set's first ``--small-set-versions`` versions, no repeatable."""
+    directory = WORKDIR / f"sets-first-{args.small_set_versions}"
+    if not directory.exists():
+        sets_dir(directory, tenant_versions=args.small_set_versions)
     return Work(directory, load_set(directory / "tenant", "tenant"))
 
 
@@ -372,7 +376,8 @@ def _noop_figures(service: list[float], cli: list[float]) -> dict:
     }
 
 
-def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[float]) -> dict:
+def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[float], tag: str = "") -> dict:
+    """The in-process rounds at N (``tag`` names its fleets apart from another section's at the same N)."""
     times: dict[str, list[float]] = {"psql": [], "lanes1": [], "lanes4": []}
     loads: dict[str, list[float]] = {"psql": [], "lanes1": [], "lanes4": []}
     breakdowns: list[dict] = []
@@ -393,7 +398,7 @@ def inprocess_section(server, n: int, work: Work, rounds: int, psql_times: list[
                 ran.append((kind, seconds))
                 continue
             result, connection, database = inprocess_run(
-                server, n, work, batch_size=1 if kind == "lanes1" else 4, label=f"{kind[-1]}r{round_no}"
+                server, n, work, batch_size=1 if kind == "lanes1" else 4, label=f"{tag}{kind[-1]}r{round_no}"
             )
             times[kind].append(result["seconds"])
             loads[kind].append(round(os.getloadavg()[0], 2))
@@ -763,6 +768,13 @@ def main() -> None:
     )
     parser.add_argument("--small-set-from", type=int, default=5000, help="From this N on, the small tenant set.")
     parser.add_argument("--small-set-versions", type=int, default=3, help="Versions of the small tenant set.")
+    parser.add_argument(
+        "--small-set-sizes",
+        type=int,
+        nargs="*",
+        default=[1000],
+        help="N of --sizes below --small-set-from whose in-process runs are measured with the small set too.",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "fleet_migrate.json")
     args = parser.parse_args()
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
@@ -787,6 +799,8 @@ def main() -> None:
             psql_times: list[float] = []
             if n in args.sizes:
                 results["in_process"].append(inprocess_section(server, n, work, rounds, psql_times))
+                if n in args.small_set_sizes and n < args.small_set_from:
+                    results["in_process"].append(inprocess_section(server, n, small_work(args), rounds, [], "s"))
             if n in args.queued_sizes:
                 results["queued"] += queued_section(
                     server, n, work, quick=args.quick, rounds=rounds, psql_times=psql_times

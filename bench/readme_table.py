@@ -119,8 +119,9 @@ def fleet_migrate(data: dict) -> list[str]:
             notes.append(f"best of {len(rounds)} rounds: {', '.join(number(v) for v in rounds)} s")
         if "histories_read_alone_s" in row:
             notes.append(f"the server takes {number(row['histories_read_alone_s'])} s to read the histories alone")
+        tenants = f"{number(row['tenants'])} up-to-date tenants" + (f" ({row['work']})" if "work" in row else "")
         noops.append(
-            f"{number(row['tenants'])} up-to-date tenants: {number(row['noop_service_s'])} s through the service, "
+            f"{tenants}: {number(row['noop_service_s'])} s through the service, "
             f"{number(row['noop_command_s'])} s through the command" + (f" ({'; '.join(notes)})" if notes else "")
         )
     if noops:
