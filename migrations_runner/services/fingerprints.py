@@ -113,7 +113,7 @@ def _store(taken: list[_Taken], shapes: dict[str, fingerprint.Objects], *, at: d
         )
 
 
-# The fingerprints' columns in the order the statement sends them (one array each), then the shapes'.
+# The fingerprint columns the store sends, one array parameter each, in this order (``taken_at`` is one value).
 _PRINT_FIELDS = ("connection", "schema_name", "tenant", "database_type", "version", "shape", "execution")
 _statements: dict[str, str] = {}
 
@@ -123,9 +123,10 @@ def _store_statement() -> str:
     fingerprints, every column one array parameter (``unnest``), composed once per process from the models.
 
     The batch's shapes are sent whole: a lane's batch has one or a few, mostly stored already, which the insert
-    passes by (``ON CONFLICT DO NOTHING``); the fingerprints' foreign keys are checked after the statement, when
-    the shapes it added are there. Through the ORM the same took three statements (the known shapes, the new
-    ones, the upsert) and, in a lane's thread beside its targets, more of its CPU than reading the catalogs."""
+    passes by (``ON CONFLICT DO NOTHING``); the fingerprints' foreign keys (deferred, as Django makes them) are
+    checked when the transaction commits, the shapes it added there by then. Through the ORM the same took three
+    statements (the known shapes, the new ones, the upsert) and, in a lane's thread beside its targets, more of its
+    CPU than reading the catalogs."""
     statement = _statements.get("store")
     if statement is None:
         quote = control_db.ops.quote_name
