@@ -119,8 +119,9 @@ _statements: dict[str, str] = {}
 
 
 def _store_statement() -> str:
-    """One statement (its own transaction) that adds the batch's shapes not stored yet and upserts its
-    fingerprints, every column one array parameter (``unnest``), composed once per process from the models.
+    """One statement (its own transaction, unless the caller's is open) that adds the batch's new shapes and
+    upserts its fingerprints, every column one array parameter (``unnest``), composed once per process from the
+    models.
 
     The batch's shapes are sent whole: a lane's batch has one or a few, mostly stored already, which the insert
     passes by (``ON CONFLICT DO NOTHING``); the fingerprints' foreign keys (deferred, as Django makes them) are
