@@ -7,15 +7,12 @@ The suite's own control database is SQLite (where ``bulk_insert`` sends ``INSERT
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from tests.support.bulk import JSON_VALUES
-from tests.support.qcluster import ROOT, control_env
+from tests.support.control_child import run_control_child
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -24,27 +21,12 @@ CHILD = textwrap.dedent(
     import datetime as dt
     import json
 
-    import django
-    django.setup()
-    from django.core.management import call_command
-    call_command("migrate", verbosity=0)
     from django.db import DataError, connection, transaction
 
-    from connections import services as registry
     from infra_site.bulk import bulk_insert
     from migrations_runner.models import MigrationExecution, TargetRun
     from tests.support.bulk import JSON_VALUES, bulk_runs, stored_fields
 
-    statements = []
-
-    def seen(execute, sql, params, many, context):
-        statements.append(sql.split(None, 1)[0].upper())
-        return execute(sql, params, many, context)
-
-    listed = registry.connection_create(
-        actor="test", verify=False, name="listed-eu", database_type="shared", region="eu-west", host="127.0.0.1",
-        port=5432, database_name="app", username="app", password="secret", ssl_mode="disable", connect_timeout=5,
-    )
     ours = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     theirs = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     with transaction.atomic(), connection.execute_wrapper(seen):
@@ -96,16 +78,7 @@ CHILD = textwrap.dedent(
 
 
 def test_bulk_insert_copies_into_postgresql_what_bulk_create_stores(pg_control):
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        cwd=ROOT,
-        env=control_env(ADMIN_DATABASE_URL=pg_control),
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert child.returncode == 0, child.stderr[-4000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
+    out = run_control_child(CHILD, pg_control)
 
     assert out["order"] == [f"tenant_{n}" for n in range(6)]  # in insertion order
     assert out["ours"] == out["theirs"]

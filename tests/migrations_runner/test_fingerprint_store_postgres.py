@@ -7,14 +7,11 @@ child process on a PostgreSQL control database.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from tests.support.qcluster import ROOT, control_env
+from tests.support.control_child import run_control_child
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -23,28 +20,12 @@ CHILD = textwrap.dedent(
     import datetime as dt
     import json
 
-    import django
-    django.setup()
-    from django.core.management import call_command
-    call_command("migrate", verbosity=0)
     from django.db import IntegrityError, connection
 
-    from connections import services as registry
     from connections.models import Tenant
     from migrations_runner.models import MigrationExecution, SchemaFingerprint, SchemaShape
-    from migrations_runner.services import fingerprints
     from migrations_runner.services.fingerprints import _store, _Taken
 
-    statements = []
-
-    def seen(execute, sql, params, many, context):
-        statements.append(sql.split(None, 1)[0].upper())
-        return execute(sql, params, many, context)
-
-    listed = registry.connection_create(
-        actor="test", verify=False, name="listed-eu", database_type="shared", region="eu-west", host="127.0.0.1",
-        port=5432, database_name="app", username="app", password="secret", ssl_mode="disable", connect_timeout=5,
-    )
     acme = Tenant.objects.create(slug="acme", name="Acme", connection=listed, schema_name="tenant_acme")
     execution = MigrationExecution.objects.create(scope="tenant", executed_by="t")
     old_shape = {"table:t": {"kind": "table", "unlogged": False}, "column:t.id": {"type": "integer"}}
@@ -97,16 +78,7 @@ CHILD = textwrap.dedent(
 
 
 def test_a_batch_of_fingerprints_is_stored_in_one_statement_on_postgresql(pg_control):
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        cwd=ROOT,
-        env=control_env(ADMIN_DATABASE_URL=pg_control),
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-    assert child.returncode == 0, child.stderr[-4000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
+    out = run_control_child(CHILD, pg_control)
 
     assert out["first"] == ["WITH"]  # one statement: the shapes and the fingerprints
     assert out["second"] == ["WITH"]
