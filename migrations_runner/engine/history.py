@@ -77,11 +77,11 @@ def table(schema: str) -> sql.Composed:
 def table_text(conn: psycopg.Connection, schema: str) -> str:
     """``table(schema)`` rendered for ``conn`` (the schema's identifier once per schema: ``schema_texts``): a lane
     names it in every statement of a target's history."""
-    return f"{schema_texts(conn, schema).identifier}.{rendered_text(conn, ('identifier', TABLE), _table_identifier)}"
+    return f"{schema_texts(conn, schema).identifier}.{_TABLE_IDENTIFIER}"
 
 
-def _table_identifier() -> sql.Identifier:
-    return sql.Identifier(TABLE)
+# The table's own name quoted once: plain ASCII, written alike for every connection.
+_TABLE_IDENTIFIER = sql.Identifier(TABLE).as_string(None)
 
 
 def ensure_text(conn: psycopg.Connection, schema: str, *, create_schema: bool) -> str:
