@@ -8,21 +8,13 @@ lane at once. Here the planner is pushed to that plan (generic, no nested loop o
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from psycopg import sql
 
 from migrations_runner.engine import fingerprint
+from tests.support.plans import plan_root, scans
 
 pytestmark = pytest.mark.postgres
-
-
-def _scans(node: dict, alias: str) -> list[dict]:
-    found = [node] if node.get("Alias") == alias else []
-    for child in node.get("Plans", []):
-        found += _scans(child, alias)
-    return found
 
 
 def test_a_sequence_owner_is_read_by_its_key_in_a_generic_plan_without_nested_loops(pg):
@@ -44,7 +36,7 @@ def test_a_sequence_owner_is_read_by_its_key_in_a_generic_plan_without_nested_lo
             sql.Literal(schemas), sql.Literal(list(fingerprint.IGNORED_TABLES))
         )
         (plan,) = conn.execute(explain).fetchone()
-        owner_scans = _scans((plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"], "oa")
+        owner_scans = scans(plan_root(plan), alias="oa")
         # Still the same fingerprints under these settings.
         assert fingerprint.read_fingerprints(conn, schemas) == expected
     assert owner_scans, "the query reads the owning column as oa"
