@@ -56,7 +56,7 @@ import psycopg
 from psycopg import sql
 
 from migrations_runner.engine import history
-from migrations_runner.engine.rendered import rendered, rendered_text, schema_texts
+from migrations_runner.engine.rendered import rendered_text, schema_texts
 from migrations_runner.engine.sets import MigrationSet, PlaceholderValueError, Script, Version
 from migrations_runner.engine.sqltext import SqlSyntaxError, created_concurrent_indexes, split_statements
 
@@ -319,10 +319,6 @@ _INVALID_INDEXES_NAMED = """
 """
 
 
-# All of them, for a statement composed client-side (``{schema}``: a literal).
-_INVALID_INDEXES_OF = sql.SQL(_INVALID_INDEXES.replace("%(schema)s", "{schema}"))
-
-
 def invalid_indexes(conn: psycopg.Connection, schema: str, names: list[str] | None = None) -> list[str]:
     """Return the INVALID indexes of ``schema`` (only among ``names`` when given), sorted by name."""
     query = _INVALID_INDEXES if names is None else _INVALID_INDEXES_NAMED
@@ -352,9 +348,8 @@ def _session_settings_and_invalid(
 def _record_unless_invalid(conn: psycopg.Connection, schema: str, row: Callable[..., sql.SQL | sql.Composed]) -> bool:
     """Insert the history row (``row(unless=...)``) unless ``schema`` holds an INVALID index, and reset the
     session's settings: one round trip. Whether the row was inserted."""
-    invalid = rendered(
-        conn, ("invalid-indexes", schema), lambda: _INVALID_INDEXES_OF.format(schema=sql.Literal(schema))
-    )
+    # All of them, written with the schema's literal as the connection quotes it (``schema_texts``).
+    invalid = sql.SQL(_INVALID_INDEXES.replace("%(schema)s", schema_texts(conn, schema).literal))
     cursor = conn.execute(
         sql.SQL("{insert}; RESET search_path; RESET statement_timeout").format(insert=row(unless=invalid))
     )
