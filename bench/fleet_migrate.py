@@ -35,7 +35,9 @@ each N, measures in the same run:
   CPU per target during the variant and during the raw pool runs around it (the control plane's whole cost,
   PostgreSQL's included, whatever the wall clock does), the share of CPU the machine's host stole meanwhile, and
   the raw pool's client CPU per target. psql is the best of the in-process rounds of that N (run once here when
-  there were none).
+  there were none). One more variant, on the ORM broker over PostgreSQL with 4 workers, runs with
+  ``MIGRATION_FINGERPRINT_AFTER_RUN`` off: the lanes read no fingerprint after their runs (the raw pool reads
+  none either), so the difference to its default twin is what that catalog read costs the run.
 
 The machine's 1-minute load average is recorded with each figure: the benchmark shares the machine.
 
@@ -522,11 +524,13 @@ def cluster_cpu_s(cluster) -> float:
     return total
 
 
-def queued_run(server, n: int, work: Work, *, workers: int, broker: str) -> dict:
-    """Register N tenants in a fresh control database, start a qcluster, submit the execution and time it."""
+def queued_run(server, n: int, work: Work, *, workers: int, broker: str, fingerprints: bool = True) -> dict:
+    """Register N tenants in a fresh control database, start a qcluster, submit the execution and time it.
+    ``fingerprints``: the lanes read each target's fingerprint after its run (``MIGRATION_FINGERPRINT_AFTER_RUN``,
+    the default)."""
     from tests.support.qcluster import Cluster, RedisServer
 
-    label = f"q{workers}{broker.replace('orm-', '')[:2]}"
+    label = f"q{workers}{broker.replace('orm-', '')[:2]}{'' if fingerprints else 'nf'}"
     scratch = WORKDIR / f"queued-{label}-{n}"
     scratch.mkdir()
     pg_control = f"control_{label}_{n}"
@@ -543,6 +547,7 @@ def queued_run(server, n: int, work: Work, *, workers: int, broker: str) -> dict
         "MIGRATION_MAX_PER_DATABASE": str(workers * 2),
         "Q_BROKER_URL": "",
         "LOG_LEVEL": "INFO",  # the cluster's "running." line tells it is up
+        "MIGRATION_FINGERPRINT_AFTER_RUN": "true" if fingerprints else "false",
         "PYTHONPATH": str(ROOT),
         "BENCH_PG_PORT": str(server.port),
         "BENCH_PG_PASSWORD": server.password,
@@ -612,25 +617,28 @@ def queued_section(server, n: int, work: Work, *, quick: bool, rounds: int, psql
     the median of its rounds counts."""
     if not psql_times:  # the in-process rounds of this N measured it already
         psql_times.append(run_psql(server, n, work))
-    variants = [(broker, workers) for broker in ("orm-sqlite", "orm-postgresql", "redis") for workers in (2, 4)]
+    variants = [
+        (broker, workers, True) for broker in ("orm-sqlite", "orm-postgresql", "redis") for workers in (2, 4)
+    ] + [("orm-postgresql", 4, False)]
     if quick:
-        variants = [(broker, workers) for broker, workers in variants if workers == 4]
+        variants = [variant for variant in variants if variant[1] == 4]
     if not shutil.which("redis-server"):
         print("redis-server is not installed: no Redis figures", flush=True)
-        variants = [(broker, workers) for broker, workers in variants if broker != "redis"]
-    measured: dict[tuple[str, int], list[dict]] = {variant: [] for variant in variants}
+        variants = [variant for variant in variants if variant[0] != "redis"]
+    measured: dict[tuple[str, int, bool], list[dict]] = {variant: [] for variant in variants}
     raw = run_raw_pool(server, n, work)
     for round_no in range(rounds):
-        for broker, workers in variants if round_no % 2 == 0 else list(reversed(variants)):
-            outcome = queued_run(server, n, work, workers=workers, broker=broker)
+        for broker, workers, fingerprints in variants if round_no % 2 == 0 else list(reversed(variants)):
+            outcome = queued_run(server, n, work, workers=workers, broker=broker, fingerprints=fingerprints)
             after = run_raw_pool(server, n, work)
-            measured[(broker, workers)].append({**outcome, "raw": [raw, after]})
+            measured[(broker, workers, fingerprints)].append({**outcome, "raw": [raw, after]})
             raw = after
     psql = min(psql_times)
-    rows = [_queued_row(n, work, broker, workers, runs, psql) for (broker, workers), runs in measured.items()]
+    rows = [_queued_row(n, work, variant, runs, psql) for variant, runs in measured.items()]
     for row in rows:
         print(
-            f"queued N={n:<6} {row['broker']:<15} {row['workers']} workers {row['queued_s']:8.2f}s "
+            f"queued N={n:<6} {row['broker']:<15} {row['workers']} workers"
+            f"{'' if row['fingerprints_after_run'] else ' (no fingerprints)'} {row['queued_s']:8.2f}s "
             f"({row['targets_per_s']:7.1f}/s)  psql {psql:7.2f}s (x{row['ratio_vs_psql']})  raw pool4 around it "
             f"{row['raw_pool4_s']:7.2f}s (x{row['ratio_vs_raw_pool4']}, rounds {row['ratio_vs_raw_pool4_rounds']})  "
             f"overhead {row['overhead_ms_per_target']:6.2f} ms/target  machine CPU "
@@ -648,7 +656,7 @@ def median_round(ratios: list[float]) -> int:
     return sorted(range(len(ratios)), key=ratios.__getitem__)[(len(ratios) - 1) // 2]
 
 
-def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict], psql: float) -> dict:
+def _queued_row(n: int, work: Work, variant: tuple[str, int, bool], runs: list[dict], psql: float) -> dict:
     """A variant's figures: those of its median round (by its ratio to the raw pool around it), with every
     round's ratio and the raw pool runs around each; beside them, its fastest run against the fastest raw pool run
     around one of its runs (this machine also switches between a fast and a slow state)."""
@@ -659,11 +667,13 @@ def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict],
     run, raw = runs[middle], raws[middle]
     seconds = run["seconds"]
     raw_busy = sum(pool.machine_busy_s for pool in run["raw"]) / 2
+    broker, workers, fingerprints = variant
     return {
         "tenants": n,
         "work": work.label,
         "broker": broker,
         "workers": workers,
+        "fingerprints_after_run": fingerprints,
         "lanes": workers * 2,
         "queued_s": round(seconds, 3),
         "targets_per_s": round(n / seconds, 1),
@@ -690,9 +700,13 @@ def _queued_row(n: int, work: Work, broker: str, workers: int, runs: list[dict],
 
 def overhead_growth(rows: list[dict]) -> list[dict]:
     """Overhead per target of each queued variant at each N, side by side."""
-    table: dict[tuple[str, int], dict] = {}
+    table: dict[tuple[str, int, bool], dict] = {}
     for row in rows:
-        entry = table.setdefault((row["broker"], row["workers"]), {"broker": row["broker"], "workers": row["workers"]})
+        fingerprints = row.get("fingerprints_after_run", True)
+        entry = table.setdefault(
+            (row["broker"], row["workers"], fingerprints),
+            {"broker": row["broker"], "workers": row["workers"], "fingerprints_after_run": fingerprints},
+        )
         entry[f"N={row['tenants']}"] = {"overhead_ms_per_target": row["overhead_ms_per_target"], "work": row["work"]}
     return list(table.values())
 
@@ -814,7 +828,8 @@ def main() -> None:
             for key, value in entry.items()
             if key.startswith("N=")
         )
-        print(f"    {entry['broker']:<15} {entry['workers']} workers  {figures}")
+        unread = "" if entry["fingerprints_after_run"] else " (no fingerprints)"
+        print(f"    {entry['broker']:<15} {entry['workers']} workers{unread}  {figures}")
     write_results(args.output, results)
 
 

@@ -48,7 +48,7 @@ def median_and_rounds(ratio: float, rounds: list[float]) -> str:
 
 def fleet_migrate(data: dict) -> list[str]:
     lines = ["", "  | N | Ours | Time | One `psql` | Raw pool of 4 |", "  |---|---|---|---|---|"]
-    paired = bracketed = around = best = False
+    paired = bracketed = around = best = unread = False
     for row in data["in_process"]:
         around = around or "psql_around_lanes1_s" in row
         n = f"{number(row['tenants'])} ({row['work']})"
@@ -66,6 +66,9 @@ def fleet_migrate(data: dict) -> list[str]:
         lines.append(f"  | {n} | in-process, 4 lanes | {number(row['lanes4_s'])} s | {four} | |")
     for row in data["queued"]:
         ours = f"queued, {BROKERS.get(row['broker'], row['broker'])}, {row['workers']} workers"
+        if not row.get("fingerprints_after_run", True):
+            unread = True
+            ours += ", no fingerprint read after each run"
         raw = f"{number(row['raw_pool4_s'])} s ({times(row['ratio_vs_raw_pool4'])})"
         cpu = ""
         if "ratio_vs_raw_pool4_rounds" in row:  # each round between two raw pool runs: the median round's figures
@@ -110,6 +113,13 @@ def fleet_migrate(data: dict) -> list[str]:
             "",
             "  Best against best: the fastest of a variant's runs against the fastest of the runs around them, "
             + SWITCHES,
+        ]
+    if unread:
+        lines += [
+            "",
+            "  No fingerprint read after each run: `MIGRATION_FINGERPRINT_AFTER_RUN` off, so the lanes leave out the "
+            "catalog read that records each target's schema fingerprint (the raw pool reads none either); the "
+            "difference to the same variant with the default is what that read costs the run.",
         ]
     noops = []
     for row in [*data.get("noop", []), *data["in_process"]]:

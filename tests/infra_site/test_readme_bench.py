@@ -133,6 +133,22 @@ def test_rounds_compared_side_by_side_show_their_median_and_each_round(results):
     assert "32.87 s (\N{MULTIPLICATION SIGN}1.21) |" in text
 
 
+def test_a_queued_variant_without_fingerprints_after_runs_says_so(results):
+    path = results / "fleet_migrate.json"
+    data = json.loads(path.read_text())
+    for row in data["queued"]:  # results of the earlier format first: every variant read its fingerprints
+        row.pop("fingerprints_after_run", None)
+    text = "\n".join(readme_table.fleet_migrate(data))
+    assert "fingerprint read" not in text.lower()
+    twin = {**data["queued"][0], "fingerprints_after_run": False, "queued_s": 7.77}
+    data["queued"].append(twin)
+    text = rendered(path, data)
+    rows = [line for line in text.splitlines() if "no fingerprint read after each run" in line]
+    assert len(rows) == 1
+    assert "| 7.77 s (" in rows[0]
+    assert "No fingerprint read after each run: `MIGRATION_FINGERPRINT_AFTER_RUN` off" in text
+
+
 def test_control_plane_runs_between_raw_pool_runs_show_their_median_and_each_round(results):
     path = results / "control_plane.json"
     data = json.loads(path.read_text())
