@@ -621,10 +621,10 @@ def queued_section(server, n: int, work: Work, *, quick: bool, rounds: int, psql
         (broker, workers, True) for broker in ("orm-sqlite", "orm-postgresql", "redis") for workers in (2, 4)
     ] + [("orm-postgresql", 4, False)]
     if quick:
-        variants = [variant for variant in variants if variant[1] == 4]
+        variants = [(broker, workers, read) for broker, workers, read in variants if workers == 4]
     if not shutil.which("redis-server"):
         print("redis-server is not installed: no Redis figures", flush=True)
-        variants = [variant for variant in variants if variant[0] != "redis"]
+        variants = [(broker, workers, read) for broker, workers, read in variants if broker != "redis"]
     measured: dict[tuple[str, int, bool], list[dict]] = {variant: [] for variant in variants}
     raw = run_raw_pool(server, n, work)
     for round_no in range(rounds):
@@ -702,7 +702,7 @@ def overhead_growth(rows: list[dict]) -> list[dict]:
     """Overhead per target of each queued variant at each N, side by side."""
     table: dict[tuple[str, int, bool], dict] = {}
     for row in rows:
-        fingerprints = row.get("fingerprints_after_run", True)
+        fingerprints = row["fingerprints_after_run"]
         entry = table.setdefault(
             (row["broker"], row["workers"], fingerprints),
             {"broker": row["broker"], "workers": row["workers"], "fingerprints_after_run": fingerprints},
