@@ -194,6 +194,14 @@ MIGRATION_CONTROL_PREPARED = env.bool("MIGRATION_CONTROL_PREPARED", default=True
 MIGRATION_FLEET_DB_WAIT = env.float("MIGRATION_FLEET_DB_WAIT", default=30.0)
 # Record each target's schema fingerprint after a successful run (one catalog query on the lane's connection).
 MIGRATION_FINGERPRINT_AFTER_RUN = env.bool("MIGRATION_FINGERPRINT_AFTER_RUN", default=True)
+# A target's consecutive transactional scripts that took this many milliseconds in all when they last ran on its
+# database go in one round trip (each still in its own transaction with its history row); a cancel waits about
+# that long at most. 0: one round trip a script.
+MIGRATION_JOIN_SCRIPTS_MS = env.int("MIGRATION_JOIN_SCRIPTS_MS", default=250)
+if MIGRATION_JOIN_SCRIPTS_MS < 0:
+    raise ImproperlyConfigured(
+        f"MIGRATION_JOIN_SCRIPTS_MS must be 0 (a round trip a script) or more; got {MIGRATION_JOIN_SCRIPTS_MS}."
+    )
 # While its targets take less than this many seconds, a lane claims its next target ahead and records an outcome
 # while it applies the next target (its control-database work beside the target work); 0: never.
 MIGRATION_CLAIM_AHEAD_BELOW_S = env.float("MIGRATION_CLAIM_AHEAD_BELOW_S", default=1.0)

@@ -4,11 +4,15 @@ Per target: take a PostgreSQL advisory lock for the schema, read the history,
 validate it against the set (drift fails the target before any change), create
 the schema and history table when missing, then apply each pending version in
 its own transaction together with its history row (``search_path``,
-``statement_timeout`` and ``lock_timeout`` set locally). Scripts PostgreSQL
+``statement_timeout`` and ``lock_timeout`` set locally). Consecutive
+transactional scripts share one round trip (still a transaction and a history
+row each) once the connection source has seen them run on the database within
+``join_scripts_ms`` in all; a failure among them keeps those committed before
+it. Scripts PostgreSQL
 refuses inside a transaction run statement by statement in autocommit. Undo
 runs the same way, newest version first. Transient errors (lost connection,
 55P03, 40001, 40P01, 57P01 and the like) are retried with backoff; ``should_stop``
-is asked before each script. A failure records SQLSTATE, message, version and
+is asked before each round trip of scripts. A failure records SQLSTATE, message, version and
 the failing statement.
 
 Invalid indexes: a ``CREATE INDEX CONCURRENTLY`` that is interrupted (worker
@@ -50,7 +54,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TypedDict
+from typing import NoReturn, TypedDict
 
 import psycopg
 from psycopg import sql
@@ -156,6 +160,9 @@ class ApplyOptions:
     retry_backoff_s: float = 0.5
     out_of_order: bool = False  # apply pending versions below the highest applied one (else refuse the target)
     should_stop: Callable[[], bool] = lambda: False
+    # Consecutive transactional scripts that took this many milliseconds in all when they last ran on the
+    # database go in one round trip, each in its own transaction with its history row; 0: one round trip a script.
+    join_scripts_ms: int = 250
     # Lock guard rails: a statement waits at most lock_timeout_s for a table lock; the script is then retried
     # after a backoff with jitter, up to lock_retries waits or lock_retry_for_s seconds in all (counting the
     # waits of earlier claims of the same target run, lock_attempts_before since lock_blocked_since).
@@ -171,11 +178,13 @@ class ApplyOptions:
 
 
 class ConnectionSource:
-    """Hands out one live connection to a database and replaces it after it broke."""
+    """Hands out one live connection to a database and replaces it after it broke; remembers how long each script
+    took there the last time it ran (what decides which scripts share a round trip: ``join_scripts_ms``)."""
 
     def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
         self._connect = connect
         self._conn: psycopg.Connection | None = None
+        self.script_ms: dict[tuple[str, str], int] = {}  # (file name, checksum) -> milliseconds
 
     def get(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -419,18 +428,8 @@ def _run_script(
             if release is not None:
                 release.held = False
         except psycopg.Error as exc:
-            if not conn.broken:
-                conn.execute("ROLLBACK")
-                if create and not history.exists(conn, spec.schema):
-                    raise  # the creation failed, not the script (which never ran)
-            error = _sql_error(exc, **context)
-            if _is_transient(exc):
-                raise TransientError(error) from exc
-            if exc.sqlstate not in NO_REPLAY_SQLSTATES:
-                index, statement = _locate_failure(conn, spec, text, options)
-                if index >= 0:
-                    error.statement_index, error.statement = index, statement
-            raise _Failed(error) from exc
+            _rolled_back(conn, spec, exc, create)
+            _script_failed(conn, spec, exc, text, context, options)
         applied.duration_ms = int((time.perf_counter() - started) * 1000)
         return applied
 
@@ -492,6 +491,146 @@ def _run_script(
         if not reset and not conn.broken:
             conn.execute("RESET search_path; RESET statement_timeout")
     return applied
+
+
+def _rolled_back(conn: psycopg.Connection, spec: TargetSpec, exc: psycopg.Error, create: str) -> None:
+    """End the transaction a failed round trip of transactional scripts left open; re-raise ``exc`` when it was
+    the round trip's creation of the schema and history table (``create``) that failed, not a script."""
+    if not conn.broken:
+        conn.execute("ROLLBACK")
+        if create and not history.exists(conn, spec.schema):
+            raise exc  # the creation failed, not the script (which never ran)
+
+
+def _script_failed(
+    conn: psycopg.Connection,
+    spec: TargetSpec,
+    exc: psycopg.Error,
+    text: str,
+    context: _ScriptContext,
+    options: ApplyOptions,
+) -> NoReturn:
+    """Raise what the failure ``exc`` of the transactional script ``text`` (rolled back) means: a TransientError
+    to retry, else _Failed with the failing statement (replayed to find it, unless it timed out)."""
+    error = _sql_error(exc, **context)
+    if _is_transient(exc):
+        raise TransientError(error) from exc
+    if exc.sqlstate not in NO_REPLAY_SQLSTATES:
+        index, statement = _locate_failure(conn, spec, text, options)
+        if index >= 0:
+            error.statement_index, error.statement = index, statement
+    raise _Failed(error) from exc
+
+
+# What each history row of a joined round trip returns: the script's duration as the server measured it.
+_RECORDED = " RETURNING execution_time_ms AS infra_recorded_ms"
+_RECORDED_FIELD = b"infra_recorded_ms"
+
+
+@dataclass(frozen=True)
+class _Joined:
+    """A transactional script of a joined round trip: its history row's kind, checksum and INSERT (rendered)."""
+
+    script: Script
+    kind: str
+    checksum: str
+    row: str
+
+    @property
+    def context(self) -> _ScriptContext:
+        return {"version": str(self.script.version or ""), "script": self.script.filename}
+
+    def applied(self, duration_ms: int) -> AppliedVersion:
+        script = self.script
+        return AppliedVersion(str(script.version or ""), script.description, script.filename, duration_ms, self.kind)
+
+
+def _joined_end(pending: list[Script], start: int, seen: Mapping[tuple[str, str], int], budget_ms: int) -> int:
+    """Where the round trip of ``pending[start]`` ends (exclusive): the transactional scripts after it join while
+    each of them was seen on the database (``seen``: ``ConnectionSource.script_ms``) and they took ``budget_ms``
+    in all there, so that a stop asked for (cancel) waits about that long at most. A script not seen yet runs
+    on its own: the first target of a lane measures what the others join."""
+    first = pending[start]
+    total = seen.get((first.filename, first.checksum))
+    end = start + 1
+    if not first.transactional or total is None or budget_ms <= 0:
+        return end
+    while end < len(pending) and pending[end].transactional:
+        took = seen.get((pending[end].filename, pending[end].checksum))
+        if took is None or total + took > budget_ms:
+            break
+        total += took
+        end += 1
+    return end
+
+
+def _recorded_ms(cursor: psycopg.Cursor) -> list[int]:
+    """The durations a joined round trip's history rows returned (``_RECORDED``), in order, from its results."""
+    found = []
+    while True:
+        result = cursor.pgresult
+        if result is not None and result.nfields == 1 and result.fname(0) == _RECORDED_FIELD:
+            value = result.get_value(0, 0)
+            found.append(int(value) if value is not None else 0)
+        if not cursor.nextset():
+            return found
+
+
+def _committed(conn: psycopg.Connection, schema: str, items: list[_Joined]) -> list[tuple[_Joined, int]]:
+    """Which of ``items`` (a joined round trip's scripts, in order) committed before it failed, with the durations
+    their rows recorded: the longest run of them from the first that the schema's newest history rows are (the
+    schema's migration lock keeps other runs from writing rows meanwhile)."""
+    rows = history.newest_rows(conn, schema, len(items))
+    for count in range(len(rows), 0, -1):
+        tail = rows[len(rows) - count :]
+        if all(
+            (kind, name, checksum) == (item.kind, item.script.filename, item.checksum)
+            for (kind, name, checksum, _), item in zip(tail, items, strict=False)
+        ):
+            return [(item, duration) for item, (*_, duration) in zip(items, tail, strict=False)]
+    return []
+
+
+def _run_joined(
+    conn: psycopg.Connection,
+    spec: TargetSpec,
+    items: list[_Joined],
+    options: ApplyOptions,
+    around: tuple[list[Script], list[Script]],
+    done: Callable[[_Joined, int], None],
+    *,
+    release: _HeldLock | None = None,
+    create: str = "",
+) -> None:
+    """Run consecutive transactional scripts in one round trip, each in its own transaction with its settings,
+    callbacks (``around``) and history row, as ``_run_script`` runs one. ``done`` gets each script that committed
+    with its duration, in order, also those before a script that failed (which raises as in ``_run_script``);
+    ``release`` and ``create`` as there."""
+    parts = ["BEGIN", create, "COMMIT"] if create else []
+    texts = []
+    for item in items:
+        context = item.context
+        texts.append(_render(item.script, spec, context))
+        before, after = ([_render(c, spec, context) for c in group] for group in around)
+        settings = _local_settings_text(conn, spec.schema, options)
+        parts += ["BEGIN", settings, *before, texts[-1], *after, item.row + _RECORDED, "COMMIT"]
+    if release is not None:
+        parts.append(release.release_statement(conn))
+    try:
+        cursor = conn.execute(";\n".join(parts))
+    except psycopg.Error as exc:
+        _rolled_back(conn, spec, exc, create)
+        committed = _committed(conn, spec.schema, items) if not conn.broken else []
+        for item, duration in committed:
+            done(item, duration)
+        failed = len(committed) if not conn.broken else 0
+        _script_failed(conn, spec, exc, texts[failed], items[failed].context, options)
+    if release is not None:
+        release.held = False
+    durations = _recorded_ms(cursor)
+    # One row a script; the scripts' own results name no such column (else the last ones are the rows').
+    for item, duration in zip(items, durations[len(durations) - len(items) :], strict=True):
+        done(item, duration)
 
 
 def _run_callback(conn: psycopg.Connection, spec: TargetSpec, script: Script, options: ApplyOptions) -> None:
@@ -748,6 +887,7 @@ def apply_target(
     """Bring one target to the newest version of ``mset``, running the set's callbacks at their moments; never
     raises for database errors."""
     around = (mset.callbacks_for("beforeEachMigrate"), mset.callbacks_for("afterEachMigrate"))
+    unconfirmed: list[_Joined] = []  # a joined round trip's scripts, not known to have committed (lost connection)
 
     def callbacks(conn: psycopg.Connection, event: str, outcome: TargetOutcome) -> None:
         for callback in mset.callbacks_for(event):
@@ -774,40 +914,68 @@ def apply_target(
                 history.ensure(conn, spec.schema, create_schema=spec.create_schema)
         callbacks(conn, "beforeMigrate", outcome)
         last = pending[-1] if pending and not mset.callbacks_for("afterMigrate") else None
-        for script in pending:
-            _stop_point(options, script)
-            kind = "SQL" if script.kind == "versioned" else "REPEATABLE"
-            checksum = script.checksum_for(spec.context)
 
-            values = history.RowValues(
+        def values_of(script: Script) -> history.RowValues:
+            return history.RowValues(
                 version=str(script.version) if script.version else None,
                 description=script.description,
-                kind=kind,
+                kind="SQL" if script.kind == "versioned" else "REPEATABLE",
                 script=script.filename,
-                checksum=checksum,
+                checksum=script.checksum_for(spec.context),
                 installed_by=options.installed_by,
                 execution_id=options.execution_id,
             )
 
-            def row(
-                duration: int | None, values=values, unless: sql.Composable | None = None
-            ) -> sql.SQL | sql.Composed:
-                if duration is None and unless is None:  # in the script's transaction: the same for every target
-                    return history.insert_row_rendered(conn, spec.schema, values)
-                return history.insert_row_of(spec.schema, values, execution_time_ms=duration, unless=unless)
-
-            release = lock if script is last else None  # nothing runs after it under the lock
-            outcome.applied.append(
-                _run_script(
-                    conn, spec, script, kind, row, options, around, guarded=True, release=release, create=create
-                )
-            )
-            create = ""
+        def done(script: Script, checksum: str, applied: AppliedVersion) -> None:
+            outcome.applied.append(applied)
+            source.script_ms[(script.filename, script.checksum)] = applied.duration_ms
             if script.version:
                 state.applied[script.version] = script.checksum
                 outcome.to_version = str(state.current)
             else:
                 state.repeatables[script.filename] = checksum
+
+        def joined_done(item: _Joined, duration_ms: int) -> None:
+            done(item.script, item.checksum, item.applied(duration_ms))
+
+        if unconfirmed:  # the scripts of a joined round trip whose connection broke: those that committed
+            for item, duration_ms in _committed(conn, spec.schema, unconfirmed) if state.has_history else ():
+                outcome.applied.append(item.applied(duration_ms))
+            unconfirmed.clear()
+        start = 0
+        while start < len(pending):
+            _stop_point(options, pending[start])
+            end = _joined_end(pending, start, source.script_ms, options.join_scripts_ms)
+            release = lock if pending[end - 1] is last else None  # nothing runs after it under the lock
+            if end - start > 1:
+                items = []
+                for script in pending[start:end]:
+                    values = values_of(script)
+                    text = history.insert_row_rendered(conn, spec.schema, values).as_string(conn)
+                    items.append(_Joined(script, values.kind, values.checksum, text))
+                try:
+                    _run_joined(conn, spec, items, options, around, joined_done, release=release, create=create)
+                except TransientError:
+                    if source.broken:
+                        unconfirmed[:] = items
+                    raise
+            else:
+                script = pending[start]
+                values = values_of(script)
+
+                def row(
+                    duration: int | None, values=values, unless: sql.Composable | None = None
+                ) -> sql.SQL | sql.Composed:
+                    if duration is None and unless is None:  # in the script's transaction: the same for every target
+                        return history.insert_row_rendered(conn, spec.schema, values)
+                    return history.insert_row_of(spec.schema, values, execution_time_ms=duration, unless=unless)
+
+                applied = _run_script(
+                    conn, spec, script, values.kind, row, options, around, guarded=True, release=release, create=create
+                )
+                done(script, values.checksum, applied)
+            create = ""
+            start = end
         callbacks(conn, "afterMigrate", outcome)
 
     def work(conn: psycopg.Connection, state: history.SchemaState, outcome: TargetOutcome, lock: _HeldLock) -> None:

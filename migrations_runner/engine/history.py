@@ -141,6 +141,15 @@ def read_states(conn: psycopg.Connection, schemas: Iterable[str]) -> dict[str, S
     return states
 
 
+def newest_rows(conn: psycopg.Connection, schema: str, count: int) -> list[tuple[str, str, str, int]]:
+    """The schema's ``count`` newest successful history rows, oldest first: type, script, checksum and duration
+    (ms). What a round trip of several scripts committed before one of them failed."""
+    query = sql.SQL(
+        "SELECT type, script, checksum, execution_time_ms FROM {} WHERE success ORDER BY installed_rank DESC LIMIT {}"
+    ).format(table(schema), sql.Literal(count))
+    return list(reversed(conn.execute(query).fetchall()))
+
+
 def _copy(template: SchemaState, schema: str) -> SchemaState:
     """A state of ``schema`` with ``template``'s history (its own containers: callers may change them)."""
     return SchemaState(

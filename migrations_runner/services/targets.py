@@ -43,6 +43,7 @@ def apply_options(
         lock_blocked_since=run.lock_blocked_since.timestamp() if run is not None and run.lock_blocked_since else None,
         defer_lock_wait=defer_lock_wait,
         on_lock_wait=on_lock_wait,
+        join_scripts_ms=settings.MIGRATION_JOIN_SCRIPTS_MS,
     )
 
 

@@ -84,6 +84,7 @@ def test_testing_starts_with_the_development_values(load):
         ({"DB_POOL_MIN_SIZE": "4", "DB_POOL_MAX_SIZE": "3"}, "and at least DB_POOL_MIN_SIZE; got 4 and 3."),
         ({"DB_POOL_MAX_SIZE": "0"}, "DB_POOL_MIN_SIZE must be at least 0 and DB_POOL_MAX_SIZE at least 1"),
         ({"MIGRATION_CLAIM_AHEAD_BELOW_S": "-1"}, "MIGRATION_CLAIM_AHEAD_BELOW_S must be 0 (never claim ahead)"),
+        ({"MIGRATION_JOIN_SCRIPTS_MS": "-1"}, "MIGRATION_JOIN_SCRIPTS_MS must be 0 (a round trip a script) or more"),
     ],
     ids=[
         "environment",
@@ -101,6 +102,7 @@ def test_testing_starts_with_the_development_values(load):
         "pool-bounds",
         "pool-maximum",
         "claim-ahead",
+        "join-scripts",
     ],
 )
 def test_a_bad_value_stops_start_up_naming_it(load, env, message):
