@@ -8,45 +8,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
-from psycopg import sql
 
-from tests.support.qcluster import ROOT, Cluster, RedisServer, control_env
+from tests.support.qcluster import Cluster, RedisServer, control_env, drop_databases, manage, migrate_and_register
 from tests.support.tools import require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
-REGISTER = """
-import json
-from tests.support.postgres import PgServer
-from tests.support.fleet import build_fleet
-fleet = build_fleet(PgServer("{host}", {port}, "{user}", "{password}"), tenants_per_region=12)
-print(json.dumps(fleet.databases))
-"""
-
-
-def manage(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
 
 def run_on_two_clusters(env: dict, pg_server) -> None:
-    migrate = manage(env, "migrate", "--noinput")
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    code = REGISTER.format(
-        host=pg_server.host, port=pg_server.port, user=pg_server.superuser, password=pg_server.superuser_password
-    )
-    registered = manage(env, "shell", "-c", code)
-    assert registered.returncode == 0, registered.stderr[-3000:]
-    databases = json.loads(registered.stdout.strip().splitlines()[-1])
+    databases = migrate_and_register(env, pg_server)
     clusters = [Cluster(env, workers=2).start() for _ in range(2)]
     try:
         try:
@@ -67,9 +39,7 @@ def run_on_two_clusters(env: dict, pg_server) -> None:
     finally:
         for cluster in clusters:
             cluster.stop()
-        with pg_server.connect() as conn:
-            for database in databases.values():
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+        drop_databases(pg_server, databases)
 
 
 def test_two_clusters_share_the_orm_broker_on_a_postgresql_control_database(pg_server, pg_control, sets_dir):

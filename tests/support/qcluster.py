@@ -166,3 +166,48 @@ class RedisServer:
         if self.process is not None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def manage(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``manage.py`` with ``args`` in a child process with ``env``, its output captured."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+_REGISTER_FLEET = """
+import json
+from tests.support.postgres import PgServer
+from tests.support.fleet import build_fleet
+fleet = build_fleet(PgServer("{host}", {port}, "{user}", "{password}"), tenants_per_region=12)
+print(json.dumps(fleet.databases))
+"""
+
+
+def migrate_and_register(env: dict, pg_server) -> dict[str, str]:
+    """Migrate the control database of ``env`` and register a fleet on ``pg_server`` in it (``build_fleet``, 12
+    tenants a region), from child processes; the fleet's databases by name."""
+    import json
+
+    migrate = manage(env, "migrate", "--noinput")
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    code = _REGISTER_FLEET.format(
+        host=pg_server.host, port=pg_server.port, user=pg_server.superuser, password=pg_server.superuser_password
+    )
+    registered = manage(env, "shell", "-c", code)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+    return json.loads(registered.stdout.strip().splitlines()[-1])
+
+
+def drop_databases(pg_server, databases: dict[str, str]) -> None:
+    """Drop the fleet's databases (``migrate_and_register``'s)."""
+    from psycopg import sql
+
+    with pg_server.connect() as conn:
+        for database in databases.values():
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))

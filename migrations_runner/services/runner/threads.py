@@ -14,14 +14,20 @@ from django.db import connection as control_db
 from django.db import transaction
 from django.utils import timezone
 
+from infra_site.connection_pool import room_for
 from migrations_runner.models import MigrationExecution, Waiting
 from migrations_runner.services.runner.hosts import ExecutionId
 from migrations_runner.services.runner.lanes import lane_work
 from migrations_runner.services.runner.phases import execution_open, phase_advance
 
+# Control-database connections a lane thread holds while it works: its own, its control thread's (claims ahead,
+# outcomes) and its fingerprint thread's.
+CONNECTIONS_PER_LANE = 3
+
 
 class ThreadHost:
-    """Lanes as threads of this process, up to ``batch_size`` at once; ``run`` returns when the execution ends."""
+    """Lanes as threads of this process, up to ``batch_size`` at once; ``run`` returns when the execution ends.
+    The process's pool of control-database connections has room for them meanwhile (``room_for``)."""
 
     keeps_connections = False
     lane_seconds: float | None = None
@@ -47,6 +53,11 @@ class ThreadHost:
 
     def run(self, *, on_poll: Callable[[], None] | None = None, poll_s: float = 0.5) -> MigrationExecution:
         """Open the execution, work it in lanes until none is left, and return it finished."""
+        # The lanes' connections and the lease heartbeat's: that thread is the process's, started by a first lane.
+        with room_for(CONNECTIONS_PER_LANE * max(1, self.execution.batch_size) + 1):
+            return self._run(on_poll=on_poll, poll_s=poll_s)
+
+    def _run(self, *, on_poll: Callable[[], None] | None, poll_s: float) -> MigrationExecution:
         try:
             execution_open(execution=self.execution, host=self)
             while True:
