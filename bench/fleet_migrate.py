@@ -9,7 +9,8 @@ each N, measures in the same run:
 - psql: one ``psql`` session running a file that applies the tenant set to every schema, each script in its own
   transaction with its history row (what a Flyway loop or a home-made script does at best);
 - raw pool: 4 threads of this process, each with one psycopg connection, sending the same statements (no
-  bookkeeping at all);
+  bookkeeping at all), each transaction in its own round trip as psql does (the lanes join a target's consecutive
+  transactional scripts in one once they have seen them: ``MIGRATION_JOIN_SCRIPTS_MS``, recorded in the results);
 - in-process (``--sizes``): ``services.execution_start`` with its lanes as threads of this process
   (``ThreadHost``), 1 lane (``batch_size=1``) and 4 lanes, in rounds with psql (psql, 1 lane, psql, 4 lanes;
   reversed every other round): each round's 1-lane run is compared with the mean of the two psql runs around it,
@@ -95,6 +96,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.test.utils import override_settings  # noqa: E402
 from django.utils import timezone  # noqa: E402
@@ -799,6 +801,8 @@ def main() -> None:
         "quick": args.quick,
         "work_by_size": {},
         "overhead_definition": OVERHEAD_DEFINITION,
+        # The lanes join a target's consecutive transactional scripts in one round trip (0: they do not).
+        "join_scripts_ms": settings.MIGRATION_JOIN_SCRIPTS_MS,
         "in_process": [],
         "queued": [],
         "noop": [],

@@ -121,6 +121,14 @@ def fleet_migrate(data: dict) -> list[str]:
             "catalog read that records each target's schema fingerprint (the raw pool reads none either); the "
             "difference to the same variant with the default is what that read costs the run.",
         ]
+    if data.get("join_scripts_ms"):
+        lines += [
+            "",
+            "  Round trips: psql and the raw pool send each transaction on its own, as a Flyway loop does; the lanes "
+            "send a target's consecutive transactional versions in one round trip once they have seen them run on "
+            f"the database (`MIGRATION_JOIN_SCRIPTS_MS`, {number(data['join_scripts_ms'])} ms), each still its own "
+            "transaction with its history row.",
+        ]
     noops = []
     for row in [*data.get("noop", []), *data["in_process"]]:
         notes = []

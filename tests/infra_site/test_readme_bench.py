@@ -149,6 +149,18 @@ def test_a_queued_variant_without_fingerprints_after_runs_says_so(results):
     assert "No fingerprint read after each run: `MIGRATION_FINGERPRINT_AFTER_RUN` off" in text
 
 
+def test_results_of_lanes_that_join_scripts_say_so_beside_the_baselines_one_round_trip_a_transaction(results):
+    path = results / "fleet_migrate.json"
+    data = json.loads(path.read_text())
+    data.pop("join_scripts_ms", None)  # results of the earlier format: a round trip a script on every side
+    assert "Round trips:" not in rendered(path, data)
+    data["join_scripts_ms"] = 250
+    assert (
+        "the lanes send a target's consecutive transactional versions in one round trip once they have seen them "
+        "run on the database (`MIGRATION_JOIN_SCRIPTS_MS`, 250 ms)"
+    ) in rendered(path, data)
+
+
 def test_control_plane_runs_between_raw_pool_runs_show_their_median_and_each_round(results):
     path = results / "control_plane.json"
     data = json.loads(path.read_text())
