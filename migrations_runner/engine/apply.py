@@ -276,8 +276,15 @@ def _local_settings_text(conn: psycopg.Connection, schema: str, options: ApplyOp
 
 
 def _local_timeouts(options: ApplyOptions) -> sql.Composed:
-    return sql.SQL("set_config('statement_timeout', {st}, true), set_config('lock_timeout', {lt}, true)").format(
-        st=sql.Literal(f"{options.statement_timeout_s}s"), lt=sql.Literal(f"{int(options.lock_timeout_s * 1000)}ms")
+    """The script's timeouts, and when it started (``history.SCRIPT_STARTED``, what its row's duration counts
+    from: several scripts of one round trip all have its start as ``now()``)."""
+    return sql.SQL(
+        "set_config('statement_timeout', {st}, true), set_config('lock_timeout', {lt}, true), "
+        "set_config({started}, clock_timestamp()::text, true)"
+    ).format(
+        st=sql.Literal(f"{options.statement_timeout_s}s"),
+        lt=sql.Literal(f"{int(options.lock_timeout_s * 1000)}ms"),
+        started=sql.Literal(history.SCRIPT_STARTED),
     )
 
 

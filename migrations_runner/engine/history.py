@@ -247,7 +247,13 @@ def try_lock_and_read(
     return bool(locked), state
 
 
-_SERVER_DURATION = sql.SQL("(extract(epoch FROM clock_timestamp() - now()) * 1000)::integer")
+# When the script of the transaction started, set in its transaction (``apply._local_timeouts``): the transactions
+# of one round trip all began, as far as now() says, when the server received it.
+SCRIPT_STARTED = "infra_migrations.script_started"
+_SERVER_DURATION = sql.SQL(
+    "(extract(epoch FROM clock_timestamp() - coalesce(nullif(current_setting({}, true), '')::timestamptz, now()))"
+    " * 1000)::integer"
+).format(sql.Literal(SCRIPT_STARTED))
 _INSERT = (
     "INSERT INTO {table} (version, description, type, script, checksum, installed_by, execution_time_ms, success, "
     "execution_id) {rows}"
@@ -267,8 +273,8 @@ class RowValues:
     execution_id: str | None
 
     def composed(self, execution_time_ms: int | None) -> sql.Composed:
-        """The row's values as literals; the duration ``execution_time_ms``, or (None) the time since the
-        transaction began."""
+        """The row's values as literals; the duration ``execution_time_ms``, or (None) the time since the script
+        began (``SCRIPT_STARTED``, else since the transaction began)."""
         return sql.SQL(
             "{version}, {description}, {kind}, {script}, {checksum}, {installed_by}, {duration}, true, {execution_id}"
         ).format(
@@ -303,7 +309,7 @@ def insert_row(
     """An INSERT of one history row, composed client-side with literals (no user text in SQL); with ``unless``
     (a query), the row is inserted only when that query returns no row.
 
-    With ``execution_time_ms`` None the duration is the time since the transaction began.
+    With ``execution_time_ms`` None the duration is the time since the script began (``SCRIPT_STARTED``).
     """
     values = RowValues(version, description, kind, script, checksum, installed_by, execution_id)
     return insert_row_of(schema, values, execution_time_ms=execution_time_ms, unless=unless)

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from migrations_runner.engine.apply import ConnectionSource, apply_target
-from tests.support.engine import SPEC, options, recorded_versions, write_set
+from tests.support.engine import SPEC, options, recorded_versions, table_locked, write_set
 from tests.support.postgres import PgDatabase
 from tests.support.waiting import wait_until
 
@@ -88,6 +88,22 @@ def test_scripts_seen_on_the_database_share_one_round_trip_with_their_own_rows(p
     source.close()
 
 
+def test_each_script_of_a_joined_round_trip_records_its_own_duration(pg, tmp_path):
+    scripts = {**FOUR, "V2__b.sql": "CREATE TABLE b (x int);\nSELECT pg_sleep(0.2);\n"}
+    mset = write_set(tmp_path / "tenant", scripts)
+    source, counting = counting_source(pg)
+    round_trips(source, counting, "tenant_a", mset)
+    outcome, joined = round_trips(source, counting, "tenant_b", mset, join_scripts_ms=60_000)
+    assert joined == 1  # the four scripts at once (the lock and history read went in a pipeline)
+    took = [a.duration_ms for a in outcome.applied]
+    # The round trip's transactions all began when the server received it (now()): V3 and V4 count from their own
+    # start, not from there, so V2's sleep is in its duration alone.
+    assert took[1] >= 200
+    assert max(took[2], took[3]) < 200
+    with pg.connect() as conn:
+        assert durations(conn, "tenant_b") == took
+
+
 def test_joining_stops_at_the_budget(pg, tmp_path):
     scripts = {**FOUR, "V2__b.sql": "CREATE TABLE b (x int);\nSELECT pg_sleep(0.3);\n"}
     mset = write_set(tmp_path / "tenant", scripts)
@@ -130,17 +146,8 @@ def test_a_lock_wait_inside_a_joined_round_trip_is_retried_from_the_script_that_
         conn.execute("CREATE SCHEMA tenant_a; CREATE TABLE tenant_a.t (x int)")
         conn.execute("CREATE SCHEMA tenant_b; CREATE TABLE tenant_b.t (x int)")
     assert apply_target(source, SPEC, mset, options()).status == "succeeded"
-    holder = pg.connect()
-    holder.autocommit = False
-    holder.execute("LOCK TABLE tenant_b.t IN ACCESS EXCLUSIVE MODE")
-    # Held past several lock timeouts: the retries meanwhile are what is tested.
-    release = threading.Timer(1.0, holder.rollback)
-    release.start()
-    try:
+    with table_locked(pg, "tenant_b.t"):
         outcome = apply_target(source, B, mset, options(lock_timeout_s=0.2))
-    finally:
-        release.join()
-        holder.close()
     assert outcome.status == "succeeded"
     assert outcome.lock_attempts >= 1
     assert [a.version for a in outcome.applied] == ["1", "2", "3", "4"]  # V1 once: its commit was kept

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from migrations_runner.engine.apply import apply_target, undo_target
 from migrations_runner.engine.sets import Version
-from tests.support.engine import SPEC, engine_source, options, recorded_versions, write_set
+from tests.support.engine import SPEC, engine_source, options, recorded_versions, table_locked, write_set
 
 pytestmark = [pytest.mark.postgres]
 
@@ -49,17 +47,8 @@ def test_undo_stops_between_scripts_when_asked_and_keeps_the_rest_applied(pg, th
 
 def test_undo_retries_a_lock_timeout_until_the_lock_is_free(pg, three_tables):
     mset, source = three_tables
-    holder = pg.connect()
-    holder.autocommit = False
-    holder.execute("LOCK TABLE tenant_a.c IN ACCESS EXCLUSIVE MODE")
-    # The lock is held for a second, past several lock timeouts: the retries meanwhile are what is tested.
-    release = threading.Timer(1.0, holder.rollback)
-    release.start()
-    try:
+    with table_locked(pg, "tenant_a.c"):
         outcome = undo_target(source, SPEC, mset, [Version.parse("3")], options(lock_timeout_s=0.2, retry_attempts=6))
-    finally:
-        release.join()
-        holder.close()
     assert outcome.status == "succeeded", outcome.error
     assert outcome.lock_attempts >= 1  # lock waits are retried apart from other transient errors
     assert [a.version for a in outcome.applied] == ["3"]

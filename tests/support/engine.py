@@ -7,6 +7,7 @@ index build from outside.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -77,6 +78,22 @@ def open_snapshot(connect: Callable[[], psycopg.Connection]) -> Iterator[psycopg
         holder.execute("SELECT count(*) FROM pg_class").fetchone()
         yield holder
         holder.rollback()
+
+
+@contextlib.contextmanager
+def table_locked(pg: PgDatabase, table: str, seconds: float = 1.0) -> Iterator[None]:
+    """``table`` (schema-qualified) locked ACCESS EXCLUSIVE by another session while the block runs, released after
+    ``seconds``: past several lock timeouts of the block's statements, whose retries meanwhile are what is tested."""
+    holder = pg.connect()
+    holder.autocommit = False
+    holder.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(*table.split("."))))
+    release = threading.Timer(seconds, holder.rollback)
+    release.start()
+    try:
+        yield
+    finally:
+        release.join()
+        holder.close()
 
 
 def wait_for_old_snapshots(observer: psycopg.Connection, index: str, timeout: float = 90) -> int:
