@@ -631,6 +631,8 @@ def _run_joined(
         for item, duration in committed:
             done(item, duration)
         failed = len(committed) if not conn.broken else 0
+        if failed == len(items):  # every script committed: the unlock after them failed (the lock is still held)
+            raise TransientError(_sql_error(exc, **items[-1].context)) from exc
         _script_failed(conn, spec, exc, texts[failed], items[failed].context, options)
     if release is not None:
         release.held = False

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from migrations_runner.engine.apply import ConnectionSource, apply_target
+from migrations_runner.engine.apply import ConnectionSource, _HeldLock, apply_target
 from tests.support.engine import SPEC, options, recorded_versions, table_locked, write_set
 from tests.support.postgres import PgDatabase
 from tests.support.waiting import wait_until
@@ -88,11 +88,18 @@ def test_scripts_seen_on_the_database_share_one_round_trip_with_their_own_rows(p
     source.close()
 
 
-def test_each_script_of_a_joined_round_trip_records_its_own_duration(pg, tmp_path):
-    scripts = {**FOUR, "V2__b.sql": "CREATE TABLE b (x int);\nSELECT pg_sleep(0.2);\n"}
+def seen_with_a_slow_v2(pg: PgDatabase, tmp_path, seconds: float):
+    """FOUR with a V2 that sleeps ``seconds``, applied once to tenant_a (so seen): the set, the source and its
+    round trip counter."""
+    scripts = {**FOUR, "V2__b.sql": f"CREATE TABLE b (x int);\nSELECT pg_sleep({seconds});\n"}
     mset = write_set(tmp_path / "tenant", scripts)
     source, counting = counting_source(pg)
     round_trips(source, counting, "tenant_a", mset)
+    return mset, source, counting
+
+
+def test_each_script_of_a_joined_round_trip_records_its_own_duration(pg, tmp_path):
+    mset, source, counting = seen_with_a_slow_v2(pg, tmp_path, 0.2)
     outcome, joined = round_trips(source, counting, "tenant_b", mset, join_scripts_ms=60_000)
     assert joined == 1  # the four scripts at once (the lock and history read went in a pipeline)
     took = [a.duration_ms for a in outcome.applied]
@@ -102,13 +109,11 @@ def test_each_script_of_a_joined_round_trip_records_its_own_duration(pg, tmp_pat
     assert max(took[2], took[3]) < 200
     with pg.connect() as conn:
         assert durations(conn, "tenant_b") == took
+    source.close()
 
 
 def test_joining_stops_at_the_budget(pg, tmp_path):
-    scripts = {**FOUR, "V2__b.sql": "CREATE TABLE b (x int);\nSELECT pg_sleep(0.3);\n"}
-    mset = write_set(tmp_path / "tenant", scripts)
-    source, counting = counting_source(pg)
-    round_trips(source, counting, "tenant_a", mset)
+    mset, source, counting = seen_with_a_slow_v2(pg, tmp_path, 0.3)
     _, apart = round_trips(source, counting, "tenant_c", mset, join_scripts_ms=0)
     outcome, joined = round_trips(source, counting, "tenant_b", mset, join_scripts_ms=250)
     # V1 alone (V2's 300 ms would pass the budget), V2 alone (the same with V3), V3 and V4 together.
@@ -188,4 +193,22 @@ def test_a_connection_lost_inside_a_joined_round_trip_reports_what_committed(pg,
     with pg.connect() as conn:
         assert recorded_versions(conn, "tenant_b") == ["1", "2", "3", "4"]
         assert result.applied[0].duration_ms == durations(conn, "tenant_b")[0]
+    source.close()
+
+
+def test_a_failure_after_the_last_commit_of_a_joined_round_trip_is_retried_and_loses_nothing(pg, tmp_path, monkeypatch):
+    mset = write_set(tmp_path / "tenant", FOUR)
+    source, counting = counting_source(pg)
+    round_trips(source, counting, "tenant_a", mset)
+    # The unlock that ends the round trip fails once, after every script committed.
+    failing = iter(["SELECT 1/0"])
+    unlock = _HeldLock.release_statement
+    monkeypatch.setattr(_HeldLock, "release_statement", lambda self, conn: next(failing, None) or unlock(self, conn))
+    outcome = apply_target(source, spec_of("tenant_b"), mset, options())
+    assert outcome.status == "succeeded"
+    assert outcome.attempts == 2  # the retry found everything applied
+    assert [a.version for a in outcome.applied] == ["1", "2", "3", "4"]
+    with pg.connect() as conn:
+        assert recorded_versions(conn, "tenant_b") == ["1", "2", "3", "4"]
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()[0] == 0
     source.close()
