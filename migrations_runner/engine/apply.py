@@ -396,49 +396,16 @@ def _run_script(
     around: tuple[list[Script], list[Script]] = ([], []),
     *,
     guarded: bool = False,
-    release: _HeldLock | None = None,
-    create: str = "",
 ) -> AppliedVersion:
-    """Run one script with its history row, between its ``beforeEachMigrate`` and ``afterEachMigrate``
-    callbacks (``around``): in its transaction when it is transactional. ``guarded``: ``row`` takes ``unless``
-    (``history.insert_row``'s), so a script run outside a transaction records its row in the round trip that
-    checks for invalid indexes. ``release``: the target's last script; a transactional one releases the schema's
-    lock in its own round trip, after its COMMIT. ``create``: a new schema's first (transactional) script: the
-    schema and history table (``history.ensure_text``), created and committed in the script's round trip before
-    its transaction. Raises _Failed / TransientError (psycopg.Error outside statements, the creation's among
-    them)."""
+    """Run one script PostgreSQL refuses inside a transaction, statement by statement, with its history row, between
+    its ``beforeEachMigrate`` and ``afterEachMigrate`` callbacks (``around``); transactional scripts go through
+    ``_run_joined``. ``guarded``: ``row`` takes ``unless`` (``history.insert_row``'s), so the script records its
+    row in the round trip that checks for invalid indexes. Raises _Failed / TransientError."""
     context: _ScriptContext = {"version": str(script.version or ""), "script": script.filename}
     text = _render(script, spec, context)
     before, after = ([_render(c, spec, context) for c in group] for group in around)
     started = time.perf_counter()
     applied = AppliedVersion(context["version"], script.description, script.filename, 0, kind)
-    if script.transactional:
-        # One round trip: the transaction, its settings, the callbacks, the script and its history row. When a
-        # statement fails the server skips the rest (the INSERT and COMMIT included) and we roll back.
-        # Joined as text: its pieces are rendered already (the settings, the row and the unlock once per schema
-        # or script), and composing them again would cost more than the rest of the lane's work on the script.
-        body = ";\n".join(
-            [
-                *(["BEGIN", create, "COMMIT"] if create else []),
-                "BEGIN",
-                _local_settings_text(conn, spec.schema, options),
-                *before,
-                text,
-                *after,
-                row(None).as_string(conn),
-                "COMMIT",
-                *([release.release_statement(conn)] if release is not None else []),
-            ]
-        )
-        try:
-            conn.execute(body)
-            if release is not None:
-                release.held = False
-        except psycopg.Error as exc:
-            _rolled_back(conn, spec, exc, create)
-            _script_failed(conn, spec, exc, text, context, options)
-        applied.duration_ms = int((time.perf_counter() - started) * 1000)
-        return applied
 
     def execute(statement: str | sql.Composed, index: int | None) -> None:
         try:
@@ -536,7 +503,7 @@ _RECORDED_FIELD = b"infra_recorded_ms"
 
 @dataclass(frozen=True)
 class _Joined:
-    """A transactional script of a joined round trip: its history row's kind, checksum and INSERT (rendered)."""
+    """A transactional script of a round trip (``_run_joined``): its history row's kind, checksum and row (rendered)."""
 
     script: Script
     kind: str
@@ -609,10 +576,15 @@ def _run_joined(
     release: _HeldLock | None = None,
     create: str = "",
 ) -> None:
-    """Run consecutive transactional scripts in one round trip, each in its own transaction with its settings,
-    callbacks (``around``) and history row, as ``_run_script`` runs one. ``done`` gets each script that committed
-    with its duration, in order, also those before a script that failed (which raises as in ``_run_script``);
-    ``release`` and ``create`` as there."""
+    """Run transactional scripts (one, or consecutive ones: ``_joined_end``) in one round trip, each in its own
+    transaction with its settings, callbacks (``around``) and history row. When a statement fails the server skips
+    the rest (the later scripts, their rows and COMMITs included) and we roll back. ``done`` gets each script that
+    committed with its duration, in order, also those before a script that failed; the failure raises _Failed /
+    TransientError (psycopg.Error when the creation failed). ``release``: the target's last script is among them:
+    the schema's lock is released in the same round trip, after the last COMMIT. ``create``: a new schema: the
+    schema and history table (``history.ensure_text``), created and committed before the first transaction."""
+    # Joined as text: its pieces are rendered already (the settings, the rows and the unlock once per schema or
+    # script), and composing them again would cost more than the rest of the lane's work on a script.
     parts = ["BEGIN", create, "COMMIT"] if create else []
     texts = []
     for item in items:
@@ -955,13 +927,13 @@ def apply_target(
         while start < len(pending):
             _stop_point(options, pending[start])
             end = _joined_end(pending, start, source.script_ms, options.join_scripts_ms)
-            release = lock if pending[end - 1] is last else None  # nothing runs after it under the lock
-            if end - start > 1:
+            if pending[start].transactional:
                 items = []
                 for script in pending[start:end]:
                     values = values_of(script)
                     text = history.insert_row_rendered(conn, spec.schema, values).as_string(conn)
                     items.append(_Joined(script, values.kind, values.checksum, text))
+                release = lock if pending[end - 1] is last else None  # nothing runs after it under the lock
                 try:
                     _run_joined(conn, spec, items, options, around, joined_done, release=release, create=create)
                 except TransientError:
@@ -972,16 +944,10 @@ def apply_target(
                 script = pending[start]
                 values = values_of(script)
 
-                def row(
-                    duration: int | None, values=values, unless: sql.Composable | None = None
-                ) -> sql.SQL | sql.Composed:
-                    if duration is None and unless is None:  # in the script's transaction: the same for every target
-                        return history.insert_row_rendered(conn, spec.schema, values)
+                def row(duration: int, values=values, unless: sql.Composable | None = None) -> sql.Composed:
                     return history.insert_row_of(spec.schema, values, execution_time_ms=duration, unless=unless)
 
-                applied = _run_script(
-                    conn, spec, script, values.kind, row, options, around, guarded=True, release=release, create=create
-                )
+                applied = _run_script(conn, spec, script, values.kind, row, options, around, guarded=True)
                 done(script, values.checksum, applied)
             create = ""
             start = end
@@ -1068,7 +1034,13 @@ def undo_target(
                 )
                 return sql.SQL("; ").join([delete, forget, audit])
 
-            outcome.applied.append(_run_script(conn, spec, script, "UNDO", row, options))
+            if script.transactional:
+                item = _Joined(script, "UNDO", script.checksum, row(None).as_string(conn))
+                _run_joined(
+                    conn, spec, [item], options, ([], []), lambda item, ms: outcome.applied.append(item.applied(ms))
+                )
+            else:
+                outcome.applied.append(_run_script(conn, spec, script, "UNDO", row, options))
             state.applied.pop(version)
             outcome.to_version = str(state.current or "")
         if outcome.applied and state.baseline is not None and state.current == state.baseline:
