@@ -73,6 +73,9 @@ TRANSIENT_SQLSTATES = {"55P03", "40001", "40P01", "57P01", "57P02", "57P03", "53
 NO_REPLAY_SQLSTATES = {"57014"}  # a statement that timed out would only time out again
 
 
+UNCONFIRMED = "unconfirmed"
+
+
 class TransientError(Exception):
     """A failure worth retrying (lock wait, serialization, deadlock, lost connection)."""
 
@@ -122,7 +125,7 @@ class AppliedVersion:
 
 @dataclass
 class TargetOutcome:
-    status: str  # succeeded | failed | cancelled
+    status: str  # succeeded | failed | cancelled | unconfirmed (``ApplyOptions.may_write`` said no: nothing ran)
     from_version: str = ""
     to_version: str = ""
     applied: list[AppliedVersion] = field(default_factory=list)
@@ -175,6 +178,10 @@ class ApplyOptions:
     # the caller can run other targets meanwhile.
     defer_lock_wait: Callable[[], bool] = lambda: False
     on_lock_wait: Callable[[str], None] = lambda message: None
+    # Asked once, with the schema's lock taken and its history read, before anything is written there: False
+    # leaves the target as it was (outcome "unconfirmed"). A caller that is still confirming its claim of the
+    # target (its lane records the run before while this one reads) answers when that is settled.
+    may_write: Callable[[], bool] = lambda: True
 
 
 class ConnectionSource:
@@ -702,7 +709,7 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
     ``deferred`` when it has other work. Never raises for database errors.
     """
     outcome = TargetOutcome(status="failed", lock_attempts=options.lock_attempts_before)
-    state_read = False
+    state_read = confirmed = False
     attempt = 0
     while True:
         attempt += 1
@@ -714,6 +721,10 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
             outcome.reached = True
             lock = _HeldLock(spec.schema)
             try:
+                if not confirmed:
+                    if not options.may_write():
+                        raise _Failed(TargetError(kind=UNCONFIRMED, message="the run was not confirmed; nothing ran"))
+                    confirmed = True
                 if not state_read:
                     outcome.from_version, state_read = str(state.current or ""), True
                 outcome.to_version = str(state.current or "")
@@ -726,6 +737,9 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
                     source.discard()
         except _Failed as exc:
             outcome.error = exc.error
+            if exc.error.kind == UNCONFIRMED:
+                outcome.status = UNCONFIRMED  # not this caller's target (any more): no outcome to report
+                return outcome
             outcome.status = "cancelled" if exc.error.kind == "cancelled" else "failed"
             return _finish(outcome, spec)
         except TransientError as exc:

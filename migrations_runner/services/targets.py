@@ -24,6 +24,7 @@ def apply_options(
     *,
     defer_lock_wait: Callable[[], bool] = lambda: False,
     on_lock_wait: Callable[[str], None] = lambda message: None,
+    may_write: Callable[[], bool] = lambda: True,
 ) -> engine.ApplyOptions:
     """The engine's options for a target run of ``execution``: its own timeouts, else the settings', and the
     lock waits of the run's earlier claims."""
@@ -44,6 +45,7 @@ def apply_options(
         defer_lock_wait=defer_lock_wait,
         on_lock_wait=on_lock_wait,
         join_scripts_ms=settings.MIGRATION_JOIN_SCRIPTS_MS,
+        may_write=may_write,
     )
 
 
@@ -94,14 +96,22 @@ def target_run_apply(
     should_stop: Callable[[], bool] = lambda: False,
     defer_lock_wait: Callable[[], bool] = lambda: False,
     on_lock_wait: Callable[[str], None] = lambda message: None,
+    may_write: Callable[[], bool] = lambda: True,
 ) -> engine.TargetOutcome:
     """Apply (or, for a rollback execution, undo) the versions of one target run; touches no Django rows
-    (``on_lock_wait`` may)."""
+    (``on_lock_wait`` may). ``may_write``: see ``engine.ApplyOptions``."""
     mset = sets[run.database_type]
     changed = _check_snapshot(execution, mset)
     if changed:
         return engine.TargetOutcome(status="failed", error=engine.TargetError(kind="set_changed", message=changed))
-    options = apply_options(execution, should_stop, run, defer_lock_wait=defer_lock_wait, on_lock_wait=on_lock_wait)
+    options = apply_options(
+        execution,
+        should_stop,
+        run,
+        defer_lock_wait=defer_lock_wait,
+        on_lock_wait=on_lock_wait,
+        may_write=may_write,
+    )
     if execution.kind == ExecutionKind.ROLLBACK:
         versions = [Version.parse(v) for v in run.pending_versions]
         return engine.undo_target(source, target_spec(run, execution), mset, versions, options)

@@ -299,3 +299,40 @@ def test_the_last_script_releases_the_lock_in_its_own_round_trip_and_a_failed_on
     with pg.connect() as observer:
         assert advisory_locks(observer) == 0  # released by the engine after the script's round trip stopped short
     source.close()
+
+
+def test_a_target_not_confirmed_after_its_lock_and_history_is_left_as_it_was(pg, tenant_set):
+    """``may_write`` is asked once the lock is taken and the history read, before anything is written: a no
+    leaves the schema untouched and its lock released; a yes is asked once, and the target is migrated."""
+    mset = load_set(tenant_set, "tenant")
+    source, sent = counting_source(pg)
+    asked: list[bool] = []
+
+    def held_then(answer: bool):
+        def may_write() -> bool:
+            with pg.connect() as observer:
+                asked.append(advisory_locks(observer) == 1)  # asked under the schema's lock
+            return answer
+
+        return may_write
+
+    refused = apply_target(source, spec("tenant_u"), mset, ApplyOptions(installed_by="t", may_write=held_then(False)))
+
+    assert refused.status == "unconfirmed"
+    assert refused.applied == []
+    assert asked == [True]
+    assert not any("CREATE" in text for text, _ in sent)  # the lock and history read, then the unlock alone
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0
+        assert observer.execute("SELECT to_regnamespace('tenant_u')").fetchone()[0] is None
+
+    asked.clear()
+    confirmed = apply_target(source, spec("tenant_u"), mset, ApplyOptions(installed_by="t", may_write=held_then(True)))
+
+    assert confirmed.status == "succeeded"
+    assert [a.version for a in confirmed.applied] == ["1"]
+    assert asked == [True]
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0
+        assert history.read_states(observer, ["tenant_u"])["tenant_u"].current is not None
+    source.close()

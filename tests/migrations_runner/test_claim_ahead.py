@@ -6,14 +6,19 @@ The lane's steps are played here one by one (the runner's own claim, apply and r
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import psycopg
 import pytest
 from django.db import OperationalError
 from django_q.models import OrmQ
 
 from migrations_runner import services, tasks
+from migrations_runner.engine import apply as engine
 from migrations_runner.models import (
     ExecutionStatus,
     MigrationExecution,
@@ -300,3 +305,101 @@ def test_a_lane_with_very_quick_targets_claims_several_ahead_in_one_statement(sm
     ordered = list(execution.targets.order_by("started_at"))
     for before, after in itertools.pairwise(ordered):
         assert after.started_at >= before.completed_at  # still one target at a time
+
+
+def _recording_held(monkeypatch) -> tuple[threading.Event, threading.Event, list[TargetRun]]:
+    """Hold back the transactions that record a lane's run and start the one it claimed ahead: each waits for the
+    ``release`` event returned, after setting ``reached`` and noting the run it starts."""
+    reached, release, starts = threading.Event(), threading.Event(), []
+    real = lanes.run_record_and_start
+
+    def held(*, run, start, execution, worker):
+        starts.append(start)
+        reached.set()
+        assert release.wait(timeout=60), "the test never released the recording"
+        return real(run=run, start=start, execution=execution, worker=worker)
+
+    monkeypatch.setattr(lanes, "run_record_and_start", held)
+    return reached, release, starts
+
+
+def _schema_lock_held(conn, schema: str) -> bool:
+    """Whether some session holds the migration lock of ``schema`` (the engine's two-key advisory lock)."""
+    query = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+        "AND classid = %s AND objid = (hashtext(%s)::bigint & 4294967295)::oid"
+    )
+    return conn.execute(query, [engine.LOCK_NAMESPACE, schema]).fetchone()[0] == 1
+
+
+def _history_table(conn, schema: str):
+    return conn.execute("SELECT to_regclass(%s)", [f"{schema}.infra_schema_history"]).fetchone()[0]
+
+
+@dataclass
+class _HeldLane:
+    """A lane in a thread, held at its first recording that starts a run claimed ahead (``started``), after it
+    took that run's target lock; ``finish`` releases the recording and waits for the lane to leave."""
+
+    started: TargetRun
+    conn: psycopg.Connection
+    release: threading.Event
+    lane: threading.Thread
+    said: list[str]
+
+    def finish(self) -> None:
+        self.release.set()
+        self.lane.join(timeout=60)
+        assert not self.lane.is_alive()
+
+
+@contextlib.contextmanager
+def _lane_held_recording(small_fleet, monkeypatch, execution: MigrationExecution) -> Iterator[_HeldLane]:
+    reached, release, starts = _recording_held(monkeypatch)
+    said: list[str] = []
+    lane = threading.Thread(target=lambda: said.append(tasks.run_lane(str(execution.pk))), name="test-lane")
+    lane.start()
+    try:
+        assert reached.wait(timeout=60), "no run was started in place of another"
+        (started,) = starts
+        with small_fleet.connect("shared-us") as conn:
+            wait_until(lambda: _schema_lock_held(conn, started.schema_name), timeout=30, message="no lock taken")
+            yield _HeldLane(started, conn, release, lane, said)
+    finally:
+        release.set()
+        lane.join(timeout=60)
+
+
+def test_a_lane_goes_on_with_the_run_it_starts_while_recording_the_one_before(small_fleet, queue_here, monkeypatch):
+    execution = submitted(batch_size=1)
+    with _lane_held_recording(small_fleet, monkeypatch, execution) as held:
+        # The lane took the next target's lock (and read its history) while the recording waits, and wrote
+        # nothing there: the run is not started yet.
+        assert state(held.started) == (TargetStatus.PENDING, runner.worker_name(), False)
+        assert _history_table(held.conn, held.started.schema_name) is None
+        held.finish()
+        assert held.said == ["done after 3 target(s)"]
+        assert _history_table(held.conn, held.started.schema_name) is not None
+    execution.refresh_from_db()
+    assert (execution.status, execution.targets_succeeded) == (ExecutionStatus.COMPLETED, 3)
+    runs = list(execution.targets.order_by("started_at"))
+    for before, after in itertools.pairwise(runs):
+        assert after.started_at >= before.completed_at  # the recording settled before the next one wrote
+
+
+def test_a_run_cancelled_while_the_recording_that_starts_it_is_in_flight_is_left_as_it_was(
+    small_fleet, queue_here, monkeypatch
+):
+    execution = submitted(batch_size=1)
+    with _lane_held_recording(small_fleet, monkeypatch, execution) as held:
+        services.execution_cancel(execution=execution, actor="test")
+        held.finish()
+        assert _history_table(held.conn, held.started.schema_name) is None  # nothing ran on its schema
+        assert not _schema_lock_held(held.conn, held.started.schema_name)  # and its lock was released
+    assert held.said
+    assert held.said[0].startswith("done after")
+    assert state(held.started)[0] == TargetStatus.CANCELLED
+    assert held.started.pk not in Leases._held
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.CANCELLED
+    assert execution.targets_succeeded == 2  # the two before it, recorded

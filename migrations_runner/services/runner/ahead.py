@@ -1,7 +1,9 @@
 """A lane's work beside its targets: claiming the next target ahead, and reading and storing fingerprints.
 
-While a lane applies a target, a thread of its own claims the next one, and another reads and stores the
-fingerprints of the targets it finished (on connections of its own, in batches: ``FingerprintBuffer``).
+While a lane applies a target, a thread of its own claims the next one and records the one before (the
+transaction that starts the target in its place: the lane reads the target meanwhile and writes there only once
+that transaction says it started), and another reads and stores the fingerprints of the targets it finished (on
+connections of its own, in batches: ``FingerprintBuffer``).
 
 The claim (the statement that counts both caps under the claim lock) is the costly part of a lane's
 control-database work: a lane whose targets are quick (its last one took less than
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
@@ -60,17 +63,25 @@ class LaneControl:
         """Whether a target that took ``seconds`` is quick enough for its lane to claim ahead."""
         return seconds < settings.MIGRATION_CLAIM_AHEAD_BELOW_S
 
+    def _control_thread(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-control")
+        return self._pool
+
     def claim_ahead(self, *, current: TargetRun, seconds: float) -> None:
         """Claim the runs to apply after ``current`` while the lane applies it, as many as fit in ``AHEAD_WINDOW_S``
         at ``seconds`` a target (at least one), unless the lane still holds some or a claim is in flight."""
         if self._in_flight is not None or self._held:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane-control")
         count = max(1, min(AHEAD_MAX, int(AHEAD_WINDOW_S / max(seconds, 1e-3))))
-        self._in_flight = self._pool.submit(
+        self._in_flight = self._control_thread().submit(
             run_claim_ahead, execution=self.execution, worker=self.worker, current=current, count=count
         )
+
+    def record_beside(self, record: Callable[[], bool]) -> Future[bool]:
+        """Run ``record`` (the recording of a run's outcome that starts the run claimed ahead in its place) on the
+        control thread, after what was handed to it before, while the lane goes on with the run it starts."""
+        return self._control_thread().submit(record)
 
     def _settle(self) -> None:
         """Wait for the claim in flight and hold what it claimed; a claim that failed (the control database stayed

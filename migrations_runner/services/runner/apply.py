@@ -131,16 +131,43 @@ def _note_lock_wait(run: TargetRun) -> Callable[[str], None]:
     return note
 
 
-def claimed_run_apply(*, run: TargetRun, execution: MigrationExecution) -> tuple[str, float]:
-    """Apply one claimed target run and put the outcome on it (not saved); never raises.
+class _Confirmation:
+    """Whether a run claimed ahead started (``started``, asked once: the recording of the run before it, in
+    flight on the lane's control thread), kept with what that raised for the lane to raise in turn."""
+
+    def __init__(self, started: Callable[[], bool]) -> None:
+        self._started = started
+        self.answer: bool | None = None
+        self.failure: BaseException | None = None
+
+    def __call__(self) -> bool:
+        if self.answer is None:
+            try:
+                self.answer = bool(self._started())
+            except BaseException as exc:  # raised again by the lane once the target is left as it was
+                self.failure, self.answer = exc, False
+        return self.answer
+
+
+def claimed_run_apply(
+    *, run: TargetRun, execution: MigrationExecution, started: Callable[[], bool] | None = None
+) -> tuple[str, float]:
+    """Apply one claimed target run and put the outcome on it (not saved); never raises but what ``started``
+    raised.
 
     Returns how the run is to be given back instead of recorded ('' when it is recorded), and after how many
     seconds it may be claimed again: ``unreachable`` when
     it failed to connect to its database server and ran nothing there (unless it was given back
     ``GIVE_BACKS_MAX`` times already), ``deferred`` when a table lock was held and other targets can run
-    meanwhile.
+    meanwhile, ``unconfirmed`` when ``started`` said the run did not start: nothing was written on its
+    target and it has no outcome to record.
+
+    ``started``: the run was claimed ahead and the transaction that starts it is still in flight; the target's
+    lock is taken and its history read meanwhile, and nothing is written there until ``started`` (which may wait
+    for that transaction) says the run started.
     """
     given_back = run.attempts
+    confirmation = _Confirmation(started) if started is not None else None
     try:
         sets = _sets(run)
         outcome = target_run_apply(
@@ -151,10 +178,15 @@ def claimed_run_apply(*, run: TargetRun, execution: MigrationExecution) -> tuple
             should_stop=_should_stop(execution.pk),
             defer_lock_wait=_others_claimable(run),
             on_lock_wait=_note_lock_wait(run),
+            may_write=confirmation or (lambda: True),
         )
     except Exception as exc:  # a failure outside the engine must still end the target run, not leave it running
         logger.exception("target run crashed", extra={"target_run": run.pk, "target": run.label})
         outcome = engine.TargetOutcome(status="failed", error=engine.TargetError(kind="internal", message=str(exc)))
+    if confirmation is not None and not confirmation():  # asked here when the engine never came to ask
+        if confirmation.failure is not None:
+            raise confirmation.failure
+        return "unconfirmed", 0.0
     if outcome.status == "deferred":
         run.lock_waits, run.waiting = outcome.lock_attempts, outcome.lock_wait
         return "deferred", outcome.retry_after_s or 0.0

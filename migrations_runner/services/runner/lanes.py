@@ -7,7 +7,9 @@ recovery task behind it) waiting for long.
 
 from __future__ import annotations
 
+import functools
 import time
+from concurrent.futures import Future
 
 from django.conf import settings
 from django.db import transaction
@@ -80,7 +82,8 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
     """One lane: claim, apply and record target runs of the execution until its work is done; returns why it left.
 
     While targets are quick, the next run is claimed beside the target work (``ahead``) and starts in the
-    transaction that records the current one's outcome."""
+    transaction that records the current one's outcome. That transaction goes to the lane's control thread while
+    the lane takes the next target's lock and reads its history; the target's first write waits for its answer."""
     me = worker_name()
     lane_sets_fresh()
     lane_marks_forget()
@@ -93,6 +96,8 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
     done, handed_over, quick, failed, took = 0, False, False, False, 0.0
     run: TargetRun | None = None
     ahead: TargetRun | None = None  # the run claimed ahead of ``run``, until it starts or is given back
+    recording: TargetRun | None = None  # the run before ``run``, while the transaction that records it is in flight
+    starting: Future[bool] | None = None  # that transaction, which starts ``run`` in its place
     try:
         run = run_claim(execution=execution, worker=me)
         pause, said = 0.02, 0.0
@@ -106,22 +111,32 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
                 if quick and not handed_over:
                     control.claim_ahead(current=run, seconds=took)
                 started = time.monotonic()
-                give_back, retry_after_s = claimed_run_apply(run=run, execution=execution)
+                give_back, retry_after_s = claimed_run_apply(
+                    run=run, execution=execution, started=starting.result if starting is not None else None
+                )
+                recording = starting = None
                 took = time.monotonic() - started
                 quick = control.quick(took)
                 if give_back == "unreachable":
                     server_mark_unreachable(run=run)
                 elif not give_back:
                     done += 1
-                ahead = control.take()
+                ahead = control.take() if give_back != "unconfirmed" else None
                 if ahead is not None and not give_back and run.status != TargetStatus.FAILED:
-                    # The run claimed ahead starts in this one's place (it may have been cancelled meanwhile).
-                    if run_record_and_start(run=run, start=ahead, execution=execution, worker=me):
-                        run, ahead = ahead, None
-                        continue
-                    # Those still pending (this run was recovered meanwhile, or the execution is ending) go back.
-                    run_unclaim(runs=[ahead, *control.drain()], worker=me)
-                    ahead = None
+                    # The run claimed ahead starts in this one's place, in the transaction that records this one,
+                    # on the control thread: the lane goes on with it meanwhile (its target's lock and history),
+                    # and writes nothing there before that transaction says it started (it may have been
+                    # cancelled meanwhile, or this run recovered).
+                    recording, run, ahead = run, ahead, None
+                    record = functools.partial(
+                        run_record_and_start, run=recording, start=run, execution=execution, worker=me
+                    )
+                    starting = control.record_beside(record)
+                    continue
+                if give_back == "unconfirmed":
+                    # It did not start: those still pending (it among them, when the run before it was recovered
+                    # meanwhile) go back.
+                    run_unclaim(runs=[run, *control.drain()], worker=me)
                     run = run_claim(execution=execution, worker=me) if not handed_over else None
                 else:
                     run = run_record_and_claim(
@@ -169,7 +184,7 @@ def lane_work(*, execution_id: ExecutionId, host: LaneHost) -> str:
         # This lane dies (the control database stayed unreachable, or worse): its targets' leases must stop being
         # renewed, so the recovery fails them as lost instead of them running forever.
         failed = True
-        for held in (run, ahead):
+        for held in (recording, run, ahead):
             if held is not None:
                 Leases.release(run_id=held.pk)
         raise
