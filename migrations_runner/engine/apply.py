@@ -582,6 +582,7 @@ def _run_joined(
     *,
     release: _HeldLock | None = None,
     create: str = "",
+    guard: _HeldLock | None = None,
 ) -> None:
     """Run transactional scripts (one, or consecutive ones: ``_joined_end``) in one round trip, each in its own
     transaction with its settings, callbacks (``around``) and history row. When a statement fails the server skips
@@ -589,7 +590,9 @@ def _run_joined(
     committed with its duration, in order, also those before a script that failed; the failure raises _Failed /
     TransientError (psycopg.Error when the creation failed). ``release``: the target's last script is among them:
     the schema's lock is released in the same round trip, after the last COMMIT. ``create``: a new schema: the
-    schema and history table (``history.ensure_text``), created and committed before the first transaction."""
+    schema and history table (``history.ensure_text``), created and committed before the first transaction.
+    ``guard``: the schema's lock, not taken yet (``_HeldLock.guard``): the round trip begins by taking it, and
+    raises _GuardStopped when that stopped it."""
     # Joined as text: its pieces are rendered already (the settings, the rows and the unlock once per schema or
     # script), and composing them again would cost more than the rest of the lane's work on a script.
     parts = ["BEGIN", create, "COMMIT"] if create else []
@@ -602,9 +605,18 @@ def _run_joined(
         parts += ["BEGIN", settings, *before, texts[-1], *after, item.row + _RECORDED, "COMMIT"]
     if release is not None:
         parts.append(release.release_statement(conn))
+    guarded = guard is not None and guard.guard
+    if guard is not None and guarded:
+        parts.insert(0, guard.guard_statement(conn))
     try:
         cursor = conn.execute(";\n".join(parts))
     except psycopg.Error as exc:
+        if guard is not None and guarded:
+            guard.guard = False
+            stopped = _guard_stopped(exc)
+            guard.held = stopped.held if stopped is not None else True  # past the guard, the lock is taken
+            if stopped is not None:
+                raise stopped from exc
         _rolled_back(conn, spec, exc, create)
         committed = _committed(conn, spec.schema, items) if not conn.broken else []
         for item, duration in committed:
@@ -613,6 +625,8 @@ def _run_joined(
         if failed == len(items):  # every script committed: the unlock after them failed (the lock is still held)
             raise TransientError(_sql_error(exc, **items[-1].context)) from exc
         _script_failed(conn, spec, exc, texts[failed], items[failed].context, options)
+    if guard is not None and guarded:
+        guard.guard, guard.held = False, True
     if release is not None:
         release.held = False
     durations = _recorded_ms(cursor)
@@ -686,27 +700,76 @@ def _stop_point(options: ApplyOptions, script: Script) -> None:
 
 @dataclass
 class _HeldLock:
-    """The schema's migration lock an attempt holds; ``held`` turns False when a script's round trip released it."""
+    """The schema's migration lock an attempt holds; ``held`` turns False when a script's round trip released it.
+
+    ``guard``: the lock is not taken yet. The target is a new schema (the plan found no history there), and its
+    first round trip (the schema's creation and its first scripts) begins by taking it: ``guard_statement``.
+    """
 
     schema: str
     held: bool = True
+    guard: bool = False
 
     def release_statement(self, conn: psycopg.Connection) -> str:
         """The unlock, to end a script's round trip after its COMMIT (it runs only when everything before did),
         as text for ``conn`` (the schema's literal: ``schema_texts``)."""
         return f"SELECT pg_advisory_unlock({LOCK_NAMESPACE:d}, hashtext({schema_texts(conn, self.schema).literal}))"
 
+    def guard_statement(self, conn: psycopg.Connection) -> str:
+        """The first statement of a new schema's first round trip: take the lock, and fail (so that the server
+        skips the rest of the round trip) when it is taken by another session or when the schema has a history
+        table after all. The failure is a cast of one of the ``_GUARD_*`` words, which says which it was."""
+        schema = schema_texts(conn, self.schema).literal
+        table = sql.Literal(history.table_text(conn, self.schema)).as_string(conn)
+        return (
+            f"SELECT CAST(CASE WHEN NOT pg_try_advisory_lock({LOCK_NAMESPACE:d}, hashtext({schema})) "
+            f"THEN '{_GUARD_BUSY}' WHEN to_regclass({table}) IS NOT NULL THEN '{_GUARD_HISTORY}' ELSE '0' END "
+            "AS integer)"
+        )
+
+
+# What a new schema's guard says when it stops its first round trip (``_HeldLock.guard_statement``).
+_GUARD_BUSY = "infra-migrations: lock held by another session"
+_GUARD_HISTORY = "infra-migrations: history table exists"
+
+
+class _GuardStopped(Exception):
+    """A new schema's first round trip stopped at its guard: nothing ran; ``held``: the lock was taken (the schema
+    has a history table after all)."""
+
+    def __init__(self, *, held: bool) -> None:
+        super().__init__("guard stopped")
+        self.held = held
+
+
+def _guard_stopped(exc: psycopg.Error) -> _GuardStopped | None:
+    if exc.sqlstate != "22P02":  # invalid_text_representation: the guard's cast
+        return None
+    message = str(exc)
+    if _GUARD_BUSY in message:
+        return _GuardStopped(held=False)
+    if _GUARD_HISTORY in message:
+        return _GuardStopped(held=True)
+    return None
+
 
 _Work = Callable[[psycopg.Connection, history.SchemaState, TargetOutcome, _HeldLock], None]
 
 
-def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work: _Work) -> TargetOutcome:
+def _run(
+    source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work: _Work, *, new_schema: bool = False
+) -> TargetOutcome:
     """Run ``work`` on the target under its migration lock, retrying transient failures with backoff.
 
     Each attempt re-reads the history, so what an earlier attempt committed is not run again. A statement that
     waited ``lock_timeout`` for a table lock is retried apart (see ``_lock_wait``): after a backoff with jitter,
     up to ``lock_retries`` attempts or ``lock_retry_for_s`` seconds, or handed back to the caller as
     ``deferred`` when it has other work. Never raises for database errors.
+
+    ``new_schema``: ``work``'s first round trip creates the schema and its history table (the plan found none):
+    the first attempt takes the lock in that round trip (``_HeldLock.guard``) instead of reading first. When the
+    lock is taken by another session, or the history exists after all, nothing ran and the attempt starts again
+    the usual way: lock, history, work.
     """
     outcome = TargetOutcome(status="failed", lock_attempts=options.lock_attempts_before)
     state_read = confirmed = False
@@ -717,9 +780,13 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
         lock_wait = False
         try:
             conn = source.get()
-            state = _lock_and_read(conn, spec.schema, options, expect_history=spec.expect_history)
+            if new_schema:  # the first attempt only: a retry reads what it committed
+                state, lock = history.SchemaState(spec.schema), _HeldLock(spec.schema, held=False, guard=True)
+                new_schema = False
+            else:
+                state = _lock_and_read(conn, spec.schema, options, expect_history=spec.expect_history)
+                lock = _HeldLock(spec.schema)
             outcome.reached = True
-            lock = _HeldLock(spec.schema)
             try:
                 if not confirmed:
                     if not options.may_write():
@@ -735,6 +802,9 @@ def _run(source: ConnectionSource, spec: TargetSpec, options: ApplyOptions, work
                         _unlock(conn, spec.schema)
                 except psycopg.Error:
                     source.discard()
+        except _GuardStopped:
+            new_schema, attempt, state_read = False, attempt - 1, False  # nothing ran: again, the usual way
+            continue
         except _Failed as exc:
             outcome.error = exc.error
             if exc.error.kind == UNCONFIRMED:
@@ -949,7 +1019,9 @@ def apply_target(
                     items.append(_Joined(script, values.kind, values.checksum, text))
                 release = lock if pending[end - 1] is last else None  # nothing runs after it under the lock
                 try:
-                    _run_joined(conn, spec, items, options, around, joined_done, release=release, create=create)
+                    _run_joined(
+                        conn, spec, items, options, around, joined_done, release=release, create=create, guard=lock
+                    )
                 except TransientError:
                     if source.broken:
                         unconfirmed[:] = items
@@ -975,7 +1047,16 @@ def apply_target(
                 _after_error(conn, spec, mset, options, outcome)
             raise
 
-    return _run(source, spec, options, work)
+    return _run(source, spec, options, work, new_schema=_created_in_first_round_trip(spec, mset))
+
+
+def _created_in_first_round_trip(spec: TargetSpec, mset: MigrationSet) -> bool:
+    """Whether the target is a new schema (the plan found no history) whose first round trip creates it: a
+    transactional script comes first and no callback runs before it or on an error (``_run``'s ``new_schema``)."""
+    if spec.expect_history or mset.callbacks_for("beforeMigrate") or mset.callbacks_for("afterMigrateError"):
+        return False
+    pending = pending_of(history.SchemaState(spec.schema), mset, spec.context)
+    return bool(pending) and pending[0].transactional
 
 
 def _after_error(

@@ -65,6 +65,23 @@ def spec(schema: str) -> TargetSpec:
     return TargetSpec(schema=schema, create_schema=True, context=placeholder_context(schema=schema), label=schema)
 
 
+def recorded_by_another_run(conn: psycopg.Connection, schema: str, script) -> None:
+    """The history row another run writes for the version ``script`` it applied to ``schema``."""
+    conn.execute(
+        history.insert_row(
+            schema=schema,
+            version=str(script.version),
+            description=script.description,
+            kind="SQL",
+            script=script.filename,
+            checksum=script.checksum,
+            installed_by="other",
+            execution_id=None,
+            execution_time_ms=1,
+        )
+    )
+
+
 def advisory_locks(conn: psycopg.Connection) -> int:
     return conn.execute(
         "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
@@ -140,19 +157,7 @@ def test_history_committed_while_waiting_for_the_lock_is_seen_and_not_applied_ag
         )
     # The other run applies V2 and records it, then lets go.
     holder.execute("CREATE TABLE tenant_b.u (x int)")
-    holder.execute(
-        history.insert_row(
-            schema="tenant_b",
-            version="2",
-            description="u",
-            kind="SQL",
-            script="V2__u.sql",
-            checksum=mset.versions[-1].checksum,
-            installed_by="other",
-            execution_id=None,
-            execution_time_ms=1,
-        )
-    )
+    recorded_by_another_run(holder, "tenant_b", mset.versions[-1])
     holder.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_NAMESPACE, "tenant_b"])
     holder.close()
     worker.join(timeout=30)
@@ -187,9 +192,9 @@ def test_a_new_schema_is_created_in_the_round_trip_of_its_first_script(pg, tenan
     source.close()
 
 
-def test_a_schema_the_plan_found_without_history_is_read_without_a_failing_statement(pg, tenant_set):
-    """The lock and the check for the history table in one statement, then the creation with the script: two
-    round trips, and no read of a table that is not there (which the server would log as an error)."""
+def test_a_schema_the_plan_found_without_history_is_locked_created_and_migrated_in_one_round_trip(pg, tenant_set):
+    """The lock, the check that no history table appeared meanwhile, the creation, the script and the unlock: one
+    round trip, and no read of a table that is not there (which the server would log as an error)."""
     source, sent = counting_source(pg)
     new = TargetSpec(**{**spec("tenant_f").__dict__, "expect_history": False})
 
@@ -197,10 +202,58 @@ def test_a_schema_the_plan_found_without_history_is_read_without_a_failing_state
 
     assert (outcome.status, outcome.to_version) == ("succeeded", "1")
     texts = [text for text, _ in sent]
-    locked = next(i for i, text in enumerate(texts) if "pg_try_advisory_lock" in text)
-    assert "to_regclass" in texts[locked]
-    assert round_trips(sent[locked:]) == 2, texts
+    first = next(i for i, text in enumerate(texts) if "pg_try_advisory_lock" in text)  # after the session's set-up
+    assert round_trips(sent[first:]) == 1, texts
+    text = texts[first]
+    assert text.index("pg_try_advisory_lock") < text.index("to_regclass") < text.index("CREATE SCHEMA")
+    assert text.index("CREATE TABLE t") < text.index("pg_advisory_unlock")
     assert not any(text.startswith("SELECT version, type, script") for text in texts)
+    with pg.connect() as observer:
+        assert advisory_locks(observer) == 0
+        assert history.read_states(observer, ["tenant_f"])["tenant_f"].current is not None
+    source.close()
+
+
+def test_a_new_schema_whose_lock_is_held_waits_for_it_and_reads_what_the_holder_recorded(pg, tenant_set):
+    """Another run holds the new schema's lock and creates its history with V1 meanwhile: the first round trip
+    stops at its lock, runs nothing, and the target then waits for the lock and reads the history: V1 is not run
+    again, V2 is."""
+    mset = load_set(tenant_set, "tenant")
+    holder = psycopg.connect(  # as the role the engine connects with, so that it owns what it creates
+        host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=pg.dbname, autocommit=True
+    )
+    holder.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", [LOCK_NAMESPACE, "tenant_h"])
+    (tenant_set / "V2__u.sql").write_text("CREATE TABLE u (x int);\n")
+    new = TargetSpec(**{**spec("tenant_h").__dict__, "expect_history": False})
+    source, _sent = counting_source(pg)
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(
+            outcome=apply_target(source, new, load_set(tenant_set, "tenant"), ApplyOptions(installed_by="t"))
+        )
+    )
+    worker.start()
+    try:
+        with pg.connect() as observer:
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = %s"
+            wait_until(lambda: observer.execute(waiting, [pg.dbname]).fetchone()[0] == 1, timeout=10)
+        with pg.connect() as observer:  # the first round trip stopped at the lock: nothing was created
+            assert observer.execute("SELECT to_regnamespace('tenant_h')").fetchone()[0] is None
+        # The holder creates the history with V1, then lets go of the lock.
+        holder.execute("CREATE SCHEMA tenant_h")
+        holder.execute(psycopg.sql.SQL(history.CREATE_TABLE).format(table=history.table("tenant_h")).as_string(holder))
+        holder.execute("CREATE TABLE tenant_h.t (x int)")
+        recorded_by_another_run(holder, "tenant_h", mset.versions[0])
+        holder.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", [LOCK_NAMESPACE, "tenant_h"])
+        worker.join(timeout=30)
+    finally:
+        holder.close()
+        worker.join(timeout=30)
+    outcome = result["outcome"]
+    assert (outcome.status, [a.version for a in outcome.applied], outcome.to_version) == ("succeeded", ["2"], "2")
+    with pg.connect() as observer:
+        assert observer.execute("SELECT count(*) FROM tenant_h.infra_schema_history").fetchone()[0] == 2
+        assert advisory_locks(observer) == 0
     source.close()
 
 

@@ -332,8 +332,16 @@ def _schema_lock_held(conn, schema: str) -> bool:
     return conn.execute(query, [engine.LOCK_NAMESPACE, schema]).fetchone()[0] == 1
 
 
-def _history_table(conn, schema: str):
-    return conn.execute("SELECT to_regclass(%s)", [f"{schema}.infra_schema_history"]).fetchone()[0]
+def _later_table(conn, schema: str):
+    return conn.execute("SELECT to_regclass(%s)", [f"{schema}.later"]).fetchone()[0]
+
+
+def migrated_then_submitted(sets_dir) -> MigrationExecution:
+    """The us-east tenants migrated, then a version added to the set and an execution submitted for it: targets
+    with a history (a new schema takes its lock in the round trip that creates it, after the recording)."""
+    assert tasks.run_lane(str(submitted(batch_size=1).pk)) == "done after 3 target(s)"
+    (sets_dir / "tenant" / "V99__later.sql").write_text("CREATE TABLE later (x int);\n")
+    return submitted(batch_size=1)
 
 
 @dataclass
@@ -370,16 +378,18 @@ def _lane_held_recording(small_fleet, monkeypatch, execution: MigrationExecution
         lane.join(timeout=60)
 
 
-def test_a_lane_goes_on_with_the_run_it_starts_while_recording_the_one_before(small_fleet, queue_here, monkeypatch):
-    execution = submitted(batch_size=1)
+def test_a_lane_goes_on_with_the_run_it_starts_while_recording_the_one_before(
+    small_fleet, sets_dir, queue_here, monkeypatch
+):
+    execution = migrated_then_submitted(sets_dir)
     with _lane_held_recording(small_fleet, monkeypatch, execution) as held:
         # The lane took the next target's lock (and read its history) while the recording waits, and wrote
         # nothing there: the run is not started yet.
         assert state(held.started) == (TargetStatus.PENDING, runner.worker_name(), False)
-        assert _history_table(held.conn, held.started.schema_name) is None
+        assert _later_table(held.conn, held.started.schema_name) is None
         held.finish()
         assert held.said == ["done after 3 target(s)"]
-        assert _history_table(held.conn, held.started.schema_name) is not None
+        assert _later_table(held.conn, held.started.schema_name) is not None
     execution.refresh_from_db()
     assert (execution.status, execution.targets_succeeded) == (ExecutionStatus.COMPLETED, 3)
     runs = list(execution.targets.order_by("started_at"))
@@ -388,13 +398,13 @@ def test_a_lane_goes_on_with_the_run_it_starts_while_recording_the_one_before(sm
 
 
 def test_a_run_cancelled_while_the_recording_that_starts_it_is_in_flight_is_left_as_it_was(
-    small_fleet, queue_here, monkeypatch
+    small_fleet, sets_dir, queue_here, monkeypatch
 ):
-    execution = submitted(batch_size=1)
+    execution = migrated_then_submitted(sets_dir)
     with _lane_held_recording(small_fleet, monkeypatch, execution) as held:
         services.execution_cancel(execution=execution, actor="test")
         held.finish()
-        assert _history_table(held.conn, held.started.schema_name) is None  # nothing ran on its schema
+        assert _later_table(held.conn, held.started.schema_name) is None  # nothing ran on its schema
         assert not _schema_lock_held(held.conn, held.started.schema_name)  # and its lock was released
     assert held.said
     assert held.said[0].startswith("done after")
