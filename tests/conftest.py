@@ -252,3 +252,15 @@ def queue_settings(settings):
     settings.MIGRATION_LEASE_SECONDS = 6
     settings.MIGRATION_HEARTBEAT_SECONDS = 1
     return settings
+
+
+@pytest.fixture(autouse=True)
+def _no_lease_outlives_its_test() -> Iterator[None]:
+    """Each test ends with no target run under this process's lease: the heartbeat thread would otherwise renew
+    ids of one test's runs in the databases of the tests after it (and fail in each new in-memory SQLite one)."""
+    yield
+    from migrations_runner.services.runner.leases import Leases
+
+    with Leases._lock:
+        Leases._held.clear()
+        Leases._cancelled.clear()
