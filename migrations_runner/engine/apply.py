@@ -605,16 +605,16 @@ def _run_joined(
         parts += ["BEGIN", settings, *before, texts[-1], *after, item.row + _RECORDED, "COMMIT"]
     if release is not None:
         parts.append(release.release_statement(conn))
-    guarded = guard is not None and guard.guard
-    if guard is not None and guarded:
-        parts.insert(0, guard.guard_statement(conn))
+    guarded = guard if guard is not None and guard.guard else None  # the lock this round trip takes first
+    if guarded is not None:
+        parts.insert(0, guarded.guard_statement(conn))
     try:
         cursor = conn.execute(";\n".join(parts))
     except psycopg.Error as exc:
-        if guard is not None and guarded:
-            guard.guard = False
+        if guarded is not None:
+            guarded.guard = False
             stopped = _guard_stopped(exc)
-            guard.held = stopped.held if stopped is not None else True  # past the guard, the lock is taken
+            guarded.held = stopped.held if stopped is not None else True  # past the guard, the lock is taken
             if stopped is not None:
                 raise stopped from exc
         _rolled_back(conn, spec, exc, create)
@@ -625,8 +625,8 @@ def _run_joined(
         if failed == len(items):  # every script committed: the unlock after them failed (the lock is still held)
             raise TransientError(_sql_error(exc, **items[-1].context)) from exc
         _script_failed(conn, spec, exc, texts[failed], items[failed].context, options)
-    if guard is not None and guarded:
-        guard.guard, guard.held = False, True
+    if guarded is not None:
+        guarded.guard, guarded.held = False, True
     if release is not None:
         release.held = False
     durations = _recorded_ms(cursor)
@@ -1055,8 +1055,8 @@ def _created_in_first_round_trip(spec: TargetSpec, mset: MigrationSet) -> bool:
     transactional script comes first and no callback runs before it or on an error (``_run``'s ``new_schema``)."""
     if spec.expect_history or mset.callbacks_for("beforeMigrate") or mset.callbacks_for("afterMigrateError"):
         return False
-    pending = pending_of(history.SchemaState(spec.schema), mset, spec.context)
-    return bool(pending) and pending[0].transactional
+    first = next(iter([*mset.versions, *mset.repeatables]), None)  # what runs first where nothing was applied
+    return first is not None and first.transactional
 
 
 def _after_error(
