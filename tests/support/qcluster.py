@@ -127,12 +127,24 @@ class Cluster:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
+        killed = []
         for pid in members:
             try:
-                psutil.Process(pid).kill()
+                process = psutil.Process(pid)
+                process.kill()
+                killed.append(process)
             except psutil.NoSuchProcess:
                 continue
+        # A SIGKILL is not an exit: wait until they are gone (or zombies), so that none is seen alive after this.
+        wait_until(lambda: not any(_running(process) for process in killed), timeout=10, interval=0.02)
         self.process = None
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class RedisServer:
