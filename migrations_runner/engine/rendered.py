@@ -9,6 +9,7 @@ on), so a text is only reused where rendering the composition for the connection
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -51,10 +52,15 @@ def rendered_text(conn: psycopg.Connection, key: tuple[Hashable, ...], make: Cal
     return text
 
 
+# A name of these characters is written alike for every connection: quoted as an identifier and as a literal it
+# needs no escape (no quote, no backslash), and ASCII is the same bytes in every client encoding PostgreSQL has.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_$]+")
+
+
 def schema_texts(conn: psycopg.Connection, schema: str) -> SchemaTexts:
     """``schema``'s identifier, literal and ``search_path`` value (itself, then ``public``) rendered for ``conn``,
-    once per schema and quoting context."""
-    full = (*quoting_context(conn), "schema", schema)
+    once per schema and quoting context (once per schema for a plain name: ``_PLAIN_NAME``, every tenant's)."""
+    full = ("schema", schema) if _PLAIN_NAME.fullmatch(schema) else (*quoting_context(conn), "schema", schema)
     texts = _texts.get(full)
     if texts is None:
         identifier = sql.Identifier(schema).as_string(conn)

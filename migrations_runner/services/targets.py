@@ -50,8 +50,13 @@ def apply_options(
 
 
 def run_timestamp(execution: MigrationExecution) -> str:
-    """``${flyway:timestamp}`` of an execution's targets: when it was created (UTC), the same for all of them."""
-    return execution.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    """``${flyway:timestamp}`` of an execution's targets: when it was created (UTC), the same for all of them
+    (written once per execution object: a lane asks for every target)."""
+    written = getattr(execution, "_run_timestamp", None)
+    if written is None or written[0] != execution.created_at:
+        text = execution.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        written = execution._run_timestamp = (execution.created_at, text)  # type: ignore[attr-defined]
+    return written[1]
 
 
 def target_spec(run: TargetRun, execution: MigrationExecution) -> engine.TargetSpec:

@@ -75,7 +75,7 @@ def test_rendered_settings_and_creation_are_the_composed_ones(pg, setting):
     with pg.connect() as conn:
         if setting:
             conn.execute(setting)
-        for schema in (*ODD_SCHEMAS, "tenant_a"):
+        for schema in (*ODD_SCHEMAS, "tenant_a", "Tenant_$9"):
             assert _local_settings_text(conn, schema, options) == _local_settings(schema, options).as_string(conn)
             composed = sql.SQL("CREATE SCHEMA IF NOT EXISTS {}; {}").format(
                 sql.Identifier(schema), sql.SQL(history.CREATE_TABLE).format(table=history.table(schema))

@@ -19,8 +19,9 @@ from typing import Any
 
 import psycopg
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.db import connection as control_db
-from django.db import models, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import F
 from django.utils import timezone
 
@@ -62,6 +63,12 @@ PENDING_FIELDS: dict[str, Any] = {
     "heartbeat_at": None,
     "attempts": F("attempts") + 1,
 }
+
+
+def _control() -> BaseDatabaseWrapper:
+    """This thread's control-database connection itself: ``control_db`` (``django.db.connection``) looks it up
+    again at every attribute, which a lane's per-target steps would do a few dozen times a target."""
+    return connections[DEFAULT_DB_ALIAS]
 
 
 def _table(model: type[models.Model]) -> str:
@@ -164,8 +171,9 @@ def _claim_ahead_statement() -> str:
 
 
 def _claim_ahead_params(execution: MigrationExecution, me: str, current: TargetRun, count: int) -> list[Any]:
-    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
-    now = control_db.ops.adapt_datetimefield_value(timezone.now())
+    db = _control()
+    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, db)
+    now = db.ops.adapt_datetimefield_value(timezone.now())
     pending = [TargetStatus.PENDING] * _pending_match()[2]
     return [execution_key, *pending, current.server, execution_key, now, count, me, now]
 
@@ -183,13 +191,14 @@ def _hot_rows(statement: str, params: list[Any]) -> list[tuple]:
     On PostgreSQL with ``MIGRATION_CONTROL_PREPARED`` it is a prepared statement of the lane's connection:
     planned once, not at every target (planning them took about as long as running them). Django's own queries
     on that connection stay unprepared (its cursors bind on the client)."""
-    if control_db.vendor != "postgresql" or not settings.MIGRATION_CONTROL_PREPARED:
-        with control_db.cursor() as cursor:
+    db = _control()
+    if db.vendor != "postgresql" or not settings.MIGRATION_CONTROL_PREPARED:
+        with db.cursor() as cursor:
             cursor.execute(statement, params)
             return cursor.fetchall()
-    control_db.ensure_connection()
-    with control_db.wrap_database_errors:
-        raw = control_db.connection
+    db.ensure_connection()
+    with db.wrap_database_errors:
+        raw = db.connection
         if raw.prepare_threshold is None:
             raw.prepare_threshold = _PREPARE_ONLY_WHEN_ASKED
         with psycopg.Cursor(raw) as cursor:
@@ -200,15 +209,16 @@ def _hot_rows(statement: str, params: list[Any]) -> list[tuple]:
 def _pending_match() -> tuple[str, str, int]:
     """How the claim matches a pending candidate on this control database (see ``_claim_update``): the condition,
     the order, and how many ``pending`` parameters the condition takes."""
-    if control_db.vendor == "postgresql":
+    if _control().vendor == "postgresql":
         return "c.status >= %s AND c.status <= %s", "c.status, c.phase, c.id", 2
     return "c.status = %s", "c.id", 1
 
 
 def _claim_params(execution: MigrationExecution, me: str, skip: list[str]) -> list[Any]:
-    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+    db = _control()
+    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, db)
     # As the ORM would store it (on SQLite a text whose form must match the ORM's later comparisons).
-    now = control_db.ops.adapt_datetimefield_value(timezone.now())
+    now = db.ops.adapt_datetimefield_value(timezone.now())
     return [
         TargetStatus.RUNNING,
         me,
@@ -231,6 +241,7 @@ def _claimed_run(row: tuple) -> TargetRun:
     """The TargetRun a claim's returned row describes (every column through its field's converters, as the ORM
     reads them), with its connection's ``updated_at`` and its tenant's slug as ``connection_updated_at`` and
     ``tenant_slug``."""
+    db = _control()
     readers = _statements.get("readers")
     if readers is None:
         readers = [
@@ -242,9 +253,9 @@ def _claimed_run(row: tuple) -> TargetRun:
     values = []
     for (_name, converters, col), value in zip(readers, row, strict=False):
         for converter in converters:
-            value = converter(value, col, control_db)
+            value = converter(value, col, db)
         values.append(value)
-    run = TargetRun.from_db(control_db.alias, [name for name, _, _ in readers], values)
+    run = TargetRun.from_db(db.alias, [name for name, _, _ in readers], values)
     run.connection_updated_at = row[len(readers)]  # type: ignore[attr-defined]
     run.tenant_slug = row[len(readers) + 1]  # type: ignore[attr-defined]
     return run
@@ -321,7 +332,8 @@ def _outcome_statement() -> tuple[list[Any], str]:
 
 def _outcome_params(run: TargetRun, me: str) -> list[Any]:
     fields, _ = _outcome_statement()
-    values = [f.get_db_prep_save(getattr(run, f.attname), connection=control_db) for f in fields]
+    db = _control()
+    values = [f.get_db_prep_save(getattr(run, f.attname), connection=db) for f in fields]
     return [*values, run.pk, me, TargetStatus.RUNNING]
 
 
@@ -347,7 +359,8 @@ def _at_once(run: TargetRun, *, claim: bool, give_back: str) -> bool:
 def _one_round_trip() -> bool:
     """Whether a lane's transaction may go to the control database as one round trip that is its own transaction:
     on PostgreSQL, and outside any caller's transaction (which it would commit, or be rolled back with)."""
-    return control_db.vendor == "postgresql" and not control_db.in_atomic_block and control_db.get_autocommit()
+    db = _control()
+    return db.vendor == "postgresql" and not db.in_atomic_block and db.get_autocommit()
 
 
 def _record_and_claim_statement(status: str, skipped: int) -> str:
@@ -375,7 +388,7 @@ def _record_and_claim_statement(status: str, skipped: int) -> str:
 
 
 def _record_and_claim_params(run: TargetRun, execution: MigrationExecution, me: str, skip: list[str]) -> list[Any]:
-    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+    execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, _control())
     return [
         _CLAIM_LOCK,
         *_outcome_params(run, me),
@@ -438,7 +451,7 @@ def _start_params(run: TargetRun, me: str) -> list[Any]:
     """Parameters of ``_START_ASSIGNMENTS`` and its condition: ``run`` (claimed ahead by ``me``) starts now."""
     now = timezone.now()
     run.started_at = now
-    at = control_db.ops.adapt_datetimefield_value(now)
+    at = _control().ops.adapt_datetimefield_value(now)
     return [TargetStatus.RUNNING, at, at, run.pk, me, TargetStatus.PENDING]
 
 
@@ -457,7 +470,7 @@ def _record_and_start(run: TargetRun, start: TargetRun, execution: MigrationExec
     """Record ``run``'s outcome (one recorded at once: not failed, not given back) and start ``start`` in its
     place; whether ``start`` started (the outcome was written and ``start`` was still the lane's)."""
     if _one_round_trip():
-        execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, control_db)
+        execution_key = MigrationExecution._meta.pk.get_db_prep_value(execution.pk, _control())
         params = [*_outcome_params(run, me), *outcome_count_params(run), execution_key, *_start_params(start, me)]
         ((recorded, started),) = _hot_rows(_record_and_start_statement(run.status), params)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import connection as control_db
 from django.db.models import F
 from django.utils import timezone
@@ -42,7 +43,7 @@ def outcome_count_assignments(status: str) -> str:
 def outcome_count_params(run: TargetRun) -> list[Any]:
     """The parameters of ``outcome_count_assignments`` for ``run``'s outcome, recorded now."""
     timed = run.status == TargetStatus.SUCCEEDED and run.duration_ms is not None
-    now = control_db.ops.adapt_datetimefield_value(timezone.now())
+    now = connections[DEFAULT_DB_ALIAS].ops.adapt_datetimefield_value(timezone.now())  # the proxy resolves it once
     return [now, run.duration_ms if timed else 0, 1 if timed else 0]
 
 
