@@ -30,6 +30,12 @@ the holder's transaction). Of the samples taken between ``started_at`` and ``com
 (samples with at least one such backend / samples), the mean number of such backends, and the same share for a
 wait on any lock (the claim's advisory lock among them).
 
+The same thread reads the CPU the server's processes spend meanwhile (``/proc``, every sample): the control
+database's backends, the tenant database's and the server's own (WAL writer...). With the cluster's processes'
+CPU and, for the raw pool, its client's and its connections' backends', each row says where a target's CPU goes
+(``cpu_ms_per_target``): the work on the tenant schemas is the same on both sides, so what the queued run spends
+above the raw pool is the control plane's.
+
 Each variant uses fresh databases, so every run does the same work. Prints a table (lanes, seconds and targets/s of
 both, the ratio, the lock-wait figures) with the machine's 1-minute load average, which is recorded too: the
 benchmark shares the machine. Writes ``bench/results/control_plane.json``.
@@ -54,8 +60,24 @@ sys.path.insert(0, str(ROOT))
 
 # Configures Django for this process (a control database of its own, unused here: the children have theirs).
 from bench import fleet_migrate  # noqa: E402
-from bench.fleet_migrate import Work, cluster_cpu_s, machine_cpu_s, machine_system_s, run_raw_pool  # noqa: E402
-from bench.support import RESULTS_DIR, bench_server, create_database, drop_database, workdir, write_results  # noqa: E402
+from bench.fleet_migrate import (  # noqa: E402
+    RawPoolRun,
+    Work,
+    cluster_cpu_s,
+    machine_cpu_s,
+    machine_system_s,
+    run_raw_pool,
+)
+from bench.support import (  # noqa: E402
+    RESULTS_DIR,
+    ServerCpu,
+    bench_server,
+    create_database,
+    drop_database,
+    server_cpu_split,
+    workdir,
+    write_results,
+)
 from migrations_runner.engine.sets import load_set  # noqa: E402
 
 VERSION_FILE = "V1__t.sql"
@@ -80,6 +102,13 @@ WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.wait_ev
 """
 
 
+# The server's processes, read with the lock samples: each backend's database (or its kind, for the server's own
+# processes), for the CPU it spends meanwhile (``ServerCpu``).
+PROCESSES_QUERY = """
+SELECT pid, coalesce(datname, ''), backend_type FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+"""
+
+
 @dataclass(frozen=True)
 class Sample:
     at: datetime
@@ -94,6 +123,7 @@ class LockSampler:
         self.conninfo = conninfo
         self.period_s = period_s
         self.samples: list[Sample] = []
+        self.server_cpu = ServerCpu()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lock-sampler", daemon=True)
         self._error: BaseException | None = None
@@ -120,8 +150,10 @@ class LockSampler:
                 while not self._stop.is_set():
                     rows = conn.execute(SAMPLE_QUERY, {"table": EXECUTION_TABLE}).fetchall()
                     self.samples.extend(Sample(*row) for row in rows)
+                    self.server_cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
                     next_at += self.period_s
                     self._stop.wait(max(0.0, next_at - time.monotonic()))
+                self.server_cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
         except BaseException as error:  # reported by stop(), in the main thread
             self._error = error
 
@@ -219,6 +251,7 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
         "system_share": (system_end - system) / (busy_end - busy) if busy_end > busy else 0.0,
         "lock_waits": lock_waits(samples, started_at, completed_at),
         "load": load,
+        "server_cpu_s": server_cpu_split(sampler.server_cpu.by_group(), control=control, tenants=database),
     }
 
 
@@ -261,13 +294,39 @@ def measure(server, *, n: int, lanes: int, work: Work, sample_s: float, rounds: 
         "lock_waits": waits,
         "cluster_cpu_ms_per_target": round(queued["cluster_cpu_s"] * 1000 / n, 2),
         "raw_pool_client_cpu_ms_per_target": round(raw_cpu_s * 1000 / n, 2),
+        "cpu_ms_per_target": cpu_per_target(queued, raws[middle], raws[middle + 1], n),
         "load_average_1min_at_end": round(queued["load"], 2),
     }
 
 
+def cpu_per_target(queued: dict, raw_before: RawPoolRun, raw_after: RawPoolRun, n: int) -> dict:
+    """Where the CPU of a target goes, in ms: the queued run's cluster (lanes, their control threads, the workers'
+    polling), control-database backends, tenant backends and the server's own processes; the raw pool's client and
+    backends (the mean of the two runs around the queued one). The server's figures need its processes on this
+    machine (``/proc``): 0 otherwise."""
+    server = queued["server_cpu_s"]
+    ours = {
+        "cluster": queued["cluster_cpu_s"],
+        "control_backends": server["control_backends"],
+        "tenant_backends": server["tenant_backends"],
+        "server_other": server["server_other"],
+    }
+    raw = {
+        "client": (raw_before.client_cpu_s + raw_after.client_cpu_s) / 2,
+        "backends": (raw_before.server_cpu_s + raw_after.server_cpu_s) / 2,
+    }
+    queued_ms = {key: round(value * 1000 / n, 3) for key, value in ours.items()}
+    raw_ms = {key: round(value * 1000 / n, 3) for key, value in raw.items()}
+    # The server's own processes are left out of both totals: the raw pool's share of them is not measured.
+    queued_ms["total"] = round(sum(ours[k] for k in ("cluster", "control_backends", "tenant_backends")) * 1000 / n, 3)
+    raw_ms["total"] = round(sum(raw.values()) * 1000 / n, 3)
+    return {"queued": queued_ms, "raw_pool": raw_ms}
+
+
 HEADER = (
     f"{'lanes':>5} {'queued s':>9} {'raw s':>8} {'ratio':>6} {'best':>6} {'queued/s':>9} {'raw/s':>8} "
-    f"{'row lock wait':>13} {'mean waiting':>12} {'any lock wait':>13} {'load':>5}"
+    f"{'row lock wait':>13} {'mean waiting':>12} {'any lock wait':>13} {'load':>5} "
+    f"{'CPU ms/target: queued (cluster, control, tenants) / raw pool (client, backends)':>80}"
 )
 
 
@@ -277,7 +336,16 @@ def table_row(row: dict) -> str:
         f"{row['ratio_best_vs_best']:>6.2f} "
         f"{row['queued_targets_per_s']:>9.1f} {row['raw_pool_targets_per_s']:>8.1f} "
         f"{row['execution_row_lock_wait_share']:>13.1%} {row['execution_row_mean_waiting']:>12.3f} "
-        f"{row['lock_waits']['any_lock_share']:>13.1%} {row['load_average_1min_at_end']:>5.2f}"
+        f"{row['lock_waits']['any_lock_share']:>13.1%} {row['load_average_1min_at_end']:>5.2f} "
+        f"{cpu_text(row['cpu_ms_per_target']):>80}"
+    )
+
+
+def cpu_text(cpu: dict) -> str:
+    queued, raw = cpu["queued"], cpu["raw_pool"]
+    return (
+        f"{queued['total']:.2f} ({queued['cluster']:.2f}, {queued['control_backends']:.2f}, "
+        f"{queued['tenant_backends']:.2f}) / {raw['total']:.2f} ({raw['client']:.2f}, {raw['backends']:.2f})"
     )
 
 

@@ -109,6 +109,7 @@ from bench.support import (  # noqa: E402
     create_database,
     drop_database,
     history_statements,
+    process_cpu_s,
     register_fleet,
     sets_dir,
     write_results,
@@ -222,6 +223,7 @@ class RawPoolRun(NamedTuple):
     machine_busy_s: float  # the whole machine's, PostgreSQL's included
     steal_s: float  # taken by the machine's host
     machine_system_s: float = 0.0  # of machine_busy_s, in the kernel
+    server_cpu_s: float = 0.0  # its connections' backends' (0 when the server's processes cannot be read)
 
 
 def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> RawPoolRun:
@@ -235,20 +237,25 @@ def run_raw_pool(server, n: int, work: Work, threads: int = 4) -> RawPoolRun:
     create_database(server, database)
     schemas = [f"tenant_r{i:05d}" for i in range(n)]
 
-    def apply(chunk: list[str]) -> None:
+    def apply(chunk: list[str]) -> float:
+        """Apply the work to ``chunk``; the CPU seconds its connection's backend spent meanwhile."""
         with psycopg.connect(**server.conninfo(database), autocommit=True) as conn:
+            backend = conn.info.backend_pid
+            before = process_cpu_s(backend) or 0.0
             for schema in chunk:
                 for operation in raw_operations(schema, work.tenant_set):
                     conn.execute(operation)
+            after = process_cpu_s(backend)
+            return after - before if after is not None else 0.0
 
     (busy, steal), system = machine_cpu_s(), machine_system_s()
     cpu, started = time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(apply, [schemas[i::threads] for i in range(threads)]))
+        server_cpu = sum(pool.map(apply, [schemas[i::threads] for i in range(threads)]))
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     (busy_end, steal_end), system_end = machine_cpu_s(), machine_system_s()
     drop_database(server, database)
-    return RawPoolRun(elapsed, cpu, busy_end - busy, steal_end - steal, system_end - system)
+    return RawPoolRun(elapsed, cpu, busy_end - busy, steal_end - steal, system_end - system, server_cpu)
 
 
 def machine_cpu_s() -> tuple[float, float]:

@@ -255,6 +255,7 @@ def control_plane(data: dict) -> list[str]:
             f"| {number(row['raw_pool_targets_per_s'])} | {percent(row['execution_row_lock_wait_share'])} of the "
             f"samples | {number(row['execution_row_mean_waiting'])} |"
         )
+    lines += control_plane_cpu(data["rows"])
     machine = data["machine"]
     lines += [
         "",
@@ -269,6 +270,29 @@ def control_plane(data: dict) -> list[str]:
         )
         + (f" Best against best: the fastest queued run against the fastest raw pool run, {SWITCHES}" if best else ""),
     ]
+    return lines
+
+
+def control_plane_cpu(rows: list[dict]) -> list[str]:
+    """Where a target's CPU went in the rows' median rounds (results that recorded it)."""
+    measured = [row for row in rows if "cpu_ms_per_target" in row]
+    if not measured:
+        return []
+    lines = [
+        "",
+        "  Where a target's CPU went (ms a target; the server's own processes, such as its WAL writer, left out):",
+        "",
+        "  | Lanes | Queued: cluster | Queued: control database | Queued: tenant database | Queued, in all "
+        "| Raw pool: client | Raw pool: its backends | Raw pool, in all |",
+        "  |---|---|---|---|---|---|---|---|",
+    ]
+    for row in measured:
+        queued, raw = row["cpu_ms_per_target"]["queued"], row["cpu_ms_per_target"]["raw_pool"]
+        lines.append(
+            f"  | {row['lanes']} | {number(queued['cluster'])} | {number(queued['control_backends'])} "
+            f"| {number(queued['tenant_backends'])} | {number(queued['total'])} | {number(raw['client'])} "
+            f"| {number(raw['backends'])} | {number(raw['total'])} |"
+        )
     return lines
 
 
@@ -301,7 +325,8 @@ BENCHMARKS: list[tuple[str, str, Renderer]] = [
     (
         "control_plane",
         "the control plane's bookkeeping: one trivial version per tenant schema, queued with 1, 2, 4 and 8 lanes "
-        "against a raw pool of as many connections, and how often a backend waits on the execution row.",
+        "against a raw pool of as many connections, how often a backend waits on the execution row, and where a "
+        "target's CPU goes on each side.",
         control_plane,
     ),
     ("plan", "a dry-run plan over many tenant schemas: time and peak memory.", plan),

@@ -1,5 +1,5 @@
 """What the benchmarks share: a work directory removed at the end, databases on the embedded server, the tenant
-set a run applies, fleet registration in bulk, and percentiles.
+set a run applies, fleet registration in bulk, percentiles, and the CPU the server's processes spend.
 
 Nothing here configures Django; the functions that need it import it when called, after the script set it up.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import shutil
 import socket
 import tempfile
@@ -180,3 +181,60 @@ def write_results(path: Path, data: dict) -> None:
         json.dumps({**data, **extra, "measured_at": measured_at, "code": code_state()}, indent=2, default=str) + "\n"
     )
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}", flush=True)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) process ``pid`` of this machine has used so far, from ``/proc`` (cheap enough to
+    read for every server process at every sample); None when it cannot be read (gone, no ``/proc``, or another
+    machine's: a server at ``TEST_POSTGRES_URL``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class ServerCpu:
+    """The CPU the server's processes spend while sampled, per database (or per kind of server process): a process
+    seen at the first sample counts from there, one that appears later counts its whole life (it began meanwhile),
+    and each counts up to its last reading (a process that ends between two samples loses what it spent since the
+    one before)."""
+
+    def __init__(self) -> None:
+        self._first: dict[int, float] = {}
+        self._last: dict[int, tuple[tuple[str, str], float]] = {}
+        self._sampled = False
+
+    def read(self, processes: list[tuple[int, str, str]]) -> None:
+        for pid, database, kind in processes:
+            cpu = process_cpu_s(pid)
+            if cpu is None:
+                continue
+            self._first.setdefault(pid, cpu if not self._sampled else 0.0)
+            self._last[pid] = ((database, kind), cpu)
+        self._sampled = True
+
+    def by_group(self) -> dict[tuple[str, str], float]:
+        """CPU seconds per (database, kind of process); the server's own processes have no database."""
+        spent: dict[tuple[str, str], float] = {}
+        for pid, (group, cpu) in self._last.items():
+            spent[group] = spent.get(group, 0.0) + cpu - self._first[pid]
+        return spent
+
+
+def server_cpu_split(by_group: dict[tuple[str, str], float], *, control: str, tenants: str) -> dict[str, float]:
+    """The server's CPU of a queued run: its control database's backends, its tenant database's, and the server's
+    own processes (WAL writer, checkpointer...); other databases' backends are not the run's."""
+    split = {"control_backends": 0.0, "tenant_backends": 0.0, "server_other": 0.0}
+    for (database, _kind), spent in by_group.items():
+        if database == control:
+            split["control_backends"] += spent
+        elif database == tenants:
+            split["tenant_backends"] += spent
+        elif not database:
+            split["server_other"] += spent
+    return split

@@ -199,3 +199,24 @@ def test_the_run_line_says_where_the_servers_files_were_when_the_results_say_it(
     data["server_files"] = {"parent": "/dev/shm", "filesystem": "tmpfs"}
     text = rendered(path, data)
     assert f"commit {data['code']['commit'][:10]}; PostgreSQL's files on tmpfs (`/dev/shm`)." in text
+
+
+def test_the_control_plane_shows_where_a_targets_cpu_went_when_its_results_have_it(results):
+    path = results / "control_plane.json"
+    data = json.loads(path.read_text())
+    for row in data["rows"]:  # a run of the earlier format first, whatever is committed
+        row.pop("cpu_ms_per_target", None)
+    assert "Where a target's CPU went" not in rendered(path, data)
+    data["rows"][0]["cpu_ms_per_target"] = {
+        "queued": {
+            "cluster": 0.71,
+            "control_backends": 0.38,
+            "tenant_backends": 1.04,
+            "server_other": 0.05,
+            "total": 2.13,
+        },
+        "raw_pool": {"client": 0.21, "backends": 0.98, "total": 1.19},
+    }
+    text = rendered(path, data)
+    assert "Where a target's CPU went" in text
+    assert f"| {data['rows'][0]['lanes']} | 0.71 | 0.38 | 1.04 | 2.13 | 0.21 | 0.98 | 1.19 |" in text
