@@ -160,6 +160,12 @@ class Version:
         return self.parts >= other.parts
 
     def __str__(self) -> str:
+        return self._text
+
+    @functools.cached_property
+    def _text(self) -> str:
+        """Written once per version: a lane writes each script's version several times a target, and parsed
+        versions are shared (``_parse_version``)."""
         return ".".join(str(part) for part in self.parts)
 
 
