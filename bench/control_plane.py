@@ -69,6 +69,7 @@ from bench.fleet_migrate import (  # noqa: E402
     run_raw_pool,
 )
 from bench.support import (  # noqa: E402
+    PROCESSES_QUERY,
     RESULTS_DIR,
     ServerCpu,
     bench_server,
@@ -99,13 +100,6 @@ SELECT clock_timestamp(),
        count(*)
 FROM pg_stat_activity a
 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() AND a.wait_event_type = 'Lock'
-"""
-
-
-# The server's processes, read with the lock samples: each backend's database (or its kind, for the server's own
-# processes), for the CPU it spends meanwhile (``ServerCpu``).
-PROCESSES_QUERY = """
-SELECT pid, coalesce(datname, ''), backend_type FROM pg_stat_activity WHERE pid <> pg_backend_pid()
 """
 
 

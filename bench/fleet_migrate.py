@@ -105,12 +105,14 @@ from psycopg import sql  # noqa: E402
 from bench.support import (  # noqa: E402
     RESULTS_DIR,
     SETS_DIR,
+    ServerCpuSampler,
     bench_server,
     create_database,
     drop_database,
     history_statements,
     process_cpu_s,
     register_fleet,
+    server_cpu_split,
     sets_dir,
     write_results,
 )
@@ -581,14 +583,18 @@ def queued_run(server, n: int, work: Work, *, workers: int, broker: str, fingerp
         name = registered.stdout.strip().splitlines()[-1]
         cluster = Cluster(env, workers=workers).start()
         cpu = cluster_cpu_s(cluster)
-        submitted = subprocess.run(
-            [sys.executable, __file__, "submit", "--connection", name, "--batch-size", str(workers * 2)],
-            env=env,
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=3600,
-        )
+        sampler = ServerCpuSampler(server.conninfo()).start()
+        try:
+            submitted = subprocess.run(
+                [sys.executable, __file__, "submit", "--connection", name, "--batch-size", str(workers * 2)],
+                env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=3600,
+            )
+        finally:
+            server_cpu = server_cpu_split(sampler.stop(), control=pg_control, tenants=database)
         cpu = cluster_cpu_s(cluster) - cpu
         load = os.getloadavg()[0]
     finally:
@@ -613,6 +619,7 @@ def queued_run(server, n: int, work: Work, *, workers: int, broker: str, fingerp
         "seconds": seconds,
         "succeeded": data["targets_succeeded"],
         "cluster_cpu_s": cpu,
+        "server_cpu_s": server_cpu,
         "machine_busy_s": data["machine_busy_s"],
         "steal_s": data["steal_s"],
         "load": load,
@@ -654,10 +661,20 @@ def queued_section(server, n: int, work: Work, *, quick: bool, rounds: int, psql
             f"{row['machine_cpu_ms_per_target']:.2f} ms/target (raw pool "
             f"{row['raw_pool4_machine_cpu_ms_per_target']:.2f})  cluster CPU "
             f"{row['cluster_cpu_ms_per_target']:.2f} ms/target (raw pool client "
-            f"{row['raw_pool4_client_cpu_ms_per_target']:.2f})",
+            f"{row['raw_pool4_client_cpu_ms_per_target']:.2f})  CPU ms/target: queued "
+            f"{_cpu_text(row['cpu_ms_per_target'])}",
             flush=True,
         )
     return rows
+
+
+def _cpu_text(cpu: dict) -> str:
+    queued, raw = cpu["queued"], cpu["raw_pool"]
+    return (
+        f"{queued['total']:.2f} (cluster {queued['cluster']:.2f}, control {queued['control_backends']:.2f}, tenants "
+        f"{queued['tenant_backends']:.2f}), raw pool {raw['total']:.2f} (client {raw['client']:.2f}, backends "
+        f"{raw['backends']:.2f})"
+    )
 
 
 def median_round(ratios: list[float]) -> int:
@@ -702,9 +719,33 @@ def _queued_row(n: int, work: Work, variant: tuple[str, int, bool], runs: list[d
         "machine_cpu_ms_per_target": round(run["machine_busy_s"] * 1000 / n, 2),
         "raw_pool4_machine_cpu_ms_per_target": round(raw_busy * 1000 / n, 2),
         "raw_pool4_client_cpu_ms_per_target": round(min(pool.client_cpu_s for pool in run["raw"]) * 1000 / n, 2),
+        "cpu_ms_per_target": _cpu_per_target(run, n),
         "steal_share": round(run["steal_s"] / max(run["steal_s"] + run["machine_busy_s"], 1e-9), 3),
         "load_average_1min_at_end": round(run["load"], 2),
     }
+
+
+def _cpu_per_target(run: dict, n: int) -> dict:
+    """Where a target's CPU went, in ms: the queued run's cluster, control-database backends (none with a control
+    database outside the server: SQLite's work is the cluster's, Redis's is not counted) and tenant backends; the
+    raw pool's client and backends (the mean of the two runs around it). The server's own processes are left out of
+    both: the raw pool's share of them is not measured."""
+    server = run["server_cpu_s"]
+    queued = {
+        "cluster": run["cluster_cpu_s"],
+        "control_backends": server["control_backends"],
+        "tenant_backends": server["tenant_backends"],
+    }
+    pools = run["raw"]
+    raw = {
+        "client": sum(pool.client_cpu_s for pool in pools) / len(pools),
+        "backends": sum(pool.server_cpu_s for pool in pools) / len(pools),
+    }
+    queued_ms = {key: round(value * 1000 / n, 3) for key, value in queued.items()}
+    raw_ms = {key: round(value * 1000 / n, 3) for key, value in raw.items()}
+    queued_ms["total"] = round(sum(queued.values()) * 1000 / n, 3)
+    raw_ms["total"] = round(sum(raw.values()) * 1000 / n, 3)
+    return {"queued": queued_ms, "raw_pool": raw_ms}
 
 
 def overhead_growth(rows: list[dict]) -> list[dict]:

@@ -85,6 +85,13 @@ def fleet_migrate(data: dict) -> list[str]:
                 f"; machine CPU {number(row['machine_cpu_ms_per_target'])} ms/target, raw pool "
                 f"{number(row['raw_pool4_machine_cpu_ms_per_target'])}"
             )
+            if "cpu_ms_per_target" in row:  # where it went: the cluster, the databases' backends, the raw pool's
+                queued, pool = row["cpu_ms_per_target"]["queued"], row["cpu_ms_per_target"]["raw_pool"]
+                cpu += (
+                    f": cluster {number(queued['cluster'])}, control database {number(queued['control_backends'])}, "
+                    f"tenant database {number(queued['tenant_backends'])}; raw pool client {number(pool['client'])}, "
+                    f"its backends {number(pool['backends'])}"
+                )
         lines.append(
             f"  | {number(row['tenants'])} ({row['work']}) | {ours} | {number(row['queued_s'])} s "
             f"({number(row['overhead_ms_per_target'])} ms/target over the raw pool{cpu}) | {number(row['psql_s'])} s "

@@ -13,6 +13,8 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -238,3 +240,50 @@ def server_cpu_split(by_group: dict[tuple[str, str], float], *, control: str, te
         elif not database:
             split["server_other"] += spent
     return split
+
+
+# The server's processes: each backend's database (none for the server's own processes) and its kind (shown to a
+# role that may read every session's statistics, as the benchmarks' superuser; '' to others).
+PROCESSES_QUERY = """
+SELECT pid, coalesce(datname, ''), coalesce(backend_type, '') FROM pg_stat_activity WHERE pid <> pg_backend_pid()
+"""
+
+
+class ServerCpuSampler:
+    """A thread reading the server's processes every ``period_s`` from a connection of its own (``conninfo``) into
+    a ``ServerCpu``, from ``start`` to ``stop``."""
+
+    def __init__(self, conninfo: dict, period_s: float = 0.05) -> None:
+        self.conninfo = conninfo
+        self.period_s = period_s
+        self.cpu = ServerCpu()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="server-cpu-sampler", daemon=True)
+        self._error: BaseException | None = None
+
+    def start(self) -> ServerCpuSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[tuple[str, str], float]:
+        """Stop reading and return the CPU seconds per (database, kind of process); raise when the sampler failed."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+        if self._error is not None:
+            raise RuntimeError("the server CPU sampler failed") from self._error
+        return self.cpu.by_group()
+
+    def _run(self) -> None:
+        import psycopg
+
+        try:
+            with psycopg.connect(**self.conninfo, autocommit=True) as conn:
+                next_at = time.monotonic()
+                while not self._stop.is_set():
+                    self.cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
+                    next_at += self.period_s
+                    self._stop.wait(max(0.0, next_at - time.monotonic()))
+                self.cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
+        except BaseException as error:  # reported by stop(), in the caller's thread
+            self._error = error

@@ -13,6 +13,7 @@ import pytest
 
 from bench import support
 from infra_site.embedded_postgres import filesystem_of
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -100,3 +101,17 @@ def test_the_server_cpu_of_a_run_is_split_by_its_databases_and_the_servers_own_p
         "tenant_backends": 2.0,
         "server_other": 0.25,
     }
+
+
+def test_the_server_cpu_sampler_reads_the_servers_processes_while_it_runs(pg):
+    with pg.connect() as conn:
+        _backend(conn)
+        server = pg.server  # as the benchmarks read it: a superuser sees every process's kind
+        conninfo = {"host": server.host, "port": server.port, "user": server.superuser}
+        conninfo.update(password=server.superuser_password, dbname="postgres")
+        sampler = support.ServerCpuSampler(conninfo, period_s=0.01).start()
+        wait_until(lambda: sampler.cpu._sampled, timeout=10, message="the sampler never read the server")
+        conn.execute(BURN)
+        spent = sampler.stop()
+    assert spent[(pg.dbname, "client backend")] >= 0.02
+    assert any(not database for database, _kind in spent)  # the server's own processes (WAL writer...)

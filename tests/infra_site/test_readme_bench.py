@@ -220,3 +220,22 @@ def test_the_control_plane_shows_where_a_targets_cpu_went_when_its_results_have_
     text = rendered(path, data)
     assert "Where a target's CPU went" in text
     assert f"| {data['rows'][0]['lanes']} | 0.71 | 0.38 | 1.04 | 2.13 | 0.21 | 0.98 | 1.19 |" in text
+
+
+def test_a_queued_fleet_run_shows_where_a_targets_cpu_went_when_its_results_have_it(results):
+    path = results / "fleet_migrate.json"
+    data = json.loads(path.read_text())
+    queued = data["queued"][0]
+    queued.update(ratio_vs_raw_pool4=1.21, ratio_vs_raw_pool4_rounds=[1.34, 1.1, 1.21])
+    queued.update(machine_cpu_ms_per_target=15.14, raw_pool4_machine_cpu_ms_per_target=11.48)
+    queued.pop("cpu_ms_per_target", None)
+    assert "cluster 2.62, control database" not in rendered(path, data)
+    queued["cpu_ms_per_target"] = {
+        "queued": {"cluster": 2.62, "control_backends": 0.75, "tenant_backends": 11.4, "total": 14.77},
+        "raw_pool": {"client": 1.2, "backends": 9.8, "total": 11.0},
+    }
+    text = rendered(path, data)
+    assert (
+        "machine CPU 15.14 ms/target, raw pool 11.48: cluster 2.62, control database 0.75, tenant database 11.4; "
+        "raw pool client 1.2, its backends 9.8"
+    ) in text
