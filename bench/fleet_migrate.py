@@ -35,7 +35,10 @@ each N, measures in the same run:
   those of its median round. Also the CPU time of the cluster's processes per target, the whole machine's busy
   CPU per target during the variant and during the raw pool runs around it (the control plane's whole cost,
   PostgreSQL's included, whatever the wall clock does), the share of CPU the machine's host stole meanwhile, and
-  the raw pool's client CPU per target. psql is the best of the in-process rounds of that N (run once here when
+  the raw pool's client CPU per target; and where a target's CPU went (``cpu_ms_per_target``, from ``/proc``:
+  ``support.ServerCpuSampler``): the cluster, the control database's backends (a PostgreSQL control database's;
+  SQLite's work is the cluster's, Redis's is not counted), the tenant database's, against the raw pool's client and
+  its connections' backends. psql is the best of the in-process rounds of that N (run once here when
   there were none). One more variant, on the ORM broker over PostgreSQL with 4 workers, runs with
   ``MIGRATION_FINGERPRINT_AFTER_RUN`` off: the lanes read no fingerprint after their runs (the raw pool reads
   none either), so the difference to its default twin is what that catalog read costs the run.
