@@ -49,7 +49,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,9 +68,8 @@ from bench.fleet_migrate import (  # noqa: E402
     run_raw_pool,
 )
 from bench.support import (  # noqa: E402
-    PROCESSES_QUERY,
     RESULTS_DIR,
-    ServerCpu,
+    ServerCpuSampler,
     bench_server,
     create_database,
     drop_database,
@@ -110,46 +108,25 @@ class Sample:
     any_waiting: int
 
 
-class LockSampler:
-    """A thread sampling the lock waits of a control database every ``period_s`` from a connection of its own."""
+class LockSampler(ServerCpuSampler):
+    """A thread sampling the lock waits of a control database every ``period_s`` from a connection of its own, and
+    the CPU of the server's processes with them."""
+
+    thread_name = "lock-sampler"
 
     def __init__(self, conninfo: dict, period_s: float) -> None:
-        self.conninfo = conninfo
-        self.period_s = period_s
+        super().__init__(conninfo, period_s)
         self.samples: list[Sample] = []
-        self.server_cpu = ServerCpu()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lock-sampler", daemon=True)
-        self._error: BaseException | None = None
 
-    def start(self) -> LockSampler:
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[Sample]:
+    def stop(self) -> list[Sample]:  # type: ignore[override]
         """Stop sampling and return the samples taken; raise when the sampler failed."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-        if self._error is not None:
-            raise RuntimeError("the lock sampler failed") from self._error
+        self._finish()
         return self.samples
 
-    def _run(self) -> None:
-        import psycopg
-
-        try:
-            with psycopg.connect(**self.conninfo, autocommit=True) as conn:
-                next_at = time.monotonic()
-                while not self._stop.is_set():
-                    rows = conn.execute(SAMPLE_QUERY, {"table": EXECUTION_TABLE}).fetchall()
-                    self.samples.extend(Sample(*row) for row in rows)
-                    self.server_cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
-                    next_at += self.period_s
-                    self._stop.wait(max(0.0, next_at - time.monotonic()))
-                self.server_cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
-        except BaseException as error:  # reported by stop(), in the main thread
-            self._error = error
+    def sample(self, conn) -> None:
+        rows = conn.execute(SAMPLE_QUERY, {"table": EXECUTION_TABLE}).fetchall()
+        self.samples.extend(Sample(*row) for row in rows)
+        super().sample(conn)
 
 
 def lock_waits(samples: list[Sample], started_at: datetime, completed_at: datetime) -> dict:
@@ -245,7 +222,7 @@ def queued_run(server, *, n: int, lanes: int, work: Work, sample_s: float) -> di
         "system_share": (system_end - system) / (busy_end - busy) if busy_end > busy else 0.0,
         "lock_waits": lock_waits(samples, started_at, completed_at),
         "load": load,
-        "server_cpu_s": server_cpu_split(sampler.server_cpu.by_group(), control=control, tenants=database),
+        "server_cpu_s": server_cpu_split(sampler.cpu.by_group(), control=control, tenants=database),
     }
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 from psycopg import sql
 
@@ -251,28 +252,37 @@ SELECT pid, coalesce(datname, ''), coalesce(backend_type, '') FROM pg_stat_activ
 
 class ServerCpuSampler:
     """A thread reading the server's processes every ``period_s`` from a connection of its own (``conninfo``) into
-    a ``ServerCpu``, from ``start`` to ``stop``."""
+    a ``ServerCpu``, from ``start`` to ``stop``; a subclass samples more at each reading (``sample``)."""
+
+    thread_name = "server-cpu-sampler"
 
     def __init__(self, conninfo: dict, period_s: float = 0.05) -> None:
         self.conninfo = conninfo
         self.period_s = period_s
         self.cpu = ServerCpu()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="server-cpu-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._error: BaseException | None = None
 
-    def start(self) -> ServerCpuSampler:
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self) -> dict[tuple[str, str], float]:
         """Stop reading and return the CPU seconds per (database, kind of process); raise when the sampler failed."""
+        self._finish()
+        return self.cpu.by_group()
+
+    def _finish(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=30)
         if self._error is not None:
-            raise RuntimeError("the server CPU sampler failed") from self._error
-        return self.cpu.by_group()
+            raise RuntimeError(f"the {self.thread_name} failed") from self._error
+
+    def sample(self, conn) -> None:
+        """One reading (on the sampler's connection)."""
+        self.cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
 
     def _run(self) -> None:
         import psycopg
@@ -281,9 +291,9 @@ class ServerCpuSampler:
             with psycopg.connect(**self.conninfo, autocommit=True) as conn:
                 next_at = time.monotonic()
                 while not self._stop.is_set():
-                    self.cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
+                    self.sample(conn)
                     next_at += self.period_s
                     self._stop.wait(max(0.0, next_at - time.monotonic()))
-                self.cpu.read(conn.execute(PROCESSES_QUERY).fetchall())
+                self.cpu.read(conn.execute(PROCESSES_QUERY).fetchall())  # what each process spent until the end
         except BaseException as error:  # reported by stop(), in the caller's thread
             self._error = error
