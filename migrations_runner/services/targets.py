@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable
 
@@ -50,13 +51,14 @@ def apply_options(
 
 
 def run_timestamp(execution: MigrationExecution) -> str:
-    """``${flyway:timestamp}`` of an execution's targets: when it was created (UTC), the same for all of them
-    (written once per execution object: a lane asks for every target)."""
-    written = getattr(execution, "_run_timestamp", None)
-    if written is None or written[0] != execution.created_at:
-        text = execution.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        written = execution._run_timestamp = (execution.created_at, text)  # type: ignore[attr-defined]
-    return written[1]
+    """``${flyway:timestamp}`` of an execution's targets: when it was created (UTC), the same for all of them."""
+    return _utc_text(execution.created_at)
+
+
+@functools.lru_cache(maxsize=64)
+def _utc_text(at: dt.datetime) -> str:
+    """``at`` in UTC as ``${flyway:timestamp}`` writes it, once per time (a lane asks for every target)."""
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def target_spec(run: TargetRun, execution: MigrationExecution) -> engine.TargetSpec:
