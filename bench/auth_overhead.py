@@ -12,7 +12,6 @@ bearer requests made no call to the provider (keys cached). Prints the figures a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
@@ -30,6 +29,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.support import RESULTS_DIR, write_results  # noqa: E402
 from tests.oidc_provider.launcher import (  # noqa: E402
     APP_CLIENT_ID,
     APP_CLIENT_SECRET,
@@ -40,7 +40,7 @@ from tests.oidc_provider.launcher import (  # noqa: E402
     submit_login_form,
 )
 
-RESULTS = ROOT / "bench" / "results" / "auth_overhead.json"
+RESULTS = RESULTS_DIR / "auth_overhead.json"
 ENDPOINT = "/api/v1/migrations/"
 USER = ("bench-reader", "bench-reader-password")
 
@@ -184,9 +184,7 @@ def main() -> None:
     with running_provider(clients, [user]) as provider, app_server(provider, port) as base:
         result = measure(base, provider, rounds=args.rounds, requests_per_round=args.requests)
     report(result)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(ROOT)}")
+    write_results(RESULTS, result)
 
 
 if __name__ == "__main__":

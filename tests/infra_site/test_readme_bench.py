@@ -243,3 +243,33 @@ def test_a_queued_fleet_run_shows_where_a_targets_cpu_went_when_its_results_have
     queued["broker"] = "orm-sqlite"  # its control database is a file the cluster writes: no backend of its own
     text = rendered(path, data)
     assert "cluster 2.62, control database on SQLite, in the cluster's, tenant database 11.4" in text
+
+
+def auth_results(*, bearer: tuple[float, float], session: tuple[float, float], extra_ms: float) -> dict:
+    """An auth_overhead results file: each credential's (median, best) requests a second, a bearer token's extra
+    time per request (median of the paired rounds)."""
+    return {
+        "endpoint": "GET /api/v1/migrations/",
+        "rounds": 10,
+        "requests_per_round": 300,
+        "modes": {
+            "bearer": {"median_rps": bearer[0], "best_rps": bearer[1]},
+            "session": {"median_rps": session[0], "best_rps": session[1]},
+        },
+        "bearer_extra_ms_per_request": {"paired_rounds_median": extra_ms, "best": extra_ms},
+        "provider_calls_during_timed_requests": 0,
+        "measured_at": "2026-12-05 21:00 UTC",
+        "code": {"commit": "0123456789abcdef", "changed_files": 0},
+    }
+
+
+def test_a_bearer_tokens_extra_time_within_the_rounds_spread_is_said_to_be_none_measurable(results):
+    path = results / "auth_overhead.json"
+    # The rounds of one credential differ by 1000/380 - 1000/400 = 0.13 ms: 0.02 ms is within that.
+    text = rendered(path, auth_results(bearer=(380.0, 400.0), session=(381.0, 395.0), extra_ms=0.02))
+    assert "bearer tokens 380 requests/s, sessions 381 (medians; best rounds 400 and 395)" in text
+    assert "0.02 ms (none measurable: the rounds of one credential differ by more, 0.13 ms)" in text
+    assert "0 calls to the identity provider during the timed requests" in text
+    # Rounds that agree within 0.01 ms: a 0.5 ms difference is a measured one.
+    text = rendered(path, auth_results(bearer=(299.0, 300.0), session=(340.0, 341.0), extra_ms=0.5))
+    assert "0.5 ms (measured, 0.01 ms)" in text
