@@ -237,11 +237,9 @@ def auth_overhead(data: dict) -> list[str]:
     spread = max(1000 / mode["median_rps"] - 1000 / mode["best_rps"] for mode in (bearer, session))
     verdict = "none measurable: the rounds of one credential differ by more" if abs(extra) < spread else "measured"
     calls = data.get("provider_calls_during_timed_requests")
-    provider = (
-        f"; {number(calls)} calls to the identity provider during the timed requests (its keys are cached)"
-        if calls is not None
-        else ""
-    )
+    provider = "" if calls is None else f"; {number(calls)} calls to the identity provider during the timed requests"
+    if calls == 0:
+        provider += " (its keys are cached)"
     rounds = f"{number(data['rounds'])} alternating rounds of {number(data['requests_per_round'])} requests"
     return [
         f"  `{data['endpoint']}`, {rounds}: bearer tokens {number(round(bearer['median_rps'], 1))} requests/s, "
